@@ -1,0 +1,77 @@
+//! Command-line definitions only (clap). Validation lives in [`crate::plan`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "harness",
+    version,
+    about = "Score a teacher and a distilled student on the same tasks: what the student keeps and what it saves.",
+    after_help = "Exit codes: 0 ok, 1 regression found (compare), 2 error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score teacher and student on tasks; write DIR/results.json and DIR/predictions/.
+    Run(RunArgs),
+    /// Print the model alias table or the task registry.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Teacher: an alias (bert-base), a Hub id (org/name[@revision]) or a local folder.
+    #[arg(long)]
+    pub teacher: String,
+    /// Student: an alias (distilbert), a Hub id or a local folder.
+    #[arg(long)]
+    pub student: String,
+    /// Tasks, comma-separated (see `harness list tasks`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub task: Vec<String>,
+    /// Folder in the GLUE layout (SST-2/dev.tsv, ...). Without it, data comes from the Hub
+    /// dataset nyu-mll/glue.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output folder for results.json, predictions/ and the per-cell cache.
+    #[arg(long, default_value = "harness-results")]
+    pub out: PathBuf,
+    /// Examples per forward pass. Metrics do not depend on it.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Truncate inputs to this many tokens (default: each model's maximum).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Rows of the train split used to fit a probe for checkpoints without a task head.
+    #[arg(long, default_value_t = 2000)]
+    pub probe_train_rows: usize,
+    /// An alias table to use instead of the built-in one (same format as harness/aliases.toml).
+    #[arg(long)]
+    pub aliases: Option<PathBuf>,
+    /// cpu, or cuda / cuda:N / metal when built with that feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    pub what: ListWhat,
+    /// An alias table to list instead of the built-in one.
+    #[arg(long)]
+    pub aliases: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ListWhat {
+    Models,
+    Tasks,
+}

@@ -1,0 +1,51 @@
+//! GLUE from the Hub dataset `nyu-mll/glue`: its parquet files (one folder per task config,
+//! `validation-00000-of-00001.parquet` and so on), fetched through hf-hub like models and read
+//! into rows of column name to JSON value for the task to pick its fields from.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::Field;
+use serde_json::Value;
+
+/// The dataset repository.
+pub const GLUE_REPO: &str = "nyu-mll/glue";
+
+/// Rows of one parquet file.
+pub fn read_parquet_rows(path: &Path) -> Result<Vec<BTreeMap<String, Value>>> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
+    let mut rows = Vec::new();
+    for row in reader
+        .get_row_iter(None)
+        .with_context(|| format!("{}: cannot read rows", path.display()))?
+    {
+        let row = row.with_context(|| format!("{}: corrupt row", path.display()))?;
+        let map = row
+            .get_column_iter()
+            .map(|(name, field)| {
+                let v = match field {
+                    Field::Str(s) => Value::from(s.as_str()),
+                    Field::Int(i) => Value::from(*i),
+                    Field::Long(i) => Value::from(*i),
+                    Field::Float(f) => Value::from(*f as f64),
+                    Field::Double(f) => Value::from(*f),
+                    Field::Bool(b) => Value::from(*b),
+                    Field::Null => Value::Null,
+                    other => Value::from(other.to_string()),
+                };
+                (name.clone(), v)
+            })
+            .collect();
+        rows.push(map);
+    }
+    Ok(rows)
+}
+
+/// Parquet file name of a split inside a config folder of `nyu-mll/glue`.
+pub fn parquet_file(config: &str, split: &str) -> String {
+    format!("{config}/{split}-00000-of-00001.parquet")
+}

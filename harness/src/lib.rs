@@ -1,0 +1,14 @@
+//! distill-harness: score a teacher and a distilled student on the same tasks and report what
+//! the student keeps (accuracy retention) and what it saves.
+//!
+//! The binary (`src/main.rs`) reads as a list of steps: parse flags ([`cli`]), validate them
+//! cheaply into a [`plan::RunPlan`], then [`run::execute`] the plan, which loads models through
+//! [`models`], runs tasks from the `tasks` crate and writes results with the `reports` crate.
+
+pub mod cli;
+pub mod error;
+pub mod hub_data;
+pub mod labels;
+pub mod models;
+pub mod plan;
+pub mod run;

@@ -1,0 +1,106 @@
+//! Building blocks shared by the encoder ports: activations, layer norms that accept both the
+//! current (`weight`/`bias`) and the original TF-converted (`gamma`/`beta`) tensor names, the
+//! additive attention mask, and multi-head attention.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+/// Activation functions named by `hidden_act` / `activation` in `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU with erf, what transformers calls `gelu`.
+    GeluErf,
+    /// Tanh approximation (`gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`).
+    GeluTanh,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "gelu" => Ok(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            "silu" | "swish" => Ok(Activation::Silu),
+            other => Err(format!("unsupported activation '{other}'")),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+        }
+    }
+}
+
+/// A LayerNorm under `vb`, reading `weight`/`bias` or the legacy `gamma`/`beta`.
+pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    let (w, b) = if vb.contains_tensor("gamma") && !vb.contains_tensor("weight") {
+        ("gamma", "beta")
+    } else {
+        ("weight", "bias")
+    };
+    let weight = vb.get(size, w)?;
+    let bias = vb.get(size, b)?;
+    Ok(LayerNorm::new(weight, bias, eps))
+}
+
+/// A linear layer with bias, as every encoder here uses.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear(in_dim, out_dim, vb)
+}
+
+/// Turn a (batch, seq) 0/1 attention mask into the additive bias (batch, 1, 1, seq) that
+/// transformers uses: 0 where attended, the dtype's minimum where masked.
+pub fn additive_mask(mask: &Tensor) -> Result<Tensor> {
+    let (b, s) = mask.dims2()?;
+    let mask = mask.to_dtype(DType::F32)?;
+    let bias = ((mask.ones_like()? - &mask)? * f32::MIN as f64)?;
+    bias.reshape((b, 1, 1, s))
+}
+
+/// Scaled dot-product attention over already projected q, k, v of shape (batch, seq, hidden),
+/// with optional additive biases of shape broadcastable to (batch, heads, seq, seq).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask_bias: &Tensor,
+    position_bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, s, hidden) = q.dims3()?;
+    let head_dim = hidden / heads;
+    let split = |t: &Tensor| -> Result<Tensor> {
+        t.reshape((b, s, heads, head_dim))?.transpose(1, 2)?.contiguous()
+    };
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(pb) = position_bias {
+        scores = scores.broadcast_add(pb)?;
+    }
+    let scores = scores.broadcast_add(mask_bias)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b, s, hidden))
+}
+
+/// Mean of `hidden` (batch, seq, h) over positions where `mask` (batch, seq) is 1.
+pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let m = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+    let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+    let counts = m.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+    summed.broadcast_div(&counts)
+}
+
+/// Apply a linear layer then an activation.
+pub fn dense_act(layer: &Linear, act: Activation, x: &Tensor) -> Result<Tensor> {
+    act.forward(&layer.forward(x)?)
+}

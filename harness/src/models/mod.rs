@@ -1,0 +1,434 @@
+//! Model backends. A [`Backend`] turns texts into logits or pooled sentence embeddings; the
+//! run loop never sees tensors. [`EncoderBackend`] runs the candle ports in this folder (one
+//! file per architecture, each behind the small [`EncoderNet`] trait); [`mock::MockBackend`]
+//! answers without weights, for tests of the orchestration.
+
+pub mod bert;
+pub mod distilbert;
+mod layers;
+pub mod mock;
+pub mod mpnet;
+pub mod resolve;
+pub mod tokenizer;
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use reports::CheckpointInfo;
+use tokenizers::{EncodeInput, Tokenizer};
+
+/// One example's text(s).
+#[derive(Debug, Clone)]
+pub struct TextInput<'a> {
+    pub a: &'a str,
+    pub b: Option<&'a str>,
+}
+
+/// Per-example output rows, in input order, and how many inputs were truncated.
+#[derive(Debug, Clone)]
+pub struct Batched {
+    pub rows: Vec<Vec<f32>>,
+    pub n_truncated: usize,
+}
+
+/// What the run loop asks of a model.
+pub trait Backend {
+    fn info(&self) -> &CheckpointInfo;
+    /// Label names of the classification head (one entry for a regression head), if any.
+    fn head_labels(&self) -> Option<&[String]>;
+    /// Head outputs (logits) for each input.
+    fn logits(&self, inputs: &[TextInput], batch_size: usize) -> Result<Batched>;
+    /// Pooled sentence embeddings for each input (single texts only).
+    fn embeddings(&self, inputs: &[TextInput], batch_size: usize) -> Result<Batched>;
+}
+
+/// The tensor-level interface each architecture implements.
+pub trait EncoderNet: Send + Sync {
+    /// Last hidden states (batch, seq, hidden) for a padded batch; `mask` is 1 for real tokens.
+    fn encode(&self, input_ids: &Tensor, token_type_ids: &Tensor, mask: &Tensor)
+        -> candle_core::Result<Tensor>;
+    fn has_head(&self) -> bool;
+    /// Classification logits (batch, labels) from the last hidden states.
+    fn classify(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// How token states become one sentence vector (sentence-transformers' `1_Pooling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    Mean,
+    Cls,
+    Max,
+    MeanSqrtLen,
+}
+
+/// The architectures the harness can run, detected from `config.json`'s `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Bert,
+    DistilBert,
+    Mpnet,
+}
+
+impl Architecture {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Architecture::Bert => "bert",
+            Architecture::DistilBert => "distilbert",
+            Architecture::Mpnet => "mpnet",
+        }
+    }
+
+    fn from_model_type(t: &str) -> Option<Self> {
+        match t {
+            "bert" => Some(Architecture::Bert),
+            "distilbert" => Some(Architecture::DistilBert),
+            "mpnet" => Some(Architecture::Mpnet),
+            _ => None,
+        }
+    }
+}
+
+/// The weight file of a checkpoint folder.
+#[derive(Debug, Clone)]
+pub struct WeightFile {
+    pub path: PathBuf,
+    pub is_safetensors: bool,
+}
+
+/// Find the weights: `model.safetensors` preferred, `pytorch_model.bin` accepted.
+pub fn find_weights(dir: &Path) -> Result<WeightFile> {
+    for (name, is_safetensors) in [("model.safetensors", true), ("pytorch_model.bin", false)] {
+        let path = dir.join(name);
+        if path.exists() {
+            return Ok(WeightFile {
+                path,
+                is_safetensors,
+            });
+        }
+    }
+    if dir.join("model.safetensors.index.json").exists() || dir.join("pytorch_model.bin.index.json").exists() {
+        bail!("{}: sharded checkpoints are not supported yet; merge the shards into one model.safetensors", dir.display());
+    }
+    bail!(
+        "{}: no weights found (expected model.safetensors or pytorch_model.bin)",
+        dir.display()
+    )
+}
+
+/// Count floating-point parameters listed in a weight file (integer buffers such as BERT's
+/// `position_ids` are not parameters).
+fn count_parameters(w: &WeightFile) -> Result<u64> {
+    let is_float = |d: DType| d.is_float();
+    if w.is_safetensors {
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&w.path)? };
+        Ok(st
+            .tensors()
+            .iter()
+            .filter(|(_, v)| {
+                DType::try_from(v.dtype()).map(is_float).unwrap_or(false)
+            })
+            .map(|(_, v)| v.shape().iter().product::<usize>() as u64)
+            .sum())
+    } else {
+        let infos = candle_core::pickle::read_pth_tensor_info(&w.path, false, None)?;
+        Ok(infos
+            .iter()
+            .filter(|i| is_float(i.dtype))
+            .map(|i| i.layout.shape().elem_count() as u64)
+            .sum())
+    }
+}
+
+/// Read a JSON file into `T`, with the path in every error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid config", path.display()))
+}
+
+/// Label names from `id2label` (ordered by id), or `LABEL_i` from `num_labels`.
+fn head_label_names(id2label: &Option<BTreeMap<String, String>>, num_labels: Option<usize>) -> Vec<String> {
+    if let Some(map) = id2label {
+        let mut pairs: Vec<(usize, String)> = map
+            .iter()
+            .filter_map(|(k, v)| k.parse::<usize>().ok().map(|k| (k, v.clone())))
+            .collect();
+        pairs.sort();
+        if !pairs.is_empty() {
+            return pairs.into_iter().map(|(_, v)| v).collect();
+        }
+    }
+    (0..num_labels.unwrap_or(2)).map(|i| format!("LABEL_{i}")).collect()
+}
+
+/// sentence-transformers' pooling and normalisation settings, mean pooling when absent.
+fn pooling_settings(dir: &Path) -> Result<(Pooling, bool)> {
+    let pooling_cfg = dir.join("1_Pooling").join("config.json");
+    let pooling = if pooling_cfg.exists() {
+        let v: serde_json::Value = read_json(&pooling_cfg)?;
+        let on = |k: &str| v.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+        if on("pooling_mode_cls_token") {
+            Pooling::Cls
+        } else if on("pooling_mode_max_tokens") {
+            Pooling::Max
+        } else if on("pooling_mode_mean_sqrt_len_tokens") {
+            Pooling::MeanSqrtLen
+        } else {
+            Pooling::Mean
+        }
+    } else {
+        Pooling::Mean
+    };
+    let modules = dir.join("modules.json");
+    let normalize = modules.exists() && {
+        let v: serde_json::Value = read_json(&modules)?;
+        v.as_array().is_some_and(|mods| {
+            mods.iter().any(|m| {
+                m.get("type")
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t.ends_with(".Normalize"))
+            })
+        })
+    };
+    Ok((pooling, normalize))
+}
+
+/// A loaded encoder checkpoint: tokenizer, network, pooling.
+pub struct EncoderBackend {
+    net: Box<dyn EncoderNet>,
+    tokenizer: Tokenizer,
+    pad_id: u32,
+    pooling: Pooling,
+    normalize: bool,
+    head_labels: Option<Vec<String>>,
+    info: CheckpointInfo,
+    device: Device,
+}
+
+/// Options that shape how a checkpoint is loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Cap on tokens per input; the model's own maximum applies when lower.
+    pub max_length: Option<usize>,
+}
+
+impl EncoderBackend {
+    /// Load a checkpoint folder in Hub snapshot layout. Cheap checks (files present, config
+    /// readable, architecture supported) come before the weights are touched.
+    pub fn load(id: &str, dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("model folder not found: {}", dir.display());
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            bail!("{}: no config.json; is this a Hugging Face model folder?", dir.display());
+        }
+        let raw: serde_json::Value = read_json(&config_path)?;
+        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        let arch = Architecture::from_model_type(model_type).with_context(|| {
+            format!(
+                "{}: unsupported architecture model_type '{model_type}' (supported: bert, distilbert, mpnet)",
+                config_path.display()
+            )
+        })?;
+        let weights = find_weights(dir)?;
+        let bytes_on_disk = std::fs::metadata(&weights.path)?.len();
+        let corrupt = |e: candle_core::Error| {
+            anyhow::anyhow!(
+                "{}: cannot read weights; the file is truncated or corrupt ({e}); download it again",
+                weights.path.display()
+            )
+        };
+        let parameters = count_parameters(&weights).map_err(|e| match e.downcast::<candle_core::Error>() {
+            Ok(ce) => corrupt(ce),
+            Err(e) => e,
+        })?;
+        let vb = if weights.is_safetensors {
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights.path], DType::F32, &opts.device) }
+        } else {
+            VarBuilder::from_pth(&weights.path, DType::F32, &opts.device)
+        }
+        .map_err(corrupt)?;
+
+        let bad_config = |e: serde_json::Error| {
+            anyhow::anyhow!("{}: missing or invalid field for {}: {e}", config_path.display(), arch.name())
+        };
+        let wrap = |e: candle_core::Error| {
+            anyhow::anyhow!(
+                "{}: weights do not match config.json ({e})",
+                weights.path.display()
+            )
+        };
+        let (net, vocab_size, max_positions, labels, default_pad): (Box<dyn EncoderNet>, usize, usize, Vec<String>, u32) =
+            match arch {
+                Architecture::Bert => {
+                    let cfg: bert::BertConfig = serde_json::from_value(raw.clone()).map_err(bad_config)?;
+                    let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+                    let net = bert::Bert::load(vb, &cfg, labels.len()).map_err(wrap)?;
+                    (Box::new(net), cfg.vocab_size, cfg.max_position_embeddings, labels, 0)
+                }
+                Architecture::DistilBert => {
+                    let cfg: distilbert::DistilBertConfig =
+                        serde_json::from_value(raw.clone()).map_err(bad_config)?;
+                    let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+                    let net = distilbert::DistilBert::load(vb, &cfg, labels.len()).map_err(wrap)?;
+                    (Box::new(net), cfg.vocab_size, cfg.max_position_embeddings, labels, 0)
+                }
+                Architecture::Mpnet => {
+                    let cfg: mpnet::MpnetConfig = serde_json::from_value(raw.clone()).map_err(bad_config)?;
+                    let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+                    let net = mpnet::Mpnet::load(vb, &cfg, labels.len()).map_err(wrap)?;
+                    // Positions start after the padding index, as in RoBERTa.
+                    let usable = cfg.max_position_embeddings.saturating_sub(cfg.pad_token_id as usize + 1);
+                    (Box::new(net), cfg.vocab_size, usable, labels, cfg.pad_token_id)
+                }
+            };
+        let max_length = opts.max_length.map_or(max_positions, |m| m.min(max_positions));
+        let tokenizer = tokenizer::load_tokenizer(dir, max_length)?;
+        let tok_vocab = tokenizer.get_vocab_size(true);
+        if tok_vocab > vocab_size {
+            bail!(
+                "{}: the tokenizer has {tok_vocab} tokens but the model's embedding matrix has {vocab_size} rows; the tokenizer does not belong to this checkpoint",
+                dir.display()
+            );
+        }
+        let pad_id = raw
+            .get("pad_token_id")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as u32)
+            .unwrap_or(default_pad);
+        let (pooling, normalize) = pooling_settings(dir)?;
+        let head_labels = net.has_head().then_some(labels);
+        Ok(EncoderBackend {
+            info: CheckpointInfo {
+                id: id.to_string(),
+                resolved: dir
+                    .canonicalize()
+                    .unwrap_or_else(|_| dir.to_path_buf())
+                    .display()
+                    .to_string(),
+                architecture: arch.name().to_string(),
+                parameters,
+                bytes_on_disk,
+                head_labels: head_labels.clone(),
+            },
+            net,
+            tokenizer,
+            pad_id,
+            pooling,
+            normalize,
+            head_labels,
+            device: opts.device.clone(),
+        })
+    }
+
+    /// Record where the checkpoint came from (Hub id and commit) instead of the cache path.
+    pub fn set_resolved(&mut self, resolved: String) {
+        self.info.resolved = resolved;
+    }
+
+    /// Token ids of one input, as the model will see them (for parity tests).
+    pub fn token_ids(&self, input: &TextInput) -> Result<Vec<u32>> {
+        let enc = self.encode_all(std::slice::from_ref(input))?;
+        Ok(enc[0].get_ids().to_vec())
+    }
+
+    fn encode_all(&self, inputs: &[TextInput]) -> Result<Vec<tokenizers::Encoding>> {
+        let batch: Vec<EncodeInput> = inputs
+            .iter()
+            .map(|i| match i.b {
+                Some(b) => EncodeInput::Dual(i.a.into(), b.into()),
+                None => EncodeInput::Single(i.a.into()),
+            })
+            .collect();
+        self.tokenizer
+            .encode_batch(batch, true)
+            .map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))
+    }
+
+    fn pool(&self, hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let pooled = match self.pooling {
+            Pooling::Mean => layers::mean_pool(hidden, mask)?,
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Max => {
+                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let penalty = ((m.ones_like()? - &m)? * -1e9)?;
+                hidden.broadcast_add(&penalty)?.max(1)?
+            }
+            Pooling::MeanSqrtLen => {
+                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+                summed.broadcast_div(&m.sum(1)?.sqrt()?)?
+            }
+        };
+        if self.normalize {
+            let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+            pooled.broadcast_div(&norm)
+        } else {
+            Ok(pooled)
+        }
+    }
+
+    /// Tokenise, sort by length, pad each batch to its longest member, run, and return rows in
+    /// input order. Sorting keeps padding small; results do not depend on the batch size
+    /// beyond float rounding because every padded position is masked.
+    fn run(&self, inputs: &[TextInput], batch_size: usize, want_logits: bool) -> Result<Batched> {
+        if want_logits && !self.net.has_head() {
+            bail!("{}: this checkpoint has no task head", self.info.id);
+        }
+        let encodings = self.encode_all(inputs)?;
+        let n_truncated = encodings
+            .iter()
+            .filter(|e| !e.get_overflowing().is_empty())
+            .count();
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| (Reverse(encodings[i].len()), i));
+        let mut rows = vec![Vec::new(); inputs.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let width = chunk.iter().map(|&i| encodings[i].len()).max().unwrap_or(0);
+            let mut ids = Vec::with_capacity(chunk.len() * width);
+            let mut types = Vec::with_capacity(chunk.len() * width);
+            let mut mask = Vec::with_capacity(chunk.len() * width);
+            for &i in chunk {
+                let e = &encodings[i];
+                let pad = width - e.len();
+                ids.extend(e.get_ids().iter().copied().chain(std::iter::repeat_n(self.pad_id, pad)));
+                types.extend(e.get_type_ids().iter().copied().chain(std::iter::repeat_n(0, pad)));
+                mask.extend(std::iter::repeat_n(1u32, e.len()).chain(std::iter::repeat_n(0, pad)));
+            }
+            let shape = (chunk.len(), width);
+            let ids = Tensor::from_vec(ids, shape, &self.device)?;
+            let types = Tensor::from_vec(types, shape, &self.device)?;
+            let mask = Tensor::from_vec(mask, shape, &self.device)?;
+            let hidden = self.net.encode(&ids, &types, &mask)?;
+            let out = if want_logits {
+                self.net.classify(&hidden)?
+            } else {
+                self.pool(&hidden, &mask)?
+            };
+            for (row, &i) in out.to_vec2::<f32>()?.into_iter().zip(chunk) {
+                rows[i] = row;
+            }
+        }
+        Ok(Batched { rows, n_truncated })
+    }
+}
+
+impl Backend for EncoderBackend {
+    fn info(&self) -> &CheckpointInfo {
+        &self.info
+    }
+    fn head_labels(&self) -> Option<&[String]> {
+        self.head_labels.as_deref()
+    }
+    fn logits(&self, inputs: &[TextInput], batch_size: usize) -> Result<Batched> {
+        self.run(inputs, batch_size, true)
+    }
+    fn embeddings(&self, inputs: &[TextInput], batch_size: usize) -> Result<Batched> {
+        self.run(inputs, batch_size, false)
+    }
+}

@@ -1,0 +1,310 @@
+//! Model references: an alias from the editable table `harness/aliases.toml`, a Hub id
+//! (`org/name`, optionally `@revision`), or a local folder in Hub snapshot layout.
+//!
+//! Hub downloads use hf-hub 0.4's *sync* API (ureq). The harness is a batch CLI that fetches a
+//! handful of files before any compute starts; the async 1.0 API would add a tokio runtime and
+//! reqwest to every build for no gain. hf-hub reads `HF_HOME` and `HF_ENDPOINT`; this module
+//! adds `HF_HUB_CACHE` (the shared cache folder) and `HF_HUB_OFFLINE` (cache only, no network).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The alias table shipped with the harness.
+pub const BUILTIN_ALIASES: &str = include_str!("../../aliases.toml");
+
+/// One alias: a base checkpoint plus fine-tuned checkpoints per task.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Alias {
+    pub description: String,
+    /// The pretrained checkpoint without a task head (used for probes and profiling).
+    pub base: String,
+    /// Task name to fine-tuned Hub checkpoint.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, String>,
+    /// Where each checkpoint comes from (model card), for the README and `list models`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, String>,
+}
+
+/// The alias table: alias name to entry.
+#[derive(Debug, Clone)]
+pub struct AliasTable(pub BTreeMap<String, Alias>);
+
+impl AliasTable {
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let map: BTreeMap<String, Alias> =
+            toml::from_str(text).with_context(|| format!("{origin}: invalid alias table"))?;
+        Ok(AliasTable(map))
+    }
+
+    pub fn builtin() -> Self {
+        Self::parse(BUILTIN_ALIASES, "aliases.toml").expect("the built-in alias table parses")
+    }
+
+    /// The built-in table, or a user's file given with `--aliases`.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        match path {
+            None => Ok(Self::builtin()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read alias table", p.display()))?;
+                Self::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+}
+
+/// What a model argument refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRef {
+    Alias(String),
+    Hub { repo: String, revision: Option<String> },
+    Local(PathBuf),
+}
+
+impl ModelRef {
+    /// Classify a command-line model argument. Cheap: no network, no weights.
+    pub fn parse(arg: &str, aliases: &AliasTable) -> Result<Self> {
+        let path = Path::new(arg);
+        if path.exists() {
+            if !path.is_dir() {
+                bail!("{arg}: a model must be a folder (with config.json and weights), not a file");
+            }
+            return Ok(ModelRef::Local(path.to_path_buf()));
+        }
+        if aliases.0.contains_key(arg) {
+            return Ok(ModelRef::Alias(arg.to_string()));
+        }
+        let looks_like_path = arg.starts_with('.') || arg.starts_with('/') || arg.starts_with('~') || arg.matches('/').count() > 1;
+        if looks_like_path {
+            bail!("model folder not found: {arg}");
+        }
+        if let Some((repo, revision)) = parse_hub_id(arg) {
+            return Ok(ModelRef::Hub { repo, revision });
+        }
+        let names: Vec<&str> = aliases.0.keys().map(String::as_str).collect();
+        let mut msg = format!("unknown model alias '{arg}'");
+        if let Some(c) = tasks::registry::closest_name(arg, &names) {
+            msg.push_str(&format!(" (did you mean '{c}'?)"));
+        }
+        msg.push_str(&format!(
+            "; known aliases: {}; or pass a Hub id (org/name) or a local folder",
+            names.join(", ")
+        ));
+        bail!(msg)
+    }
+
+    pub fn source(&self) -> &'static str {
+        match self {
+            ModelRef::Alias(_) => "alias",
+            ModelRef::Hub { .. } => "hub",
+            ModelRef::Local(_) => "local",
+        }
+    }
+}
+
+/// `org/name` or `org/name@revision`, with Hub-legal characters.
+fn parse_hub_id(arg: &str) -> Option<(String, Option<String>)> {
+    let (repo, revision) = match arg.split_once('@') {
+        Some((r, rev)) if !rev.is_empty() => (r, Some(rev.to_string())),
+        Some(_) => return None,
+        None => (arg, None),
+    };
+    let (org, name) = repo.split_once('/')?;
+    let ok = |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    (ok(org) && ok(name)).then(|| (repo.to_string(), revision))
+}
+
+/// The checkpoint to load for `model` on `task`: the alias's fine-tuned checkpoint for that task
+/// when it has one, its base checkpoint otherwise; a Hub id or folder as it is.
+pub fn checkpoint_for(model: &ModelRef, task: &str, aliases: &AliasTable) -> ModelRef {
+    match model {
+        ModelRef::Alias(name) => {
+            let alias = &aliases.0[name];
+            let id = alias.tasks.get(task).unwrap_or(&alias.base);
+            let (repo, revision) = parse_hub_id(id).unwrap_or((id.clone(), None));
+            ModelRef::Hub { repo, revision }
+        }
+        other => other.clone(),
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name)
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+/// The Hub cache folder: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+fn hub_cache() -> hf_hub::Cache {
+    match std::env::var("HF_HUB_CACHE") {
+        Ok(p) if !p.is_empty() => hf_hub::Cache::new(PathBuf::from(p)),
+        _ => hf_hub::Cache::from_env(),
+    }
+}
+
+/// Files a snapshot needs, in order of preference within each group.
+const WANTED: &[&[&str]] = &[
+    &["config.json"],
+    &["model.safetensors", "pytorch_model.bin"],
+    &["tokenizer.json", "vocab.txt"],
+    &["tokenizer_config.json"],
+    &["special_tokens_map.json"],
+    &["modules.json"],
+    &["1_Pooling/config.json"],
+];
+
+fn offline_hint(repo: &str) -> String {
+    format!(
+        "without network, download '{repo}' on a machine that has it (e.g. `huggingface-cli download {repo}`) and pass the folder instead: --teacher path/to/folder (config.json, tokenizer.json or vocab.txt, model.safetensors or pytorch_model.bin)"
+    )
+}
+
+/// Make a Hub checkpoint available locally and return its snapshot folder and resolved
+/// revision. With `HF_HUB_OFFLINE=1` only the cache is consulted.
+pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)> {
+    let rev = revision.unwrap_or("main").to_string();
+    let hf_repo = hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.clone());
+    let cache = hub_cache();
+    if env_flag("HF_HUB_OFFLINE") {
+        let cached = cache.repo(hf_repo.clone());
+        let config = cached.get("config.json").with_context(|| {
+            format!(
+                "HF_HUB_OFFLINE is set and '{repo}' (revision {rev}) is not in the Hub cache at {}; {}",
+                cache.path().display(),
+                offline_hint(repo)
+            )
+        })?;
+        let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        let commit = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or(rev);
+        return Ok((dir, commit));
+    }
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(false);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+    let api = builder.build().context("cannot set up the Hugging Face Hub client")?;
+    let api_repo = api.repo(hf_repo);
+    let info = api_repo.info().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the Hugging Face Hub at {endpoint} to fetch '{repo}' ({e}); {}",
+            offline_hint(repo)
+        )
+    })?;
+    let present: std::collections::BTreeSet<&str> =
+        info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    let mut dir = None;
+    for group in WANTED {
+        if let Some(name) = group.iter().find(|n| present.contains(*n)) {
+            let path = api_repo
+                .get(name)
+                .with_context(|| format!("downloading {name} of '{repo}' from {endpoint}"))?;
+            if *name == "config.json" {
+                dir = path.parent().map(Path::to_path_buf);
+            }
+        }
+    }
+    let dir = dir.with_context(|| format!("'{repo}' on the Hub has no config.json"))?;
+    Ok((dir, info.sha))
+}
+
+/// Fetch files of a Hub *dataset* repository (revision `main`), from the cache only when
+/// `HF_HUB_OFFLINE` is set. Returns local paths in the order asked.
+pub fn fetch_dataset_files(repo: &str, files: &[String]) -> Result<Vec<PathBuf>> {
+    let hf_repo = hf_hub::Repo::new(repo.to_string(), hf_hub::RepoType::Dataset);
+    let cache = hub_cache();
+    let data_hint = "pass --data-dir with a folder in the GLUE layout (SST-2/dev.tsv, ...) instead";
+    if env_flag("HF_HUB_OFFLINE") {
+        let cached = cache.repo(hf_repo);
+        return files
+            .iter()
+            .map(|f| {
+                cached.get(f).with_context(|| {
+                    format!(
+                        "HF_HUB_OFFLINE is set and {f} of the dataset '{repo}' is not in the Hub cache at {}; {data_hint}",
+                        cache.path().display()
+                    )
+                })
+            })
+            .collect();
+    }
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(false);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+    let api = builder.build().context("cannot set up the Hugging Face Hub client")?;
+    let api_repo = api.repo(hf_repo);
+    files
+        .iter()
+        .map(|f| {
+            api_repo.get(f).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot fetch {f} of the dataset '{repo}' from the Hugging Face Hub at {endpoint} ({e}); {data_hint}"
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_aliases_cover_glue_for_both_teacher_and_student() {
+        let t = AliasTable::builtin();
+        for alias in ["bert-base", "distilbert"] {
+            let a = &t.0[alias];
+            for task in tasks::task_names() {
+                let id = a.tasks.get(task).unwrap_or_else(|| panic!("{alias} lacks {task}"));
+                assert!(parse_hub_id(id).is_some(), "{alias}/{task}: '{id}' is not a Hub id");
+            }
+        }
+        assert_eq!(
+            t.0["distilbert"].tasks["sst2"],
+            "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
+        );
+    }
+
+    #[test]
+    fn parses_each_kind_of_reference() {
+        let t = AliasTable::builtin();
+        assert_eq!(ModelRef::parse("bert-base", &t).unwrap(), ModelRef::Alias("bert-base".into()));
+        assert_eq!(
+            ModelRef::parse("org/name@v1.0", &t).unwrap(),
+            ModelRef::Hub { repo: "org/name".into(), revision: Some("v1.0".into()) }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().to_str().unwrap();
+        assert_eq!(ModelRef::parse(p, &t).unwrap(), ModelRef::Local(dir.path().into()));
+    }
+
+    #[test]
+    fn unknown_alias_suggests_closest() {
+        let err = ModelRef::parse("distilbrt", &AliasTable::builtin()).unwrap_err().to_string();
+        assert!(err.contains("unknown model alias 'distilbrt' (did you mean 'distilbert'?)"), "{err}");
+    }
+
+    #[test]
+    fn missing_folder_is_reported_as_such() {
+        let err = ModelRef::parse("./no/such/model", &AliasTable::builtin()).unwrap_err().to_string();
+        assert_eq!(err, "model folder not found: ./no/such/model");
+    }
+
+    #[test]
+    fn alias_resolves_per_task() {
+        let t = AliasTable::builtin();
+        let m = ModelRef::Alias("distilbert".into());
+        match checkpoint_for(&m, "sst2", &t) {
+            ModelRef::Hub { repo, .. } => assert_eq!(repo, "distilbert/distilbert-base-uncased-finetuned-sst-2-english"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

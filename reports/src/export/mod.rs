@@ -1,0 +1,31 @@
+//! Report formats, one file each behind the small [`Exporter`] trait (as hyperfine's
+//! `src/export/`). `table` is the shared layout helper.
+
+mod markdown;
+pub mod table;
+
+pub use markdown::MarkdownReport;
+
+use crate::Results;
+
+/// Renders a results file in one format.
+pub trait Exporter {
+    fn render(&self, results: &Results) -> String;
+}
+
+/// Format a fraction as points (x100) with two decimals, the way GLUE tables print scores.
+pub fn points(v: f64) -> String {
+    if v.is_finite() {
+        format!("{:.2}", v * 100.0)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// Format an optional ratio as a percentage with one decimal.
+pub fn percent(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{:.1}%", v * 100.0),
+        _ => "n/a".into(),
+    }
+}

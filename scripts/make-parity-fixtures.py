@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Build the tiny random parity checkpoints under tests/fixtures/ with Python `transformers`.
+
+Each fixture is a folder laid out exactly like a Hugging Face Hub snapshot, plus `expected.json`:
+the inputs, the token ids the reference tokenizer produced, and the reference outputs (logits, or
+pooled sentence embeddings) computed on ONE PADDED BATCH, so the Rust side is checked on padding
+and masking too. Rust tests (harness/tests/parity.rs) load these through the same code path as a
+real run and require max |diff| <= 1e-4 in f32.
+
+Weights are drawn with a larger spread than the models' own initialisers (std 0.2 instead of 0.02)
+so that outputs differ clearly between inputs and a wrong mask or a swapped tensor cannot hide.
+
+Usage (CI never runs this; the fixtures are committed):
+    python3 -m venv pyenv && pyenv/bin/pip install torch transformers
+    pyenv/bin/python scripts/make-parity-fixtures.py
+"""
+import json
+import os
+import shutil
+import sys
+
+import torch
+import transformers
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    DistilBertTokenizer,
+    MPNetConfig,
+    MPNetModel,
+    MPNetTokenizerFast,
+)
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+SEED = 1234
+
+WORDS = (
+    "the a an is was are of and to in it movie film good bad great terrible fun boring "
+    "man woman child dog cat horse riding dancing playing hat hard wearing said not very "
+    "company growth strategy business pie does fit our long term he she they we this that "
+    "what how why question answer yes no i you"
+).split()
+PIECES = ["##s", "##ing", "##ed", "##ly", "##er", "##est", "##y", "##n", "##t"]
+LETTERS = list("abcdefghijklmnopqrstuvwxyz") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+PUNCT = list(".,!?'\"-")
+
+SINGLE = [
+    "It was a great movie, very fun.",
+    "A terrible, boring film!",
+    "The child is riding a horse while the dog is playing and the cat is dancing in the hat.",
+    "Zebras?",
+]
+PAIRS = [
+    ("A man is dancing.", "A man wearing a hard hat is dancing."),
+    ("He said the pie business does not fit.", "Our long-term growth strategy?"),
+    ("What is this?", "This is not a question, it is an answer that is very long indeed."),
+]
+
+
+def bert_vocab():
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + PUNCT + WORDS + PIECES + LETTERS
+
+
+def mpnet_vocab():
+    return ["<s>", "<pad>", "</s>", "<unk>"] + PUNCT + WORDS + PIECES + LETTERS + ["<mask>"]
+
+
+def spread_weights(model):
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+
+
+def fresh(path):
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+
+
+def write_vocab(path, vocab):
+    with open(os.path.join(path, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    # transformers 5 takes the vocabulary as a mapping (`vocab=`); `vocab_file=` is ignored there.
+    return {tok: i for i, tok in enumerate(vocab)}
+
+
+def encode(tok, texts):
+    if isinstance(texts[0], tuple):
+        a, b = zip(*texts)
+        return tok(list(a), list(b), padding=True, return_tensors="pt")
+    return tok(texts, padding=True, return_tensors="pt")
+
+
+def unpadded_ids(batch):
+    return [
+        [int(t) for t, m in zip(ids, mask) if m == 1]
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"])
+    ]
+
+
+def mean_pool(hidden, mask):
+    m = mask.unsqueeze(-1).float()
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def save_expected(path, inputs, batch, key, values, extra=None):
+    doc = {
+        "generated_by": "scripts/make-parity-fixtures.py",
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "inputs": [
+            {"text_a": x[0], "text_b": x[1]} if isinstance(x, tuple) else {"text_a": x, "text_b": None}
+            for x in inputs
+        ],
+        "input_ids": unpadded_ids(batch),
+        key: [[round(float(v), 7) for v in row] for row in values],
+    }
+    doc.update(extra or {})
+    with open(os.path.join(path, "expected.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+
+
+def sentence_transformers_layout(path, pooling="mean"):
+    os.makedirs(os.path.join(path, "1_Pooling"))
+    with open(os.path.join(path, "1_Pooling", "config.json"), "w") as f:
+        json.dump(
+            {
+                "word_embedding_dimension": 32,
+                "pooling_mode_cls_token": pooling == "cls",
+                "pooling_mode_mean_tokens": pooling == "mean",
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            },
+            f,
+            indent=1,
+        )
+    with open(os.path.join(path, "modules.json"), "w") as f:
+        json.dump(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ],
+            f,
+            indent=1,
+        )
+
+
+def bert_config(**kw):
+    return BertConfig(
+        vocab_size=len(bert_vocab()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        **kw,
+    )
+
+
+def make_bert_classifier():
+    path = os.path.join(ROOT, "bert-sst2-tiny")
+    fresh(path)
+    tok = BertTokenizerFast(vocab=write_vocab(path, bert_vocab()), do_lower_case=True)
+    cfg = bert_config(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    cfg.architectures = ["BertForSequenceClassification"]
+    torch.manual_seed(SEED)
+    model = BertForSequenceClassification(cfg).eval()
+    spread_weights(model)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    inputs = SINGLE + PAIRS
+    # Singles and pairs in separate padded batches, as a run never mixes them.
+    logits = []
+    ids = []
+    for group in (SINGLE, PAIRS):
+        batch = encode(tok, group)
+        with torch.no_grad():
+            logits += model(**batch).logits.tolist()
+        ids += unpadded_ids(batch)
+    doc_batch = {"input_ids": [], "attention_mask": []}
+    save_expected(path, inputs, doc_batch, "logits", logits, {"input_ids": ids})
+
+
+def make_bert_regression():
+    path = os.path.join(ROOT, "bert-stsb-tiny")
+    fresh(path)
+    tok = BertTokenizerFast(vocab=write_vocab(path, bert_vocab()), do_lower_case=True)
+    cfg = bert_config(num_labels=1)
+    cfg.architectures = ["BertForSequenceClassification"]
+    torch.manual_seed(SEED + 1)
+    model = BertForSequenceClassification(cfg).eval()
+    spread_weights(model)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    batch = encode(tok, PAIRS)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    save_expected(path, PAIRS, batch, "logits", logits.tolist())
+
+
+def make_bert_encoder():
+    """A BertModel sentence encoder in sentence-transformers layout, with the tokenizer file's own
+    fixed padding switched on (as the MiniLM files in shared/ have it): the harness must ignore it."""
+    path = os.path.join(ROOT, "bert-encoder-tiny")
+    fresh(path)
+    tok = BertTokenizerFast(vocab=write_vocab(path, bert_vocab()), do_lower_case=True)
+    cfg = bert_config()
+    cfg.architectures = ["BertModel"]
+    torch.manual_seed(SEED + 2)
+    model = BertModel(cfg, add_pooling_layer=False).eval()
+    spread_weights(model)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    tj = os.path.join(path, "tokenizer.json")
+    with open(tj) as f:
+        doc = json.load(f)
+    doc["padding"] = {
+        "strategy": {"Fixed": 40},
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 0,
+        "pad_type_id": 0,
+        "pad_token": "[PAD]",
+    }
+    doc["truncation"] = {"direction": "Right", "max_length": 40, "strategy": "LongestFirst", "stride": 0}
+    with open(tj, "w") as f:
+        json.dump(doc, f)
+    sentence_transformers_layout(path, "mean")
+    batch = encode(tok, SINGLE)
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    save_expected(path, SINGLE, batch, "embeddings", mean_pool(hidden, batch["attention_mask"]).tolist())
+
+
+def make_distilbert_textattack_layout():
+    """DistilBertForSequenceClassification saved as textattack's checkpoints are: pytorch_model.bin,
+    vocab.txt and tokenizer_config.json only (no tokenizer.json, no safetensors). Its MNLI label
+    order differs from the GLUE order, so label mapping by name is exercised too."""
+    path = os.path.join(ROOT, "distilbert-mnli-tiny")
+    fresh(path)
+    tok = DistilBertTokenizer(vocab=write_vocab(path, bert_vocab()), do_lower_case=True)
+    id2label = {0: "CONTRADICTION", 1: "ENTAILMENT", 2: "NEUTRAL"}
+    cfg = DistilBertConfig(
+        vocab_size=len(bert_vocab()),
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=48,
+        max_position_embeddings=64,
+        num_labels=3,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
+    cfg.architectures = ["DistilBertForSequenceClassification"]
+    torch.manual_seed(SEED + 3)
+    model = DistilBertForSequenceClassification(cfg).eval()
+    spread_weights(model)
+    model.save_pretrained(path)
+    # transformers 5 always writes safetensors; write the legacy pickle the way old checkpoints have it.
+    os.remove(os.path.join(path, "model.safetensors"))
+    torch.save(model.state_dict(), os.path.join(path, "pytorch_model.bin"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"do_lower_case": True, "model_max_length": 64}, f)
+    assert os.path.exists(os.path.join(path, "pytorch_model.bin")), os.listdir(path)
+    batch = encode(tok, PAIRS)
+    # DistilBERT takes no token type ids.
+    batch.pop("token_type_ids", None)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    save_expected(path, PAIRS, batch, "logits", logits.tolist())
+
+
+def make_mpnet_encoder():
+    path = os.path.join(ROOT, "mpnet-encoder-tiny")
+    fresh(path)
+    tok = MPNetTokenizerFast(vocab=write_vocab(path, mpnet_vocab()), do_lower_case=True, unk_token="<unk>")
+    cfg = MPNetConfig(
+        vocab_size=len(mpnet_vocab()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=80,
+        relative_attention_num_buckets=32,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    cfg.architectures = ["MPNetModel"]
+    torch.manual_seed(SEED + 4)
+    model = MPNetModel(cfg).eval()
+    spread_weights(model)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    sentence_transformers_layout(path, "mean")
+    # Long inputs push relative distances past the exact buckets into the logarithmic ones.
+    inputs = SINGLE + [" ".join(WORDS[:30])]
+    batch = encode(tok, inputs)
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    save_expected(path, inputs, batch, "embeddings", mean_pool(hidden, batch["attention_mask"]).tolist())
+
+
+def main():
+    os.makedirs(ROOT, exist_ok=True)
+    torch.set_num_threads(1)
+    make_bert_classifier()
+    make_bert_regression()
+    make_bert_encoder()
+    make_distilbert_textattack_layout()
+    make_mpnet_encoder()
+    for name in sorted(os.listdir(ROOT)):
+        with open(os.path.join(ROOT, name, "expected.json")) as f:
+            ids = [t for row in json.load(f)["input_ids"] for t in row]
+        unk = sum(1 for t in ids if t in (1, 3)) / len(ids)
+        assert unk < 0.2, f"{name}: {unk:.0%} of tokens are unknown or padding; the vocabulary did not load"
+        size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(ROOT, name)) for f in fs)
+        print(f"{name}: {size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
