@@ -15,7 +15,8 @@ pub const GLUE_REPO: &str = "nyu-mll/glue";
 
 /// Rows of one parquet file.
 pub fn read_parquet_rows(path: &Path) -> Result<Vec<BTreeMap<String, Value>>> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let reader = SerializedFileReader::new(file)
         .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
     let mut rows = Vec::new();

@@ -36,7 +36,8 @@ fn synonyms(task_label: &str) -> &'static [&'static str] {
 
 fn is_generic(name: &str) -> bool {
     let n = normalise(name);
-    n.strip_prefix("label").is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
+    n.strip_prefix("label")
+        .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// For each head output, the index of the task label it stands for. Errors say what was found
@@ -71,7 +72,14 @@ pub fn map_head_labels(head: &[String], task: &dyn Task) -> Result<Vec<usize>, S
                 .iter()
                 .map(|h| {
                     let i: usize = normalise(h)["label".len()..].parse().unwrap_or(usize::MAX);
-                    if i < 2 { Ok(i) } else { Err(format!("head label {h} is out of range for {}", task.name())) }
+                    if i < 2 {
+                        Ok(i)
+                    } else {
+                        Err(format!(
+                            "head label {h} is out of range for {}",
+                            task.name()
+                        ))
+                    }
                 })
                 .collect();
         }
@@ -118,29 +126,55 @@ mod tests {
 
     #[test]
     fn maps_reordered_mnli_names() {
-        let m = map_head_labels(&names(&["CONTRADICTION", "ENTAILMENT", "NEUTRAL"]), &tasks::glue::MNLI).unwrap();
+        let m = map_head_labels(
+            &names(&["CONTRADICTION", "ENTAILMENT", "NEUTRAL"]),
+            &tasks::glue::MNLI,
+        )
+        .unwrap();
         assert_eq!(m, vec![2, 0, 1]);
     }
 
     #[test]
     fn maps_sentiment_names_and_generic_binary() {
-        assert_eq!(map_head_labels(&names(&["NEGATIVE", "POSITIVE"]), &tasks::glue::SST2).unwrap(), vec![0, 1]);
-        assert_eq!(map_head_labels(&names(&["LABEL_0", "LABEL_1"]), &tasks::glue::RTE).unwrap(), vec![0, 1]);
-        assert_eq!(map_head_labels(&names(&["not_entailment", "entailment"]), &tasks::glue::QNLI).unwrap(), vec![1, 0]);
+        assert_eq!(
+            map_head_labels(&names(&["NEGATIVE", "POSITIVE"]), &tasks::glue::SST2).unwrap(),
+            vec![0, 1]
+        );
+        assert_eq!(
+            map_head_labels(&names(&["LABEL_0", "LABEL_1"]), &tasks::glue::RTE).unwrap(),
+            vec![0, 1]
+        );
+        assert_eq!(
+            map_head_labels(
+                &names(&["not_entailment", "entailment"]),
+                &tasks::glue::QNLI
+            )
+            .unwrap(),
+            vec![1, 0]
+        );
     }
 
     #[test]
     fn refuses_unnamed_three_way_labels() {
-        let err = map_head_labels(&names(&["LABEL_0", "LABEL_1", "LABEL_2"]), &tasks::glue::MNLI).unwrap_err();
+        let err = map_head_labels(
+            &names(&["LABEL_0", "LABEL_1", "LABEL_2"]),
+            &tasks::glue::MNLI,
+        )
+        .unwrap_err();
         assert!(err.contains("label orders differ"), "{err}");
     }
 
     #[test]
     fn refuses_wrong_task_head() {
-        let err = map_head_labels(&names(&["NEGATIVE", "POSITIVE"]), &tasks::glue::MNLI).unwrap_err();
+        let err =
+            map_head_labels(&names(&["NEGATIVE", "POSITIVE"]), &tasks::glue::MNLI).unwrap_err();
         assert!(err.contains("head has 2 outputs"), "{err}");
-        let err = map_head_labels(&names(&["NEGATIVE", "POSITIVE"]), &tasks::glue::MRPC).unwrap_err();
-        assert!(err.contains("cannot map the checkpoint's label 'NEGATIVE'"), "{err}");
+        let err =
+            map_head_labels(&names(&["NEGATIVE", "POSITIVE"]), &tasks::glue::MRPC).unwrap_err();
+        assert!(
+            err.contains("cannot map the checkpoint's label 'NEGATIVE'"),
+            "{err}"
+        );
         let err = map_head_labels(&names(&["a", "b"]), &tasks::glue::STSB).unwrap_err();
         assert!(err.contains("regression task"), "{err}");
     }

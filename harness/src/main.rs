@@ -31,7 +31,13 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
         ListWhat::Tasks => {
             println!("| task | version | primary metric | description |\n|---|---|---|---|");
             for t in tasks::REGISTRY {
-                println!("| {} | {} | {} | {} |", t.name(), t.version(), t.primary_metric(), t.description());
+                println!(
+                    "| {} | {} | {} | {} |",
+                    t.name(),
+                    t.version(),
+                    t.primary_metric(),
+                    t.description()
+                );
             }
         }
         ListWhat::Models => {

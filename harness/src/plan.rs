@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use tasks::{Dataset, DataSource, EvalSplit, Task};
+use tasks::{DataSource, Dataset, EvalSplit, Task};
 
 use crate::cli::RunArgs;
 use crate::models::resolve::{AliasTable, ModelRef};
@@ -47,7 +47,11 @@ fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         n if n == "cuda" || n.starts_with("cuda:") => {
-            let ordinal: usize = n.strip_prefix("cuda:").unwrap_or("0").parse().context("--device cuda:N needs a number")?;
+            let ordinal: usize = n
+                .strip_prefix("cuda:")
+                .unwrap_or("0")
+                .parse()
+                .context("--device cuda:N needs a number")?;
             if !candle_core::utils::cuda_is_available() {
                 bail!("--device {n}: this harness was built without CUDA; rebuild with `cargo build --release --features cuda`");
             }
@@ -103,11 +107,17 @@ impl RunPlan {
                     bail!("--data-dir {}: folder not found", dir.display());
                 }
                 let canon = dir.canonicalize().unwrap_or_else(|_| dir.clone());
-                (DataSource::GlueDir(dir.clone()), canon.display().to_string())
+                (
+                    DataSource::GlueDir(dir.clone()),
+                    canon.display().to_string(),
+                )
             }
             None => {
                 let names: Vec<&str> = picked.iter().map(|t| t.name()).collect();
-                (crate::run::hub_glue_source(&names)?, "hub:nyu-mll/glue".to_string())
+                (
+                    crate::run::hub_glue_source(&names)?,
+                    "hub:nyu-mll/glue".to_string(),
+                )
             }
         };
         let mut planned = Vec::new();

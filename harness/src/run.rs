@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use reports::{Cell, CheckpointInfo, Mode, ModelSummary, ProbeInfo, Results, RunSettings, TaskResult};
+use reports::{
+    Cell, CheckpointInfo, Mode, ModelSummary, ProbeInfo, Results, RunSettings, TaskResult,
+};
 use serde::{Deserialize, Serialize};
 use tasks::data::DataError;
 use tasks::probe_fit::{pair_features, sample_rows, LogisticProbe};
@@ -59,8 +61,12 @@ pub fn hub_glue_source(task_names: &[&str]) -> Result<DataSource> {
         let glue = glue_config(name);
         for split in task.eval_splits() {
             let file = hub_data::parquet_file(glue, split.hub_split);
-            let paths = resolve::fetch_dataset_files(hub_data::GLUE_REPO, std::slice::from_ref(&file))?;
-            splits.insert(split.hub_split.to_string(), hub_data::read_parquet_rows(&paths[0])?);
+            let paths =
+                resolve::fetch_dataset_files(hub_data::GLUE_REPO, std::slice::from_ref(&file))?;
+            splits.insert(
+                split.hub_split.to_string(),
+                hub_data::read_parquet_rows(&paths[0])?,
+            );
         }
     }
     Ok(DataSource::Records(splits))
@@ -79,7 +85,10 @@ fn glue_config(task: &str) -> &'static str {
 fn load_train(plan: &RunPlan, pt: &PlannedTask) -> Result<std::result::Result<Dataset, String>> {
     let task = pt.task;
     let Some(split) = task.train_split() else {
-        return Ok(Err(format!("{} has no train split to fit a probe on", task.name())));
+        return Ok(Err(format!(
+            "{} has no train split to fit a probe on",
+            task.name()
+        )));
     };
     match &plan.data {
         DataSource::GlueDir(_) => match task.load(&plan.data, &split) {
@@ -121,7 +130,9 @@ fn checkpoint_key(r: &ModelRef) -> String {
                 .unwrap_or_default();
             format!("{}#{stamp}", canon.display())
         }
-        ModelRef::Hub { repo, revision } => format!("{repo}@{}", revision.as_deref().unwrap_or("main")),
+        ModelRef::Hub { repo, revision } => {
+            format!("{repo}@{}", revision.as_deref().unwrap_or("main"))
+        }
         ModelRef::Alias(a) => a.clone(),
     }
 }
@@ -143,7 +154,8 @@ fn cache_key(plan: &RunPlan, ckpt: &ModelRef, pt: &PlannedTask) -> String {
 }
 
 fn cell_path(out: &Path, task: &str, role: Role) -> PathBuf {
-    out.join("cells").join(format!("{task}.{}.json", role.name()))
+    out.join("cells")
+        .join(format!("{task}.{}.json", role.name()))
 }
 
 fn read_cached(path: &Path, key: &str) -> Option<CellFile> {
@@ -162,7 +174,13 @@ fn softmax(row: &[f32]) -> Vec<f64> {
 fn argmax(v: &[f64]) -> usize {
     v.iter()
         .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .fold((0, f64::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 {
+                (i, x)
+            } else {
+                best
+            }
+        })
         .0
 }
 
@@ -188,13 +206,20 @@ fn inputs(ds: &Dataset) -> Vec<TextInput<'_>> {
 }
 
 /// Pooled features of each example: the embedding, or SentEval pair features for pairs.
-fn probe_features(backend: &dyn Backend, ds: &Dataset, batch_size: usize) -> Result<(Vec<Vec<f32>>, usize)> {
+fn probe_features(
+    backend: &dyn Backend,
+    ds: &Dataset,
+    batch_size: usize,
+) -> Result<(Vec<Vec<f32>>, usize)> {
     let singles: Vec<TextInput> = ds
         .examples
         .iter()
         .flat_map(|e| {
-            std::iter::once(TextInput { a: &e.text_a, b: None })
-                .chain(e.text_b.as_deref().map(|b| TextInput { a: b, b: None }))
+            std::iter::once(TextInput {
+                a: &e.text_a,
+                b: None,
+            })
+            .chain(e.text_b.as_deref().map(|b| TextInput { a: b, b: None }))
         })
         .collect();
     let emb = backend.embeddings(&singles, batch_size)?;
@@ -239,14 +264,19 @@ pub fn score_cell(
                     .rows
                     .iter()
                     .map(|row| match task.kind() {
-                        TaskKind::Regression => Prediction::Score { value: row[0] as f64 },
+                        TaskKind::Regression => Prediction::Score {
+                            value: row[0] as f64,
+                        },
                         TaskKind::Classification => {
                             let p = softmax(row);
                             let mut probs = vec![0.0; task.labels().len()];
                             for (k, &t) in mapping.iter().enumerate() {
                                 probs[t] = p[k];
                             }
-                            Prediction::Class { label: argmax(&probs), probs }
+                            Prediction::Class {
+                                label: argmax(&probs),
+                                probs,
+                            }
                         }
                     })
                     .collect();
@@ -266,7 +296,9 @@ pub fn score_cell(
                 let dim = feats.first().map_or(0, |f| f.len() / 4);
                 let preds: Vec<Prediction> = feats
                     .iter()
-                    .map(|f| Prediction::Score { value: cosine(&f[..dim], &f[dim..2 * dim]) })
+                    .map(|f| Prediction::Score {
+                        value: cosine(&f[..dim], &f[dim..2 * dim]),
+                    })
                     .collect();
                 let gold: Vec<_> = ds.examples.iter().map(|e| e.gold).collect();
                 metrics.extend(task.score(&preds, &gold, split.suffix));
@@ -285,12 +317,20 @@ pub fn score_cell(
                 origin: train.origin.clone(),
             };
             let (x, _) = probe_features(backend, &sample, bs)?;
-            let y: Vec<usize> = sample.examples.iter().filter_map(|e| e.gold.class()).collect();
+            let y: Vec<usize> = sample
+                .examples
+                .iter()
+                .filter_map(|e| e.gold.class())
+                .collect();
             let probe = LogisticProbe::fit(&x, &y, task.labels().len(), &plan.probe);
             probe_info = Some(ProbeInfo {
                 train_origin: train.origin.clone(),
                 train_rows: sample.examples.len(),
-                features: if task.is_pair() { "[u, v, |u-v|, u*v]".into() } else { "u".into() },
+                features: if task.is_pair() {
+                    "[u, v, |u-v|, u*v]".into()
+                } else {
+                    "u".into()
+                },
             });
             for (split, ds) in &pt.splits {
                 let (feats, trunc) = probe_features(backend, ds, bs)?;
@@ -299,7 +339,10 @@ pub fn score_cell(
                     .iter()
                     .map(|f| {
                         let probs = probe.predict_proba(f);
-                        Prediction::Class { label: argmax(&probs), probs }
+                        Prediction::Class {
+                            label: argmax(&probs),
+                            probs,
+                        }
                     })
                     .collect();
                 let gold: Vec<_> = ds.examples.iter().map(|e| e.gold).collect();
@@ -341,7 +384,12 @@ fn load_backend(ckpt: &ModelRef, plan: &RunPlan) -> Result<EncoderBackend> {
     }
 }
 
-fn write_predictions(out: &Path, pt: &PlannedTask, teacher: &CellFile, student: &CellFile) -> Result<()> {
+fn write_predictions(
+    out: &Path,
+    pt: &PlannedTask,
+    teacher: &CellFile,
+    student: &CellFile,
+) -> Result<()> {
     let dir = out.join("predictions");
     std::fs::create_dir_all(&dir)?;
     let mut text = String::new();
@@ -360,12 +408,17 @@ fn write_predictions(out: &Path, pt: &PlannedTask, teacher: &CellFile, student: 
             text.push('\n');
         }
     }
-    reports::io::write_atomic(&dir.join(format!("{}.jsonl", pt.task.name())), text.as_bytes())
-        .with_context(|| format!("cannot write predictions in {}", dir.display()))
+    reports::io::write_atomic(
+        &dir.join(format!("{}.jsonl", pt.task.name())),
+        text.as_bytes(),
+    )
+    .with_context(|| format!("cannot write predictions in {}", dir.display()))
 }
 
 fn git_commit() -> Option<String> {
-    option_env!("HARNESS_GIT_COMMIT").filter(|s| !s.is_empty()).map(str::to_string)
+    option_env!("HARNESS_GIT_COMMIT")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// Run the plan. Progress goes to stderr unless `plan.quiet`.
@@ -397,8 +450,16 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
             probe_l2: plan.probe.l2,
             probe_iterations: plan.probe.iterations,
         },
-        teacher: ModelSummary { id: plan.teacher_arg.clone(), source: plan.teacher.source().into(), checkpoint: None },
-        student: ModelSummary { id: plan.student_arg.clone(), source: plan.student.source().into(), checkpoint: None },
+        teacher: ModelSummary {
+            id: plan.teacher_arg.clone(),
+            source: plan.teacher.source().into(),
+            checkpoint: None,
+        },
+        student: ModelSummary {
+            id: plan.student_arg.clone(),
+            source: plan.student.source().into(),
+            checkpoint: None,
+        },
         tasks: BTreeMap::new(),
         skipped: BTreeMap::new(),
         macro_score: None,
@@ -414,7 +475,12 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
             let key = cache_key(plan, &ckpt, pt);
             match read_cached(&cell_path(&plan.out, pt.task.name(), role), &key) {
                 Some(cf) => {
-                    say(format!("{} {}: reusing the finished cell in {}", role.name(), pt.task.name(), plan.out.display()));
+                    say(format!(
+                        "{} {}: reusing the finished cell in {}",
+                        role.name(),
+                        pt.task.name(),
+                        plan.out.display()
+                    ));
                     done.insert((ti, role), cf);
                 }
                 None => todo.push((role, ti, ckpt, key)),
@@ -445,8 +511,18 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
         .with_context(|| format!("cannot create {}", cells_dir.display()))?;
     for (role, ti, ckpt, key) in todo {
         let pt = &plan.tasks[ti];
-        let backend = &backends.iter().find(|(r, _)| *r == ckpt).expect("loaded above").1;
-        say(format!("{} {}: scoring {} examples with {}", role.name(), pt.task.name(), pt.n_examples(), backend.info().id));
+        let backend = &backends
+            .iter()
+            .find(|(r, _)| *r == ckpt)
+            .expect("loaded above")
+            .1;
+        say(format!(
+            "{} {}: scoring {} examples with {}",
+            role.name(),
+            pt.task.name(),
+            pt.n_examples(),
+            backend.info().id
+        ));
         match score_cell(backend, pt, plan, key)? {
             Ok(cf) => {
                 say(format!(
@@ -455,15 +531,26 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
                     pt.task.name(),
                     cf.cell.mode.as_str(),
                     pt.task.primary_metric(),
-                    cf.cell.metrics.get(pt.task.primary_metric()).copied().unwrap_or(f64::NAN),
+                    cf.cell
+                        .metrics
+                        .get(pt.task.primary_metric())
+                        .copied()
+                        .unwrap_or(f64::NAN),
                     cf.cell.elapsed_s
                 ));
                 reports::io::write_json_atomic(&cell_path(&plan.out, pt.task.name(), role), &cf)?;
                 done.insert((ti, role), cf);
             }
             Err(reason) => {
-                say(format!("{} {}: not scored: {reason}", role.name(), pt.task.name()));
-                results.skipped.insert(pt.task.name().to_string(), format!("{}: {reason}", role.name()));
+                say(format!(
+                    "{} {}: not scored: {reason}",
+                    role.name(),
+                    pt.task.name()
+                ));
+                results.skipped.insert(
+                    pt.task.name().to_string(),
+                    format!("{}: {reason}", role.name()),
+                );
             }
         }
         assemble(plan, &mut results, &done)?;
@@ -474,16 +561,28 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     reports::io::write_json_atomic(&results_path, &results)
         .with_context(|| format!("cannot write {}", results_path.display()))?;
     if results.tasks.is_empty() {
-        let reasons: Vec<String> = results.skipped.iter().map(|(t, r)| format!("{t}: {r}")).collect();
+        let reasons: Vec<String> = results
+            .skipped
+            .iter()
+            .map(|(t, r)| format!("{t}: {r}"))
+            .collect();
         bail!("no task could be scored ({})", reasons.join("; "));
     }
-    Ok(RunOutcome { results, results_path })
+    Ok(RunOutcome {
+        results,
+        results_path,
+    })
 }
 
 /// Fill in task results for every task whose two cells are done, and the summaries.
-fn assemble(plan: &RunPlan, results: &mut Results, done: &BTreeMap<(usize, Role), CellFile>) -> Result<()> {
+fn assemble(
+    plan: &RunPlan,
+    results: &mut Results,
+    done: &BTreeMap<(usize, Role), CellFile>,
+) -> Result<()> {
     let first = |role: Role| -> Option<CheckpointInfo> {
-        (0..plan.tasks.len()).find_map(|ti| done.get(&(ti, role)).map(|c| c.cell.checkpoint.clone()))
+        (0..plan.tasks.len())
+            .find_map(|ti| done.get(&(ti, role)).map(|c| c.cell.checkpoint.clone()))
     };
     results.teacher.checkpoint = first(Role::Teacher);
     results.student.checkpoint = first(Role::Student);
@@ -492,11 +591,20 @@ fn assemble(plan: &RunPlan, results: &mut Results, done: &BTreeMap<(usize, Role)
         if results.tasks.contains_key(name) {
             continue;
         }
-        if let (Some(t), Some(s)) = (done.get(&(ti, Role::Teacher)), done.get(&(ti, Role::Student))) {
+        if let (Some(t), Some(s)) = (
+            done.get(&(ti, Role::Teacher)),
+            done.get(&(ti, Role::Student)),
+        ) {
             write_predictions(&plan.out, pt, t, s)?;
             results.tasks.insert(
                 name.to_string(),
-                TaskResult::new(pt.task.version(), pt.task.primary_metric(), pt.n_examples(), t.cell.clone(), s.cell.clone()),
+                TaskResult::new(
+                    pt.task.version(),
+                    pt.task.primary_metric(),
+                    pt.n_examples(),
+                    t.cell.clone(),
+                    s.cell.clone(),
+                ),
             );
         }
     }

@@ -27,23 +27,35 @@ struct Expected {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 fn check(name: &str, architecture: &str) {
     let dir = fixture(name);
     let expected: Expected =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let opts = LoadOptions { device: Device::Cpu, max_length: None };
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        max_length: None,
+    };
     let model = EncoderBackend::load(name, &dir, &opts).unwrap();
     assert_eq!(model.info().architecture, architecture);
     let inputs: Vec<TextInput> = expected
         .inputs
         .iter()
-        .map(|i| TextInput { a: &i.text_a, b: i.text_b.as_deref() })
+        .map(|i| TextInput {
+            a: &i.text_a,
+            b: i.text_b.as_deref(),
+        })
         .collect();
     for (input, ids) in inputs.iter().zip(&expected.input_ids) {
-        assert_eq!(&model.token_ids(input).unwrap(), ids, "{name}: token ids of {input:?}");
+        assert_eq!(
+            &model.token_ids(input).unwrap(),
+            ids,
+            "{name}: token ids of {input:?}"
+        );
     }
     for batch_size in [1, 2, 32] {
         let (got, want) = match (&expected.logits, &expected.embeddings) {
@@ -93,11 +105,16 @@ fn mpnet_with_relative_position_bias_matches_transformers() {
 
 #[test]
 fn parameters_are_counted_from_the_weights() {
-    let opts = LoadOptions { device: Device::Cpu, max_length: None };
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        max_length: None,
+    };
     let m = EncoderBackend::load("x", &fixture("bert-sst2-tiny"), &opts).unwrap();
     // Counted independently from the architecture: embeddings, two layers, pooler, classifier.
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("bert-sst2-tiny/config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("bert-sst2-tiny/config.json")).unwrap(),
+    )
+    .unwrap();
     let v = cfg["vocab_size"].as_u64().unwrap();
     let (h, i, p, l) = (32u64, 48u64, 64u64, 2u64);
     let embeddings = v * h + p * h + 2 * h + 2 * h;

@@ -159,8 +159,16 @@ impl TaskResult {
         } else {
             "mixed".to_string()
         };
-        let t = teacher.metrics.get(primary_metric).copied().unwrap_or(f64::NAN);
-        let s = student.metrics.get(primary_metric).copied().unwrap_or(f64::NAN);
+        let t = teacher
+            .metrics
+            .get(primary_metric)
+            .copied()
+            .unwrap_or(f64::NAN);
+        let s = student
+            .metrics
+            .get(primary_metric)
+            .copied()
+            .unwrap_or(f64::NAN);
         TaskResult {
             task_version,
             primary_metric: primary_metric.to_string(),
@@ -173,7 +181,12 @@ impl TaskResult {
     }
 
     pub fn primary(&self) -> (f64, f64) {
-        let get = |c: &Cell| c.metrics.get(&self.primary_metric).copied().unwrap_or(f64::NAN);
+        let get = |c: &Cell| {
+            c.metrics
+                .get(&self.primary_metric)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
         (get(&self.teacher), get(&self.student))
     }
 }
@@ -252,7 +265,9 @@ pub(crate) mod tests {
                 checkpoint: None,
             },
             tasks: BTreeMap::new(),
-            skipped: [("mrpc".to_string(), "student: no train split".to_string())].into_iter().collect(),
+            skipped: [("mrpc".to_string(), "student: no train split".to_string())]
+                .into_iter()
+                .collect(),
             macro_score: None,
         };
         r.tasks.insert(

@@ -42,7 +42,10 @@ fn check(root: &Value, schema: &Value, doc: &Value, path: &str, errors: &mut Vec
     if let Some(t) = schema.get("type") {
         let ok = match t {
             Value::String(s) => type_matches(s, doc),
-            Value::Array(ts) => ts.iter().filter_map(Value::as_str).any(|s| type_matches(s, doc)),
+            Value::Array(ts) => ts
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|s| type_matches(s, doc)),
             _ => true,
         };
         if !ok {
@@ -71,7 +74,10 @@ fn check(root: &Value, schema: &Value, doc: &Value, path: &str, errors: &mut Vec
         let props = schema.get("properties").and_then(Value::as_object);
         for (key, value) in obj {
             let child = format!("{path}.{key}");
-            match (props.and_then(|p| p.get(key)), schema.get("additionalProperties")) {
+            match (
+                props.and_then(|p| p.get(key)),
+                schema.get("additionalProperties"),
+            ) {
                 (Some(s), _) => check(root, s, value, &child, errors),
                 (None, Some(Value::Bool(false))) => {
                     errors.push(format!("{path}: unexpected key '{key}'"))
@@ -116,12 +122,21 @@ mod tests {
     fn violations_are_reported_with_paths() {
         let mut doc = serde_json::to_value(crate::schema::tests::sample()).unwrap();
         doc["tasks"]["stsb"]["teacher"]["mode"] = Value::from("guess");
-        doc["tasks"]["sst2"].as_object_mut().unwrap().remove("n_examples");
+        doc["tasks"]["sst2"]
+            .as_object_mut()
+            .unwrap()
+            .remove("n_examples");
         doc["schema_version"] = Value::from(99);
         let errors = validate(&schema(), &doc);
         let all = errors.join("\n");
-        assert!(all.contains("$.tasks.stsb.teacher.mode: \"guess\" is not one of"), "{all}");
-        assert!(all.contains("$.tasks.sst2: missing required key 'n_examples'"), "{all}");
+        assert!(
+            all.contains("$.tasks.stsb.teacher.mode: \"guess\" is not one of"),
+            "{all}"
+        );
+        assert!(
+            all.contains("$.tasks.sst2: missing required key 'n_examples'"),
+            "{all}"
+        );
         assert!(all.contains("$.schema_version: 99 is not one of"), "{all}");
     }
 }

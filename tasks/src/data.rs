@@ -142,14 +142,16 @@ impl TsvFile {
     pub fn column_index(&self, column: Column) -> Result<usize, DataError> {
         match (column, &self.header) {
             (Column::Index(i), _) => Ok(i),
-            (Column::Name(name), Some(header)) => header
-                .iter()
-                .position(|h| h == name)
-                .ok_or_else(|| DataError::MissingColumn {
-                    origin: self.origin.clone(),
-                    column: name.to_string(),
-                    found: header.join(", "),
-                }),
+            (Column::Name(name), Some(header)) => {
+                header
+                    .iter()
+                    .position(|h| h == name)
+                    .ok_or_else(|| DataError::MissingColumn {
+                        origin: self.origin.clone(),
+                        column: name.to_string(),
+                        found: header.join(", "),
+                    })
+            }
             (Column::Name(name), None) => Err(DataError::MissingColumn {
                 origin: self.origin.clone(),
                 column: name.to_string(),
@@ -166,15 +168,17 @@ pub fn field<'a>(
     row: &'a [String],
     idx: usize,
 ) -> Result<&'a str, DataError> {
-    row.get(idx).map(String::as_str).ok_or_else(|| DataError::Malformed {
-        origin: origin.to_string(),
-        line,
-        message: format!(
-            "expected at least {} tab-separated fields, found {}",
-            idx + 1,
-            row.len()
-        ),
-    })
+    row.get(idx)
+        .map(String::as_str)
+        .ok_or_else(|| DataError::Malformed {
+            origin: origin.to_string(),
+            line,
+            message: format!(
+                "expected at least {} tab-separated fields, found {}",
+                idx + 1,
+                row.len()
+            ),
+        })
 }
 
 #[cfg(test)]
@@ -192,7 +196,11 @@ mod tests {
 
     #[test]
     fn no_header_keeps_first_row() {
-        let f = TsvFile::parse("x", "gj04\t1\t\tOur friends won't buy this analysis.\n", false);
+        let f = TsvFile::parse(
+            "x",
+            "gj04\t1\t\tOur friends won't buy this analysis.\n",
+            false,
+        );
         assert!(f.header.is_none());
         assert_eq!(f.rows[0].1[3], "Our friends won't buy this analysis.");
     }
@@ -200,14 +208,22 @@ mod tests {
     #[test]
     fn missing_column_names_found_columns() {
         let f = TsvFile::parse("dev.tsv", "a\tb\n1\t2\n", true);
-        let err = f.column_index(Column::Name("label")).unwrap_err().to_string();
+        let err = f
+            .column_index(Column::Name("label"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no column named 'label'"), "{err}");
         assert!(err.contains("a, b"), "{err}");
     }
 
     #[test]
     fn short_row_is_reported_with_line() {
-        let err = field("dev.tsv", 7, &["x".to_string()], 2).unwrap_err().to_string();
-        assert_eq!(err, "dev.tsv:7: expected at least 3 tab-separated fields, found 1");
+        let err = field("dev.tsv", 7, &["x".to_string()], 2)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "dev.tsv:7: expected at least 3 tab-separated fields, found 1"
+        );
     }
 }

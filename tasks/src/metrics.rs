@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn mcc_by_hand() {
         // tp=2, fp=1, fn=1, tn=1: (2*1 - 1*1) / sqrt(3*3*2*2) = 1/6
-        assert!(close(matthews_corrcoef(&[1, 0, 1, 1, 0], &[1, 1, 1, 0, 0]), 1.0 / 6.0));
+        assert!(close(
+            matthews_corrcoef(&[1, 0, 1, 1, 0], &[1, 1, 1, 0, 0]),
+            1.0 / 6.0
+        ));
         assert!(close(matthews_corrcoef(&[1, 0, 1], &[1, 0, 1]), 1.0));
         assert!(close(matthews_corrcoef(&[1, 0, 1], &[0, 1, 0]), -1.0));
     }
@@ -144,7 +147,10 @@ mod tests {
 
     #[test]
     fn ranks_average_ties() {
-        assert_eq!(average_ranks(&[10.0, 20.0, 10.0, 30.0]), vec![1.5, 3.0, 1.5, 4.0]);
+        assert_eq!(
+            average_ranks(&[10.0, 20.0, 10.0, 30.0]),
+            vec![1.5, 3.0, 1.5, 4.0]
+        );
     }
 
     #[test]

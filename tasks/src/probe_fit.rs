@@ -213,7 +213,10 @@ mod tests {
         let mut y = Vec::new();
         for i in 0..200 {
             let s = if i % 2 == 0 { 1.0 } else { -1.0 };
-            x.push(vec![s * (1.0 + (i % 7) as f32 / 10.0), ((i * 37) % 11) as f32]);
+            x.push(vec![
+                s * (1.0 + (i % 7) as f32 / 10.0),
+                ((i * 37) % 11) as f32,
+            ]);
             y.push(usize::from(s > 0.0));
         }
         let probe = LogisticProbe::fit(&x, &y, 2, &ProbeConfig::default());

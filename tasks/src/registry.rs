@@ -63,7 +63,11 @@ mod tests {
     fn registry_has_no_duplicate_names() {
         let names = task_names();
         let unique: BTreeSet<_> = names.iter().map(|n| normalise(n)).collect();
-        assert_eq!(unique.len(), names.len(), "duplicate task names in {names:?}");
+        assert_eq!(
+            unique.len(),
+            names.len(),
+            "duplicate task names in {names:?}"
+        );
     }
 
     #[test]
@@ -85,7 +89,10 @@ mod tests {
     fn unknown_task_suggests_closest() {
         let err = find_task("sts2").err().unwrap();
         assert!(err.contains("unknown task 'sts2'"), "{err}");
-        assert!(err.contains("did you mean 'sst2'") || err.contains("did you mean 'stsb'"), "{err}");
+        assert!(
+            err.contains("did you mean 'sst2'") || err.contains("did you mean 'stsb'"),
+            "{err}"
+        );
         let err = find_task("mnlii").err().unwrap();
         assert!(err.contains("did you mean 'mnli'"), "{err}");
         let err = find_task("zzzzzzzz").err().unwrap();

@@ -76,7 +76,11 @@ impl BertEmbeddings {
                 cfg.hidden_size,
                 vb.pp("token_type_embeddings"),
             )?,
-            layer_norm: layers::layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            layer_norm: layers::layer_norm(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                vb.pp("LayerNorm"),
+            )?,
         })
     }
 
@@ -114,10 +118,22 @@ impl BertLayer {
             key: layers::linear(h, h, att.pp("self").pp("key"))?,
             value: layers::linear(h, h, att.pp("self").pp("value"))?,
             attention_output: layers::linear(h, h, att.pp("output").pp("dense"))?,
-            attention_norm: layers::layer_norm(h, cfg.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
-            intermediate: layers::linear(h, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            attention_norm: layers::layer_norm(
+                h,
+                cfg.layer_norm_eps,
+                att.pp("output").pp("LayerNorm"),
+            )?,
+            intermediate: layers::linear(
+                h,
+                cfg.intermediate_size,
+                vb.pp("intermediate").pp("dense"),
+            )?,
             output: layers::linear(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
-            output_norm: layers::layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            output_norm: layers::layer_norm(
+                h,
+                cfg.layer_norm_eps,
+                vb.pp("output").pp("LayerNorm"),
+            )?,
             heads: cfg.num_attention_heads,
             act,
         })
@@ -136,7 +152,8 @@ impl BertLayer {
             .attention_norm
             .forward(&(self.attention_output.forward(&ctx)? + x)?)?;
         let inner = layers::dense_act(&self.intermediate, self.act, &x)?;
-        self.output_norm.forward(&(self.output.forward(&inner)? + x)?)
+        self.output_norm
+            .forward(&(self.output.forward(&inner)? + x)?)
     }
 }
 
@@ -168,7 +185,11 @@ impl Bert {
             .map(|i| BertLayer::load(base.pp("encoder").pp("layer").pp(i), cfg, act))
             .collect::<Result<Vec<_>>>()?;
         let pooler = if base.contains_tensor("pooler.dense.weight") {
-            Some(layers::linear(cfg.hidden_size, cfg.hidden_size, base.pp("pooler").pp("dense"))?)
+            Some(layers::linear(
+                cfg.hidden_size,
+                cfg.hidden_size,
+                base.pp("pooler").pp("dense"),
+            )?)
         } else {
             None
         };
@@ -176,7 +197,11 @@ impl Bert {
             if pooler.is_none() {
                 candle_core::bail!("the checkpoint has a classifier but no pooler weights");
             }
-            Some(layers::linear(cfg.hidden_size, num_labels, vb.pp("classifier"))?)
+            Some(layers::linear(
+                cfg.hidden_size,
+                num_labels,
+                vb.pp("classifier"),
+            )?)
         } else {
             None
         };

@@ -78,7 +78,9 @@ impl TransformerBlock {
             mask_bias,
             None,
         )?;
-        let x = self.sa_layer_norm.forward(&(self.out_lin.forward(&ctx)? + x)?)?;
+        let x = self
+            .sa_layer_norm
+            .forward(&(self.out_lin.forward(&ctx)? + x)?)?;
         let inner = layers::dense_act(&self.lin1, self.act, &x)?;
         self.output_layer_norm
             .forward(&(self.lin2.forward(&inner)? + x)?)
@@ -116,7 +118,11 @@ impl DistilBert {
             None
         };
         Ok(Self {
-            word_embeddings: candle_nn::embedding(cfg.vocab_size, cfg.dim, emb.pp("word_embeddings"))?,
+            word_embeddings: candle_nn::embedding(
+                cfg.vocab_size,
+                cfg.dim,
+                emb.pp("word_embeddings"),
+            )?,
             position_embeddings: candle_nn::embedding(
                 cfg.max_position_embeddings,
                 cfg.dim,
@@ -130,7 +136,12 @@ impl DistilBert {
 }
 
 impl EncoderNet for DistilBert {
-    fn encode(&self, input_ids: &Tensor, _token_type_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    fn encode(
+        &self,
+        input_ids: &Tensor,
+        _token_type_ids: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
         let (_, seq) = input_ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
         let x = self

@@ -76,7 +76,9 @@ pub fn attention(
     let (b, s, hidden) = q.dims3()?;
     let head_dim = hidden / heads;
     let split = |t: &Tensor| -> Result<Tensor> {
-        t.reshape((b, s, heads, head_dim))?.transpose(1, 2)?.contiguous()
+        t.reshape((b, s, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
     };
     let (q, k, v) = (split(q)?, split(k)?, split(v)?);
     let scale = 1.0 / (head_dim as f64).sqrt();
@@ -86,10 +88,7 @@ pub fn attention(
     }
     let scores = scores.broadcast_add(mask_bias)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    probs
-        .matmul(&v)?
-        .transpose(1, 2)?
-        .reshape((b, s, hidden))
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, hidden))
 }
 
 /// Mean of `hidden` (batch, seq, h) over positions where `mask` (batch, seq) is 1.

@@ -48,10 +48,15 @@ impl Backend for MockBackend {
             .iter()
             .map(|i| {
                 let pick = Self::text(i).len() % labels.len();
-                (0..labels.len()).map(|k| if k == pick { 2.0 } else { 0.0 }).collect()
+                (0..labels.len())
+                    .map(|k| if k == pick { 2.0 } else { 0.0 })
+                    .collect()
             })
             .collect();
-        Ok(Batched { rows, n_truncated: 0 })
+        Ok(Batched {
+            rows,
+            n_truncated: 0,
+        })
     }
     fn embeddings(&self, inputs: &[TextInput], _batch_size: usize) -> Result<Batched> {
         let rows = inputs
@@ -64,6 +69,9 @@ impl Backend for MockBackend {
                 v
             })
             .collect();
-        Ok(Batched { rows, n_truncated: 0 })
+        Ok(Batched {
+            rows,
+            n_truncated: 0,
+        })
     }
 }

@@ -49,8 +49,12 @@ pub trait Backend {
 /// The tensor-level interface each architecture implements.
 pub trait EncoderNet: Send + Sync {
     /// Last hidden states (batch, seq, hidden) for a padded batch; `mask` is 1 for real tokens.
-    fn encode(&self, input_ids: &Tensor, token_type_ids: &Tensor, mask: &Tensor)
-        -> candle_core::Result<Tensor>;
+    fn encode(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        mask: &Tensor,
+    ) -> candle_core::Result<Tensor>;
     fn has_head(&self) -> bool;
     /// Classification logits (batch, labels) from the last hidden states.
     fn classify(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
@@ -110,7 +114,9 @@ pub fn find_weights(dir: &Path) -> Result<WeightFile> {
             });
         }
     }
-    if dir.join("model.safetensors.index.json").exists() || dir.join("pytorch_model.bin.index.json").exists() {
+    if dir.join("model.safetensors.index.json").exists()
+        || dir.join("pytorch_model.bin.index.json").exists()
+    {
         bail!("{}: sharded checkpoints are not supported yet; merge the shards into one model.safetensors", dir.display());
     }
     bail!(
@@ -128,9 +134,7 @@ fn count_parameters(w: &WeightFile) -> Result<u64> {
         Ok(st
             .tensors()
             .iter()
-            .filter(|(_, v)| {
-                DType::try_from(v.dtype()).map(is_float).unwrap_or(false)
-            })
+            .filter(|(_, v)| DType::try_from(v.dtype()).map(is_float).unwrap_or(false))
             .map(|(_, v)| v.shape().iter().product::<usize>() as u64)
             .sum())
     } else {
@@ -145,12 +149,16 @@ fn count_parameters(w: &WeightFile) -> Result<u64> {
 
 /// Read a JSON file into `T`, with the path in every error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid config", path.display()))
 }
 
 /// Label names from `id2label` (ordered by id), or `LABEL_i` from `num_labels`.
-fn head_label_names(id2label: &Option<BTreeMap<String, String>>, num_labels: Option<usize>) -> Vec<String> {
+fn head_label_names(
+    id2label: &Option<BTreeMap<String, String>>,
+    num_labels: Option<usize>,
+) -> Vec<String> {
     if let Some(map) = id2label {
         let mut pairs: Vec<(usize, String)> = map
             .iter()
@@ -161,7 +169,9 @@ fn head_label_names(id2label: &Option<BTreeMap<String, String>>, num_labels: Opt
             return pairs.into_iter().map(|(_, v)| v).collect();
         }
     }
-    (0..num_labels.unwrap_or(2)).map(|i| format!("LABEL_{i}")).collect()
+    (0..num_labels.unwrap_or(2))
+        .map(|i| format!("LABEL_{i}"))
+        .collect()
 }
 
 /// sentence-transformers' pooling and normalisation settings, mean pooling when absent.
@@ -225,7 +235,10 @@ impl EncoderBackend {
         }
         let config_path = dir.join("config.json");
         if !config_path.exists() {
-            bail!("{}: no config.json; is this a Hugging Face model folder?", dir.display());
+            bail!(
+                "{}: no config.json; is this a Hugging Face model folder?",
+                dir.display()
+            );
         }
         let raw: serde_json::Value = read_json(&config_path)?;
         let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
@@ -243,19 +256,26 @@ impl EncoderBackend {
                 weights.path.display()
             )
         };
-        let parameters = count_parameters(&weights).map_err(|e| match e.downcast::<candle_core::Error>() {
-            Ok(ce) => corrupt(ce),
-            Err(e) => e,
-        })?;
+        let parameters =
+            count_parameters(&weights).map_err(|e| match e.downcast::<candle_core::Error>() {
+                Ok(ce) => corrupt(ce),
+                Err(e) => e,
+            })?;
         let vb = if weights.is_safetensors {
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights.path], DType::F32, &opts.device) }
+            unsafe {
+                VarBuilder::from_mmaped_safetensors(&[&weights.path], DType::F32, &opts.device)
+            }
         } else {
             VarBuilder::from_pth(&weights.path, DType::F32, &opts.device)
         }
         .map_err(corrupt)?;
 
         let bad_config = |e: serde_json::Error| {
-            anyhow::anyhow!("{}: missing or invalid field for {}: {e}", config_path.display(), arch.name())
+            anyhow::anyhow!(
+                "{}: missing or invalid field for {}: {e}",
+                config_path.display(),
+                arch.name()
+            )
         };
         let wrap = |e: candle_core::Error| {
             anyhow::anyhow!(
@@ -263,31 +283,60 @@ impl EncoderBackend {
                 weights.path.display()
             )
         };
-        let (net, vocab_size, max_positions, labels, default_pad): (Box<dyn EncoderNet>, usize, usize, Vec<String>, u32) =
-            match arch {
-                Architecture::Bert => {
-                    let cfg: bert::BertConfig = serde_json::from_value(raw.clone()).map_err(bad_config)?;
-                    let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-                    let net = bert::Bert::load(vb, &cfg, labels.len()).map_err(wrap)?;
-                    (Box::new(net), cfg.vocab_size, cfg.max_position_embeddings, labels, 0)
-                }
-                Architecture::DistilBert => {
-                    let cfg: distilbert::DistilBertConfig =
-                        serde_json::from_value(raw.clone()).map_err(bad_config)?;
-                    let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-                    let net = distilbert::DistilBert::load(vb, &cfg, labels.len()).map_err(wrap)?;
-                    (Box::new(net), cfg.vocab_size, cfg.max_position_embeddings, labels, 0)
-                }
-                Architecture::Mpnet => {
-                    let cfg: mpnet::MpnetConfig = serde_json::from_value(raw.clone()).map_err(bad_config)?;
-                    let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-                    let net = mpnet::Mpnet::load(vb, &cfg, labels.len()).map_err(wrap)?;
-                    // Positions start after the padding index, as in RoBERTa.
-                    let usable = cfg.max_position_embeddings.saturating_sub(cfg.pad_token_id as usize + 1);
-                    (Box::new(net), cfg.vocab_size, usable, labels, cfg.pad_token_id)
-                }
-            };
-        let max_length = opts.max_length.map_or(max_positions, |m| m.min(max_positions));
+        let (net, vocab_size, max_positions, labels, default_pad): (
+            Box<dyn EncoderNet>,
+            usize,
+            usize,
+            Vec<String>,
+            u32,
+        ) = match arch {
+            Architecture::Bert => {
+                let cfg: bert::BertConfig =
+                    serde_json::from_value(raw.clone()).map_err(bad_config)?;
+                let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+                let net = bert::Bert::load(vb, &cfg, labels.len()).map_err(wrap)?;
+                (
+                    Box::new(net),
+                    cfg.vocab_size,
+                    cfg.max_position_embeddings,
+                    labels,
+                    0,
+                )
+            }
+            Architecture::DistilBert => {
+                let cfg: distilbert::DistilBertConfig =
+                    serde_json::from_value(raw.clone()).map_err(bad_config)?;
+                let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+                let net = distilbert::DistilBert::load(vb, &cfg, labels.len()).map_err(wrap)?;
+                (
+                    Box::new(net),
+                    cfg.vocab_size,
+                    cfg.max_position_embeddings,
+                    labels,
+                    0,
+                )
+            }
+            Architecture::Mpnet => {
+                let cfg: mpnet::MpnetConfig =
+                    serde_json::from_value(raw.clone()).map_err(bad_config)?;
+                let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+                let net = mpnet::Mpnet::load(vb, &cfg, labels.len()).map_err(wrap)?;
+                // Positions start after the padding index, as in RoBERTa.
+                let usable = cfg
+                    .max_position_embeddings
+                    .saturating_sub(cfg.pad_token_id as usize + 1);
+                (
+                    Box::new(net),
+                    cfg.vocab_size,
+                    usable,
+                    labels,
+                    cfg.pad_token_id,
+                )
+            }
+        };
+        let max_length = opts
+            .max_length
+            .map_or(max_positions, |m| m.min(max_positions));
         let tokenizer = tokenizer::load_tokenizer(dir, max_length)?;
         let tok_vocab = tokenizer.get_vocab_size(true);
         if tok_vocab > vocab_size {
@@ -366,7 +415,11 @@ impl EncoderBackend {
             }
         };
         if self.normalize {
-            let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f64::INFINITY)?;
             pooled.broadcast_div(&norm)
         } else {
             Ok(pooled)
@@ -396,8 +449,18 @@ impl EncoderBackend {
             for &i in chunk {
                 let e = &encodings[i];
                 let pad = width - e.len();
-                ids.extend(e.get_ids().iter().copied().chain(std::iter::repeat_n(self.pad_id, pad)));
-                types.extend(e.get_type_ids().iter().copied().chain(std::iter::repeat_n(0, pad)));
+                ids.extend(
+                    e.get_ids()
+                        .iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(self.pad_id, pad)),
+                );
+                types.extend(
+                    e.get_type_ids()
+                        .iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(0, pad)),
+                );
                 mask.extend(std::iter::repeat_n(1u32, e.len()).chain(std::iter::repeat_n(0, pad)));
             }
             let shape = (chunk.len(), width);

@@ -51,7 +51,11 @@ pub struct MpnetConfig {
 /// `MPNetEncoder.relative_position_bucket`, with the reference's f32 arithmetic so bucket
 /// boundaries match exactly: half the buckets for each direction, exact buckets for small
 /// distances and logarithmic ones up to `max_distance`.
-pub fn relative_position_bucket(relative_position: i64, num_buckets: usize, max_distance: i64) -> usize {
+pub fn relative_position_bucket(
+    relative_position: i64,
+    num_buckets: usize,
+    max_distance: i64,
+) -> usize {
     let half = (num_buckets / 2) as i64;
     let n = -relative_position;
     let mut ret = if n < 0 { half } else { 0 };
@@ -60,7 +64,8 @@ pub fn relative_position_bucket(relative_position: i64, num_buckets: usize, max_
     if n < max_exact {
         ret += n;
     } else {
-        let ratio = (n as f32 / max_exact as f32).ln() / ((max_distance as f64 / max_exact as f64).ln() as f32);
+        let ratio = (n as f32 / max_exact as f32).ln()
+            / ((max_distance as f64 / max_exact as f64).ln() as f32);
         let large = max_exact + (ratio * (half - max_exact) as f32) as i64;
         ret += large.min(half - 1);
     }
@@ -89,10 +94,22 @@ impl MpnetLayer {
             k: layers::linear(h, h, attn.pp("k"))?,
             v: layers::linear(h, h, attn.pp("v"))?,
             o: layers::linear(h, h, attn.pp("o"))?,
-            attention_norm: layers::layer_norm(h, cfg.layer_norm_eps, vb.pp("attention").pp("LayerNorm"))?,
-            intermediate: layers::linear(h, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            attention_norm: layers::layer_norm(
+                h,
+                cfg.layer_norm_eps,
+                vb.pp("attention").pp("LayerNorm"),
+            )?,
+            intermediate: layers::linear(
+                h,
+                cfg.intermediate_size,
+                vb.pp("intermediate").pp("dense"),
+            )?,
             output: layers::linear(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
-            output_norm: layers::layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            output_norm: layers::layer_norm(
+                h,
+                cfg.layer_norm_eps,
+                vb.pp("output").pp("LayerNorm"),
+            )?,
             heads: cfg.num_attention_heads,
             act,
         })
@@ -109,7 +126,8 @@ impl MpnetLayer {
         )?;
         let x = self.attention_norm.forward(&(self.o.forward(&ctx)? + x)?)?;
         let inner = layers::dense_act(&self.intermediate, self.act, &x)?;
-        self.output_norm.forward(&(self.output.forward(&inner)? + x)?)
+        self.output_norm
+            .forward(&(self.output.forward(&inner)? + x)?)
     }
 }
 
@@ -193,9 +211,7 @@ impl Mpnet {
     /// Relative position bias (1, heads, seq, seq), from positions 0..seq as `MPNetEncoder` does.
     fn position_bias(&self, seq: usize, device: &Device) -> Result<Tensor> {
         let buckets: Vec<u32> = (0..seq as i64)
-            .flat_map(|q| {
-                (0..seq as i64).map(move |k| (q, k))
-            })
+            .flat_map(|q| (0..seq as i64).map(move |k| (q, k)))
             .map(|(q, k)| relative_position_bucket(k - q, self.num_buckets, 128) as u32)
             .collect();
         let buckets = Tensor::from_vec(buckets, (seq, seq), device)?;
@@ -208,7 +224,12 @@ impl Mpnet {
 }
 
 impl EncoderNet for Mpnet {
-    fn encode(&self, input_ids: &Tensor, _token_type_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    fn encode(
+        &self,
+        input_ids: &Tensor,
+        _token_type_ids: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
         let (_, seq) = input_ids.dims2()?;
         let positions = self.position_ids(input_ids)?;
         let x = (self.word_embeddings.forward(input_ids)?

@@ -61,7 +61,10 @@ impl AliasTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelRef {
     Alias(String),
-    Hub { repo: String, revision: Option<String> },
+    Hub {
+        repo: String,
+        revision: Option<String>,
+    },
     Local(PathBuf),
 }
 
@@ -78,7 +81,10 @@ impl ModelRef {
         if aliases.0.contains_key(arg) {
             return Ok(ModelRef::Alias(arg.to_string()));
         }
-        let looks_like_path = arg.starts_with('.') || arg.starts_with('/') || arg.starts_with('~') || arg.matches('/').count() > 1;
+        let looks_like_path = arg.starts_with('.')
+            || arg.starts_with('/')
+            || arg.starts_with('~')
+            || arg.matches('/').count() > 1;
         if looks_like_path {
             bail!("model folder not found: {arg}");
         }
@@ -115,7 +121,9 @@ fn parse_hub_id(arg: &str) -> Option<(String, Option<String>)> {
     };
     let (org, name) = repo.split_once('/')?;
     let ok = |s: &str| {
-        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     (ok(org) && ok(name)).then(|| (repo.to_string(), revision))
 }
@@ -169,7 +177,8 @@ fn offline_hint(repo: &str) -> String {
 /// revision. With `HF_HUB_OFFLINE=1` only the cache is consulted.
 pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)> {
     let rev = revision.unwrap_or("main").to_string();
-    let hf_repo = hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.clone());
+    let hf_repo =
+        hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.clone());
     let cache = hub_cache();
     if env_flag("HF_HUB_OFFLINE") {
         let cached = cache.repo(hf_repo.clone());
@@ -181,7 +190,10 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)>
             )
         })?;
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
-        let commit = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or(rev);
+        let commit = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or(rev);
         return Ok((dir, commit));
     }
     let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(false);
@@ -189,7 +201,9 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)>
         builder = builder.with_endpoint(endpoint);
     }
     let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-    let api = builder.build().context("cannot set up the Hugging Face Hub client")?;
+    let api = builder
+        .build()
+        .context("cannot set up the Hugging Face Hub client")?;
     let api_repo = api.repo(hf_repo);
     let info = api_repo.info().map_err(|e| {
         anyhow::anyhow!(
@@ -239,7 +253,9 @@ pub fn fetch_dataset_files(repo: &str, files: &[String]) -> Result<Vec<PathBuf>>
         builder = builder.with_endpoint(endpoint);
     }
     let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-    let api = builder.build().context("cannot set up the Hugging Face Hub client")?;
+    let api = builder
+        .build()
+        .context("cannot set up the Hugging Face Hub client")?;
     let api_repo = api.repo(hf_repo);
     files
         .iter()
@@ -263,8 +279,14 @@ mod tests {
         for alias in ["bert-base", "distilbert"] {
             let a = &t.0[alias];
             for task in tasks::task_names() {
-                let id = a.tasks.get(task).unwrap_or_else(|| panic!("{alias} lacks {task}"));
-                assert!(parse_hub_id(id).is_some(), "{alias}/{task}: '{id}' is not a Hub id");
+                let id = a
+                    .tasks
+                    .get(task)
+                    .unwrap_or_else(|| panic!("{alias} lacks {task}"));
+                assert!(
+                    parse_hub_id(id).is_some(),
+                    "{alias}/{task}: '{id}' is not a Hub id"
+                );
             }
         }
         assert_eq!(
@@ -276,25 +298,41 @@ mod tests {
     #[test]
     fn parses_each_kind_of_reference() {
         let t = AliasTable::builtin();
-        assert_eq!(ModelRef::parse("bert-base", &t).unwrap(), ModelRef::Alias("bert-base".into()));
+        assert_eq!(
+            ModelRef::parse("bert-base", &t).unwrap(),
+            ModelRef::Alias("bert-base".into())
+        );
         assert_eq!(
             ModelRef::parse("org/name@v1.0", &t).unwrap(),
-            ModelRef::Hub { repo: "org/name".into(), revision: Some("v1.0".into()) }
+            ModelRef::Hub {
+                repo: "org/name".into(),
+                revision: Some("v1.0".into())
+            }
         );
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().to_str().unwrap();
-        assert_eq!(ModelRef::parse(p, &t).unwrap(), ModelRef::Local(dir.path().into()));
+        assert_eq!(
+            ModelRef::parse(p, &t).unwrap(),
+            ModelRef::Local(dir.path().into())
+        );
     }
 
     #[test]
     fn unknown_alias_suggests_closest() {
-        let err = ModelRef::parse("distilbrt", &AliasTable::builtin()).unwrap_err().to_string();
-        assert!(err.contains("unknown model alias 'distilbrt' (did you mean 'distilbert'?)"), "{err}");
+        let err = ModelRef::parse("distilbrt", &AliasTable::builtin())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown model alias 'distilbrt' (did you mean 'distilbert'?)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_folder_is_reported_as_such() {
-        let err = ModelRef::parse("./no/such/model", &AliasTable::builtin()).unwrap_err().to_string();
+        let err = ModelRef::parse("./no/such/model", &AliasTable::builtin())
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "model folder not found: ./no/such/model");
     }
 
@@ -303,7 +341,10 @@ mod tests {
         let t = AliasTable::builtin();
         let m = ModelRef::Alias("distilbert".into());
         match checkpoint_for(&m, "sst2", &t) {
-            ModelRef::Hub { repo, .. } => assert_eq!(repo, "distilbert/distilbert-base-uncased-finetuned-sst-2-english"),
+            ModelRef::Hub { repo, .. } => assert_eq!(
+                repo,
+                "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -87,6 +87,7 @@ fn wordpiece_from_vocab(dir: &Path) -> Result<Tokenizer> {
         .filter(|t| tok.token_to_id(t).is_some())
         .map(|t| AddedToken::from(*t, true))
         .collect();
-    tok.add_special_tokens(specials).map_err(anyhow::Error::msg)?;
+    tok.add_special_tokens(specials)
+        .map_err(anyhow::Error::msg)?;
     Ok(tok)
 }

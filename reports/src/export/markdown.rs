@@ -40,7 +40,15 @@ impl Exporter for MarkdownReport {
             r.teacher.id, r.student.id
         );
         out += &markdown_table(
-            &["task", "mode", "metric", "n", "teacher", "student", "retention"],
+            &[
+                "task",
+                "mode",
+                "metric",
+                "n",
+                "teacher",
+                "student",
+                "retention",
+            ],
             &[
                 Align::Left,
                 Align::Left,
@@ -54,7 +62,13 @@ impl Exporter for MarkdownReport {
         );
         let size = |c: &Option<crate::CheckpointInfo>| {
             c.as_ref()
-                .map(|c| format!("{:.1}M params, {}", c.parameters as f64 / 1e6, c.architecture))
+                .map(|c| {
+                    format!(
+                        "{:.1}M params, {}",
+                        c.parameters as f64 / 1e6,
+                        c.architecture
+                    )
+                })
                 .unwrap_or_else(|| "not loaded".into())
         };
         out += &format!(

@@ -374,13 +374,13 @@ impl GlueTask {
                 message: "column 'label' missing".into(),
             })?;
             // The Hub's test splits carry label -1 (hidden); they are never scored.
-            let gold = self
-                .parse_label(&label.to_string())
-                .map_err(|message| DataError::Malformed {
-                    origin: origin.clone(),
-                    line: i + 1,
-                    message,
-                })?;
+            let gold =
+                self.parse_label(&label.to_string())
+                    .map_err(|message| DataError::Malformed {
+                        origin: origin.clone(),
+                        line: i + 1,
+                        message,
+                    })?;
             examples.push(Example {
                 id: row
                     .get("idx")
@@ -544,12 +544,19 @@ mod tests {
     #[test]
     fn malformed_row_names_file_and_line() {
         let tmp = tempfile::tempdir().unwrap();
-        write(tmp.path(), "SST-2/dev.tsv", "sentence\tlabel\ngood\t1\nbad row without a label\n");
+        write(
+            tmp.path(),
+            "SST-2/dev.tsv",
+            "sentence\tlabel\ngood\t1\nbad row without a label\n",
+        );
         let err = SST2
             .load(&DataSource::GlueDir(tmp.path().into()), &SST2.splits[0])
             .unwrap_err()
             .to_string();
-        assert!(err.ends_with("SST-2/dev.tsv:3: expected at least 2 tab-separated fields, found 1"), "{err}");
+        assert!(
+            err.ends_with("SST-2/dev.tsv:3: expected at least 2 tab-separated fields, found 1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -560,7 +567,10 @@ mod tests {
             .load(&DataSource::GlueDir(tmp.path().into()), &SST2.splits[0])
             .unwrap_err()
             .to_string();
-        assert!(err.contains(":2: label '7' is not one of this task's labels"), "{err}");
+        assert!(
+            err.contains(":2: label '7' is not one of this task's labels"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -577,10 +587,9 @@ mod tests {
     #[test]
     fn reads_hub_records() {
         let mut rows = BTreeMap::new();
-        let row: BTreeMap<String, serde_json::Value> = serde_json::from_str(
-            r#"{"premise": "P", "hypothesis": "H", "label": 2, "idx": 5}"#,
-        )
-        .unwrap();
+        let row: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(r#"{"premise": "P", "hypothesis": "H", "label": 2, "idx": 5}"#)
+                .unwrap();
         rows.insert("validation_matched".to_string(), vec![row]);
         let ds = MNLI
             .load(&DataSource::Records(rows), &MNLI.splits[0])
@@ -595,7 +604,10 @@ mod tests {
     fn scores_use_official_metrics() {
         let preds: Vec<Prediction> = [1, 0, 1, 1]
             .iter()
-            .map(|&l| Prediction::Class { label: l, probs: vec![] })
+            .map(|&l| Prediction::Class {
+                label: l,
+                probs: vec![],
+            })
             .collect();
         let gold: Vec<Gold> = [1, 1, 1, 0].iter().map(|&g| Gold::Class(g)).collect();
         let m = MRPC.score(&preds, &gold, "");

@@ -1,0 +1,712 @@
+//! End-to-end tests of the `harness` binary on the committed tiny checkpoints and small GLUE
+//! folders written here: results, modes, resumption, batch-size invariance, and one test per
+//! kind of bad input (exit code 2, one line on stderr, no results file).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn harness(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.args(args);
+    // Never reach for the network in tests: an unroutable endpoint fails at once.
+    cmd.env("HF_ENDPOINT", "http://127.0.0.1:9");
+    cmd.env_remove("HF_HUB_OFFLINE");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("harness runs")
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+const POSITIVE: &[&str] = &[
+    "it was a great movie, very fun.",
+    "a good film.",
+    "great fun!",
+    "the film was very good.",
+    "a great and fun movie.",
+    "good, very good.",
+];
+const NEGATIVE: &[&str] = &[
+    "a terrible, boring film!",
+    "the movie was bad.",
+    "boring and terrible.",
+    "a very bad film.",
+    "bad, bad, bad.",
+    "terrible movie, not fun.",
+];
+
+/// A small GLUE folder: SST-2 (dev and train), STS-B dev, MNLI (dev and train), MRPC dev only.
+fn glue_dir(dir: &Path) {
+    let mut sst_dev = String::from("sentence\tlabel\n");
+    let mut sst_train = String::from("sentence\tlabel\n");
+    for (i, (p, n)) in POSITIVE.iter().zip(NEGATIVE).enumerate() {
+        sst_dev += &format!("{p} \t1\n{n} \t0\n");
+        for k in 0..3 {
+            sst_train += &format!(
+                "{}{p} \t1\n{}{n} \t0\n",
+                "the ".repeat(k),
+                "a ".repeat((i + k) % 3)
+            );
+        }
+    }
+    write(dir, "SST-2/dev.tsv", &sst_dev);
+    write(dir, "SST-2/train.tsv", &sst_train);
+
+    let mut sts = String::from("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\r\n");
+    let pairs = [
+        (
+            "a man is dancing.",
+            "a man wearing a hat is dancing.",
+            "4.2",
+        ),
+        (
+            "a child is riding a horse.",
+            "a child is riding a horse.",
+            "5.000",
+        ),
+        ("a dog is playing.", "a cat is dancing.", "1.1"),
+        ("the woman is riding.", "a man is playing.", "0.6"),
+        (
+            "he said the company does not fit.",
+            "our growth strategy is very long.",
+            "0.2",
+        ),
+        ("a cat is playing.", "the cat is playing.", "4.8"),
+        ("what is this?", "this is a question.", "2.5"),
+        ("a woman is dancing.", "a woman dancing.", "4.6"),
+    ];
+    for (i, (a, b, s)) in pairs.iter().enumerate() {
+        sts +=
+            &format!("{i}\tmain-captions\tMSRvid\t2012test\t{i:04}\tnone\tnone\t{a}\t{b}\t{s}\r\n");
+    }
+    write(dir, "STS-B/dev.tsv", &sts);
+
+    let header = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n";
+    let nli = [
+        ("a man is dancing.", "a man is dancing.", "entailment"),
+        (
+            "a man is dancing.",
+            "a woman is riding a horse.",
+            "contradiction",
+        ),
+        (
+            "a child is playing.",
+            "a child is playing with a dog.",
+            "neutral",
+        ),
+        ("the cat is very fun.", "the cat is fun.", "entailment"),
+        ("a dog is riding.", "no dog is riding.", "contradiction"),
+        ("she said yes.", "she said it was a good film.", "neutral"),
+    ];
+    for file in ["dev_matched.tsv", "dev_mismatched.tsv", "train.tsv"] {
+        let mut text = String::from(header);
+        for (i, (a, b, l)) in nli.iter().enumerate() {
+            text += &format!(
+                "{i}\t{i}\t{i}{}\tfiction\t\t\t\t\t{a}\t{b}\t{l}\t{l}\n",
+                &l[..1]
+            );
+        }
+        write(dir, &format!("MNLI/{file}"), &text);
+    }
+    write(
+        dir,
+        "MRPC/dev.tsv",
+        "\u{feff}Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\ta man is dancing.\ta man is \"dancing.\n0\t3\t4\ta dog.\ta cat.\n",
+    );
+}
+
+struct Run {
+    out: PathBuf,
+    output: Output,
+}
+
+impl Run {
+    fn results(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.out.join("results.json")).unwrap())
+            .unwrap()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+}
+
+fn run(tmp: &Path, out: &str, teacher: &str, student: &str, tasks: &str, extra: &[&str]) -> Run {
+    let data = tmp.join("glue");
+    if !data.exists() {
+        glue_dir(&data);
+    }
+    let out = tmp.join(out);
+    let mut args = vec![
+        "run",
+        "--teacher",
+        teacher,
+        "--student",
+        student,
+        "--task",
+        tasks,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let output = harness(&args, &[]);
+    Run { out, output }
+}
+
+#[test]
+fn encoders_are_scored_by_probe_and_cosine_and_results_match_the_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        tmp.path(),
+        "out",
+        &fixture("bert-encoder-tiny"),
+        &fixture("mpnet-encoder-tiny"),
+        "stsb,sst2,mrpc",
+        &[],
+    );
+    assert!(r.output.status.success(), "{}", r.stderr());
+    let res = r.results();
+    let schema: Value = serde_json::from_str(reports::schema_check::RESULTS_SCHEMA).unwrap();
+    let errors = reports::schema_check::validate(&schema, &res);
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    assert_eq!(res["tasks"]["stsb"]["mode"], "cosine");
+    assert_eq!(res["tasks"]["sst2"]["mode"], "probe");
+    assert_eq!(res["tasks"]["sst2"]["n_examples"], 12);
+    assert_eq!(res["tasks"]["sst2"]["teacher"]["probe"]["train_rows"], 36);
+    assert_eq!(res["teacher"]["checkpoint"]["architecture"], "bert");
+    assert_eq!(res["student"]["checkpoint"]["architecture"], "mpnet");
+    // MRPC has no train split here: it is reported as not scored, with the reason.
+    let why = res["skipped"]["mrpc"].as_str().unwrap();
+    assert!(
+        why.contains("train split") && why.contains("MRPC/train.tsv"),
+        "{why}"
+    );
+    assert!(res["tasks"].get("mrpc").is_none());
+
+    for task in ["stsb", "sst2"] {
+        let t = &res["tasks"][task];
+        let (a, b) = (
+            t["teacher"]["metrics"][t["primary_metric"].as_str().unwrap()]
+                .as_f64()
+                .unwrap(),
+            t["student"]["metrics"][t["primary_metric"].as_str().unwrap()]
+                .as_f64()
+                .unwrap(),
+        );
+        match t["retention"].as_f64() {
+            Some(ret) => assert!((ret - b / a).abs() < 1e-12),
+            None => assert!(a <= 0.0),
+        }
+    }
+    let preds = std::fs::read_to_string(r.out.join("predictions/sst2.jsonl")).unwrap();
+    let lines: Vec<Value> = preds
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 12);
+    assert!(lines[0]["teacher"]["probs"].as_array().unwrap().len() == 2);
+    assert!(lines[0]["student"]["label"].is_u64());
+    let sts = std::fs::read_to_string(r.out.join("predictions/stsb.jsonl")).unwrap();
+    assert!(sts.lines().next().unwrap().contains("\"score\"") || sts.contains("\"value\""));
+    // The Markdown summary is on stdout.
+    assert!(r.stdout().contains("| stsb "), "{}", r.stdout());
+    assert!(r.stdout().contains("**macro**"));
+}
+
+#[test]
+fn heads_are_mapped_by_label_name_and_mnli_reports_both_splits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        tmp.path(),
+        "out",
+        &fixture("distilbert-mnli-tiny"),
+        &fixture("bert-encoder-tiny"),
+        "mnli",
+        &[],
+    );
+    assert!(r.output.status.success(), "{}", r.stderr());
+    let res = r.results();
+    let t = &res["tasks"]["mnli"];
+    assert_eq!(t["teacher"]["mode"], "head");
+    assert_eq!(t["student"]["mode"], "probe");
+    assert_eq!(t["mode"], "mixed");
+    assert_eq!(t["n_examples"], 12);
+    assert_eq!(t["primary_metric"], "accuracy_matched");
+    for m in ["accuracy_matched", "accuracy_mismatched"] {
+        let v = t["teacher"]["metrics"][m].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v));
+    }
+    // Probabilities are in the task's label order (entailment, neutral, contradiction), and the
+    // predicted label is their argmax.
+    let preds = std::fs::read_to_string(r.out.join("predictions/mnli.jsonl")).unwrap();
+    for line in preds.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let probs: Vec<f64> = v["teacher"]["probs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_f64().unwrap())
+            .collect();
+        let best = (0..3)
+            .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+            .unwrap();
+        assert_eq!(v["teacher"]["label"], best);
+        assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-6);
+    }
+}
+
+fn all_metrics(res: &Value) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for (task, t) in res["tasks"].as_object().unwrap() {
+        for role in ["teacher", "student"] {
+            for (m, v) in t[role]["metrics"].as_object().unwrap() {
+                out.push((format!("{task}.{role}.{m}"), v.as_f64().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn metrics_are_the_same_at_batch_size_1_and_32() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Every mode: regression head vs cosine, classification head vs probe, reordered MNLI head.
+    let cases = [
+        ("bert-stsb-tiny", "mpnet-encoder-tiny", "stsb"),
+        ("bert-sst2-tiny", "mpnet-encoder-tiny", "sst2"),
+        ("distilbert-mnli-tiny", "bert-encoder-tiny", "mnli"),
+    ];
+    for (i, (teacher, student, task)) in cases.iter().enumerate() {
+        let (teacher, student) = (fixture(teacher), fixture(student));
+        let one = run(
+            tmp.path(),
+            &format!("bs1-{i}"),
+            &teacher,
+            &student,
+            task,
+            &["--batch-size", "1"],
+        );
+        let many = run(
+            tmp.path(),
+            &format!("bs32-{i}"),
+            &teacher,
+            &student,
+            task,
+            &["--batch-size", "32"],
+        );
+        assert!(one.output.status.success(), "{}", one.stderr());
+        assert!(many.output.status.success(), "{}", many.stderr());
+        let (a, b) = (all_metrics(&one.results()), all_metrics(&many.results()));
+        assert_eq!(a.len(), b.len());
+        assert!(a.len() >= 2, "{a:?}");
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 1e-4,
+                "{name}: {x} at batch 1, {y} at batch 32"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_rerun_reuses_finished_cells() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (t, s) = (fixture("bert-encoder-tiny"), fixture("mpnet-encoder-tiny"));
+    let first = run(tmp.path(), "out", &t, &s, "stsb", &[]);
+    assert!(first.output.status.success(), "{}", first.stderr());
+    let second = run(tmp.path(), "out", &t, &s, "stsb", &[]);
+    assert!(second.output.status.success(), "{}", second.stderr());
+    assert_eq!(
+        second.stderr().matches("reusing the finished cell").count(),
+        2,
+        "{}",
+        second.stderr()
+    );
+    assert!(
+        !second.stderr().contains("loaded "),
+        "no model is loaded: {}",
+        second.stderr()
+    );
+    assert_eq!(
+        all_metrics(&first.results()),
+        all_metrics(&second.results())
+    );
+    // A changed setting that affects numbers recomputes.
+    let third = run(tmp.path(), "out", &t, &s, "stsb", &["--max-length", "16"]);
+    assert!(third.output.status.success(), "{}", third.stderr());
+    assert!(!third.stderr().contains("reusing"), "{}", third.stderr());
+}
+
+/// Run with bad input; assert exit code 2, one `error:` line mentioning `needle`, no results.
+fn fails_with(args: &[&str], envs: &[(&str, &str)], out: &Path, needle: &str) {
+    let output = harness(args, envs);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "expected '{needle}' in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !out.join("results.json").exists(),
+        "no results file on bad input"
+    );
+}
+
+/// Copy a fixture folder so a test can damage it.
+fn copy_fixture(name: &str, to: &Path) -> PathBuf {
+    let dst = to.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = entry.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    dst
+}
+
+fn bad_run(tmp: &Path, teacher: &str, student: &str, task: &str, needle: &str) {
+    let data = tmp.join("glue");
+    if !data.exists() {
+        glue_dir(&data);
+    }
+    let out = tmp.join("out");
+    fails_with(
+        &[
+            "run",
+            "--teacher",
+            teacher,
+            "--student",
+            student,
+            "--task",
+            task,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ],
+        &[],
+        &out,
+        needle,
+    );
+}
+
+#[test]
+fn missing_model_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    bad_run(
+        tmp.path(),
+        "./no/such/model",
+        &fixture("bert-encoder-tiny"),
+        "stsb",
+        "model folder not found: ./no/such/model",
+    );
+}
+
+#[test]
+fn missing_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_fixture("bert-encoder-tiny", tmp.path());
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    bad_run(
+        tmp.path(),
+        dir.to_str().unwrap(),
+        &fixture("bert-encoder-tiny"),
+        "stsb",
+        "no weights found (expected model.safetensors or pytorch_model.bin)",
+    );
+}
+
+#[test]
+fn truncated_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_fixture("bert-encoder-tiny", tmp.path());
+    let w = dir.join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    bad_run(
+        tmp.path(),
+        &fixture("bert-encoder-tiny"),
+        dir.to_str().unwrap(),
+        "stsb",
+        "truncated or corrupt",
+    );
+}
+
+#[test]
+fn truncated_pytorch_bin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_fixture("distilbert-mnli-tiny", tmp.path());
+    let w = dir.join("pytorch_model.bin");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 3]).unwrap();
+    bad_run(
+        tmp.path(),
+        dir.to_str().unwrap(),
+        &fixture("bert-encoder-tiny"),
+        "mnli",
+        "truncated or corrupt",
+    );
+}
+
+#[test]
+fn unsupported_architecture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_fixture("bert-encoder-tiny", tmp.path());
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"bert\"", "\"xlnet\"");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    bad_run(
+        tmp.path(),
+        dir.to_str().unwrap(),
+        &fixture("bert-encoder-tiny"),
+        "stsb",
+        "unsupported architecture model_type 'xlnet' (supported: bert, distilbert, mpnet)",
+    );
+}
+
+#[test]
+fn tokenizer_that_does_not_fit_the_embeddings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_fixture("distilbert-mnli-tiny", tmp.path());
+    let mut vocab = std::fs::read_to_string(dir.join("vocab.txt")).unwrap();
+    for i in 0..500 {
+        vocab += &format!("extra{i}\n");
+    }
+    std::fs::write(dir.join("vocab.txt"), vocab).unwrap();
+    bad_run(
+        tmp.path(),
+        dir.to_str().unwrap(),
+        &fixture("bert-encoder-tiny"),
+        "mnli",
+        "the tokenizer does not belong to this checkpoint",
+    );
+}
+
+#[test]
+fn malformed_tsv_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    glue_dir(&tmp.path().join("glue"));
+    let p = tmp.path().join("glue/SST-2/dev.tsv");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text += "a row without its label\n";
+    std::fs::write(&p, text).unwrap();
+    bad_run(
+        tmp.path(),
+        &fixture("bert-encoder-tiny"),
+        &fixture("mpnet-encoder-tiny"),
+        "sst2",
+        "SST-2/dev.tsv:14: expected at least 2 tab-separated fields, found 1",
+    );
+}
+
+#[test]
+fn empty_data_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    glue_dir(&tmp.path().join("glue"));
+    std::fs::write(tmp.path().join("glue/SST-2/dev.tsv"), "sentence\tlabel\n").unwrap();
+    bad_run(
+        tmp.path(),
+        &fixture("bert-encoder-tiny"),
+        &fixture("mpnet-encoder-tiny"),
+        "sst2",
+        "the data set is empty",
+    );
+}
+
+#[test]
+fn unknown_task_suggests_the_closest_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    bad_run(
+        tmp.path(),
+        &fixture("bert-encoder-tiny"),
+        &fixture("mpnet-encoder-tiny"),
+        "stsb,mnlj",
+        "unknown task 'mnlj' (did you mean 'mnli'?)",
+    );
+}
+
+#[test]
+fn unknown_alias_suggests_the_closest_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    bad_run(
+        tmp.path(),
+        "bert-bsae",
+        &fixture("mpnet-encoder-tiny"),
+        "stsb",
+        "unknown model alias 'bert-bsae' (did you mean 'bert-base'?)",
+    );
+}
+
+#[test]
+fn head_for_another_task_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    bad_run(
+        tmp.path(),
+        &fixture("bert-sst2-tiny"),
+        &fixture("mpnet-encoder-tiny"),
+        "mnli",
+        "head has 2 outputs (NEGATIVE, POSITIVE) but mnli has 3 labels",
+    );
+}
+
+#[test]
+fn unwritable_output_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    glue_dir(&tmp.path().join("glue"));
+    let blocker = tmp.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let out = blocker.join("out");
+    fails_with(
+        &[
+            "run",
+            "--teacher",
+            &fixture("bert-encoder-tiny"),
+            "--student",
+            &fixture("mpnet-encoder-tiny"),
+            "--task",
+            "stsb",
+            "--data-dir",
+            tmp.path().join("glue").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+        &out,
+        "cannot be created",
+    );
+}
+
+#[test]
+fn aliases_without_network_fail_with_the_offline_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    bad_run(
+        tmp.path(),
+        "bert-base",
+        "distilbert",
+        "sst2",
+        "cannot reach the Hugging Face Hub",
+    );
+    let out = tmp.path().join("out");
+    let data = tmp.path().join("glue");
+    let home = tmp.path().join("hf-home");
+    fails_with(
+        &["run", "--teacher", "bert-base", "--student", "distilbert", "--task", "sst2",
+          "--data-dir", data.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
+        &out,
+        "HF_HUB_OFFLINE is set and 'gchhablani/bert-base-cased-finetuned-sst2' (revision main) is not in the Hub cache",
+    );
+}
+
+/// Lay out a fixture exactly as the Hub cache stores a snapshot:
+/// `models--org--name/{refs/main, snapshots/<commit>/...}`.
+fn fake_hub_cache(home: &Path, repo: &str, fixture_name: &str) {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let root = home
+        .join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")));
+    write(&root, "refs/main", commit);
+    let snap = root.join("snapshots").join(commit);
+    let src = PathBuf::from(fixture(fixture_name));
+    for entry in walk(&src) {
+        let rel = entry.strip_prefix(&src).unwrap();
+        let dst = snap.join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, dst).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn hub_ids_load_from_a_hub_snapshot_cache_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    glue_dir(&tmp.path().join("glue"));
+    let home = tmp.path().join("hf-home");
+    fake_hub_cache(&home, "tiny-org/bert-encoder", "bert-encoder-tiny");
+    fake_hub_cache(&home, "tiny-org/mpnet-encoder", "mpnet-encoder-tiny");
+    let out = tmp.path().join("out");
+    let output = harness(
+        &[
+            "run",
+            "--teacher",
+            "tiny-org/bert-encoder",
+            "--student",
+            "tiny-org/mpnet-encoder",
+            "--task",
+            "stsb",
+            "--data-dir",
+            tmp.path().join("glue").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let res: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(res["teacher"]["source"], "hub");
+    assert_eq!(
+        res["tasks"]["stsb"]["teacher"]["checkpoint"]["resolved"],
+        "tiny-org/bert-encoder@0123456789abcdef0123456789abcdef01234567"
+    );
+}
+
+#[test]
+fn list_prints_tasks_and_models() {
+    let out = harness(&["list", "tasks"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for t in [
+        "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli",
+    ] {
+        assert!(text.contains(&format!("| {t} |")), "{text}");
+    }
+    let out = harness(&["list", "models"], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "| distilbert | sst2 | distilbert/distilbert-base-uncased-finetuned-sst-2-english |"
+        ),
+        "{text}"
+    );
+}
