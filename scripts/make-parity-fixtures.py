@@ -307,6 +307,30 @@ def make_mpnet_encoder():
     save_expected(path, inputs, batch, "embeddings", mean_pool(hidden, batch["attention_mask"]).tolist())
 
 
+def make_hub_glue_parquet():
+    """A slice of `nyu-mll/glue` as the Hub stores it (parquet, snappy; `label` int64, `idx`
+    int32), for the offline test of the Hub data path. Needs `pip install pyarrow`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = os.path.join(ROOT, "hub-glue")
+    shutil.rmtree(root, ignore_errors=True)
+    rows = {
+        "validation": [("it was a great movie, very fun.", 1), ("a terrible, boring film!", 0),
+                       ("a good film.", 1), ("the movie was bad.", 0)],
+        "train": [("great fun!", 1), ("boring and terrible.", 0), ("the film was very good.", 1),
+                  ("a very bad film.", 0), ("good, very good.", 1), ("bad, bad, bad.", 0)],
+    }
+    for split, data in rows.items():
+        os.makedirs(os.path.join(root, "sst2"), exist_ok=True)
+        table = pa.table({
+            "sentence": pa.array([t for t, _ in data], pa.string()),
+            "label": pa.array([l for _, l in data], pa.int64()),
+            "idx": pa.array(list(range(len(data))), pa.int32()),
+        })
+        pq.write_table(table, os.path.join(root, "sst2", f"{split}-00000-of-00001.parquet"), compression="snappy")
+
+
 def main():
     os.makedirs(ROOT, exist_ok=True)
     torch.set_num_threads(1)
@@ -315,7 +339,8 @@ def main():
     make_bert_encoder()
     make_distilbert_textattack_layout()
     make_mpnet_encoder()
-    for name in sorted(os.listdir(ROOT)):
+    make_hub_glue_parquet()
+    for name in sorted(n for n in os.listdir(ROOT) if n != "hub-glue"):
         with open(os.path.join(ROOT, name, "expected.json")) as f:
             ids = [t for row in json.load(f)["input_ids"] for t in row]
         unk = sum(1 for t in ids if t in (1, 3)) / len(ids)

@@ -710,3 +710,71 @@ fn list_prints_tasks_and_models() {
         "{text}"
     );
 }
+
+#[test]
+fn glue_comes_from_the_hub_parquet_files_without_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf-home");
+    // The dataset cache layout: datasets--nyu-mll--glue/{refs/main, snapshots/<commit>/sst2/*.parquet}
+    let commit = "fedcba9876543210fedcba9876543210fedcba98";
+    let root = home.join("hub/datasets--nyu-mll--glue");
+    write(&root, "refs/main", commit);
+    for split in ["validation", "train"] {
+        let name = format!("sst2/{split}-00000-of-00001.parquet");
+        let dst = root.join("snapshots").join(commit).join(&name);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(PathBuf::from(fixture("hub-glue")).join(&name), dst).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let output = harness(
+        &[
+            "run",
+            "--teacher",
+            &fixture("bert-sst2-tiny"),
+            "--student",
+            &fixture("bert-encoder-tiny"),
+            "--task",
+            "sst2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let res: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(res["settings"]["data_source"], "hub:nyu-mll/glue");
+    assert_eq!(res["tasks"]["sst2"]["n_examples"], 4);
+    assert_eq!(res["tasks"]["sst2"]["student"]["mode"], "probe");
+    assert_eq!(res["tasks"]["sst2"]["student"]["probe"]["train_rows"], 6);
+    let preds = std::fs::read_to_string(out.join("predictions/sst2.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(preds.lines().next().unwrap()).unwrap();
+    assert_eq!(first["text_a"], "it was a great movie, very fun.");
+    assert_eq!(first["gold"], 1);
+}
+
+#[test]
+fn without_data_dir_or_network_the_error_says_what_to_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    fails_with(
+        &[
+            "run",
+            "--teacher",
+            &fixture("bert-sst2-tiny"),
+            "--student",
+            &fixture("bert-encoder-tiny"),
+            "--task",
+            "sst2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+        &out,
+        "of the dataset 'nyu-mll/glue' from the Hugging Face Hub at http://127.0.0.1:9",
+    );
+}
