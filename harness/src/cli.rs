@@ -60,6 +60,22 @@ pub struct RunArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Smoke-run profiling: 20 examples at batch size 1, 2 throughput iterations, no minimum time.
+    #[arg(long)]
+    pub quick: bool,
+    /// Skip profiling (scores only).
+    #[arg(long, conflicts_with = "quick")]
+    pub no_profile: bool,
+    /// Minimum iterations of the throughput pass.
+    #[arg(long)]
+    pub min_iterations: Option<usize>,
+    /// Minimum seconds of the throughput pass.
+    #[arg(long)]
+    pub min_time_s: Option<f64>,
+    /// Watts per busy core for the energy estimate when RAPL cannot be read
+    /// (default 10.6: codecarbon's 85 W fallback TDP over 8 cores).
+    #[arg(long)]
+    pub watts_per_core: Option<f64>,
 }
 
 #[derive(Debug, Args)]

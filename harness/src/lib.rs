@@ -11,4 +11,5 @@ pub mod hub_data;
 pub mod labels;
 pub mod models;
 pub mod plan;
+pub mod profile;
 pub mod run;

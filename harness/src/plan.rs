@@ -41,6 +41,8 @@ pub struct RunPlan {
     pub device: Device,
     pub device_name: String,
     pub quiet: bool,
+    /// `None` with `--no-profile`.
+    pub profile: Option<crate::profile::ProfileSettings>,
 }
 
 fn parse_device(name: &str) -> Result<Device> {
@@ -128,6 +130,31 @@ impl RunPlan {
             }
             planned.push(PlannedTask { task, splits });
         }
+        let profile = if args.no_profile {
+            None
+        } else {
+            let mut s = if args.quick {
+                crate::profile::ProfileSettings::quick()
+            } else {
+                crate::profile::ProfileSettings::full()
+            };
+            if let Some(n) = args.min_iterations {
+                s.min_iterations = n.max(1);
+            }
+            if let Some(t) = args.min_time_s {
+                if !(t >= 0.0 && t.is_finite()) {
+                    bail!("--min-time-s must be a non-negative number of seconds");
+                }
+                s.min_time_s = t;
+            }
+            if let Some(w) = args.watts_per_core {
+                if !(w > 0.0 && w.is_finite()) {
+                    bail!("--watts-per-core must be a positive number");
+                }
+                s.watts_per_core = w;
+            }
+            Some(s)
+        };
         check_writable(&args.out)?;
         Ok(RunPlan {
             teacher_arg: args.teacher.clone(),
@@ -148,6 +175,7 @@ impl RunPlan {
             device,
             device_name: args.device.clone(),
             quiet: args.quiet,
+            profile,
         })
     }
 }

@@ -23,6 +23,7 @@ use crate::labels::map_head_labels;
 use crate::models::resolve::{self, checkpoint_for, ModelRef};
 use crate::models::{Backend, EncoderBackend, LoadOptions, TextInput};
 use crate::plan::{PlannedTask, RunPlan};
+use crate::profile::{self, energy::EnergyMeter, RequestKind};
 
 /// Teacher or student.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,7 +141,7 @@ fn checkpoint_key(r: &ModelRef) -> String {
 fn cache_key(plan: &RunPlan, ckpt: &ModelRef, pt: &PlannedTask) -> String {
     let p = &plan.probe;
     format!(
-        "task={}@v{};model={};max_length={:?};probe={}/{}/{}/{};data={};dtype=f32",
+        "task={}@v{};model={};max_length={:?};probe={}/{}/{}/{};data={};dtype=f32;profile={}",
         pt.task.name(),
         pt.task.version(),
         checkpoint_key(ckpt),
@@ -149,7 +150,13 @@ fn cache_key(plan: &RunPlan, ckpt: &ModelRef, pt: &PlannedTask) -> String {
         p.seed,
         p.l2,
         p.iterations,
-        plan.data_origin
+        plan.data_origin,
+        // Metrics do not depend on the batch size, but throughput does.
+        plan.profile.as_ref().map_or("off".to_string(), |s| format!(
+            "{}@bs{}",
+            s.key(),
+            plan.batch_size
+        ))
     )
 }
 
@@ -361,6 +368,7 @@ pub fn score_cell(
             probe: probe_info,
             elapsed_s: started.elapsed().as_secs_f64(),
             cache_key,
+            profile: None,
         },
         predictions,
     }))
@@ -450,6 +458,7 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
             probe_l2: plan.probe.l2,
             probe_iterations: plan.probe.iterations,
         },
+        environment: Some(profile::fingerprint::collect(&plan.device_name)),
         teacher: ModelSummary {
             id: plan.teacher_arg.clone(),
             source: plan.teacher.source().into(),
@@ -490,11 +499,16 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
 
     // Load every checkpoint that has work before computing anything, so a bad or unreachable
     // model fails the run before any cell is written.
-    let mut backends: Vec<(ModelRef, EncoderBackend)> = Vec::new();
+    let mut backends: Vec<(ModelRef, EncoderBackend, Option<u64>)> = Vec::new();
     for (_, _, ckpt, _) in &todo {
-        if !backends.iter().any(|(r, _)| r == ckpt) {
+        if !backends.iter().any(|(r, _, _)| r == ckpt) {
             let started = Instant::now();
+            let rss_before = profile::memory::rss_bytes();
             let b = load_backend(ckpt, plan)?;
+            let load_rss = match (rss_before, profile::memory::rss_bytes()) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            };
             say(format!(
                 "loaded {} ({}, {:.1}M parameters) in {:.1} s",
                 b.info().id,
@@ -502,20 +516,26 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
                 b.info().parameters as f64 / 1e6,
                 started.elapsed().as_secs_f64()
             ));
-            backends.push((ckpt.clone(), b));
+            backends.push((ckpt.clone(), b, load_rss));
         }
     }
 
+    let meter = plan.profile.as_ref().map_or(
+        EnergyMeter::detect(
+            Path::new("/nonexistent"),
+            profile::energy::DEFAULT_WATTS_PER_CORE,
+        ),
+        |s| EnergyMeter::detect(&s.powercap_root, s.watts_per_core),
+    );
     let cells_dir = plan.out.join("cells");
     std::fs::create_dir_all(&cells_dir)
         .with_context(|| format!("cannot create {}", cells_dir.display()))?;
     for (role, ti, ckpt, key) in todo {
         let pt = &plan.tasks[ti];
-        let backend = &backends
+        let (_, backend, load_rss) = backends
             .iter()
-            .find(|(r, _)| *r == ckpt)
-            .expect("loaded above")
-            .1;
+            .find(|(r, _, _)| *r == ckpt)
+            .expect("loaded above");
         say(format!(
             "{} {}: scoring {} examples with {}",
             role.name(),
@@ -524,7 +544,37 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
             backend.info().id
         ));
         match score_cell(backend, pt, plan, key)? {
-            Ok(cf) => {
+            Ok(mut cf) => {
+                if let Some(settings) = &plan.profile {
+                    let examples: Vec<TextInput> =
+                        pt.splits.iter().flat_map(|(_, ds)| inputs(ds)).collect();
+                    let kind = match cf.cell.mode {
+                        Mode::Head => RequestKind::Logits,
+                        Mode::Cosine | Mode::Probe => RequestKind::Embeddings,
+                    };
+                    let p = profile::profile_cell(
+                        backend,
+                        &examples,
+                        kind,
+                        plan.batch_size,
+                        settings,
+                        &meter,
+                        *load_rss,
+                    )?;
+                    say(format!(
+                        "{} {}: batch-1 pass {:.1} s (p50 {:.2} ms, p99 {:.2} ms), {:.1} examples/s at batch {}, energy {} ({})",
+                        role.name(),
+                        pt.task.name(),
+                        p.batch1_pass_s,
+                        p.latency_ms.p50,
+                        p.latency_ms.p99,
+                        p.throughput_per_s,
+                        p.throughput_batch_size,
+                        p.energy_j_per_1k.map_or("n/a".into(), |j| format!("{j:.1} J/1k")),
+                        p.energy_source
+                    ));
+                    cf.cell.profile = Some(p);
+                }
                 say(format!(
                     "{} {}: {} mode, {} = {:.4} ({:.1} s)",
                     role.name(),

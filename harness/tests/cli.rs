@@ -156,6 +156,7 @@ fn run(tmp: &Path, out: &str, teacher: &str, student: &str, tasks: &str, extra: 
     let out = tmp.join(out);
     let mut args = vec![
         "run",
+        "--quick",
         "--teacher",
         teacher,
         "--student",
@@ -228,6 +229,25 @@ fn encoders_are_scored_by_probe_and_cosine_and_results_match_the_schema() {
     assert!(lines[0]["student"]["label"].is_u64());
     let sts = std::fs::read_to_string(r.out.join("predictions/stsb.jsonl")).unwrap();
     assert!(sts.lines().next().unwrap().contains("\"score\"") || sts.contains("\"value\""));
+    // Cost figures: both models profiled, energy estimated here and labelled so, speedup derived.
+    for role in ["teacher", "student"] {
+        let p = &res["tasks"]["stsb"][role]["profile"];
+        assert_eq!(p["batch1_examples"], 8);
+        assert!(p["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+        assert!(
+            p["latency_ms"]["p99"].as_f64().unwrap() >= p["latency_ms"]["p50"].as_f64().unwrap()
+        );
+        assert!(p["throughput_per_s"].as_f64().unwrap() > 0.0);
+        assert!(p["flops_per_example"].as_f64().unwrap() > 0.0);
+        assert!(["estimated", "rapl"].contains(&p["energy_source"].as_str().unwrap()));
+        assert!(p["peak_rss_bytes"].as_u64().unwrap() > 0);
+    }
+    let t = &res["tasks"]["stsb"];
+    let speedup = t["speedup"].as_f64().unwrap();
+    let expected = t["teacher"]["profile"]["batch1_pass_s"].as_f64().unwrap()
+        / t["student"]["profile"]["batch1_pass_s"].as_f64().unwrap();
+    assert!((speedup - expected).abs() < 1e-9);
+    assert!(res["environment"]["cpu_model"].is_string());
     // The Markdown summary is on stdout.
     assert!(r.stdout().contains("| stsb "), "{}", r.stdout());
     assert!(r.stdout().contains("**macro**"));
@@ -395,6 +415,7 @@ fn bad_run(tmp: &Path, teacher: &str, student: &str, task: &str, needle: &str) {
     fails_with(
         &[
             "run",
+            "--quick",
             "--teacher",
             teacher,
             "--student",
@@ -583,6 +604,7 @@ fn unwritable_output_folder() {
     fails_with(
         &[
             "run",
+            "--quick",
             "--teacher",
             &fixture("bert-encoder-tiny"),
             "--student",
@@ -614,7 +636,7 @@ fn aliases_without_network_fail_with_the_offline_message() {
     let data = tmp.path().join("glue");
     let home = tmp.path().join("hf-home");
     fails_with(
-        &["run", "--teacher", "bert-base", "--student", "distilbert", "--task", "sst2",
+        &["run", "--quick", "--teacher", "bert-base", "--student", "distilbert", "--task", "sst2",
           "--data-dir", data.to_str().unwrap(), "--out", out.to_str().unwrap()],
         &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
         &out,
@@ -664,6 +686,7 @@ fn hub_ids_load_from_a_hub_snapshot_cache_offline() {
     let output = harness(
         &[
             "run",
+            "--quick",
             "--teacher",
             "tiny-org/bert-encoder",
             "--student",
@@ -729,6 +752,7 @@ fn glue_comes_from_the_hub_parquet_files_without_data_dir() {
     let output = harness(
         &[
             "run",
+            "--quick",
             "--teacher",
             &fixture("bert-sst2-tiny"),
             "--student",
@@ -764,6 +788,7 @@ fn without_data_dir_or_network_the_error_says_what_to_pass() {
     fails_with(
         &[
             "run",
+            "--quick",
             "--teacher",
             &fixture("bert-sst2-tiny"),
             "--student",

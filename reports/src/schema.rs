@@ -18,6 +18,8 @@ pub struct Results {
     pub git_commit: Option<String>,
     pub created_unix_s: u64,
     pub settings: RunSettings,
+    /// Where the figures were measured.
+    pub environment: Option<Environment>,
     pub teacher: ModelSummary,
     pub student: ModelSummary,
     pub tasks: BTreeMap<String, TaskResult>,
@@ -41,6 +43,75 @@ pub struct RunSettings {
     pub probe_seed: u64,
     pub probe_l2: f64,
     pub probe_iterations: usize,
+}
+
+/// The machine and build a result was measured on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Environment {
+    pub cpu_model: String,
+    /// The CPU flags that matter for kernels (AVX2, FMA, AVX-512 ...).
+    pub cpu_flags: Vec<String>,
+    pub logical_cores: usize,
+    pub threads_used: usize,
+    pub memory_bytes: Option<u64>,
+    pub os: String,
+    pub candle_version: String,
+    /// `release` or `debug`.
+    pub build_profile: String,
+    /// Target features compiled in (`-C target-cpu` / `target-feature`).
+    pub target_features: Vec<String>,
+    pub git_commit: Option<String>,
+    pub device: String,
+}
+
+/// Latency statistics in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub mean: f64,
+    pub stddev: f64,
+    pub n: usize,
+}
+
+/// Cost of one model on one task, measured by the harness's profiler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The DistilBERT protocol: one pass over the dev set at batch size 1 (warm-up excluded),
+    /// end to end (tokenise + forward + scoring), in seconds.
+    pub batch1_pass_s: f64,
+    /// Examples in that pass (all of the dev set unless `--quick`).
+    pub batch1_examples: usize,
+    /// Per-example end-to-end latency at batch size 1.
+    pub latency_ms: LatencySummary,
+    /// Per-example model-forward latency at batch size 1 (tokenisation excluded).
+    pub forward_latency_ms: LatencySummary,
+    /// Batch size of the throughput pass (the run's `--batch-size`).
+    pub throughput_batch_size: usize,
+    /// Examples per second in the throughput pass, end to end.
+    pub throughput_per_s: f64,
+    /// Tokens per second in the throughput pass.
+    pub tokens_per_s: f64,
+    pub throughput_iterations: usize,
+    pub throughput_s: f64,
+    pub warmup_iterations: usize,
+    /// Peak resident memory while this cell was profiled.
+    pub peak_rss_bytes: Option<u64>,
+    /// `phase` when the kernel's peak counter was reset for this cell, `process` otherwise.
+    pub peak_rss_scope: String,
+    /// Resident memory added by loading the model.
+    pub load_rss_bytes: Option<u64>,
+    /// Energy of the throughput pass; `None` when `energy_source` is `missing`.
+    pub energy_j: Option<f64>,
+    pub energy_j_per_example: Option<f64>,
+    pub energy_j_per_1k: Option<f64>,
+    /// `rapl`, `nvml`, `estimated` or `missing`.
+    pub energy_source: String,
+    pub energy_detail: String,
+    /// Analytic forward FLOPs per example at the dev set's token lengths.
+    pub flops_per_example: f64,
+    pub mean_tokens_per_example: f64,
 }
 
 /// A model as the user named it, with what it resolved to.
@@ -108,6 +179,8 @@ pub struct Cell {
     pub elapsed_s: f64,
     /// Everything that determines this cell's numbers; a rerun with the same key is skipped.
     pub cache_key: String,
+    /// Cost figures; absent with `--no-profile`.
+    pub profile: Option<Profile>,
 }
 
 /// How a probe was fitted.
@@ -130,6 +203,16 @@ pub struct TaskResult {
     pub student: Cell,
     /// Student over teacher on the primary metric; `None` when the teacher's is not positive.
     pub retention: Option<f64>,
+    /// Teacher's batch-1 dev-pass time over the student's (DistilBERT's "60% faster" is 1.6).
+    pub speedup: Option<f64>,
+    /// Student's throughput over the teacher's, at the run's batch size.
+    pub speedup_throughput: Option<f64>,
+    /// Student's parameters over the teacher's.
+    pub size_ratio: f64,
+    /// Student's peak memory over the teacher's.
+    pub memory_ratio: Option<f64>,
+    /// Student's energy per example over the teacher's (same source for both, else `None`).
+    pub energy_ratio: Option<f64>,
 }
 
 /// Macro average of primary metrics.
@@ -169,7 +252,37 @@ impl TaskResult {
             .get(primary_metric)
             .copied()
             .unwrap_or(f64::NAN);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 && a.is_finite() => Some(a / b),
+            _ => None,
+        };
+        let (tp, sp) = (teacher.profile.as_ref(), student.profile.as_ref());
+        let speedup = ratio(tp.map(|p| p.batch1_pass_s), sp.map(|p| p.batch1_pass_s));
+        let speedup_throughput = ratio(
+            sp.map(|p| p.throughput_per_s),
+            tp.map(|p| p.throughput_per_s),
+        );
+        let memory_ratio = ratio(
+            sp.and_then(|p| p.peak_rss_bytes).map(|b| b as f64),
+            tp.and_then(|p| p.peak_rss_bytes).map(|b| b as f64),
+        );
+        let energy_ratio = match (tp, sp) {
+            (Some(a), Some(b)) if a.energy_source == b.energy_source => {
+                ratio(b.energy_j_per_example, a.energy_j_per_example)
+            }
+            _ => None,
+        };
+        let size_ratio = if teacher.checkpoint.parameters > 0 {
+            student.checkpoint.parameters as f64 / teacher.checkpoint.parameters as f64
+        } else {
+            f64::NAN
+        };
         TaskResult {
+            speedup,
+            speedup_throughput,
+            size_ratio,
+            memory_ratio,
+            energy_ratio,
             task_version,
             primary_metric: primary_metric.to_string(),
             mode,
@@ -234,6 +347,7 @@ pub(crate) mod tests {
             probe: None,
             elapsed_s: 1.0,
             cache_key: "k".into(),
+            profile: None,
         }
     }
 
@@ -254,6 +368,7 @@ pub(crate) mod tests {
                 probe_l2: 1e-3,
                 probe_iterations: 300,
             },
+            environment: None,
             teacher: ModelSummary {
                 id: "teacher".into(),
                 source: "local".into(),

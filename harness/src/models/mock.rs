@@ -54,9 +54,17 @@ impl Backend for MockBackend {
             })
             .collect();
         Ok(Batched {
+            token_counts: inputs
+                .iter()
+                .map(|i| Self::text(i).split_whitespace().count() + 2)
+                .collect(),
             rows,
             n_truncated: 0,
+            forward_s: 0.0,
         })
+    }
+    fn dims(&self) -> Option<crate::profile::flops::EncoderDims> {
+        None
     }
     fn embeddings(&self, inputs: &[TextInput], _batch_size: usize) -> Result<Batched> {
         let rows = inputs
@@ -70,8 +78,13 @@ impl Backend for MockBackend {
             })
             .collect();
         Ok(Batched {
+            token_counts: inputs
+                .iter()
+                .map(|i| Self::text(i).split_whitespace().count() + 2)
+                .collect(),
             rows,
             n_truncated: 0,
+            forward_s: 0.0,
         })
     }
 }

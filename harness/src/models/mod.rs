@@ -19,6 +19,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use reports::CheckpointInfo;
+
+use crate::profile::flops::EncoderDims;
 use tokenizers::{EncodeInput, Tokenizer};
 
 /// One example's text(s).
@@ -33,6 +35,11 @@ pub struct TextInput<'a> {
 pub struct Batched {
     pub rows: Vec<Vec<f32>>,
     pub n_truncated: usize,
+    /// Tokens each input became (after truncation), in input order.
+    pub token_counts: Vec<usize>,
+    /// Seconds spent in the model forward (tensor building to outputs on the host), excluding
+    /// tokenisation.
+    pub forward_s: f64,
 }
 
 /// What the run loop asks of a model.
@@ -44,6 +51,8 @@ pub trait Backend {
     fn logits(&self, inputs: &[TextInput], batch_size: usize) -> Result<Batched>;
     /// Pooled sentence embeddings for each input (single texts only).
     fn embeddings(&self, inputs: &[TextInput], batch_size: usize) -> Result<Batched>;
+    /// Layer sizes for analytic FLOPs, when known.
+    fn dims(&self) -> Option<EncoderDims>;
 }
 
 /// The tensor-level interface each architecture implements.
@@ -206,6 +215,16 @@ fn pooling_settings(dir: &Path) -> Result<(Pooling, bool)> {
     Ok((pooling, normalize))
 }
 
+/// What each architecture's loader hands back.
+struct Built {
+    net: Box<dyn EncoderNet>,
+    vocab_size: usize,
+    max_positions: usize,
+    labels: Vec<String>,
+    default_pad: u32,
+    dims: EncoderDims,
+}
+
 /// A loaded encoder checkpoint: tokenizer, network, pooling.
 pub struct EncoderBackend {
     net: Box<dyn EncoderNet>,
@@ -215,6 +234,7 @@ pub struct EncoderBackend {
     normalize: bool,
     head_labels: Option<Vec<String>>,
     info: CheckpointInfo,
+    dims: crate::profile::flops::EncoderDims,
     device: Device,
 }
 
@@ -283,57 +303,72 @@ impl EncoderBackend {
                 weights.path.display()
             )
         };
-        let (net, vocab_size, max_positions, labels, default_pad): (
-            Box<dyn EncoderNet>,
-            usize,
-            usize,
-            Vec<String>,
-            u32,
-        ) = match arch {
+        let built = match arch {
             Architecture::Bert => {
                 let cfg: bert::BertConfig =
                     serde_json::from_value(raw.clone()).map_err(bad_config)?;
                 let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-                let net = bert::Bert::load(vb, &cfg, labels.len()).map_err(wrap)?;
-                (
-                    Box::new(net),
-                    cfg.vocab_size,
-                    cfg.max_position_embeddings,
+                Built {
+                    net: Box::new(bert::Bert::load(vb, &cfg, labels.len()).map_err(wrap)?),
+                    vocab_size: cfg.vocab_size,
+                    max_positions: cfg.max_position_embeddings,
                     labels,
-                    0,
-                )
+                    default_pad: 0,
+                    dims: EncoderDims {
+                        layers: cfg.num_hidden_layers,
+                        hidden: cfg.hidden_size,
+                        intermediate: cfg.intermediate_size,
+                    },
+                }
             }
             Architecture::DistilBert => {
                 let cfg: distilbert::DistilBertConfig =
                     serde_json::from_value(raw.clone()).map_err(bad_config)?;
                 let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-                let net = distilbert::DistilBert::load(vb, &cfg, labels.len()).map_err(wrap)?;
-                (
-                    Box::new(net),
-                    cfg.vocab_size,
-                    cfg.max_position_embeddings,
+                Built {
+                    net: Box::new(
+                        distilbert::DistilBert::load(vb, &cfg, labels.len()).map_err(wrap)?,
+                    ),
+                    vocab_size: cfg.vocab_size,
+                    max_positions: cfg.max_position_embeddings,
                     labels,
-                    0,
-                )
+                    default_pad: 0,
+                    dims: EncoderDims {
+                        layers: cfg.n_layers,
+                        hidden: cfg.dim,
+                        intermediate: cfg.hidden_dim,
+                    },
+                }
             }
             Architecture::Mpnet => {
                 let cfg: mpnet::MpnetConfig =
                     serde_json::from_value(raw.clone()).map_err(bad_config)?;
                 let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-                let net = mpnet::Mpnet::load(vb, &cfg, labels.len()).map_err(wrap)?;
-                // Positions start after the padding index, as in RoBERTa.
-                let usable = cfg
-                    .max_position_embeddings
-                    .saturating_sub(cfg.pad_token_id as usize + 1);
-                (
-                    Box::new(net),
-                    cfg.vocab_size,
-                    usable,
+                Built {
+                    net: Box::new(mpnet::Mpnet::load(vb, &cfg, labels.len()).map_err(wrap)?),
+                    vocab_size: cfg.vocab_size,
+                    // Positions start after the padding index, as in RoBERTa.
+                    max_positions: cfg
+                        .max_position_embeddings
+                        .saturating_sub(cfg.pad_token_id as usize + 1),
                     labels,
-                    cfg.pad_token_id,
-                )
+                    default_pad: cfg.pad_token_id,
+                    dims: EncoderDims {
+                        layers: cfg.num_hidden_layers,
+                        hidden: cfg.hidden_size,
+                        intermediate: cfg.intermediate_size,
+                    },
+                }
             }
         };
+        let Built {
+            net,
+            vocab_size,
+            max_positions,
+            labels,
+            default_pad,
+            dims,
+        } = built;
         let max_length = opts
             .max_length
             .map_or(max_positions, |m| m.min(max_positions));
@@ -371,6 +406,7 @@ impl EncoderBackend {
             pooling,
             normalize,
             head_labels,
+            dims,
             device: opts.device.clone(),
         })
     }
@@ -441,7 +477,9 @@ impl EncoderBackend {
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| (Reverse(encodings[i].len()), i));
         let mut rows = vec![Vec::new(); inputs.len()];
+        let mut forward_s = 0.0;
         for chunk in order.chunks(batch_size.max(1)) {
+            let started = std::time::Instant::now();
             let width = chunk.iter().map(|&i| encodings[i].len()).max().unwrap_or(0);
             let mut ids = Vec::with_capacity(chunk.len() * width);
             let mut types = Vec::with_capacity(chunk.len() * width);
@@ -473,11 +511,18 @@ impl EncoderBackend {
             } else {
                 self.pool(&hidden, &mask)?
             };
-            for (row, &i) in out.to_vec2::<f32>()?.into_iter().zip(chunk) {
+            let out = out.to_vec2::<f32>()?;
+            forward_s += started.elapsed().as_secs_f64();
+            for (row, &i) in out.into_iter().zip(chunk) {
                 rows[i] = row;
             }
         }
-        Ok(Batched { rows, n_truncated })
+        Ok(Batched {
+            rows,
+            n_truncated,
+            token_counts: encodings.iter().map(|e| e.len()).collect(),
+            forward_s,
+        })
     }
 }
 
@@ -493,5 +538,8 @@ impl Backend for EncoderBackend {
     }
     fn embeddings(&self, inputs: &[TextInput], batch_size: usize) -> Result<Batched> {
         self.run(inputs, batch_size, false)
+    }
+    fn dims(&self) -> Option<EncoderDims> {
+        Some(self.dims)
     }
 }

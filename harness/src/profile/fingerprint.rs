@@ -1,0 +1,99 @@
+//! The environment a result was measured in, so two results files can be compared honestly.
+
+use reports::Environment;
+
+fn cpuinfo_field(cpuinfo: &str, key: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+/// CPU flags that change how fast the kernels run.
+const FLAGS_THAT_MATTER: &[&str] = &[
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+];
+
+/// Collect the fingerprint of this machine and build.
+pub fn collect(device: &str) -> Environment {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<String> = cpuinfo_field(&cpuinfo, "flags")
+        .map(|f| {
+            let have: Vec<&str> = f.split_whitespace().collect();
+            FLAGS_THAT_MATTER
+                .iter()
+                .filter(|x| have.contains(x))
+                .map(|s| s.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_bytes = crate::profile::memory::status_field_bytes(&meminfo, "MemTotal");
+    let mut target_features = Vec::new();
+    if cfg!(target_feature = "avx2") {
+        target_features.push("avx2".to_string());
+    }
+    if cfg!(target_feature = "fma") {
+        target_features.push("fma".to_string());
+    }
+    if cfg!(target_feature = "avx512f") {
+        target_features.push("avx512f".to_string());
+    }
+    Environment {
+        cpu_model: cpuinfo_field(&cpuinfo, "model name")
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+        cpu_flags: flags,
+        logical_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads_used: candle_core::utils::get_num_threads(),
+        memory_bytes,
+        os: format!(
+            "{} {}",
+            std::env::consts::OS,
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+        ),
+        candle_version: env!("HARNESS_CANDLE_VERSION").to_string(),
+        build_profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .to_string(),
+        target_features,
+        git_commit: option_env!("HARNESS_GIT_COMMIT")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        device: device.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fingerprint_names_cpu_cores_and_build() {
+        let env = super::collect("cpu");
+        assert!(!env.cpu_model.is_empty());
+        assert!(env.logical_cores >= 1 && env.threads_used >= 1);
+        assert_eq!(
+            env.build_profile,
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+        );
+        assert!(
+            env.candle_version.starts_with("0."),
+            "{}",
+            env.candle_version
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! The profiler: what a model costs on a task, measured the way optimum-benchmark and MLPerf
+//! LoadGen measure (warm-up excluded, percentiles, a minimum number of iterations and a minimum
+//! time), with every energy figure saying where it came from.
+//!
+//! Two passes per (model, task) cell:
+//! 1. the DistilBERT protocol: one pass over the dev set at batch size 1, timing each example
+//!    end to end (tokenise + forward + outputs) and its model forward alone;
+//! 2. a throughput pass at the run's batch size, cycling through the dev set until both the
+//!    minimum iterations and the minimum time are reached; energy and peak memory are read
+//!    around it.
+
+pub mod energy;
+pub mod fingerprint;
+pub mod flops;
+pub mod latency;
+pub mod memory;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use reports::Profile;
+
+use crate::models::{Backend, Batched, TextInput};
+
+/// How hard to measure. [`ProfileSettings::full`] is the default; `--quick` is for smoke runs.
+#[derive(Debug, Clone)]
+pub struct ProfileSettings {
+    /// Untimed examples before the batch-1 pass and untimed batches before the throughput pass.
+    pub warmup: usize,
+    pub min_iterations: usize,
+    pub min_time_s: f64,
+    /// Cap on examples in the batch-1 pass (`None`: the whole dev set).
+    pub batch1_limit: Option<usize>,
+    pub watts_per_core: f64,
+    pub powercap_root: PathBuf,
+}
+
+impl ProfileSettings {
+    /// At least 10 iterations and 10 s for throughput, as optimum-benchmark; whole dev set at
+    /// batch size 1.
+    pub fn full() -> Self {
+        ProfileSettings {
+            warmup: 3,
+            min_iterations: 10,
+            min_time_s: 10.0,
+            batch1_limit: None,
+            watts_per_core: energy::DEFAULT_WATTS_PER_CORE,
+            powercap_root: PathBuf::from("/sys/class/powercap"),
+        }
+    }
+
+    /// Smoke-run settings: a few examples, a few iterations, no minimum time.
+    pub fn quick() -> Self {
+        ProfileSettings {
+            warmup: 1,
+            min_iterations: 2,
+            min_time_s: 0.0,
+            batch1_limit: Some(20),
+            ..Self::full()
+        }
+    }
+
+    /// A label for cache keys: settings that change the figures.
+    pub fn key(&self) -> String {
+        format!(
+            "w{}i{}t{}b{:?}",
+            self.warmup, self.min_iterations, self.min_time_s, self.batch1_limit
+        )
+    }
+}
+
+/// What the model is asked for each example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Head outputs for the example (a pair stays one input).
+    Logits,
+    /// Sentence embeddings (a pair becomes two single-text inputs).
+    Embeddings,
+}
+
+fn call(
+    backend: &dyn Backend,
+    kind: RequestKind,
+    examples: &[TextInput],
+    batch_size: usize,
+) -> Result<Batched> {
+    match kind {
+        RequestKind::Logits => backend.logits(examples, batch_size),
+        RequestKind::Embeddings => {
+            let singles: Vec<TextInput> = examples
+                .iter()
+                .flat_map(|e| {
+                    std::iter::once(TextInput { a: e.a, b: None })
+                        .chain(e.b.map(|b| TextInput { a: b, b: None }))
+                })
+                .collect();
+            backend.embeddings(&singles, batch_size)
+        }
+    }
+}
+
+/// Measure one model on one task's examples.
+pub fn profile_cell(
+    backend: &dyn Backend,
+    examples: &[TextInput],
+    kind: RequestKind,
+    batch_size: usize,
+    settings: &ProfileSettings,
+    meter: &energy::EnergyMeter,
+    load_rss_bytes: Option<u64>,
+) -> Result<Profile> {
+    anyhow::ensure!(!examples.is_empty(), "nothing to profile");
+    let peak_scope = if memory::reset_peak() {
+        "phase"
+    } else {
+        "process"
+    };
+
+    // Batch-1 pass (DistilBERT protocol), warm-up excluded.
+    for ex in examples.iter().cycle().take(settings.warmup) {
+        call(backend, kind, std::slice::from_ref(ex), 1)?;
+    }
+    let n1 = settings
+        .batch1_limit
+        .map_or(examples.len(), |l| l.min(examples.len()));
+    let mut e2e_ms = Vec::with_capacity(n1);
+    let mut fwd_ms = Vec::with_capacity(n1);
+    let mut flops = 0.0;
+    let mut tokens = 0usize;
+    for ex in &examples[..n1] {
+        let started = Instant::now();
+        let out = call(backend, kind, std::slice::from_ref(ex), 1)?;
+        e2e_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        fwd_ms.push(out.forward_s * 1e3);
+        tokens += out.token_counts.iter().sum::<usize>();
+        if let Some(d) = backend.dims() {
+            flops += out
+                .token_counts
+                .iter()
+                .map(|&t| flops::encoder_flops(d, t))
+                .sum::<f64>();
+        }
+    }
+    let batch1_pass_s = e2e_ms.iter().sum::<f64>() / 1e3;
+
+    // Throughput pass at the run's batch size, under the energy meter.
+    let bs = batch_size.max(1);
+    let batches: Vec<&[TextInput]> = examples.chunks(bs).collect();
+    for b in batches
+        .iter()
+        .cycle()
+        .take(settings.warmup.min(batches.len()))
+    {
+        call(backend, kind, b, bs)?;
+    }
+    let energy_start = meter.start();
+    let started = Instant::now();
+    let (mut iterations, mut done, mut done_tokens) = (0usize, 0usize, 0usize);
+    for b in batches.iter().cycle() {
+        let out = call(backend, kind, b, bs)?;
+        iterations += 1;
+        done += b.len();
+        done_tokens += out.token_counts.iter().sum::<usize>();
+        if iterations >= settings.min_iterations.max(1)
+            && started.elapsed().as_secs_f64() >= settings.min_time_s
+        {
+            break;
+        }
+    }
+    let throughput_s = started.elapsed().as_secs_f64();
+    let energy = meter.stop(energy_start);
+    let per_example = energy.joules.map(|j| j / done as f64);
+
+    Ok(Profile {
+        batch1_pass_s,
+        batch1_examples: n1,
+        latency_ms: latency::summarise(&e2e_ms).context("no batch-1 latencies")?,
+        forward_latency_ms: latency::summarise(&fwd_ms).context("no forward latencies")?,
+        throughput_batch_size: bs,
+        throughput_per_s: done as f64 / throughput_s,
+        tokens_per_s: done_tokens as f64 / throughput_s,
+        throughput_iterations: iterations,
+        throughput_s,
+        warmup_iterations: settings.warmup,
+        peak_rss_bytes: memory::peak_rss_bytes(),
+        peak_rss_scope: peak_scope.into(),
+        load_rss_bytes,
+        energy_j: energy.joules,
+        energy_j_per_example: per_example,
+        energy_j_per_1k: per_example.map(|j| j * 1000.0),
+        energy_source: energy.source,
+        energy_detail: energy.detail,
+        flops_per_example: flops / n1 as f64,
+        mean_tokens_per_example: tokens as f64 / n1 as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::mock::MockBackend;
+
+    #[test]
+    fn protocol_counts_examples_iterations_and_labels_energy() {
+        let backend = MockBackend::new("m", Some(vec!["a".into(), "b".into()]));
+        let texts = ["one two", "three four five", "six"];
+        let examples: Vec<TextInput> = texts.iter().map(|t| TextInput { a: t, b: None }).collect();
+        let meter = energy::EnergyMeter::detect(std::path::Path::new("/nonexistent"), 5.0);
+        let s = ProfileSettings {
+            min_iterations: 7,
+            ..ProfileSettings::quick()
+        };
+        let p = profile_cell(
+            &backend,
+            &examples,
+            RequestKind::Logits,
+            2,
+            &s,
+            &meter,
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.batch1_examples, 3);
+        assert_eq!(p.latency_ms.n, 3);
+        assert_eq!(p.throughput_iterations, 7);
+        assert_eq!(p.throughput_batch_size, 2);
+        assert_eq!(p.energy_source, "estimated");
+        // The mock counts words + 2 special tokens: (4 + 5 + 3) / 3.
+        assert!((p.mean_tokens_per_example - 4.0).abs() < 1e-12);
+        assert!(p.throughput_per_s > 0.0);
+    }
+
+    #[test]
+    fn embeddings_of_pairs_cost_two_inputs_per_example() {
+        let backend = MockBackend::new("m", None);
+        let examples = vec![TextInput {
+            a: "a b",
+            b: Some("c"),
+        }];
+        let meter = energy::EnergyMeter::detect(std::path::Path::new("/nonexistent"), 5.0);
+        let p = profile_cell(
+            &backend,
+            &examples,
+            RequestKind::Embeddings,
+            8,
+            &ProfileSettings::quick(),
+            &meter,
+            None,
+        )
+        .unwrap();
+        // (2 + 2) + (1 + 2) tokens for one example.
+        assert!((p.mean_tokens_per_example - 7.0).abs() < 1e-12);
+    }
+}
