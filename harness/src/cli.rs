@@ -22,6 +22,45 @@ pub enum Command {
     Run(RunArgs),
     /// Print the model alias table or the task registry.
     List(ListArgs),
+    /// Sweep synthetic shapes: latency, throughput and peak memory per batch size and length.
+    Profile(ProfileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// A model folder, an alias or Hub id (its base checkpoint), or a bare config.json (random
+    /// weights: profile BERT-base or DistilBERT shapes without downloading weights). Repeatable.
+    #[arg(long, required = true)]
+    pub model: Vec<String>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub batch_sizes: Vec<usize>,
+    /// Sequence lengths in tokens, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "32,128,512")]
+    pub seq_lens: Vec<usize>,
+    /// Output folder for profile.json.
+    #[arg(long, default_value = "harness-profile")]
+    pub out: PathBuf,
+    /// Minimum timed forward passes per shape.
+    #[arg(long, default_value_t = 10)]
+    pub min_iterations: usize,
+    /// Minimum seconds per shape.
+    #[arg(long, default_value_t = 10.0)]
+    pub min_time_s: f64,
+    /// Untimed forward passes per shape.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Smoke run: 2 iterations, no minimum time, 1 warm-up pass.
+    #[arg(long)]
+    pub quick: bool,
+    /// An alias table to use instead of the built-in one.
+    #[arg(long)]
+    pub aliases: Option<PathBuf>,
+    /// cpu, or cuda / cuda:N / metal when built with that feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,3 +13,4 @@ pub mod models;
 pub mod plan;
 pub mod profile;
 pub mod run;
+pub mod sweep;

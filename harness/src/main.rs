@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use harness::cli::{Cli, Command, ListArgs, ListWhat, RunArgs};
+use harness::cli::{Cli, Command, ListArgs, ListWhat, ProfileArgs, RunArgs};
 use harness::error::{one_line, EXIT_ERROR, EXIT_OK};
 use harness::models::resolve::AliasTable;
 use harness::plan::RunPlan;
@@ -54,11 +54,19 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn profile(args: &ProfileArgs) -> anyhow::Result<()> {
+    let sweep = harness::sweep::run(args)?;
+    print!("{}", harness::sweep::markdown(&sweep));
+    println!("\nResults: {}", args.out.join("profile.json").display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => run(args),
         Command::List(args) => list(args),
+        Command::Profile(args) => profile(args),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),

@@ -45,7 +45,7 @@ pub struct RunPlan {
     pub profile: Option<crate::profile::ProfileSettings>,
 }
 
-fn parse_device(name: &str) -> Result<Device> {
+pub fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         n if n == "cuda" || n.starts_with("cuda:") => {

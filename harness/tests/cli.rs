@@ -803,3 +803,82 @@ fn without_data_dir_or_network_the_error_says_what_to_pass() {
         "of the dataset 'nyu-mll/glue' from the Hugging Face Hub at http://127.0.0.1:9",
     );
 }
+
+#[test]
+fn profile_sweeps_shapes_of_a_folder_and_of_a_bare_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("prof");
+    let config = PathBuf::from(fixture("distilbert-mnli-tiny")).join("config.json");
+    let output = harness(
+        &[
+            "profile",
+            "--quick",
+            "--quiet",
+            "--model",
+            &fixture("bert-encoder-tiny"),
+            "--model",
+            config.to_str().unwrap(),
+            "--batch-sizes",
+            "1,4",
+            "--seq-lens",
+            "8,100",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("profile.json")).unwrap()).unwrap();
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    // 100 tokens exceed both tiny models' 64 positions: skipped with the reason, not faked.
+    for m in models {
+        let points = m["points"].as_array().unwrap();
+        assert_eq!(points.len(), 2, "{m}");
+        assert_eq!(points[1]["batch_size"], 4);
+        assert_eq!(points[1]["seq_len"], 8);
+        assert!(points[1]["sequences_per_s"].as_f64().unwrap() > 0.0);
+        assert!(m["skipped"][0].as_str().unwrap().contains("seq_len 100"));
+    }
+    assert_eq!(models[1]["checkpoint"]["architecture"], "distilbert");
+    assert!(models[1]["checkpoint"]["resolved"]
+        .as_str()
+        .unwrap()
+        .starts_with("random weights"));
+    // Random weights have the same parameter count as the checkpoint built from that config.
+    let real = harness(
+        &[
+            "profile",
+            "--quick",
+            "--quiet",
+            "--model",
+            &fixture("distilbert-mnli-tiny"),
+            "--batch-sizes",
+            "1",
+            "--seq-lens",
+            "8",
+            "--out",
+            tmp.path().join("p2").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(real.status.success());
+    let v2: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("p2/profile.json")).unwrap())
+            .unwrap();
+    // The checkpoint also has a classification head (pre_classifier + classifier) the random
+    // encoder does not build.
+    let head = 32 * 32 + 32 + 3 * 32 + 3;
+    assert_eq!(
+        v2["models"][0]["checkpoint"]["parameters"]
+            .as_u64()
+            .unwrap(),
+        models[1]["checkpoint"]["parameters"].as_u64().unwrap() + head
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("| batch x seq"));
+}

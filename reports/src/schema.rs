@@ -114,6 +114,50 @@ pub struct Profile {
     pub mean_tokens_per_example: f64,
 }
 
+/// `harness profile`: a sweep of synthetic shapes per model (`OUT/profile.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProfileSweep {
+    pub schema_version: u32,
+    pub harness_version: String,
+    pub created_unix_s: u64,
+    pub environment: Environment,
+    pub settings: SweepSettings,
+    pub models: Vec<SweepModel>,
+}
+
+/// How the sweep measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepSettings {
+    pub warmup_iterations: usize,
+    pub min_iterations: usize,
+    pub min_time_s: f64,
+}
+
+/// One model's sweep.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepModel {
+    pub id: String,
+    pub checkpoint: CheckpointInfo,
+    pub points: Vec<SweepPoint>,
+    /// Shapes left out, with why (e.g. longer than the position embeddings).
+    pub skipped: Vec<String>,
+}
+
+/// One (batch size, sequence length) shape: forward passes of random token ids, no padding.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepPoint {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub iterations: usize,
+    /// Per forward pass (one batch).
+    pub latency_ms: LatencySummary,
+    pub sequences_per_s: f64,
+    pub tokens_per_s: f64,
+    pub flops_per_sequence: f64,
+    pub gflops_per_s: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
 /// A model as the user named it, with what it resolved to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelSummary {

@@ -44,8 +44,9 @@ pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     } else {
         ("weight", "bias")
     };
-    let weight = vb.get(size, w)?;
-    let bias = vb.get(size, b)?;
+    // The hints only matter for random weights (a VarMap): identity scale, zero shift.
+    let weight = vb.get_with_hints(size, w, candle_nn::Init::Const(1.0))?;
+    let bias = vb.get_with_hints(size, b, candle_nn::Init::Const(0.0))?;
     Ok(LayerNorm::new(weight, bias, eps))
 }
 

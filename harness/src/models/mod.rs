@@ -225,10 +225,103 @@ struct Built {
     dims: EncoderDims,
 }
 
+/// Build an architecture's network from its parsed config and a VarBuilder (checkpoint
+/// weights, or random ones from a VarMap).
+fn build_net(
+    arch: Architecture,
+    raw: &serde_json::Value,
+    config_path: &Path,
+    vb: VarBuilder,
+    weights_name: &str,
+) -> Result<Built> {
+    let bad_config = |e: serde_json::Error| {
+        anyhow::anyhow!(
+            "{}: missing or invalid field for {}: {e}",
+            config_path.display(),
+            arch.name()
+        )
+    };
+    let wrap = |e: candle_core::Error| {
+        anyhow::anyhow!("{}: weights do not match config.json ({e})", weights_name)
+    };
+    Ok(match arch {
+        Architecture::Bert => {
+            let cfg: bert::BertConfig = serde_json::from_value(raw.clone()).map_err(bad_config)?;
+            let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+            Built {
+                net: Box::new(bert::Bert::load(vb, &cfg, labels.len()).map_err(wrap)?),
+                vocab_size: cfg.vocab_size,
+                max_positions: cfg.max_position_embeddings,
+                labels,
+                default_pad: 0,
+                dims: EncoderDims {
+                    layers: cfg.num_hidden_layers,
+                    hidden: cfg.hidden_size,
+                    intermediate: cfg.intermediate_size,
+                },
+            }
+        }
+        Architecture::DistilBert => {
+            let cfg: distilbert::DistilBertConfig =
+                serde_json::from_value(raw.clone()).map_err(bad_config)?;
+            let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+            Built {
+                net: Box::new(distilbert::DistilBert::load(vb, &cfg, labels.len()).map_err(wrap)?),
+                vocab_size: cfg.vocab_size,
+                max_positions: cfg.max_position_embeddings,
+                labels,
+                default_pad: 0,
+                dims: EncoderDims {
+                    layers: cfg.n_layers,
+                    hidden: cfg.dim,
+                    intermediate: cfg.hidden_dim,
+                },
+            }
+        }
+        Architecture::Mpnet => {
+            let cfg: mpnet::MpnetConfig =
+                serde_json::from_value(raw.clone()).map_err(bad_config)?;
+            let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+            Built {
+                net: Box::new(mpnet::Mpnet::load(vb, &cfg, labels.len()).map_err(wrap)?),
+                vocab_size: cfg.vocab_size,
+                // Positions start after the padding index, as in RoBERTa.
+                max_positions: cfg
+                    .max_position_embeddings
+                    .saturating_sub(cfg.pad_token_id as usize + 1),
+                labels,
+                default_pad: cfg.pad_token_id,
+                dims: EncoderDims {
+                    layers: cfg.num_hidden_layers,
+                    hidden: cfg.hidden_size,
+                    intermediate: cfg.intermediate_size,
+                },
+            }
+        }
+    })
+}
+
+/// Read `config.json` and find its architecture.
+fn read_config(config_path: &Path) -> Result<(serde_json::Value, Architecture)> {
+    let raw: serde_json::Value = read_json(config_path)?;
+    let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    let arch = Architecture::from_model_type(model_type).with_context(|| {
+        format!(
+            "{}: unsupported architecture model_type '{model_type}' (supported: bert, distilbert, mpnet)",
+            config_path.display()
+        )
+    })?;
+    Ok((raw, arch))
+}
+
 /// A loaded encoder checkpoint: tokenizer, network, pooling.
 pub struct EncoderBackend {
     net: Box<dyn EncoderNet>,
-    tokenizer: Tokenizer,
+    /// `None` for a model built from a bare `config.json` (random weights, synthetic inputs).
+    tokenizer: Option<Tokenizer>,
+    vocab_size: usize,
+    /// Longest input the position embeddings allow.
+    max_positions: usize,
     pad_id: u32,
     pooling: Pooling,
     normalize: bool,
@@ -260,14 +353,7 @@ impl EncoderBackend {
                 dir.display()
             );
         }
-        let raw: serde_json::Value = read_json(&config_path)?;
-        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        let arch = Architecture::from_model_type(model_type).with_context(|| {
-            format!(
-                "{}: unsupported architecture model_type '{model_type}' (supported: bert, distilbert, mpnet)",
-                config_path.display()
-            )
-        })?;
+        let (raw, arch) = read_config(&config_path)?;
         let weights = find_weights(dir)?;
         let bytes_on_disk = std::fs::metadata(&weights.path)?.len();
         let corrupt = |e: candle_core::Error| {
@@ -290,77 +376,13 @@ impl EncoderBackend {
         }
         .map_err(corrupt)?;
 
-        let bad_config = |e: serde_json::Error| {
-            anyhow::anyhow!(
-                "{}: missing or invalid field for {}: {e}",
-                config_path.display(),
-                arch.name()
-            )
-        };
-        let wrap = |e: candle_core::Error| {
-            anyhow::anyhow!(
-                "{}: weights do not match config.json ({e})",
-                weights.path.display()
-            )
-        };
-        let built = match arch {
-            Architecture::Bert => {
-                let cfg: bert::BertConfig =
-                    serde_json::from_value(raw.clone()).map_err(bad_config)?;
-                let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-                Built {
-                    net: Box::new(bert::Bert::load(vb, &cfg, labels.len()).map_err(wrap)?),
-                    vocab_size: cfg.vocab_size,
-                    max_positions: cfg.max_position_embeddings,
-                    labels,
-                    default_pad: 0,
-                    dims: EncoderDims {
-                        layers: cfg.num_hidden_layers,
-                        hidden: cfg.hidden_size,
-                        intermediate: cfg.intermediate_size,
-                    },
-                }
-            }
-            Architecture::DistilBert => {
-                let cfg: distilbert::DistilBertConfig =
-                    serde_json::from_value(raw.clone()).map_err(bad_config)?;
-                let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-                Built {
-                    net: Box::new(
-                        distilbert::DistilBert::load(vb, &cfg, labels.len()).map_err(wrap)?,
-                    ),
-                    vocab_size: cfg.vocab_size,
-                    max_positions: cfg.max_position_embeddings,
-                    labels,
-                    default_pad: 0,
-                    dims: EncoderDims {
-                        layers: cfg.n_layers,
-                        hidden: cfg.dim,
-                        intermediate: cfg.hidden_dim,
-                    },
-                }
-            }
-            Architecture::Mpnet => {
-                let cfg: mpnet::MpnetConfig =
-                    serde_json::from_value(raw.clone()).map_err(bad_config)?;
-                let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-                Built {
-                    net: Box::new(mpnet::Mpnet::load(vb, &cfg, labels.len()).map_err(wrap)?),
-                    vocab_size: cfg.vocab_size,
-                    // Positions start after the padding index, as in RoBERTa.
-                    max_positions: cfg
-                        .max_position_embeddings
-                        .saturating_sub(cfg.pad_token_id as usize + 1),
-                    labels,
-                    default_pad: cfg.pad_token_id,
-                    dims: EncoderDims {
-                        layers: cfg.num_hidden_layers,
-                        hidden: cfg.hidden_size,
-                        intermediate: cfg.intermediate_size,
-                    },
-                }
-            }
-        };
+        let built = build_net(
+            arch,
+            &raw,
+            &config_path,
+            vb,
+            &weights.path.display().to_string(),
+        )?;
         let Built {
             net,
             vocab_size,
@@ -401,7 +423,9 @@ impl EncoderBackend {
                 head_labels: head_labels.clone(),
             },
             net,
-            tokenizer,
+            tokenizer: Some(tokenizer),
+            vocab_size,
+            max_positions,
             pad_id,
             pooling,
             normalize,
@@ -409,6 +433,71 @@ impl EncoderBackend {
             dims,
             device: opts.device.clone(),
         })
+    }
+
+    /// A model with random weights from a bare `config.json`, for profiling shapes without
+    /// downloading weights. It has no tokenizer; use [`EncoderBackend::forward_synthetic`].
+    pub fn random_from_config(config_path: &Path, device: &Device) -> Result<Self> {
+        let (raw, arch) = read_config(config_path)?;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let built = build_net(arch, &raw, config_path, vb, "random weights")?;
+        let parameters: u64 = varmap
+            .all_vars()
+            .iter()
+            .map(|v| v.elem_count() as u64)
+            .sum();
+        Ok(EncoderBackend {
+            info: CheckpointInfo {
+                id: config_path.display().to_string(),
+                resolved: format!("random weights from {}", config_path.display()),
+                architecture: arch.name().to_string(),
+                parameters,
+                bytes_on_disk: 0,
+                head_labels: None,
+            },
+            net: built.net,
+            tokenizer: None,
+            vocab_size: built.vocab_size,
+            max_positions: built.max_positions,
+            pad_id: built.default_pad,
+            pooling: Pooling::Mean,
+            normalize: false,
+            head_labels: None,
+            dims: built.dims,
+            device: device.clone(),
+        })
+    }
+
+    /// Longest sequence the model accepts.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// One forward pass over `batch` random sequences of exactly `seq` tokens (no padding),
+    /// returning the seconds it took. Token ids avoid the low ids where special tokens live.
+    pub fn forward_synthetic(&self, batch: usize, seq: usize, seed: u64) -> Result<f64> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let lo = 1000.min(self.vocab_size / 2) as u64;
+        let span = (self.vocab_size as u64).saturating_sub(lo).max(1);
+        let ids: Vec<u32> = (0..batch * seq)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (lo + (state >> 33) % span) as u32
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let ids = Tensor::from_vec(ids, (batch, seq), &self.device)?;
+        let types = ids.zeros_like()?;
+        let mask = ids.ones_like()?;
+        let hidden = self.net.encode(&ids, &types, &mask)?;
+        let out = self.pool(&hidden, &mask)?;
+        let _ = out.to_vec2::<f32>()?;
+        Ok(started.elapsed().as_secs_f64())
     }
 
     /// Record where the checkpoint came from (Hub id and commit) instead of the cache path.
@@ -431,6 +520,13 @@ impl EncoderBackend {
             })
             .collect();
         self.tokenizer
+            .as_ref()
+            .with_context(|| {
+                format!(
+                    "{}: built from a bare config.json, this model has no tokenizer (use it with `harness profile`)",
+                    self.info.id
+                )
+            })?
             .encode_batch(batch, true)
             .map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))
     }
