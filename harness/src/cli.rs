@@ -24,6 +24,50 @@ pub enum Command {
     List(ListArgs),
     /// Sweep synthetic shapes: latency, throughput and peak memory per batch size and length.
     Profile(ProfileArgs),
+    /// Write reports (Markdown, HTML with charts, CSV, JSON) from a results file.
+    Report(ReportArgs),
+    /// Compare a results file against a baseline; exit 1 on a regression.
+    Compare(CompareArgs),
+    /// Merge results files of separate runs of the same pair into one.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A results.json written by `harness run`.
+    pub results: PathBuf,
+    /// Formats, comma-separated: md, html, csv, json.
+    #[arg(long, value_delimiter = ',', default_value = "md,html,csv,json")]
+    pub format: Vec<String>,
+    /// Folder for the reports (default: the results file's folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    #[arg(long)]
+    pub baseline: PathBuf,
+    #[arg(long)]
+    pub current: PathBuf,
+    /// Largest tolerated drop of a primary metric, in points (x100).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_metric_drop: f64,
+    /// Largest tolerated batch-1 latency increase, percent.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_slowdown: f64,
+    /// Largest tolerated peak-memory increase, percent.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_memory_growth: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Results files to merge.
+    #[arg(required = true, num_args = 2..)]
+    pub files: Vec<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -7,10 +7,12 @@
 
 pub mod cli;
 pub mod error;
+pub mod fidelity;
 pub mod hub_data;
 pub mod labels;
 pub mod models;
 pub mod plan;
 pub mod profile;
+pub mod report;
 pub mod run;
 pub mod sweep;

@@ -6,8 +6,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use harness::cli::{Cli, Command, ListArgs, ListWhat, ProfileArgs, RunArgs};
-use harness::error::{one_line, EXIT_ERROR, EXIT_OK};
+use harness::cli::{
+    Cli, Command, CompareArgs, ListArgs, ListWhat, MergeArgs, ProfileArgs, ReportArgs, RunArgs,
+};
+use harness::error::{one_line, EXIT_ERROR, EXIT_OK, EXIT_REGRESSION};
 use harness::models::resolve::AliasTable;
 use harness::plan::RunPlan;
 use reports::export::{Exporter, MarkdownReport};
@@ -17,7 +19,8 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     let plan = RunPlan::from_args(args)?;
     // 2. Load models and score every (model, task) cell, writing results as cells finish.
     let outcome = harness::run::execute(&plan)?;
-    // 3. Summarise.
+    // 3. Reports beside the results, and the summary on stdout.
+    harness::report::write_reports(&outcome.results, &plan.out, &["md", "html", "csv"])?;
     print!("{}", MarkdownReport.render(&outcome.results));
     for (task, reason) in &outcome.results.skipped {
         println!("\nNot scored: {task}: {reason}");
@@ -61,12 +64,61 @@ fn profile(args: &ProfileArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn report(args: &ReportArgs) -> anyhow::Result<()> {
+    let results = harness::report::read_results(&args.results)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        args.results
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default()
+    });
+    let formats: Vec<&str> = args.format.iter().map(|s| s.trim()).collect();
+    for path in harness::report::write_reports(&results, &out, &formats)? {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// Returns whether a regression was found.
+fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
+    let baseline = harness::report::read_results(&args.baseline)?;
+    let current = harness::report::read_results(&args.current)?;
+    let th = reports::compare::Thresholds {
+        max_metric_drop: args.max_metric_drop,
+        max_slowdown: args.max_slowdown,
+        max_memory_growth: args.max_memory_growth,
+        ..Default::default()
+    };
+    let findings = reports::compare::compare(&baseline, &current, &th)?;
+    print!("{}", reports::compare::markdown(&findings, &th));
+    Ok(findings.iter().any(|f| f.regression))
+}
+
+fn merge(args: &MergeArgs) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    for f in &args.files {
+        files.push((f.display().to_string(), harness::report::read_results(f)?));
+    }
+    let merged = reports::compare::merge(&files).map_err(anyhow::Error::msg)?;
+    reports::io::write_json_atomic(&args.out, &merged)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display()))?;
+    println!("{}: {} tasks", args.out.display(), merged.tasks.len());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => run(args),
         Command::List(args) => list(args),
         Command::Profile(args) => profile(args),
+        Command::Report(args) => report(args),
+        Command::Merge(args) => merge(args),
+        Command::Compare(args) => match compare(args) {
+            Ok(true) => return ExitCode::from(EXIT_REGRESSION),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),

@@ -646,16 +646,15 @@ fn assemble(
             done.get(&(ti, Role::Student)),
         ) {
             write_predictions(&plan.out, pt, t, s)?;
-            results.tasks.insert(
-                name.to_string(),
-                TaskResult::new(
-                    pt.task.version(),
-                    pt.task.primary_metric(),
-                    pt.n_examples(),
-                    t.cell.clone(),
-                    s.cell.clone(),
-                ),
+            let mut tr = TaskResult::new(
+                pt.task.version(),
+                pt.task.primary_metric(),
+                pt.n_examples(),
+                t.cell.clone(),
+                s.cell.clone(),
             );
+            tr.comparison = Some(crate::fidelity::compare_cells(pt, t, s));
+            results.tasks.insert(name.to_string(), tr);
         }
     }
     results.update_macro();

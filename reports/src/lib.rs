@@ -4,9 +4,11 @@
 //! and described by the JSON Schema `reports/results.schema.json`); [`io`] writes files
 //! atomically; [`export`] renders results for people (Markdown for now).
 
+pub mod compare;
 pub mod export;
 pub mod io;
 pub mod schema;
 pub mod schema_check;
+pub mod stats;
 
 pub use schema::*;

@@ -257,6 +257,50 @@ pub struct TaskResult {
     pub memory_ratio: Option<f64>,
     /// Student's energy per example over the teacher's (same source for both, else `None`).
     pub energy_ratio: Option<f64>,
+    /// Paired statistics and fidelity of student against teacher, on the primary split.
+    pub comparison: Option<Comparison>,
+}
+
+/// Teacher and student compared example by example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// Student minus teacher on the primary metric, with a paired bootstrap interval.
+    pub primary_diff: crate::stats::Interval,
+    /// Examples only the teacher got right (classification).
+    pub teacher_only_correct: Option<u64>,
+    /// Examples only the student got right (classification).
+    pub student_only_correct: Option<u64>,
+    /// McNemar's exact two-sided p-value on those discordant pairs.
+    pub mcnemar_p: Option<f64>,
+    /// Fraction of examples where the student's top-1 label equals the teacher's.
+    pub top1_agreement: Option<f64>,
+    /// Mean KL(teacher || student) over the output distributions, nats (the distillation loss).
+    pub mean_kl: Option<f64>,
+    /// Teacher label (rows) by student label (columns), counts.
+    pub confusion: Option<Vec<Vec<u64>>>,
+    /// The first examples where the two disagree, with text.
+    pub disagreements: Vec<Disagreement>,
+    pub teacher_calibration: Option<Calibration>,
+    pub student_calibration: Option<Calibration>,
+}
+
+/// One example the models answer differently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Disagreement {
+    pub id: String,
+    pub text_a: String,
+    pub text_b: Option<String>,
+    pub gold: String,
+    pub teacher: String,
+    pub student: String,
+}
+
+/// Calibration of predicted probabilities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Expected calibration error, 15 equal-width bins.
+    pub ece: f64,
+    pub brier: f64,
 }
 
 /// Macro average of primary metrics.
@@ -322,6 +366,7 @@ impl TaskResult {
             f64::NAN
         };
         TaskResult {
+            comparison: None,
             speedup,
             speedup_throughput,
             size_ratio,
@@ -392,6 +437,51 @@ pub(crate) mod tests {
             elapsed_s: 1.0,
             cache_key: "k".into(),
             profile: None,
+        }
+    }
+
+    /// Give every cell of `r` a profile, for tests of the cost views.
+    pub fn add_profiles(r: &mut Results) {
+        let lat = |p50: f64| LatencySummary {
+            p50,
+            p90: p50 * 1.5,
+            p99: p50 * 2.0,
+            mean: p50 * 1.1,
+            stddev: p50 / 4.0,
+            n: 100,
+        };
+        for t in r.tasks.values_mut() {
+            for (cell, scale) in [(&mut t.teacher, 2.0), (&mut t.student, 1.0)] {
+                cell.profile = Some(Profile {
+                    batch1_pass_s: 10.0 * scale,
+                    batch1_examples: 100,
+                    latency_ms: lat(10.0 * scale),
+                    forward_latency_ms: lat(9.0 * scale),
+                    throughput_batch_size: 32,
+                    throughput_per_s: 100.0 / scale,
+                    tokens_per_s: 2000.0 / scale,
+                    throughput_iterations: 10,
+                    throughput_s: 10.0,
+                    warmup_iterations: 3,
+                    peak_rss_bytes: Some((100 << 20) * scale as u64),
+                    peak_rss_scope: "phase".into(),
+                    load_rss_bytes: Some(50 << 20),
+                    energy_j: Some(50.0 * scale),
+                    energy_j_per_example: Some(0.05 * scale),
+                    energy_j_per_1k: Some(50.0 * scale),
+                    energy_source: "estimated".into(),
+                    energy_detail: "test".into(),
+                    flops_per_example: 1e9 * scale,
+                    mean_tokens_per_example: 20.0,
+                });
+            }
+            *t = TaskResult::new(
+                t.task_version,
+                &t.primary_metric.clone(),
+                t.n_examples,
+                t.teacher.clone(),
+                t.student.clone(),
+            );
         }
     }
 

@@ -1,10 +1,27 @@
 //! Report formats, one file each behind the small [`Exporter`] trait (as hyperfine's
 //! `src/export/`). `table` is the shared layout helper.
 
+mod csv;
+mod html;
+mod json;
 mod markdown;
 pub mod table;
 
+pub use csv::CsvReport;
+pub use html::HtmlReport;
+pub use json::JsonReport;
 pub use markdown::MarkdownReport;
+
+/// The exporter for a format name (`md`, `html`, `csv`, `json`) and its file name.
+pub fn by_name(name: &str) -> Option<(Box<dyn Exporter>, &'static str)> {
+    match name {
+        "md" | "markdown" => Some((Box::new(MarkdownReport), "report.md")),
+        "html" => Some((Box::new(HtmlReport), "report.html")),
+        "csv" => Some((Box::new(CsvReport), "results.csv")),
+        "json" => Some((Box::new(JsonReport), "results.json")),
+        _ => None,
+    }
+}
 
 use crate::Results;
 

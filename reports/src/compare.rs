@@ -1,0 +1,444 @@
+//! The regression gate: compare a current results file against a named baseline, as criterion
+//! compares against a saved baseline, with thresholds *and* a noise test, never a bare
+//! percentage.
+//!
+//! - Metric: a drop of the primary metric is flagged when it exceeds `max_metric_drop` points
+//!   (x100) and the half-width of the current run's paired-bootstrap 95% interval (the
+//!   sampling noise of that metric on this dev set).
+//! - Speed: a slowdown of the mean batch-1 latency is flagged when it exceeds `max_slowdown`
+//!   percent and Welch's t-test on the per-example latencies (from their mean, standard
+//!   deviation and count) rejects "no slower" at `alpha` (one-sided, normal approximation,
+//!   fine for the hundreds of examples a dev set has).
+//! - Memory: peak RSS growth beyond `max_memory_growth` percent.
+
+use crate::export::table::{markdown_table, Align};
+use crate::{Cell, Results};
+
+/// Gate settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Points (x100 of the metric).
+    pub max_metric_drop: f64,
+    /// Percent.
+    pub max_slowdown: f64,
+    /// Percent.
+    pub max_memory_growth: f64,
+    pub alpha: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_metric_drop: 1.0,
+            max_slowdown: 10.0,
+            max_memory_growth: 10.0,
+            alpha: 0.05,
+        }
+    }
+}
+
+/// One compared figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub task: String,
+    pub role: &'static str,
+    pub what: String,
+    pub baseline: f64,
+    pub current: f64,
+    /// Points for metrics, percent for speed and memory.
+    pub change: f64,
+    pub note: String,
+    pub regression: bool,
+}
+
+/// Why two files cannot be compared (exit code 2).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CompareError {
+    #[error("schema version mismatch: baseline has {baseline}, current has {current}; rerun the baseline with this harness")]
+    SchemaMismatch { baseline: u32, current: u32 },
+    #[error("no common tasks: baseline has [{baseline}], current has [{current}]")]
+    NoCommonTasks { baseline: String, current: String },
+}
+
+/// Standard normal CDF (Abramowitz and Stegun 7.1.26 erf, |error| < 1.5e-7).
+pub fn normal_cdf(z: f64) -> f64 {
+    let x = z.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.3275911 * x);
+    let poly = t
+        * (0.254829592
+            + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let erf = 1.0 - poly * (-x * x).exp();
+    if z >= 0.0 {
+        0.5 * (1.0 + erf)
+    } else {
+        0.5 * (1.0 - erf)
+    }
+}
+
+/// One-sided p-value that `current` is slower than `baseline`, by Welch's t statistic from
+/// summary statistics.
+pub fn slower_p_value(
+    base_mean: f64,
+    base_sd: f64,
+    base_n: usize,
+    cur_mean: f64,
+    cur_sd: f64,
+    cur_n: usize,
+) -> f64 {
+    let se =
+        (base_sd * base_sd / base_n.max(1) as f64 + cur_sd * cur_sd / cur_n.max(1) as f64).sqrt();
+    if se == 0.0 {
+        return if cur_mean > base_mean { 0.0 } else { 1.0 };
+    }
+    1.0 - normal_cdf((cur_mean - base_mean) / se)
+}
+
+fn cells<'a>(r: &'a Results, task: &str) -> [(&'static str, &'a Cell); 2] {
+    let t = &r.tasks[task];
+    [("teacher", &t.teacher), ("student", &t.student)]
+}
+
+/// Compare `current` against `baseline`.
+pub fn compare(
+    baseline: &Results,
+    current: &Results,
+    th: &Thresholds,
+) -> Result<Vec<Finding>, CompareError> {
+    if baseline.schema_version != current.schema_version {
+        return Err(CompareError::SchemaMismatch {
+            baseline: baseline.schema_version,
+            current: current.schema_version,
+        });
+    }
+    let common: Vec<&String> = baseline
+        .tasks
+        .keys()
+        .filter(|k| current.tasks.contains_key(*k))
+        .collect();
+    if common.is_empty() {
+        let names = |r: &Results| r.tasks.keys().cloned().collect::<Vec<_>>().join(", ");
+        return Err(CompareError::NoCommonTasks {
+            baseline: names(baseline),
+            current: names(current),
+        });
+    }
+    let mut out = Vec::new();
+    for task in common {
+        let metric = &current.tasks[task].primary_metric;
+        let noise = current.tasks[task]
+            .comparison
+            .as_ref()
+            .map(|c| (c.primary_diff.high - c.primary_diff.low) / 2.0 * 100.0)
+            .unwrap_or(0.0);
+        for ((role, b), (_, c)) in cells(baseline, task).into_iter().zip(cells(current, task)) {
+            if let (Some(&bv), Some(&cv)) = (b.metrics.get(metric), c.metrics.get(metric)) {
+                let drop = (bv - cv) * 100.0;
+                let regression = drop > th.max_metric_drop && drop > noise;
+                out.push(Finding {
+                    task: task.clone(),
+                    role,
+                    what: metric.clone(),
+                    baseline: bv,
+                    current: cv,
+                    change: -drop,
+                    note: format!("noise +/-{noise:.2} pts"),
+                    regression,
+                });
+            }
+            if let (Some(bp), Some(cp)) = (&b.profile, &c.profile) {
+                let (bl, cl) = (&bp.latency_ms, &cp.latency_ms);
+                let slowdown = (cl.mean / bl.mean - 1.0) * 100.0;
+                let p = slower_p_value(bl.mean, bl.stddev, bl.n, cl.mean, cl.stddev, cl.n);
+                out.push(Finding {
+                    task: task.clone(),
+                    role,
+                    what: "batch-1 latency (ms, mean)".into(),
+                    baseline: bl.mean,
+                    current: cl.mean,
+                    change: slowdown,
+                    note: format!("p = {p:.3}"),
+                    regression: slowdown > th.max_slowdown && p < th.alpha,
+                });
+                if let (Some(bm), Some(cm)) = (bp.peak_rss_bytes, cp.peak_rss_bytes) {
+                    let growth = (cm as f64 / bm as f64 - 1.0) * 100.0;
+                    out.push(Finding {
+                        task: task.clone(),
+                        role,
+                        what: "peak RSS (MiB)".into(),
+                        baseline: bm as f64 / (1u64 << 20) as f64,
+                        current: cm as f64 / (1u64 << 20) as f64,
+                        change: growth,
+                        note: String::new(),
+                        regression: growth > th.max_memory_growth,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The findings as a Markdown diff table, regressions first marked.
+pub fn markdown(findings: &[Finding], th: &Thresholds) -> String {
+    let rows: Vec<Vec<String>> = findings
+        .iter()
+        .map(|f| {
+            let is_metric = !f.what.contains("latency") && !f.what.contains("RSS");
+            vec![
+                if f.regression {
+                    "REGRESSION".into()
+                } else {
+                    "ok".into()
+                },
+                f.task.clone(),
+                f.role.to_string(),
+                f.what.clone(),
+                if is_metric {
+                    format!("{:.2}", f.baseline * 100.0)
+                } else {
+                    format!("{:.2}", f.baseline)
+                },
+                if is_metric {
+                    format!("{:.2}", f.current * 100.0)
+                } else {
+                    format!("{:.2}", f.current)
+                },
+                if is_metric {
+                    format!("{:+.2} pts", f.change)
+                } else {
+                    format!("{:+.1}%", f.change)
+                },
+                f.note.clone(),
+            ]
+        })
+        .collect();
+    let n = findings.iter().filter(|f| f.regression).count();
+    let mut out = format!(
+        "## distill-harness compare: {}\n\nThresholds: metric drop > {} pts and beyond noise; slowdown > {}% and significant at {}; memory growth > {}%.\n\n",
+        if n == 0 { "no regression".to_string() } else { format!("{n} regression(s)") },
+        th.max_metric_drop,
+        th.max_slowdown,
+        th.alpha,
+        th.max_memory_growth
+    );
+    out += &markdown_table(
+        &[
+            "", "task", "model", "figure", "baseline", "current", "change", "test",
+        ],
+        &[
+            Align::Left,
+            Align::Left,
+            Align::Left,
+            Align::Left,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+            Align::Left,
+        ],
+        &rows,
+    );
+    out
+}
+
+/// Merge results of separate runs (other tasks, e.g. a CI matrix) into one file. Refuses
+/// mismatched schema versions, different teacher or student, and conflicting cells (the same
+/// task with different numbers).
+pub fn merge(files: &[(String, Results)]) -> Result<Results, String> {
+    let Some((first_name, first)) = files.first() else {
+        return Err("nothing to merge".into());
+    };
+    let mut merged = first.clone();
+    for (name, r) in &files[1..] {
+        if r.schema_version != merged.schema_version {
+            return Err(format!(
+                "{name}: schema version {} differs from {first_name}'s {}",
+                r.schema_version, merged.schema_version
+            ));
+        }
+        for (role, a, b) in [
+            ("teacher", &merged.teacher.id, &r.teacher.id),
+            ("student", &merged.student.id, &r.student.id),
+        ] {
+            if a != b {
+                return Err(format!("{name}: {role} is '{b}' but {first_name}'s is '{a}'; only runs of the same pair can be merged"));
+            }
+        }
+        for (task, t) in &r.tasks {
+            match merged.tasks.get(task) {
+                Some(existing)
+                    if existing.teacher.metrics != t.teacher.metrics
+                        || existing.student.metrics != t.student.metrics =>
+                {
+                    return Err(format!("{name}: task '{task}' conflicts with an earlier file (different metrics for the same cell)"));
+                }
+                Some(_) => {}
+                None => {
+                    merged.tasks.insert(task.clone(), t.clone());
+                }
+            }
+        }
+        for (task, why) in &r.skipped {
+            if !merged.tasks.contains_key(task) {
+                merged
+                    .skipped
+                    .entry(task.clone())
+                    .or_insert_with(|| why.clone());
+            }
+        }
+    }
+    merged.skipped.retain(|t, _| !merged.tasks.contains_key(t));
+    merged.update_macro();
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::tests::{add_profiles, sample};
+
+    fn profiled() -> Results {
+        let mut r = sample();
+        add_profiles(&mut r);
+        r
+    }
+
+    #[test]
+    fn same_file_twice_has_no_regression() {
+        let r = profiled();
+        let f = compare(&r, &r, &Thresholds::default()).unwrap();
+        assert!(!f.is_empty());
+        assert!(f.iter().all(|f| !f.regression), "{f:#?}");
+    }
+
+    #[test]
+    fn worse_metric_beyond_threshold_is_a_regression() {
+        let base = profiled();
+        let mut cur = base.clone();
+        cur.tasks
+            .get_mut("sst2")
+            .unwrap()
+            .student
+            .metrics
+            .insert("accuracy".into(), 0.55);
+        let f = compare(&base, &cur, &Thresholds::default()).unwrap();
+        let hit: Vec<_> = f.iter().filter(|f| f.regression).collect();
+        assert_eq!(hit.len(), 1, "{f:#?}");
+        assert_eq!((hit[0].task.as_str(), hit[0].role), ("sst2", "student"));
+        assert!((hit[0].change + 5.0).abs() < 1e-9);
+        // Within the threshold: not a regression.
+        cur.tasks
+            .get_mut("sst2")
+            .unwrap()
+            .student
+            .metrics
+            .insert("accuracy".into(), 0.595);
+        assert!(compare(&base, &cur, &Thresholds::default())
+            .unwrap()
+            .iter()
+            .all(|f| !f.regression));
+    }
+
+    #[test]
+    fn slowdown_needs_threshold_and_significance() {
+        let base = profiled();
+        let mut cur = base.clone();
+        let p = cur
+            .tasks
+            .get_mut("stsb")
+            .unwrap()
+            .student
+            .profile
+            .as_mut()
+            .unwrap();
+        p.latency_ms.mean *= 1.5;
+        let f = compare(&base, &cur, &Thresholds::default()).unwrap();
+        assert!(
+            f.iter().any(|f| f.regression && f.what.contains("latency")),
+            "{f:#?}"
+        );
+        // Same slowdown with huge spread is not significant.
+        let p = cur
+            .tasks
+            .get_mut("stsb")
+            .unwrap()
+            .student
+            .profile
+            .as_mut()
+            .unwrap();
+        p.latency_ms.stddev = 1000.0;
+        let f = compare(&base, &cur, &Thresholds::default()).unwrap();
+        assert!(f.iter().all(|f| !f.regression), "{f:#?}");
+    }
+
+    #[test]
+    fn memory_growth_is_gated() {
+        let base = profiled();
+        let mut cur = base.clone();
+        let p = cur
+            .tasks
+            .get_mut("sst2")
+            .unwrap()
+            .teacher
+            .profile
+            .as_mut()
+            .unwrap();
+        p.peak_rss_bytes = p.peak_rss_bytes.map(|b| b * 2);
+        let f = compare(&base, &cur, &Thresholds::default()).unwrap();
+        assert!(f.iter().any(|f| f.regression && f.what.contains("RSS")));
+    }
+
+    #[test]
+    fn incomparable_files_are_errors() {
+        let base = profiled();
+        let mut cur = base.clone();
+        cur.schema_version = 99;
+        assert!(matches!(
+            compare(&base, &cur, &Thresholds::default()),
+            Err(CompareError::SchemaMismatch { .. })
+        ));
+        let mut cur = base.clone();
+        cur.tasks.clear();
+        let err = compare(&base, &cur, &Thresholds::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("no common tasks"), "{err}");
+    }
+
+    #[test]
+    fn normal_cdf_known_values() {
+        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
+        assert!((normal_cdf(1.959964) - 0.975).abs() < 1e-6);
+        assert!((normal_cdf(-1.0) - 0.158655).abs() < 1e-6);
+    }
+
+    #[test]
+    fn merge_combines_and_refuses_conflicts() {
+        let full = sample();
+        let mut a = full.clone();
+        a.tasks.remove("sst2");
+        let mut b = full.clone();
+        b.tasks.remove("stsb");
+        let m = merge(&[("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
+        assert_eq!(m.tasks.keys().collect::<Vec<_>>(), ["sst2", "stsb"]);
+        assert_eq!(m.macro_score, full.macro_score);
+        let mut c = b.clone();
+        c.tasks
+            .get_mut("sst2")
+            .unwrap()
+            .student
+            .metrics
+            .insert("accuracy".into(), 0.1);
+        let err = merge(&[("b".into(), b.clone()), ("c".into(), c)]).unwrap_err();
+        assert!(err.contains("task 'sst2' conflicts"), "{err}");
+        let mut d = b.clone();
+        d.schema_version = 2;
+        assert!(merge(&[("b".into(), b.clone()), ("d".into(), d)])
+            .unwrap_err()
+            .contains("schema version"));
+        let mut e = b;
+        e.teacher.id = "other".into();
+        assert!(merge(&[("a".into(), a), ("e".into(), e)])
+            .unwrap_err()
+            .contains("same pair"));
+    }
+}
