@@ -882,3 +882,173 @@ fn profile_sweeps_shapes_of_a_folder_and_of_a_bare_config() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("| batch x seq"));
 }
+
+#[test]
+fn run_writes_reports_and_report_compare_merge_work_on_its_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        tmp.path(),
+        "out",
+        &fixture("bert-sst2-tiny"),
+        &fixture("mpnet-encoder-tiny"),
+        "sst2",
+        &[],
+    );
+    assert!(r.output.status.success(), "{}", r.stderr());
+    // `run` writes the human reports beside the results.
+    for f in ["report.md", "report.html", "results.csv"] {
+        assert!(r.out.join(f).exists(), "{f}");
+    }
+    let res = r.results();
+    let cmp = &res["tasks"]["sst2"]["comparison"];
+    assert_eq!(cmp["primary_diff"]["resamples"], 1000);
+    let agreement = cmp["top1_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agreement));
+    let conf = cmp["confusion"].as_array().unwrap();
+    let total: u64 = conf
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 12, "the prediction table counts every example");
+    assert!(cmp["teacher_calibration"]["ece"].as_f64().is_some());
+
+    // report: every format, to another folder.
+    let results = r.out.join("results.json");
+    let dir = tmp.path().join("reports");
+    let out = harness(
+        &[
+            "report",
+            results.to_str().unwrap(),
+            "--format",
+            "md,html,csv,json",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("<circle"),
+        "charts drawn"
+    );
+    assert!(std::fs::read_to_string(dir.join("results.csv"))
+        .unwrap()
+        .starts_with("task,role,model,mode,metric,value\n"));
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("### Student against teacher"), "{md}");
+    let bad = harness(
+        &["report", results.to_str().unwrap(), "--format", "pdf"],
+        &[],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown report format 'pdf'"));
+
+    // compare: the same file twice passes; a seeded regression fails with 1; bad input is 2.
+    let same = harness(
+        &[
+            "compare",
+            "--baseline",
+            results.to_str().unwrap(),
+            "--current",
+            results.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    assert!(String::from_utf8_lossy(&same.stdout).contains("no regression"));
+    let mut worse = res.clone();
+    let acc = worse["tasks"]["sst2"]["student"]["metrics"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    worse["tasks"]["sst2"]["student"]["metrics"]["accuracy"] = Value::from(acc - 0.3);
+    // Make the noise band narrow so only the threshold decides.
+    worse["tasks"]["sst2"]["comparison"]["primary_diff"]["low"] = Value::from(0.0);
+    worse["tasks"]["sst2"]["comparison"]["primary_diff"]["high"] = Value::from(0.0);
+    let worse_path = tmp.path().join("worse.json");
+    std::fs::write(&worse_path, serde_json::to_string(&worse).unwrap()).unwrap();
+    let reg = harness(
+        &[
+            "compare",
+            "--baseline",
+            results.to_str().unwrap(),
+            "--current",
+            worse_path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        reg.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&reg.stdout)
+    );
+    assert!(String::from_utf8_lossy(&reg.stdout).contains("REGRESSION"));
+    let mut other = res.clone();
+    other["schema_version"] = Value::from(99);
+    let other_path = tmp.path().join("other.json");
+    std::fs::write(&other_path, serde_json::to_string(&other).unwrap()).unwrap();
+    let err = harness(
+        &[
+            "compare",
+            "--baseline",
+            results.to_str().unwrap(),
+            "--current",
+            other_path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(err.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("schema version 99"));
+    let missing = harness(
+        &[
+            "compare",
+            "--baseline",
+            "/no/such.json",
+            "--current",
+            results.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(missing.status.code(), Some(2));
+
+    // merge: a file with itself merges; a conflicting cell is refused.
+    let merged = tmp.path().join("merged.json");
+    let ok = harness(
+        &[
+            "merge",
+            results.to_str().unwrap(),
+            results.to_str().unwrap(),
+            "--out",
+            merged.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let conflict = harness(
+        &[
+            "merge",
+            results.to_str().unwrap(),
+            worse_path.to_str().unwrap(),
+            "--out",
+            merged.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(conflict.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&conflict.stderr).contains("conflicts"));
+}

@@ -34,6 +34,8 @@ pub struct ProfileSettings {
     pub batch1_limit: Option<usize>,
     pub watts_per_core: f64,
     pub powercap_root: PathBuf,
+    /// Draw progress bars on stderr (off unless stdout is a terminal and not `--quiet`).
+    pub show_progress: bool,
 }
 
 impl ProfileSettings {
@@ -47,6 +49,7 @@ impl ProfileSettings {
             batch1_limit: None,
             watts_per_core: energy::DEFAULT_WATTS_PER_CORE,
             powercap_root: PathBuf::from("/sys/class/powercap"),
+            show_progress: false,
         }
     }
 
@@ -68,6 +71,21 @@ impl ProfileSettings {
             self.warmup, self.min_iterations, self.min_time_s, self.batch1_limit
         )
     }
+}
+
+/// A progress bar on stderr, or a hidden one.
+pub fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
 }
 
 /// What the model is asked for each example.
@@ -128,7 +146,9 @@ pub fn profile_cell(
     let mut fwd_ms = Vec::with_capacity(n1);
     let mut flops = 0.0;
     let mut tokens = 0usize;
+    let bar = progress_bar(settings.show_progress, n1 as u64, "batch-1 pass");
     for ex in &examples[..n1] {
+        bar.inc(1);
         let started = Instant::now();
         let out = call(backend, kind, std::slice::from_ref(ex), 1)?;
         e2e_ms.push(started.elapsed().as_secs_f64() * 1e3);
@@ -142,6 +162,7 @@ pub fn profile_cell(
                 .sum::<f64>();
         }
     }
+    bar.finish_and_clear();
     let batch1_pass_s = e2e_ms.iter().sum::<f64>() / 1e3;
 
     // Throughput pass at the run's batch size, under the energy meter.

@@ -170,6 +170,7 @@ fn cost_table(r: &Results) -> String {
                 name.clone(),
                 role.to_string(),
                 format!("{:.1}", cell.checkpoint.parameters as f64 / 1e6),
+                format!("{:.1}", cell.checkpoint.bytes_on_disk as f64 / 1e6),
                 format!("{:.1}", p.batch1_pass_s),
                 format!("{:.2}", p.latency_ms.p50),
                 format!("{:.2}", p.latency_ms.p99),
@@ -198,6 +199,7 @@ fn cost_table(r: &Results) -> String {
             "task",
             "model",
             "params (M)",
+            "size (MB)",
             "batch-1 pass (s)",
             "p50 (ms)",
             "p99 (ms)",
@@ -209,6 +211,7 @@ fn cost_table(r: &Results) -> String {
         &[
             Align::Left,
             Align::Left,
+            Align::Right,
             Align::Right,
             Align::Right,
             Align::Right,
