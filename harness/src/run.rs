@@ -520,13 +520,13 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
         }
     }
 
-    let meter = plan.profile.as_ref().map_or(
-        EnergyMeter::detect(
-            Path::new("/nonexistent"),
-            profile::energy::DEFAULT_WATTS_PER_CORE,
-        ),
-        |s| EnergyMeter::detect(&s.powercap_root, s.watts_per_core),
-    );
+    let meter = plan
+        .profile
+        .as_ref()
+        .map_or(EnergyMeter::Unavailable("profiling is off".into()), |s| {
+            EnergyMeter::for_device(&plan.device_name, &s.powercap_root, s.watts_per_core)
+        });
+
     let cells_dir = plan.out.join("cells");
     std::fs::create_dir_all(&cells_dir)
         .with_context(|| format!("cannot create {}", cells_dir.display()))?;

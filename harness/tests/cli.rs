@@ -372,9 +372,18 @@ fn a_rerun_reuses_finished_cells() {
         all_metrics(&second.results())
     );
     // A changed setting that affects numbers recomputes.
-    let third = run(tmp.path(), "out", &t, &s, "stsb", &["--max-length", "16"]);
+    let first_results = first.results();
+    let third = run(tmp.path(), "out", &t, &s, "stsb", &["--max-length", "8"]);
     assert!(third.output.status.success(), "{}", third.stderr());
     assert!(!third.stderr().contains("reusing"), "{}", third.stderr());
+    // Inputs longer than 8 tokens were cut, and counted (each sentence of a pair separately).
+    let res = third.results();
+    assert_eq!(res["settings"]["max_length"], 8);
+    let cut = res["tasks"]["stsb"]["teacher"]["n_truncated"]
+        .as_u64()
+        .unwrap();
+    assert!(cut > 0 && cut <= 16, "{cut}");
+    assert_eq!(first_results["tasks"]["stsb"]["teacher"]["n_truncated"], 0);
 }
 
 /// Run with bad input; assert exit code 2, one `error:` line mentioning `needle`, no results.

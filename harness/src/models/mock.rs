@@ -31,6 +31,19 @@ impl MockBackend {
     fn text(input: &TextInput) -> String {
         format!("{} {}", input.a, input.b.unwrap_or(""))
     }
+
+    /// Wrap output rows; a mock "token" is a word, plus two special tokens per input.
+    fn batched(inputs: &[TextInput], rows: Vec<Vec<f32>>) -> Batched {
+        Batched {
+            token_counts: inputs
+                .iter()
+                .map(|i| Self::text(i).split_whitespace().count() + 2)
+                .collect(),
+            rows,
+            n_truncated: 0,
+            forward_s: 0.0,
+        }
+    }
 }
 
 impl Backend for MockBackend {
@@ -53,15 +66,7 @@ impl Backend for MockBackend {
                     .collect()
             })
             .collect();
-        Ok(Batched {
-            token_counts: inputs
-                .iter()
-                .map(|i| Self::text(i).split_whitespace().count() + 2)
-                .collect(),
-            rows,
-            n_truncated: 0,
-            forward_s: 0.0,
-        })
+        Ok(Self::batched(inputs, rows))
     }
     fn dims(&self) -> Option<crate::profile::flops::EncoderDims> {
         None
@@ -77,14 +82,6 @@ impl Backend for MockBackend {
                 v
             })
             .collect();
-        Ok(Batched {
-            token_counts: inputs
-                .iter()
-                .map(|i| Self::text(i).split_whitespace().count() + 2)
-                .collect(),
-            rows,
-            n_truncated: 0,
-            forward_s: 0.0,
-        })
+        Ok(Self::batched(inputs, rows))
     }
 }

@@ -3,7 +3,9 @@
 //! (nothing could be read). A missing source is reported as missing, never as zero, and the
 //! harness never falls back silently: the chosen source is written next to each figure.
 //!
-//! NVML (GPU energy) is not built in yet: on a GPU run the probe list reports it as missing.
+//! On a GPU (`--device cuda`), the source is `nvml`: the GPU's total-energy counter read
+//! through NVML (the `nvml` feature, on with `cuda`). Without it a GPU run reports energy as
+//! missing rather than passing off CPU time as the GPU's energy.
 
 use std::path::{Path, PathBuf};
 
@@ -164,25 +166,97 @@ impl EnergyProbe for CpuTimeEstimate {
     }
 }
 
-/// The best energy source on this machine: RAPL when readable, else the CPU-time estimate.
+/// The GPU's total-energy counter through NVML (millijoules since the driver loaded).
+#[cfg(feature = "nvml")]
+pub struct NvmlProbe {
+    nvml: nvml_wrapper::Nvml,
+    index: u32,
+}
+
+#[cfg(feature = "nvml")]
+impl NvmlProbe {
+    pub fn new(index: u32) -> Result<Self, String> {
+        let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
+        nvml.device_by_index(index)
+            .and_then(|d| d.total_energy_consumption())
+            .map_err(|e| format!("GPU {index} has no readable NVML energy counter: {e}"))?;
+        Ok(NvmlProbe { nvml, index })
+    }
+
+    fn read_mj(&self) -> Option<u64> {
+        self.nvml
+            .device_by_index(self.index)
+            .ok()?
+            .total_energy_consumption()
+            .ok()
+    }
+}
+
+#[cfg(feature = "nvml")]
+impl EnergyProbe for NvmlProbe {
+    type Start = u64;
+    fn start(&self) -> Option<u64> {
+        self.read_mj()
+    }
+    fn stop(&self, start: u64) -> EnergyReading {
+        match self.read_mj() {
+            Some(end) => EnergyReading {
+                joules: Some(end.saturating_sub(start) as f64 / 1e3),
+                source: "nvml".into(),
+                detail: format!("GPU {} total energy counter", self.index),
+            },
+            None => missing("NVML counter became unreadable"),
+        }
+    }
+}
+
+/// The best energy source for the device: NVML on a GPU; RAPL when readable on the CPU, else
+/// the CPU-time estimate.
 pub enum EnergyMeter {
     Rapl(RaplProbe),
     Estimate(CpuTimeEstimate),
+    #[cfg(feature = "nvml")]
+    Nvml(NvmlProbe),
+    /// No source for this device; the reason is reported with every reading.
+    Unavailable(String),
 }
 
 /// A started measurement.
 pub enum EnergyStart {
     Rapl(RaplStart),
     Estimate(f64),
+    #[cfg(feature = "nvml")]
+    Nvml(u64),
     Missing(String),
 }
 
 impl EnergyMeter {
+    /// The CPU meter: RAPL when readable, else the labelled estimate.
     pub fn detect(powercap_root: &Path, watts_per_core: f64) -> Self {
         match RaplProbe::discover(powercap_root) {
             Some(r) => EnergyMeter::Rapl(r),
             None => EnergyMeter::Estimate(CpuTimeEstimate { watts_per_core }),
         }
+    }
+
+    /// The meter for a device name (`cpu`, `cuda`, `cuda:N`, `metal`).
+    pub fn for_device(device: &str, powercap_root: &Path, watts_per_core: f64) -> Self {
+        if let Some(rest) = device.strip_prefix("cuda") {
+            let index: u32 = rest.trim_start_matches(':').parse().unwrap_or(0);
+            #[cfg(feature = "nvml")]
+            return match NvmlProbe::new(index) {
+                Ok(p) => EnergyMeter::Nvml(p),
+                Err(why) => EnergyMeter::Unavailable(why),
+            };
+            #[cfg(not(feature = "nvml"))]
+            return EnergyMeter::Unavailable(format!(
+                "GPU {index} energy needs the nvml feature (cargo build --features harness/nvml)"
+            ));
+        }
+        if device == "metal" {
+            return EnergyMeter::Unavailable("no energy counter is read on Metal".into());
+        }
+        Self::detect(powercap_root, watts_per_core)
     }
 
     pub fn start(&self) -> EnergyStart {
@@ -195,6 +269,12 @@ impl EnergyMeter {
                 EnergyStart::Missing("getrusage failed".into()),
                 EnergyStart::Estimate,
             ),
+            #[cfg(feature = "nvml")]
+            EnergyMeter::Nvml(n) => n.start().map_or(
+                EnergyStart::Missing("NVML unreadable".into()),
+                EnergyStart::Nvml,
+            ),
+            EnergyMeter::Unavailable(why) => EnergyStart::Missing(why.clone()),
         }
     }
 
@@ -202,6 +282,8 @@ impl EnergyMeter {
         match (self, start) {
             (EnergyMeter::Rapl(r), EnergyStart::Rapl(s)) => r.stop(s),
             (EnergyMeter::Estimate(e), EnergyStart::Estimate(s)) => e.stop(s),
+            #[cfg(feature = "nvml")]
+            (EnergyMeter::Nvml(n), EnergyStart::Nvml(s)) => n.stop(s),
             (_, EnergyStart::Missing(why)) => missing(&why),
             _ => missing("probe mismatch"),
         }
@@ -258,6 +340,20 @@ mod tests {
         assert_eq!(r.source, "estimated");
         assert!(r.joules.unwrap() > 0.0);
         assert!(r.detail.contains("10 W per core"), "{}", r.detail);
+    }
+
+    #[test]
+    fn a_gpu_without_an_energy_counter_reports_missing_with_the_reason() {
+        // Without an NVIDIA driver, with or without the nvml feature, a CUDA device's energy is
+        // missing with the reason, never the CPU estimate in disguise.
+        if Path::new("/proc/driver/nvidia").exists() {
+            return;
+        }
+        let meter = EnergyMeter::for_device("cuda:0", Path::new("/nonexistent"), 10.0);
+        let r = meter.stop(meter.start());
+        assert_eq!(r.source, "missing");
+        assert_eq!(r.joules, None);
+        assert!(r.detail.to_lowercase().contains("nvml"), "{}", r.detail);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Pareto view of the trade-off), per-task retention bars, and per-task latency ranges
 //! (p50 to p99, with p90 marked) for each model.
 
+use super::views::{self, TableView};
 use super::{percent, points, Exporter};
 use crate::Results;
 
@@ -195,71 +196,68 @@ fn latency_chart(r: &Results) -> String {
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:960px;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}.chart{display:block;margin:1em 0;font-size:12px}.axis{stroke:#333}.ref{stroke:#c00;stroke-dasharray:4 3}.bar{fill:#4c78a8}.teacher{fill:#4c78a8}.student{fill:#f58518}.p90{stroke:#000;stroke-width:2}.tick{fill:#555;font-size:11px}";
 
+fn html_table(v: &TableView) -> String {
+    let mut t = String::from("<table><tr>");
+    for h in &v.headers {
+        t += &format!("<th>{}</th>", esc(h));
+    }
+    t += "</tr>";
+    for row in &v.rows {
+        t += "<tr>";
+        for c in row {
+            t += &format!("<td>{}</td>", esc(c));
+        }
+        t += "</tr>";
+    }
+    t + "</table>\n"
+}
+
 impl Exporter for HtmlReport {
     fn render(&self, r: &Results) -> String {
-        let md_table = |rows: Vec<Vec<String>>, head: &[&str]| {
-            let mut t = String::from("<table><tr>");
-            for h in head {
-                t += &format!("<th>{}</th>", esc(h));
-            }
-            t += "</tr>";
-            for row in rows {
-                t += "<tr>";
-                for c in row {
-                    t += &format!("<td>{}</td>", esc(&c));
-                }
-                t += "</tr>";
-            }
-            t + "</table>\n"
-        };
-        let mut scores = Vec::new();
-        for (name, t) in &r.tasks {
-            let (a, b) = t.primary();
-            scores.push(vec![
-                name.clone(),
-                t.mode.clone(),
-                t.primary_metric.clone(),
-                t.n_examples.to_string(),
-                points(a),
-                points(b),
-                percent(t.retention),
-            ]);
-        }
-        if let Some(m) = &r.macro_score {
-            scores.push(vec![
-                "macro".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-                points(m.teacher),
-                points(m.student),
-                percent(m.retention),
-            ]);
-        }
+        let (t, s) = (esc(&r.teacher.id), esc(&r.student.id));
         let mut out = format!(
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>distill-harness: {} vs {}</title><style>{STYLE}</style></head><body>\n<h1>distill-harness</h1>\n<p>Teacher <b>{}</b>, student <b>{}</b>. Scores x100; retention is student / teacher on each task's primary metric.</p>\n",
-            esc(&r.teacher.id),
-            esc(&r.student.id),
-            esc(&r.teacher.id),
-            esc(&r.student.id)
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>distill-harness: {t} vs {s}</title><style>{STYLE}</style></head><body>\n<h1>distill-harness</h1>\n<p>Teacher <b>{t}</b>, student <b>{s}</b>. Scores x100; retention is student / teacher on each task's primary metric.</p>\n"
         );
         out += "<h2>Scores</h2>\n";
-        out += &md_table(
-            scores,
-            &[
-                "task",
-                "mode",
-                "metric",
-                "n",
-                "teacher",
-                "student",
-                "retention",
-            ],
-        );
-        out += "<h2>Accuracy and speed</h2>\n";
-        out += &pareto_chart(r);
-        out += &retention_chart(r);
-        out += &latency_chart(r);
+        out += &html_table(&views::scores(r, "macro"));
+        let charts = [
+            ("Accuracy against latency", pareto_chart(r)),
+            ("Retention per task", retention_chart(r)),
+            (
+                "Batch-1 latency per example: p50 to p99, p90 marked",
+                latency_chart(r),
+            ),
+        ];
+        if charts.iter().any(|(_, svg)| !svg.is_empty()) {
+            out += "<h2>Accuracy and speed</h2>\n";
+        }
+        for (caption, svg) in charts {
+            if !svg.is_empty() {
+                out += &format!("<h3>{caption}</h3>\n{svg}");
+            }
+        }
+        if let Some(v) = views::costs(r) {
+            out += &format!(
+                "<h2>Cost</h2>\n{}<p>{}</p>\n",
+                html_table(&v),
+                esc(views::COST_NOTE)
+            );
+        }
+        if let Some(v) = views::paired(r) {
+            out += &format!(
+                "<h2>Student against teacher</h2>\n{}<p>{}</p>\n",
+                html_table(&v),
+                esc(views::PAIRED_NOTE)
+            );
+            let examples = views::disagreements(r, 5);
+            if !examples.is_empty() {
+                out += "<h3>First disagreements</h3><ul>";
+                for e in examples {
+                    out += &format!("<li>{}</li>", esc(&e));
+                }
+                out += "</ul>\n";
+            }
+        }
         if !r.skipped.is_empty() {
             out += "<h2>Not scored</h2><ul>";
             for (t, why) in &r.skipped {
@@ -314,6 +312,11 @@ mod tests {
             4
         );
         assert!(html.contains("<td>95.0%</td>"));
+        assert!(
+            html.contains("<h2>Cost</h2>"),
+            "the cost table is there too"
+        );
+        assert!(html.contains("<h3>Retention per task</h3>"));
     }
 
     #[test]

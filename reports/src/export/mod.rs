@@ -6,6 +6,7 @@ mod html;
 mod json;
 mod markdown;
 pub mod table;
+pub mod views;
 
 pub use csv::CsvReport;
 pub use html::HtmlReport;

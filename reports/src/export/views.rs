@@ -1,0 +1,185 @@
+//! The tables every human-readable format shows, built once from a results file: scores
+//! (the DistilBERT paper's Table 1), cost (its Table 3), and teacher-against-student
+//! statistics. Formats only lay them out (Markdown pipes, HTML cells).
+
+use super::table::Align;
+use super::{percent, points};
+use crate::Results;
+
+/// A table: column headers, their alignment and the cell texts.
+pub struct TableView {
+    pub headers: Vec<&'static str>,
+    pub align: Vec<Align>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// Per task, the primary metric x100 for teacher and student and the retention, then the
+/// macro score labelled `macro_label`.
+pub fn scores(r: &Results, macro_label: &str) -> TableView {
+    let mut rows: Vec<Vec<String>> = r
+        .tasks
+        .iter()
+        .map(|(name, t)| {
+            let (teacher, student) = t.primary();
+            vec![
+                name.clone(),
+                t.mode.clone(),
+                t.primary_metric.clone(),
+                t.n_examples.to_string(),
+                points(teacher),
+                points(student),
+                percent(t.retention),
+            ]
+        })
+        .collect();
+    if let Some(m) = &r.macro_score {
+        rows.push(vec![
+            macro_label.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            points(m.teacher),
+            points(m.student),
+            percent(m.retention),
+        ]);
+    }
+    use Align::*;
+    TableView {
+        headers: vec![
+            "task",
+            "mode",
+            "metric",
+            "n",
+            "teacher",
+            "student",
+            "retention",
+        ],
+        align: vec![Left, Left, Left, Right, Right, Right, Right],
+        rows,
+    }
+}
+
+/// What each model costs per task, and the student's speedup; `None` without profiles.
+pub fn costs(r: &Results) -> Option<TableView> {
+    let mut rows = Vec::new();
+    for (name, t) in &r.tasks {
+        for (role, cell) in [("teacher", &t.teacher), ("student", &t.student)] {
+            let Some(p) = &cell.profile else { continue };
+            rows.push(vec![
+                name.clone(),
+                role.to_string(),
+                format!("{:.1}", cell.checkpoint.parameters as f64 / 1e6),
+                format!("{:.1}", cell.checkpoint.bytes_on_disk as f64 / 1e6),
+                format!("{:.1}", p.batch1_pass_s),
+                format!("{:.2}", p.latency_ms.p50),
+                format!("{:.2}", p.latency_ms.p99),
+                format!("{:.1}", p.throughput_per_s),
+                p.peak_rss_bytes.map_or("n/a".into(), |b| {
+                    format!("{:.0}", b as f64 / (1u64 << 20) as f64)
+                }),
+                match p.energy_j_per_1k {
+                    Some(j) => format!("{j:.0} ({})", p.energy_source),
+                    None => format!("n/a ({})", p.energy_source),
+                },
+                if role == "student" {
+                    t.speedup.map_or("n/a".into(), |s| format!("{s:.2}x"))
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+    }
+    use Align::*;
+    (!rows.is_empty()).then(|| TableView {
+        headers: vec![
+            "task",
+            "model",
+            "params (M)",
+            "size (MB)",
+            "batch-1 pass (s)",
+            "p50 (ms)",
+            "p99 (ms)",
+            "examples/s",
+            "peak RSS (MiB)",
+            "J / 1k examples",
+            "speedup",
+        ],
+        align: vec![
+            Left, Left, Right, Right, Right, Right, Right, Right, Right, Right, Right,
+        ],
+        rows,
+    })
+}
+
+/// Explains the cost table.
+pub const COST_NOTE: &str = "Batch-1 pass: one pass over the dev set at batch size 1 (the DistilBERT paper's protocol); speedup is the teacher's time over the student's. Energy says where it came from (rapl: measured; estimated: CPU time x watts per core).";
+
+/// Paired statistics and fidelity per task; `None` when no task has a comparison.
+pub fn paired(r: &Results) -> Option<TableView> {
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"));
+    let pair = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{a:.3} / {b:.3}"),
+        _ => "n/a".into(),
+    };
+    let mut rows = Vec::new();
+    for (name, t) in &r.tasks {
+        let Some(c) = &t.comparison else { continue };
+        let d = &c.primary_diff;
+        let (tc, sc) = (
+            c.teacher_calibration.as_ref(),
+            c.student_calibration.as_ref(),
+        );
+        rows.push(vec![
+            name.clone(),
+            format!(
+                "{:+.2} [{:+.2}, {:+.2}]",
+                d.estimate * 100.0,
+                d.low * 100.0,
+                d.high * 100.0
+            ),
+            opt(c.mcnemar_p, 3),
+            c.top1_agreement
+                .map_or("n/a".into(), |a| format!("{:.1}%", a * 100.0)),
+            opt(c.mean_kl, 4),
+            pair(tc.map(|c| c.ece), sc.map(|c| c.ece)),
+            pair(tc.map(|c| c.brier), sc.map(|c| c.brier)),
+        ]);
+    }
+    use Align::*;
+    (!rows.is_empty()).then(|| TableView {
+        headers: vec![
+            "task",
+            "student - teacher (pts, 95% CI)",
+            "McNemar p",
+            "top-1 agreement",
+            "KL(t||s)",
+            "ECE t / s",
+            "Brier t / s",
+        ],
+        align: vec![Left, Right, Right, Right, Right, Right, Right],
+        rows,
+    })
+}
+
+/// Explains the paired table.
+pub const PAIRED_NOTE: &str = "Paired bootstrap over examples (1,000 resamples, seed 42); McNemar's exact test on the examples only one model gets right; KL is the distillation loss over the output distributions.";
+
+/// The first `per_task` disagreements of each task, as plain sentences.
+pub fn disagreements(r: &Results, per_task: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, t) in &r.tasks {
+        let Some(c) = &t.comparison else { continue };
+        for d in c.disagreements.iter().take(per_task) {
+            let text = match &d.text_b {
+                Some(b) => format!("{} / {}", d.text_a, b),
+                None => d.text_a.clone(),
+            };
+            out.push(format!(
+                "{name} #{}: gold {}, teacher {}, student {}: \"{}\"",
+                d.id, d.gold, d.teacher, d.student, text
+            ));
+        }
+    }
+    out
+}
