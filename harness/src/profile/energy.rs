@@ -215,8 +215,9 @@ impl EnergyProbe for NvmlProbe {
 pub enum EnergyMeter {
     Rapl(RaplProbe),
     Estimate(CpuTimeEstimate),
+    /// Boxed: the NVML handle is large and the meter is passed around by value.
     #[cfg(feature = "nvml")]
-    Nvml(NvmlProbe),
+    Nvml(Box<NvmlProbe>),
     /// No source for this device; the reason is reported with every reading.
     Unavailable(String),
 }
@@ -245,7 +246,7 @@ impl EnergyMeter {
             let index: u32 = rest.trim_start_matches(':').parse().unwrap_or(0);
             #[cfg(feature = "nvml")]
             return match NvmlProbe::new(index) {
-                Ok(p) => EnergyMeter::Nvml(p),
+                Ok(p) => EnergyMeter::Nvml(Box::new(p)),
                 Err(why) => EnergyMeter::Unavailable(why),
             };
             #[cfg(not(feature = "nvml"))]
