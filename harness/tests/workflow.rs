@@ -69,3 +69,20 @@ fn nightly_workflow_is_valid() {
         "{baseline}"
     );
 }
+
+#[test]
+fn committed_baseline_matches_the_results_schema() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../baselines/minilm-l6-vs-l3.json"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(reports::schema_check::RESULTS_SCHEMA).unwrap();
+    let errors = reports::schema_check::validate(&schema, &doc);
+    assert!(errors.is_empty(), "{errors:#?}");
+    // And it reads as results, with both tasks of the nightly run.
+    let r: reports::Results = serde_json::from_value(doc).unwrap();
+    assert_eq!(r.tasks.keys().collect::<Vec<_>>(), ["sst2", "stsb"]);
+}

@@ -100,6 +100,8 @@ pub struct Profile {
     pub peak_rss_bytes: Option<u64>,
     /// `phase` when the kernel's peak counter was reset for this cell, `process` otherwise.
     pub peak_rss_scope: String,
+    /// Peak GPU memory during the throughput pass (NVML, sampled every 10 ms); `None` on CPU.
+    pub peak_device_memory_bytes: Option<u64>,
     /// Resident memory added by loading the model.
     pub load_rss_bytes: Option<u64>,
     /// Energy of the throughput pass; `None` when `energy_source` is `missing`.
@@ -465,6 +467,7 @@ pub(crate) mod tests {
                     warmup_iterations: 3,
                     peak_rss_bytes: Some((100 << 20) * scale as u64),
                     peak_rss_scope: "phase".into(),
+                    peak_device_memory_bytes: None,
                     load_rss_bytes: Some(50 << 20),
                     energy_j: Some(50.0 * scale),
                     energy_j_per_example: Some(0.05 * scale),

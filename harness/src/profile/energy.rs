@@ -183,6 +183,18 @@ impl NvmlProbe {
         Ok(NvmlProbe { nvml, index })
     }
 
+    /// Device memory in use now, bytes.
+    pub fn memory_used(&self) -> Option<u64> {
+        Some(
+            self.nvml
+                .device_by_index(self.index)
+                .ok()?
+                .memory_info()
+                .ok()?
+                .used,
+        )
+    }
+
     fn read_mj(&self) -> Option<u64> {
         self.nvml
             .device_by_index(self.index)
@@ -258,6 +270,15 @@ impl EnergyMeter {
             return EnergyMeter::Unavailable("no energy counter is read on Metal".into());
         }
         Self::detect(powercap_root, watts_per_core)
+    }
+
+    /// GPU memory in use now (NVML meters only).
+    pub fn device_memory_used(&self) -> Option<u64> {
+        match self {
+            #[cfg(feature = "nvml")]
+            EnergyMeter::Nvml(n) => n.memory_used(),
+            _ => None,
+        }
     }
 
     pub fn start(&self) -> EnergyStart {

@@ -178,17 +178,39 @@ pub fn profile_cell(
     let energy_start = meter.start();
     let started = Instant::now();
     let (mut iterations, mut done, mut done_tokens) = (0usize, 0usize, 0usize);
-    for b in batches.iter().cycle() {
-        let out = call(backend, kind, b, bs)?;
-        iterations += 1;
-        done += b.len();
-        done_tokens += out.token_counts.iter().sum::<usize>();
-        if iterations >= settings.min_iterations.max(1)
-            && started.elapsed().as_secs_f64() >= settings.min_time_s
-        {
-            break;
-        }
-    }
+    // On a GPU, a sampling thread polls NVML for the peak device memory of the pass; on the
+    // CPU there is no thread (the kernel keeps the peak RSS itself).
+    let sampling = meter.device_memory_used().is_some();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (peak_device, pass) = std::thread::scope(|scope| {
+        let sampler = sampling.then(|| {
+            scope.spawn(|| {
+                let mut peak = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(meter.device_memory_used().unwrap_or(0));
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                peak
+            })
+        });
+        let pass = (|| -> Result<()> {
+            for b in batches.iter().cycle() {
+                let out = call(backend, kind, b, bs)?;
+                iterations += 1;
+                done += b.len();
+                done_tokens += out.token_counts.iter().sum::<usize>();
+                if iterations >= settings.min_iterations.max(1)
+                    && started.elapsed().as_secs_f64() >= settings.min_time_s
+                {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (sampler.and_then(|s| s.join().ok()), pass)
+    });
+    pass?;
     let throughput_s = started.elapsed().as_secs_f64();
     let energy = meter.stop(energy_start);
     let per_example = energy.joules.map(|j| j / done as f64);
@@ -206,6 +228,7 @@ pub fn profile_cell(
         warmup_iterations: settings.warmup,
         peak_rss_bytes: memory::peak_rss_bytes(),
         peak_rss_scope: peak_scope.into(),
+        peak_device_memory_bytes: peak_device,
         load_rss_bytes,
         energy_j: energy.joules,
         energy_j_per_example: per_example,
