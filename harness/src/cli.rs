@@ -97,14 +97,21 @@ pub struct ProfileArgs {
     /// Smoke run: 2 iterations, no minimum time, 1 warm-up pass.
     #[arg(long)]
     pub quick: bool,
-    /// An alias table to use instead of the built-in one.
+    #[command(flatten)]
+    pub models: ModelArgs,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Where models come from and where they run; shared by `run` and `profile`.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// An alias table to use instead of the built-in one (same format as harness/aliases.toml).
     #[arg(long)]
     pub aliases: Option<PathBuf>,
     /// cpu, or cuda / cuda:N / metal when built with that feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -134,12 +141,8 @@ pub struct RunArgs {
     /// Rows of the train split used to fit a probe for checkpoints without a task head.
     #[arg(long, default_value_t = 2000)]
     pub probe_train_rows: usize,
-    /// An alias table to use instead of the built-in one (same format as harness/aliases.toml).
-    #[arg(long)]
-    pub aliases: Option<PathBuf>,
-    /// cpu, or cuda / cuda:N / metal when built with that feature.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub models: ModelArgs,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,

@@ -91,7 +91,7 @@ impl RunPlan {
         if args.max_length.is_some_and(|m| m < 8) {
             bail!("--max-length must be at least 8 tokens");
         }
-        let aliases = AliasTable::load(args.aliases.as_deref())?;
+        let aliases = AliasTable::load(args.models.aliases.as_deref())?;
         let mut picked: Vec<&'static dyn Task> = Vec::new();
         for name in &args.task {
             let task = tasks::find_task(name.trim()).map_err(anyhow::Error::msg)?;
@@ -101,7 +101,7 @@ impl RunPlan {
         }
         let teacher = ModelRef::parse(&args.teacher, &aliases).context("--teacher")?;
         let student = ModelRef::parse(&args.student, &aliases).context("--student")?;
-        let device = parse_device(&args.device)?;
+        let device = parse_device(&args.models.device)?;
 
         let (data, data_origin) = match &args.data_dir {
             Some(dir) => {
@@ -174,7 +174,7 @@ impl RunPlan {
                 ..Default::default()
             },
             device,
-            device_name: args.device.clone(),
+            device_name: args.models.device.clone(),
             quiet: args.quiet,
             profile,
         })

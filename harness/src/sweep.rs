@@ -45,8 +45,8 @@ pub fn run(args: &ProfileArgs) -> Result<ProfileSweep> {
     if args.batch_sizes.contains(&0) || args.seq_lens.contains(&0) {
         bail!("--batch-sizes and --seq-lens must be positive");
     }
-    let device = crate::plan::parse_device(&args.device)?;
-    let aliases = AliasTable::load(args.aliases.as_deref())?;
+    let device = crate::plan::parse_device(&args.models.device)?;
+    let aliases = AliasTable::load(args.models.aliases.as_deref())?;
     let (warmup, min_iter, min_time) = if args.quick {
         (1, 2, 0.0)
     } else {
@@ -116,7 +116,7 @@ pub fn run(args: &ProfileArgs) -> Result<ProfileSweep> {
         created_unix_s: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        environment: crate::profile::fingerprint::collect(&args.device),
+        environment: crate::profile::fingerprint::collect(&args.models.device),
         settings: SweepSettings {
             warmup_iterations: warmup,
             min_iterations: min_iter,

@@ -959,16 +959,13 @@ fn run_writes_reports_and_report_compare_merge_work_on_its_results() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown report format 'pdf'"));
 
     // compare: the same file twice passes; a seeded regression fails with 1; bad input is 2.
-    let same = harness(
-        &[
-            "compare",
-            "--baseline",
-            results.to_str().unwrap(),
-            "--current",
-            results.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let compare = |baseline: &str, current: &str| {
+        harness(
+            &["compare", "--baseline", baseline, "--current", current],
+            &[],
+        )
+    };
+    let same = compare(results.to_str().unwrap(), results.to_str().unwrap());
     assert_eq!(
         same.status.code(),
         Some(0),
@@ -986,16 +983,7 @@ fn run_writes_reports_and_report_compare_merge_work_on_its_results() {
     worse["tasks"]["sst2"]["comparison"]["primary_diff"]["high"] = Value::from(0.0);
     let worse_path = tmp.path().join("worse.json");
     std::fs::write(&worse_path, serde_json::to_string(&worse).unwrap()).unwrap();
-    let reg = harness(
-        &[
-            "compare",
-            "--baseline",
-            results.to_str().unwrap(),
-            "--current",
-            worse_path.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let reg = compare(results.to_str().unwrap(), worse_path.to_str().unwrap());
     assert_eq!(
         reg.status.code(),
         Some(1),
@@ -1007,28 +995,10 @@ fn run_writes_reports_and_report_compare_merge_work_on_its_results() {
     other["schema_version"] = Value::from(99);
     let other_path = tmp.path().join("other.json");
     std::fs::write(&other_path, serde_json::to_string(&other).unwrap()).unwrap();
-    let err = harness(
-        &[
-            "compare",
-            "--baseline",
-            results.to_str().unwrap(),
-            "--current",
-            other_path.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let err = compare(results.to_str().unwrap(), other_path.to_str().unwrap());
     assert_eq!(err.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&err.stderr).contains("schema version 99"));
-    let missing = harness(
-        &[
-            "compare",
-            "--baseline",
-            "/no/such.json",
-            "--current",
-            results.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let missing = compare("/no/such.json", results.to_str().unwrap());
     assert_eq!(missing.status.code(), Some(2));
 
     // merge: a file with itself merges; a conflicting cell is refused.
