@@ -5,6 +5,7 @@
 
 pub mod bert;
 pub mod distilbert;
+pub mod gpt2;
 mod layers;
 pub mod mock;
 pub mod mpnet;
