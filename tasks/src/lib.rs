@@ -10,6 +10,7 @@
 //! against the gold labels with the task's official metric.
 
 pub mod data;
+pub mod generation;
 pub mod glue;
 pub mod metrics;
 pub mod probe_fit;
