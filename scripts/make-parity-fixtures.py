@@ -337,6 +337,32 @@ def make_gpt2_lm():
         # Logits of every real position, per sequence: [sequence][position][vocab].
         "logits": [[[round(float(v), 6) for v in pos] for pos in row[:n]] for row, n in zip(logits, lengths)],
     }
+    # Sliding-window perplexity with the Hugging Face guide's windows (context, stride, each
+    # window scoring the tokens after the previous window's end), summing each scored token's
+    # log-probability directly. (The guide multiplies the mean loss by valid - 1 tokens, which
+    # undercounts by one in every overlapping window; summing per token is exact.)
+    text_ids = torch.randint(0, cfg.vocab_size, (1, 40), generator=gen)
+    context, stride = 16, 6
+    nll_sum, n_tokens, prev_end = 0.0, 0, 0
+    n = text_ids.size(1)
+    for begin in range(0, n, stride):
+        end = min(begin + context, n)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(text_ids[:, begin:end]).logits[0].double(), dim=-1)
+        for pos in range(max(prev_end, begin + 1), end):
+            nll_sum -= logp[pos - begin - 1, text_ids[0, pos]].item()
+            n_tokens += 1
+        prev_end = end
+        if end == n:
+            break
+    doc["perplexity"] = {
+        "ids": text_ids[0].tolist(),
+        "context": context,
+        "stride": stride,
+        "nll_sum": nll_sum,
+        "tokens_scored": n_tokens,
+        "token_perplexity": float(torch.exp(torch.tensor(nll_sum / n_tokens))),
+    }
     with open(os.path.join(path, "expected.json"), "w") as f:
         json.dump(doc, f)
 

@@ -78,3 +78,56 @@ fn gpt2_logits_match_transformers_in_a_padded_batch_and_one_by_one() {
         assert!(d <= 1e-4, "single sequence: max |diff| = {d:e}");
     }
 }
+
+#[derive(Deserialize)]
+struct PerplexityRef {
+    ids: Vec<u32>,
+    context: usize,
+    stride: usize,
+    nll_sum: f64,
+    tokens_scored: usize,
+}
+
+#[test]
+fn gpt2_sliding_window_perplexity_matches_transformers() {
+    #[derive(Deserialize)]
+    struct Doc {
+        perplexity: PerplexityRef,
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny");
+    let doc: Doc =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let p = doc.perplexity;
+    let (model, _) = load();
+    let settings = tasks::generation::perplexity::WindowSettings {
+        context: p.context,
+        stride: p.stride,
+    };
+    let r = tasks::generation::perplexity::sliding_window_nll(&p.ids, settings, |window| {
+        let ids = Tensor::from_vec(window.to_vec(), (1, window.len()), &Device::Cpu)
+            .map_err(|e| e.to_string())?;
+        let mask = ids.ones_like().map_err(|e| e.to_string())?;
+        let logits = model.forward(&ids, &mask).map_err(|e| e.to_string())?;
+        logits
+            .squeeze(0)
+            .and_then(|l| l.to_vec2::<f32>())
+            .map_err(|e| e.to_string())
+    })
+    .unwrap();
+    assert_eq!(r.tokens_scored, p.tokens_scored);
+    // Summed over 39 tokens in f32 against a float64 reference.
+    assert!(
+        (r.nll - p.nll_sum).abs() <= 1e-3,
+        "nll {} vs {}",
+        r.nll,
+        p.nll_sum
+    );
+    let (ours, theirs) = (
+        r.token_perplexity(),
+        (p.nll_sum / p.tokens_scored as f64).exp(),
+    );
+    assert!(
+        (ours / theirs - 1.0).abs() < 1e-5,
+        "perplexity {ours} vs {theirs}"
+    );
+}
