@@ -367,6 +367,44 @@ def make_gpt2_lm():
         json.dump(doc, f)
 
 
+def make_llama_lm():
+    """LlamaForCausalLM, tiny and random, with grouped-query attention (4 query heads, 2 KV
+    heads), RoPE and untied embeddings; logits of every position for a right-padded batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = os.path.join(ROOT, "llama-tiny")
+    fresh(path)
+    cfg = LlamaConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    cfg.architectures = ["LlamaForCausalLM"]
+    torch.manual_seed(SEED + 7)
+    model = LlamaForCausalLM(cfg).eval()
+    spread_weights(model)
+    model.save_pretrained(path, safe_serialization=True)
+    gen = torch.Generator().manual_seed(SEED + 8)
+    lengths = [13, 5, 9]
+    width = max(lengths)
+    ids = torch.randint(3, cfg.vocab_size, (len(lengths), width), generator=gen)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    ids = ids * mask
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    doc = {
+        "generated_by": "scripts/make-parity-fixtures.py",
+        "transformers_version": transformers.__version__,
+        "input_ids": [row[:n].tolist() for row, n in zip(ids, lengths)],
+        "logits": [[[round(float(v), 6) for v in pos] for pos in row[:n]] for row, n in zip(logits, lengths)],
+    }
+    with open(os.path.join(path, "expected.json"), "w") as f:
+        json.dump(doc, f)
+
+
 def make_hub_glue_parquet():
     """A slice of `nyu-mll/glue` as the Hub stores it (parquet, snappy; `label` int64, `idx`
     int32), for the offline test of the Hub data path. Needs `pip install pyarrow`."""
@@ -400,12 +438,13 @@ def main():
     make_distilbert_textattack_layout()
     make_mpnet_encoder()
     make_gpt2_lm()
+    make_llama_lm()
     make_hub_glue_parquet()
     for name in sorted(n for n in os.listdir(ROOT) if n != "hub-glue"):
         with open(os.path.join(ROOT, name, "expected.json")) as f:
             ids = [t for row in json.load(f)["input_ids"] for t in row]
         unk = sum(1 for t in ids if t in (1, 3)) / len(ids)
-        assert name.startswith("gpt2") or unk < 0.2, f"{name}: {unk:.0%} of tokens are unknown or padding; the vocabulary did not load"
+        assert name.startswith(("gpt2", "llama")) or unk < 0.2, f"{name}: {unk:.0%} of tokens are unknown or padding; the vocabulary did not load"
         size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(ROOT, name)) for f in fs)
         print(f"{name}: {size / 1024:.0f} KiB")
 

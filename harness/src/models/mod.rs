@@ -7,6 +7,7 @@ pub mod bert;
 pub mod distilbert;
 pub mod gpt2;
 mod layers;
+pub mod llama;
 pub mod mock;
 pub mod mpnet;
 pub mod resolve;

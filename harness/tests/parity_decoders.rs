@@ -1,11 +1,13 @@
-//! GPT-2 parity: every position's logits of a right-padded batch match transformers'
-//! `GPT2LMHeadModel` within 1e-4 (f32), in one padded batch and one sequence at a time.
+//! Decoder parity: every position's logits of a right-padded batch match transformers'
+//! `GPT2LMHeadModel` and `LlamaForCausalLM` (grouped-query attention, RoPE) within 1e-4 (f32),
+//! in one padded batch and one sequence at a time; and GPT-2's sliding-window perplexity matches.
 
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use harness::models::gpt2::{Gpt2, Gpt2Config};
+use harness::models::llama::{Llama, LlamaConfig};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -14,10 +16,25 @@ struct Expected {
     logits: Vec<Vec<Vec<f32>>>,
 }
 
-fn load() -> (Gpt2, Expected) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny");
-    let cfg: Gpt2Config =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+/// A decoder that maps (ids, mask) to logits of every position.
+trait Decoder {
+    fn logits(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor>;
+}
+impl Decoder for Gpt2 {
+    fn logits(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward(ids, mask)
+    }
+}
+impl Decoder for Llama {
+    fn logits(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward(ids, mask)
+    }
+}
+
+fn fixture(name: &str) -> (PathBuf, VarBuilder<'static>, Expected) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name);
     let vb = unsafe {
         VarBuilder::from_mmaped_safetensors(
             &[dir.join("model.safetensors")],
@@ -26,13 +43,19 @@ fn load() -> (Gpt2, Expected) {
         )
         .unwrap()
     };
-    let model = Gpt2::load(vb, &cfg).unwrap();
     let expected =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    (model, expected)
+    (dir, vb, expected)
 }
 
-fn max_diff(model: &Gpt2, batch: &[&Vec<u32>], want: &[&Vec<Vec<f32>>]) -> f32 {
+fn load() -> (Gpt2, Expected) {
+    let (dir, vb, expected) = fixture("gpt2-tiny");
+    let cfg: Gpt2Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    (Gpt2::load(vb, &cfg).unwrap(), expected)
+}
+
+fn max_diff(model: &dyn Decoder, batch: &[&Vec<u32>], want: &[&Vec<Vec<f32>>]) -> f32 {
     let width = batch.iter().map(|r| r.len()).max().unwrap();
     let mut ids = Vec::new();
     let mut mask = Vec::new();
@@ -48,11 +71,7 @@ fn max_diff(model: &Gpt2, batch: &[&Vec<u32>], want: &[&Vec<Vec<f32>>]) -> f32 {
     }
     let ids = Tensor::from_vec(ids, (batch.len(), width), &Device::Cpu).unwrap();
     let mask = Tensor::from_vec(mask, (batch.len(), width), &Device::Cpu).unwrap();
-    let got = model
-        .forward(&ids, &mask)
-        .unwrap()
-        .to_vec3::<f32>()
-        .unwrap();
+    let got = model.logits(&ids, &mask).unwrap().to_vec3::<f32>().unwrap();
     let mut diff = 0f32;
     for (seq, (g, w)) in got.iter().zip(want).enumerate() {
         for (pos, wv) in w.iter().enumerate() {
@@ -66,17 +85,30 @@ fn max_diff(model: &Gpt2, batch: &[&Vec<u32>], want: &[&Vec<Vec<f32>>]) -> f32 {
     diff
 }
 
+fn check_batches(model: &dyn Decoder, exp: &Expected) {
+    let all: Vec<&Vec<u32>> = exp.input_ids.iter().collect();
+    let want: Vec<&Vec<Vec<f32>>> = exp.logits.iter().collect();
+    let d = max_diff(model, &all, &want);
+    assert!(d <= 1e-4, "padded batch: max |diff| = {d:e}");
+    for (ids, w) in all.iter().zip(&want) {
+        let d = max_diff(model, &[*ids], &[*w]);
+        assert!(d <= 1e-4, "single sequence: max |diff| = {d:e}");
+    }
+}
+
 #[test]
 fn gpt2_logits_match_transformers_in_a_padded_batch_and_one_by_one() {
     let (model, exp) = load();
-    let all: Vec<&Vec<u32>> = exp.input_ids.iter().collect();
-    let want: Vec<&Vec<Vec<f32>>> = exp.logits.iter().collect();
-    let d = max_diff(&model, &all, &want);
-    assert!(d <= 1e-4, "padded batch: max |diff| = {d:e}");
-    for (ids, w) in all.iter().zip(&want) {
-        let d = max_diff(&model, &[*ids], &[*w]);
-        assert!(d <= 1e-4, "single sequence: max |diff| = {d:e}");
-    }
+    check_batches(&model, &exp);
+}
+
+#[test]
+fn llama_logits_match_transformers_in_a_padded_batch_and_one_by_one() {
+    let (dir, vb, exp) = fixture("llama-tiny");
+    let cfg: LlamaConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let model = Llama::load(vb, &cfg).unwrap();
+    check_batches(&model, &exp);
 }
 
 #[derive(Deserialize)]

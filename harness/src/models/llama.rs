@@ -1,0 +1,252 @@
+//! Llama-family decoders (Llama, SmolLM2, ...), ported from transformers'
+//! `models/llama/modeling_llama.py`
+//! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py):
+//! RMSNorm, rotary position embeddings (the `rotate_half` layout), grouped-query attention and
+//! the SwiGLU feed-forward. Unlike candle-transformers' `llama`, `forward` returns the logits of
+//! every position, which perplexity and per-token KL need.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, VarBuilder};
+use serde::Deserialize;
+
+fn default_eps() -> f64 {
+    1e-6
+}
+
+/// RoPE settings as transformers 5 writes them (`rope_parameters`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RopeParameters {
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_type: Option<String>,
+}
+
+/// `config.json` of a Llama-family checkpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// transformers 4 keeps `rope_theta` at the top level; 5 moves it into `rope_parameters`.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+impl LlamaConfig {
+    fn theta(&self) -> Result<f64> {
+        if let Some(p) = &self.rope_parameters {
+            match p.rope_type.as_deref() {
+                None | Some("default") => return Ok(p.rope_theta),
+                Some(other) => {
+                    candle_core::bail!("rope_type '{other}' is not supported yet (only 'default')")
+                }
+            }
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            candle_core::bail!("rope_scaling is not supported yet");
+        }
+        Ok(self.rope_theta.unwrap_or(10000.0))
+    }
+
+    fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+}
+
+/// `LlamaRMSNorm`: `x / sqrt(mean(x^2) + eps) * weight`.
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?,
+            eps,
+        })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        x.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)
+    }
+}
+
+/// A bias-free projection stored `(out, in)` as in the checkpoint.
+fn proj(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+    candle_nn::linear_no_bias(in_dim, out_dim, vb)
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: candle_nn::Linear,
+    k: candle_nn::Linear,
+    v: candle_nn::Linear,
+    o: candle_nn::Linear,
+    post_norm: RmsNorm,
+    gate: candle_nn::Linear,
+    up: candle_nn::Linear,
+    down: candle_nn::Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+/// `rotate_half`: `[-x2, x1]` for the two halves of the last dimension.
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim());
+        let kv = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
+        let attn = vb.pp("self_attn");
+        let mlp = vb.pp("mlp");
+        Ok(Layer {
+            input_norm: RmsNorm::load(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            q: proj(h, cfg.num_attention_heads * d, attn.pp("q_proj"))?,
+            k: proj(h, kv * d, attn.pp("k_proj"))?,
+            v: proj(h, kv * d, attn.pp("v_proj"))?,
+            o: proj(cfg.num_attention_heads * d, h, attn.pp("o_proj"))?,
+            post_norm: RmsNorm::load(h, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            gate: proj(h, cfg.intermediate_size, mlp.pp("gate_proj"))?,
+            up: proj(h, cfg.intermediate_size, mlp.pp("up_proj"))?,
+            down: proj(cfg.intermediate_size, h, mlp.pp("down_proj"))?,
+            heads: cfg.num_attention_heads,
+            kv_heads: kv,
+            head_dim: d,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let n = self.input_norm.forward(x)?;
+        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
+            t.reshape((b, s, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let rope = |t: &Tensor| -> Result<Tensor> {
+            t.broadcast_mul(cos)? + rotate_half(t)?.broadcast_mul(sin)?
+        };
+        let q = rope(&split(self.q.forward(&n)?, self.heads)?)?;
+        let k = rope(&split(self.k.forward(&n)?, self.kv_heads)?)?;
+        let v = split(self.v.forward(&n)?, self.kv_heads)?;
+        // Grouped-query attention: each KV head serves heads / kv_heads query heads.
+        let groups = self.heads / self.kv_heads;
+        let repeat = |t: Tensor| -> Result<Tensor> {
+            if groups == 1 {
+                return Ok(t);
+            }
+            let (b, kvh, s, d) = t.dims4()?;
+            t.unsqueeze(2)?
+                .expand((b, kvh, groups, s, d))?
+                .reshape((b, kvh * groups, s, d))
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, s, self.heads * self.head_dim))?;
+        let x = (x + self.o.forward(&ctx)?)?;
+        let n = self.post_norm.forward(&x)?;
+        let ff = (self.gate.forward(&n)?.silu()? * self.up.forward(&n)?)?;
+        x + self.down.forward(&ff)?
+    }
+}
+
+/// `LlamaForCausalLM`.
+pub struct Llama {
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    head_dim: usize,
+    theta: f64,
+}
+
+impl Llama {
+    pub fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let base = vb.pp("model");
+        let embed = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, base.pp("embed_tokens"))?;
+        let lm_head = if !cfg.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
+            vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?
+        } else {
+            embed.embeddings().clone()
+        };
+        Ok(Llama {
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| Layer::load(base.pp("layers").pp(i), cfg))
+                .collect::<Result<Vec<_>>>()?,
+            norm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, base.pp("norm"))?,
+            embed,
+            lm_head,
+            head_dim: cfg.head_dim(),
+            theta: cfg.theta()?,
+        })
+    }
+
+    /// cos and sin tables `(1, 1, seq, head_dim)` for positions `0..seq`.
+    fn rope_tables(&self, seq: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let d = self.head_dim;
+        let inv: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / (self.theta as f32).powf(2.0 * i as f32 / d as f32))
+            .collect();
+        let mut angles = Vec::with_capacity(seq * d);
+        for p in 0..seq {
+            let half: Vec<f32> = inv.iter().map(|f| p as f32 * f).collect();
+            angles.extend_from_slice(&half);
+            angles.extend_from_slice(&half);
+        }
+        let a = Tensor::from_vec(angles, (1, 1, seq, d), device)?;
+        Ok((a.cos()?, a.sin()?))
+    }
+
+    /// Logits `(batch, seq, vocab)` of every position; `mask` is 1 for real tokens (padding on
+    /// the right).
+    pub fn forward(&self, input_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        let device = input_ids.device();
+        let (cos, sin) = self.rope_tables(seq, device)?;
+        let causal: Vec<f32> = (0..seq)
+            .flat_map(|q| (0..seq).map(move |k| if k > q { f32::MIN } else { 0.0 }))
+            .collect();
+        let causal = Tensor::from_vec(causal, (1, 1, seq, seq), device)?;
+        let bias = causal.broadcast_add(&super::layers::additive_mask(mask)?)?;
+        let mut x = self.embed.forward(input_ids)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &cos, &sin, &bias)?;
+        }
+        let x = self.norm.forward(&x)?;
+        let (b, s, h) = x.dims3()?;
+        x.reshape((b * s, h))?
+            .matmul(&self.lm_head.t()?)?
+            .reshape((b, s, ()))?
+            .to_dtype(DType::F32)
+    }
+}
