@@ -403,6 +403,56 @@ def make_llama_lm():
     }
     with open(os.path.join(path, "expected.json"), "w") as f:
         json.dump(doc, f)
+    write_llama_gguf(model, cfg, os.path.join(path, "model-f32.gguf"))
+
+
+def write_llama_gguf(model, cfg, out):
+    """The same tiny Llama as a GGUF file written the way llama.cpp's convert_hf_to_gguf.py
+    writes it (tensor names, metadata, and the Q/K row permutation for its RoPE layout), in F32
+    so the GGUF loader is checked against the very logits of expected.json. Needs `pip install gguf`."""
+    import gguf
+    import numpy as np
+
+    def permute(w, n_head):
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    writer = gguf.GGUFWriter(out, "llama")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(10000.0)
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    per_layer = {
+        "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    for name, t in model.state_dict().items():
+        w = t.detach().float().numpy()
+        if name in names:
+            gname = names[name]
+        else:
+            parts = name.split(".")  # model.layers.N.<module...>.weight
+            layer, module = parts[2], ".".join(parts[3:-1])
+            gname = f"blk.{layer}.{per_layer[module]}.weight"
+            if module == "self_attn.q_proj":
+                w = permute(w, cfg.num_attention_heads)
+            elif module == "self_attn.k_proj":
+                w = permute(w, cfg.num_key_value_heads)
+        writer.add_tensor(gname, np.ascontiguousarray(w, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 def make_hub_glue_parquet():

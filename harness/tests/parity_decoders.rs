@@ -163,3 +163,15 @@ fn gpt2_sliding_window_perplexity_matches_transformers() {
         "perplexity {ours} vs {theirs}"
     );
 }
+
+#[test]
+fn llama_from_gguf_dequantized_matches_transformers() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama-tiny");
+    let (model, cfg) =
+        harness::models::gguf::load_llama_dequantized(&dir.join("model-f32.gguf"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(cfg.num_key_value_heads, Some(2));
+    assert!(!cfg.tie_word_embeddings);
+    let (_, _, exp) = fixture("llama-tiny");
+    check_batches(&model, &exp);
+}

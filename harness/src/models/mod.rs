@@ -5,6 +5,7 @@
 
 pub mod bert;
 pub mod distilbert;
+pub mod gguf;
 pub mod gpt2;
 mod layers;
 pub mod llama;

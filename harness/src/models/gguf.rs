@@ -1,0 +1,170 @@
+//! GGUF files (llama.cpp's format) for Llama-family models, loaded *dequantized* to f32 into the
+//! [`super::llama::Llama`] port: the teacher side of "quantized versus full precision".
+//!
+//! Two things differ from a Hugging Face checkpoint and are undone here: tensor names
+//! (`blk.N.attn_q.weight` for `model.layers.N.self_attn.q_proj.weight`, ...) and the row order
+//! of the Q and K projections, which llama.cpp's converter permutes for its interleaved RoPE
+//! layout (`LlamaModel.permute` in `convert_hf_to_gguf.py`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::llama::{Llama, LlamaConfig, RopeParameters};
+
+/// The Hugging Face name of a GGUF tensor, or `None` for tensors the port does not use.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let module = match module.strip_suffix(".weight")? {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{module}.weight"))
+}
+
+/// Undo the converter's permutation: rows were `(heads, 2, d/2)` and became `(heads, d/2, 2)`.
+fn unpermute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    w.reshape((heads, out / heads / 2, 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))
+}
+
+/// Read the model settings from GGUF metadata (`llama.*` keys).
+fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if arch != "llama" {
+        bail!("GGUF architecture '{arch}' is not supported (llama only)");
+    }
+    let get = |k: &str| {
+        content
+            .metadata
+            .get(&format!("llama.{k}"))
+            .with_context(|| format!("GGUF metadata lacks llama.{k}"))
+    };
+    let u = |k: &str| -> Result<usize> { Ok(get(k)?.to_u32()? as usize) };
+    let heads = u("attention.head_count")?;
+    let hidden = u("embedding_length")?;
+    Ok(LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: u("feed_forward_length")?,
+        num_hidden_layers: u("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: Some(u("attention.head_count_kv").unwrap_or(heads)),
+        head_dim: Some(hidden / heads),
+        rms_norm_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+        rope_theta: None,
+        rope_parameters: Some(RopeParameters {
+            rope_theta: get("rope.freq_base")
+                .and_then(|v| Ok(v.to_f32()? as f64))
+                .unwrap_or(10000.0),
+            rope_type: None,
+        }),
+        rope_scaling: None,
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+    })
+}
+
+/// Load a Llama-family GGUF file, dequantizing every tensor to f32.
+pub fn load_llama_dequantized(path: &Path, device: &Device) -> Result<(Llama, LlamaConfig)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file ({e})", path.display()))?;
+    let embd = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .context("GGUF file has no token_embd.weight")?;
+    let vocab = embd.shape.dims()[0];
+    let cfg = config(&content, vocab)?;
+    let kv = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
+    let mut tensors = HashMap::new();
+    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    for name in names {
+        let Some(hf) = hf_name(&name) else { continue };
+        let t = content
+            .tensor(&mut file, &name, device)
+            .and_then(|q| q.dequantize(device))
+            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
+        let t = if name.ends_with("attn_q.weight") {
+            unpermute(&t, cfg.num_attention_heads)?
+        } else if name.ends_with("attn_k.weight") {
+            unpermute(&t, kv)?
+        } else {
+            t
+        };
+        tensors.insert(hf, t.to_dtype(DType::F32)?);
+    }
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let model = Llama::load(vb, &cfg)
+        .with_context(|| format!("{}: tensors do not match the metadata", path.display()))?;
+    Ok((model, cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_transformers() {
+        assert_eq!(
+            hf_name("blk.3.attn_q.weight").unwrap(),
+            "model.layers.3.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight").unwrap(),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_inverts_the_converters_permutation() {
+        // Rows 0..8 for 2 heads of dim 4: per head [a0 a1 b0 b1] -> converter -> [a0 b0 a1 b1].
+        let permuted = Tensor::new(
+            &[[0f32], [2.], [1.], [3.], [4.], [6.], [5.], [7.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let back = unpermute(&permuted, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(back, vec![0., 1., 2., 3., 4., 5., 6., 7.]);
+    }
+}
