@@ -175,3 +175,15 @@ fn llama_from_gguf_dequantized_matches_transformers() {
     let (_, _, exp) = fixture("llama-tiny");
     check_batches(&model, &exp);
 }
+
+#[test]
+fn llama_from_gguf_kept_in_llama_cpp_layout_with_interleaved_rope_matches_transformers() {
+    // The quantized loader keeps GGUF's permuted Q/K rows and rotates interleaved pairs; with
+    // the fixture's F32 tensors that must give the reference logits too.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama-tiny");
+    let (model, _) =
+        harness::models::gguf::load_llama_quantized(&dir.join("model-f32.gguf"), &Device::Cpu)
+            .unwrap();
+    let (_, _, exp) = fixture("llama-tiny");
+    check_batches(&model, &exp);
+}

@@ -14,7 +14,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::llama::{Llama, LlamaConfig, RopeParameters};
+use candle_core::quantized::QMatMul;
+
+use super::llama::{LayerParts, Llama, LlamaConfig, Proj, RopeLayout, RopeParameters};
 
 /// The Hugging Face name of a GGUF tensor, or `None` for tensors the port does not use.
 fn hf_name(gguf: &str) -> Option<String> {
@@ -94,8 +96,8 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
     })
 }
 
-/// Load a Llama-family GGUF file, dequantizing every tensor to f32.
-pub fn load_llama_dequantized(path: &Path, device: &Device) -> Result<(Llama, LlamaConfig)> {
+/// Open a GGUF file and read its model settings.
+fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, LlamaConfig)> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let content = gguf_file::Content::read(&mut file)
@@ -106,6 +108,68 @@ pub fn load_llama_dequantized(path: &Path, device: &Device) -> Result<(Llama, Ll
         .context("GGUF file has no token_embd.weight")?;
     let vocab = embd.shape.dims()[0];
     let cfg = config(&content, vocab)?;
+    Ok((file, content, cfg))
+}
+
+/// Load a Llama-family GGUF file keeping the linear layers quantized (candle's `QMatMul`, with
+/// its quantized kernels) and the Q/K rows in llama.cpp's order, with the interleaved RoPE that
+/// order expects. Embeddings and norms are dequantized.
+pub fn load_llama_quantized(path: &Path, device: &Device) -> Result<(Llama, LlamaConfig)> {
+    let (mut file, content, cfg) = open(path)?;
+    let mut read = |name: &str| {
+        content
+            .tensor(&mut file, name, device)
+            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))
+    };
+    let mut quant =
+        |name: &str| -> Result<Proj> { Ok(Proj::Quant(QMatMul::from_qtensor(read(name)?)?)) };
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let n = |m: &str| format!("blk.{i}.{m}.weight");
+        layers.push(LayerParts {
+            input_norm: Tensor::new(&[0f32], device)?,
+            q: quant(&n("attn_q"))?,
+            k: quant(&n("attn_k"))?,
+            v: quant(&n("attn_v"))?,
+            o: quant(&n("attn_output"))?,
+            post_norm: Tensor::new(&[0f32], device)?,
+            gate: quant(&n("ffn_gate"))?,
+            up: quant(&n("ffn_up"))?,
+            down: quant(&n("ffn_down"))?,
+        });
+    }
+    let lm_head = if cfg.tie_word_embeddings {
+        quant("token_embd.weight")?
+    } else {
+        quant("output.weight")?
+    };
+    let mut deq = |name: &str| -> Result<Tensor> {
+        let t = content
+            .tensor(&mut file, name, device)
+            .and_then(|q| q.dequantize(device))
+            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
+        Ok(t.to_dtype(DType::F32)?)
+    };
+    for (i, layer) in layers.iter_mut().enumerate() {
+        layer.input_norm = deq(&format!("blk.{i}.attn_norm.weight"))?;
+        layer.post_norm = deq(&format!("blk.{i}.ffn_norm.weight"))?;
+    }
+    let embeddings = deq("token_embd.weight")?;
+    let norm = deq("output_norm.weight")?;
+    let model = Llama::from_parts(
+        &cfg,
+        embeddings,
+        layers,
+        norm,
+        lm_head,
+        RopeLayout::Interleaved,
+    )?;
+    Ok((model, cfg))
+}
+
+/// Load a Llama-family GGUF file, dequantizing every tensor to f32.
+pub fn load_llama_dequantized(path: &Path, device: &Device) -> Result<(Llama, LlamaConfig)> {
+    let (mut file, content, cfg) = open(path)?;
     let kv = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
     let mut tensors = HashMap::new();
     let names: Vec<String> = content.tensor_infos.keys().cloned().collect();

@@ -5,6 +5,7 @@
 //! the SwiGLU feed-forward. Unlike candle-transformers' `llama`, `forward` returns the logits of
 //! every position, which perplexity and per-token KL need.
 
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
@@ -91,24 +92,81 @@ impl Module for RmsNorm {
     }
 }
 
-/// A bias-free projection stored `(out, in)` as in the checkpoint.
-fn proj(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
-    candle_nn::linear_no_bias(in_dim, out_dim, vb)
+/// A bias-free projection `(out, in)`: f32, or kept quantized (GGUF blocks, multiplied by
+/// candle's quantized kernels without dequantizing).
+pub enum Proj {
+    Dense(candle_nn::Linear),
+    Quant(QMatMul),
+}
+
+impl Module for Proj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Proj::Dense(l) => l.forward(x),
+            Proj::Quant(q) => q.forward(x),
+        }
+    }
+}
+
+fn proj(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Proj> {
+    Ok(Proj::Dense(candle_nn::linear_no_bias(in_dim, out_dim, vb)?))
+}
+
+/// How rotary embeddings pair the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// transformers' `rotate_half`: dimension i pairs with i + d/2.
+    RotateHalf,
+    /// llama.cpp's layout: dimension 2i pairs with 2i + 1. GGUF Q/K rows are permuted for it,
+    /// so a model that keeps GGUF weights as they are uses this layout.
+    Interleaved,
+}
+
+/// The pieces of one decoder layer, for building a model from another weight source (GGUF).
+pub struct LayerParts {
+    pub input_norm: Tensor,
+    pub q: Proj,
+    pub k: Proj,
+    pub v: Proj,
+    pub o: Proj,
+    pub post_norm: Tensor,
+    pub gate: Proj,
+    pub up: Proj,
+    pub down: Proj,
 }
 
 struct Layer {
     input_norm: RmsNorm,
-    q: candle_nn::Linear,
-    k: candle_nn::Linear,
-    v: candle_nn::Linear,
-    o: candle_nn::Linear,
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    o: Proj,
     post_norm: RmsNorm,
-    gate: candle_nn::Linear,
-    up: candle_nn::Linear,
-    down: candle_nn::Linear,
+    gate: Proj,
+    up: Proj,
+    down: Proj,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+}
+
+/// cos and sin for the positions of one forward pass, shaped for the layout.
+enum RopeTables {
+    RotateHalf { cos: Tensor, sin: Tensor },
+    Interleaved { cos: Tensor, sin: Tensor },
+}
+
+impl RopeTables {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            RopeTables::RotateHalf { cos, sin } => {
+                x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?
+            }
+            RopeTables::Interleaved { cos, sin } => {
+                candle_nn::rotary_emb::rope_i(&x.contiguous()?, cos, sin)
+            }
+        }
+    }
 }
 
 /// `rotate_half`: `[-x2, x1]` for the two halves of the last dimension.
@@ -141,7 +199,7 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rope: &RopeTables, bias: &Tensor) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let n = self.input_norm.forward(x)?;
         let split = |t: Tensor, heads: usize| -> Result<Tensor> {
@@ -149,11 +207,8 @@ impl Layer {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let rope = |t: &Tensor| -> Result<Tensor> {
-            t.broadcast_mul(cos)? + rotate_half(t)?.broadcast_mul(sin)?
-        };
-        let q = rope(&split(self.q.forward(&n)?, self.heads)?)?;
-        let k = rope(&split(self.k.forward(&n)?, self.kv_heads)?)?;
+        let q = rope.apply(&split(self.q.forward(&n)?, self.heads)?)?;
+        let k = rope.apply(&split(self.k.forward(&n)?, self.kv_heads)?)?;
         let v = split(self.v.forward(&n)?, self.kv_heads)?;
         // Grouped-query attention: each KV head serves heads / kv_heads query heads.
         let groups = self.heads / self.kv_heads;
@@ -185,9 +240,10 @@ pub struct Llama {
     embed: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Tensor,
+    lm_head: Proj,
     head_dim: usize,
     theta: f64,
+    rope: RopeLayout,
 }
 
 impl Llama {
@@ -199,6 +255,7 @@ impl Llama {
         } else {
             embed.embeddings().clone()
         };
+        let lm_head = Proj::Dense(candle_nn::Linear::new(lm_head, None));
         Ok(Llama {
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| Layer::load(base.pp("layers").pp(i), cfg))
@@ -208,23 +265,81 @@ impl Llama {
             lm_head,
             head_dim: cfg.head_dim(),
             theta: cfg.theta()?,
+            rope: RopeLayout::RotateHalf,
         })
     }
 
-    /// cos and sin tables `(1, 1, seq, head_dim)` for positions `0..seq`.
-    fn rope_tables(&self, seq: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    /// A model from already-built parts (the GGUF loaders).
+    pub fn from_parts(
+        cfg: &LlamaConfig,
+        embeddings: Tensor,
+        layers: Vec<LayerParts>,
+        norm: Tensor,
+        lm_head: Proj,
+        rope: RopeLayout,
+    ) -> Result<Self> {
+        let kv_heads = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
+        let norm_of = |w: Tensor| RmsNorm {
+            weight: w,
+            eps: cfg.rms_norm_eps,
+        };
+        Ok(Llama {
+            embed: Embedding::new(embeddings, cfg.hidden_size),
+            layers: layers
+                .into_iter()
+                .map(|p| Layer {
+                    input_norm: norm_of(p.input_norm),
+                    q: p.q,
+                    k: p.k,
+                    v: p.v,
+                    o: p.o,
+                    post_norm: norm_of(p.post_norm),
+                    gate: p.gate,
+                    up: p.up,
+                    down: p.down,
+                    heads: cfg.num_attention_heads,
+                    kv_heads,
+                    head_dim: cfg.head_dim(),
+                })
+                .collect(),
+            norm: norm_of(norm),
+            lm_head,
+            head_dim: cfg.head_dim(),
+            theta: cfg.theta()?,
+            rope,
+        })
+    }
+
+    /// cos and sin for positions `0..seq`: `(1, 1, seq, head_dim)` with the two halves
+    /// repeated for `rotate_half`, `(seq, head_dim / 2)` for the interleaved kernel.
+    fn rope_tables(&self, seq: usize, device: &Device) -> Result<RopeTables> {
         let d = self.head_dim;
         let inv: Vec<f32> = (0..d / 2)
             .map(|i| 1.0 / (self.theta as f32).powf(2.0 * i as f32 / d as f32))
             .collect();
-        let mut angles = Vec::with_capacity(seq * d);
-        for p in 0..seq {
-            let half: Vec<f32> = inv.iter().map(|f| p as f32 * f).collect();
-            angles.extend_from_slice(&half);
-            angles.extend_from_slice(&half);
-        }
-        let a = Tensor::from_vec(angles, (1, 1, seq, d), device)?;
-        Ok((a.cos()?, a.sin()?))
+        let half: Vec<f32> = (0..seq)
+            .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
+            .collect();
+        Ok(match self.rope {
+            RopeLayout::RotateHalf => {
+                let full: Vec<f32> = half
+                    .chunks(d / 2)
+                    .flat_map(|c| c.iter().chain(c.iter()).copied())
+                    .collect();
+                let a = Tensor::from_vec(full, (1, 1, seq, d), device)?;
+                RopeTables::RotateHalf {
+                    cos: a.cos()?,
+                    sin: a.sin()?,
+                }
+            }
+            RopeLayout::Interleaved => {
+                let a = Tensor::from_vec(half, (seq, d / 2), device)?;
+                RopeTables::Interleaved {
+                    cos: a.cos()?,
+                    sin: a.sin()?,
+                }
+            }
+        })
     }
 
     /// Logits `(batch, seq, vocab)` of every position; `mask` is 1 for real tokens (padding on
@@ -232,7 +347,7 @@ impl Llama {
     pub fn forward(&self, input_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (_, seq) = input_ids.dims2()?;
         let device = input_ids.device();
-        let (cos, sin) = self.rope_tables(seq, device)?;
+        let rope = self.rope_tables(seq, device)?;
         let causal: Vec<f32> = (0..seq)
             .flat_map(|q| (0..seq).map(move |k| if k > q { f32::MIN } else { 0.0 }))
             .collect();
@@ -240,12 +355,12 @@ impl Llama {
         let bias = causal.broadcast_add(&super::layers::additive_mask(mask)?)?;
         let mut x = self.embed.forward(input_ids)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &cos, &sin, &bias)?;
+            x = layer.forward(&x, &rope, &bias)?;
         }
         let x = self.norm.forward(&x)?;
         let (b, s, h) = x.dims3()?;
-        x.reshape((b * s, h))?
-            .matmul(&self.lm_head.t()?)?
+        self.lm_head
+            .forward(&x.reshape((b * s, h))?)?
             .reshape((b, s, ()))?
             .to_dtype(DType::F32)
     }
