@@ -307,6 +307,25 @@ def make_mpnet_encoder():
     save_expected(path, inputs, batch, "embeddings", mean_pool(hidden, batch["attention_mask"]).tolist())
 
 
+def decoder_reference(model, gen, low, vocab, lengths):
+    """Random token ids in [low, vocab) for sequences of `lengths`, right-padded with 0 into one
+    batch, and the logits of every real position: [sequence][position][vocab]."""
+    width = max(lengths)
+    ids = torch.randint(low, vocab, (len(lengths), width), generator=gen)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    ids = ids * mask  # padding positions hold token 0; they are masked
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return {
+        "generated_by": "scripts/make-parity-fixtures.py",
+        "transformers_version": transformers.__version__,
+        "input_ids": [row[:n].tolist() for row, n in zip(ids, lengths)],
+        "logits": [[[round(float(v), 6) for v in pos] for pos in row[:n]] for row, n in zip(logits, lengths)],
+    }
+
+
 def make_gpt2_lm():
     """GPT2LMHeadModel (DistilGPT-2 shares it), tiny and random, with the logits of every
     position for a right-padded batch of token ids (the tokenizer is exercised elsewhere)."""
@@ -321,22 +340,7 @@ def make_gpt2_lm():
     spread_weights(model)
     model.save_pretrained(path, safe_serialization=True)
     gen = torch.Generator().manual_seed(SEED + 6)
-    lengths = [11, 7, 3]
-    width = max(lengths)
-    ids = torch.randint(0, cfg.vocab_size, (len(lengths), width), generator=gen)
-    mask = torch.zeros_like(ids)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = 1
-    ids = ids * mask  # padding positions hold token 0; they are masked
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    doc = {
-        "generated_by": "scripts/make-parity-fixtures.py",
-        "transformers_version": transformers.__version__,
-        "input_ids": [row[:n].tolist() for row, n in zip(ids, lengths)],
-        # Logits of every real position, per sequence: [sequence][position][vocab].
-        "logits": [[[round(float(v), 6) for v in pos] for pos in row[:n]] for row, n in zip(logits, lengths)],
-    }
+    doc = decoder_reference(model, gen, 0, cfg.vocab_size, [11, 7, 3])
     # Sliding-window perplexity with the Hugging Face guide's windows (context, stride, each
     # window scoring the tokens after the previous window's end), summing each scored token's
     # log-probability directly. (The guide multiplies the mean loss by valid - 1 tokens, which
@@ -386,21 +390,7 @@ def make_llama_lm():
     spread_weights(model)
     model.save_pretrained(path, safe_serialization=True)
     gen = torch.Generator().manual_seed(SEED + 8)
-    lengths = [13, 5, 9]
-    width = max(lengths)
-    ids = torch.randint(3, cfg.vocab_size, (len(lengths), width), generator=gen)
-    mask = torch.zeros_like(ids)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = 1
-    ids = ids * mask
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    doc = {
-        "generated_by": "scripts/make-parity-fixtures.py",
-        "transformers_version": transformers.__version__,
-        "input_ids": [row[:n].tolist() for row, n in zip(ids, lengths)],
-        "logits": [[[round(float(v), 6) for v in pos] for pos in row[:n]] for row, n in zip(logits, lengths)],
-    }
+    doc = decoder_reference(model, gen, 3, cfg.vocab_size, [13, 5, 9])
     with open(os.path.join(path, "expected.json"), "w") as f:
         json.dump(doc, f)
     write_llama_gguf(model, cfg, os.path.join(path, "model-f32.gguf"))

@@ -120,21 +120,10 @@ impl TsvFile {
 
     /// Read and parse a file, with a hint on what to pass when it is missing.
     pub fn read(path: &Path, has_header: bool) -> Result<Self, DataError> {
-        if !path.exists() {
-            return Err(DataError::MissingFile {
-                path: path.to_path_buf(),
-                hint: "--data-dir must point at a folder in the GLUE layout, e.g. ../shared/data/glue with SST-2/dev.tsv inside".into(),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let text = String::from_utf8(bytes).map_err(|e| DataError::Malformed {
-            origin: path.display().to_string(),
-            line: 0,
-            message: format!("not valid UTF-8 ({e})"),
-        })?;
+        let text = read_utf8(
+            path,
+            "--data-dir must point at a folder in the GLUE layout, e.g. ../shared/data/glue with SST-2/dev.tsv inside",
+        )?;
         Ok(Self::parse(&path.display().to_string(), &text, has_header))
     }
 
@@ -159,6 +148,25 @@ impl TsvFile {
             }),
         }
     }
+}
+
+/// Read a UTF-8 text file; a missing file's error carries `hint` (what to pass instead).
+pub fn read_utf8(path: &Path, hint: &str) -> Result<String, DataError> {
+    if !path.exists() {
+        return Err(DataError::MissingFile {
+            path: path.to_path_buf(),
+            hint: hint.into(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| DataError::Malformed {
+        origin: path.display().to_string(),
+        line: 0,
+        message: format!("not valid UTF-8 ({e})"),
+    })
 }
 
 /// Get field `idx` of a row, or a `Malformed` error that names the line and the field count.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::data::DataError;
+use crate::data::{read_utf8, DataError};
 
 /// A raw text and its size in the units perplexities are normalised by.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,21 +34,7 @@ impl RawText {
 
     /// Read a raw WikiText file (as in `../shared/data/wikitext-2/wiki.test.raw`).
     pub fn read(path: &Path) -> Result<Self, DataError> {
-        if !path.exists() {
-            return Err(DataError::MissingFile {
-                path: path.to_path_buf(),
-                hint: "pass --data-dir with wikitext-2/wiki.test.raw inside".into(),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let text = String::from_utf8(bytes).map_err(|e| DataError::Malformed {
-            origin: path.display().to_string(),
-            line: 0,
-            message: format!("not valid UTF-8 ({e})"),
-        })?;
+        let text = read_utf8(path, "pass --data-dir with wikitext-2/wiki.test.raw inside")?;
         Self::new(text, &path.display().to_string())
     }
 }
