@@ -296,6 +296,13 @@ mod tests {
     }
 
     #[test]
+    fn decoder_aliases_point_at_their_hub_models() {
+        let t = AliasTable::builtin();
+        assert_eq!(t.0["gpt2"].base, "openai-community/gpt2");
+        assert_eq!(t.0["distilgpt2"].base, "distilbert/distilgpt2");
+    }
+
+    #[test]
     fn parses_each_kind_of_reference() {
         let t = AliasTable::builtin();
         assert_eq!(
