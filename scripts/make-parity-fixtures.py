@@ -307,6 +307,33 @@ def make_mpnet_encoder():
     save_expected(path, inputs, batch, "embeddings", mean_pool(hidden, batch["attention_mask"]).tolist())
 
 
+def make_mpnet_classifier():
+    """MPNetForSequenceClassification (classifier.dense + tanh + classifier.out_proj on <s>),
+    two named labels, on sentence pairs."""
+    from transformers import MPNetForSequenceClassification
+
+    path = os.path.join(ROOT, "mpnet-rte-tiny")
+    fresh(path)
+    tok = MPNetTokenizerFast(vocab=write_vocab(path, mpnet_vocab()), do_lower_case=True, unk_token="<unk>")
+    id2label = {0: "entailment", 1: "not_entailment"}
+    cfg = MPNetConfig(
+        vocab_size=len(mpnet_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, max_position_embeddings=80, relative_attention_num_buckets=32,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=2, id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
+    cfg.architectures = ["MPNetForSequenceClassification"]
+    torch.manual_seed(SEED + 9)
+    model = MPNetForSequenceClassification(cfg).eval()
+    spread_weights(model)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    batch = encode(tok, PAIRS)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    save_expected(path, PAIRS, batch, "logits", logits.tolist())
+
+
 def decoder_reference(model, gen, low, vocab, lengths):
     """Random token ids in [low, vocab) for sequences of `lengths`, right-padded with 0 into one
     batch, and the logits of every real position: [sequence][position][vocab]."""
@@ -477,6 +504,7 @@ def main():
     make_bert_encoder()
     make_distilbert_textattack_layout()
     make_mpnet_encoder()
+    make_mpnet_classifier()
     make_gpt2_lm()
     make_llama_lm()
     make_hub_glue_parquet()

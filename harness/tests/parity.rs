@@ -123,3 +123,8 @@ fn parameters_are_counted_from_the_weights() {
     assert_eq!(m.info().parameters, expected);
     assert_eq!(m.head_labels().unwrap(), ["NEGATIVE", "POSITIVE"]);
 }
+
+#[test]
+fn mpnet_sequence_classification_matches_transformers() {
+    check("mpnet-rte-tiny", "mpnet");
+}
