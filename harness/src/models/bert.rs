@@ -97,9 +97,9 @@ impl BertEmbeddings {
 }
 
 struct BertLayer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Query, key and value projections fused into one `(3h, h)` matrix at load: one matmul
+    /// per layer instead of three.
+    qkv: Linear,
     attention_output: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -114,9 +114,15 @@ impl BertLayer {
         let h = cfg.hidden_size;
         let att = vb.pp("attention");
         Ok(Self {
-            query: layers::linear(h, h, att.pp("self").pp("query"))?,
-            key: layers::linear(h, h, att.pp("self").pp("key"))?,
-            value: layers::linear(h, h, att.pp("self").pp("value"))?,
+            qkv: layers::fused_linear(
+                h,
+                h,
+                &[
+                    att.pp("self").pp("query"),
+                    att.pp("self").pp("key"),
+                    att.pp("self").pp("value"),
+                ],
+            )?,
             attention_output: layers::linear(h, h, att.pp("output").pp("dense"))?,
             attention_norm: layers::layer_norm(
                 h,
@@ -140,14 +146,8 @@ impl BertLayer {
     }
 
     fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let ctx = layers::attention(
-            &self.query.forward(x)?,
-            &self.key.forward(x)?,
-            &self.value.forward(x)?,
-            self.heads,
-            mask_bias,
-            None,
-        )?;
+        let (q, k, v) = layers::split3(&self.qkv.forward(x)?)?;
+        let ctx = layers::attention(&q, &k, &v, self.heads, mask_bias, None)?;
         let x = self
             .attention_norm
             .forward(&(self.attention_output.forward(&ctx)? + x)?)?;

@@ -39,9 +39,8 @@ pub struct DistilBertConfig {
 const EPS: f64 = 1e-12;
 
 struct TransformerBlock {
-    q_lin: Linear,
-    k_lin: Linear,
-    v_lin: Linear,
+    /// `q_lin`, `k_lin`, `v_lin` fused at load.
+    qkv: Linear,
     out_lin: Linear,
     sa_layer_norm: LayerNorm,
     lin1: Linear,
@@ -56,9 +55,7 @@ impl TransformerBlock {
         let d = cfg.dim;
         let att = vb.pp("attention");
         Ok(Self {
-            q_lin: layers::linear(d, d, att.pp("q_lin"))?,
-            k_lin: layers::linear(d, d, att.pp("k_lin"))?,
-            v_lin: layers::linear(d, d, att.pp("v_lin"))?,
+            qkv: layers::fused_linear(d, d, &[att.pp("q_lin"), att.pp("k_lin"), att.pp("v_lin")])?,
             out_lin: layers::linear(d, d, att.pp("out_lin"))?,
             sa_layer_norm: layers::layer_norm(d, EPS, vb.pp("sa_layer_norm"))?,
             lin1: layers::linear(d, cfg.hidden_dim, vb.pp("ffn").pp("lin1"))?,
@@ -70,14 +67,8 @@ impl TransformerBlock {
     }
 
     fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let ctx = layers::attention(
-            &self.q_lin.forward(x)?,
-            &self.k_lin.forward(x)?,
-            &self.v_lin.forward(x)?,
-            self.heads,
-            mask_bias,
-            None,
-        )?;
+        let (q, k, v) = layers::split3(&self.qkv.forward(x)?)?;
+        let ctx = layers::attention(&q, &k, &v, self.heads, mask_bias, None)?;
         let x = self
             .sa_layer_norm
             .forward(&(self.out_lin.forward(&ctx)? + x)?)?;

@@ -73,9 +73,8 @@ pub fn relative_position_bucket(
 }
 
 struct MpnetLayer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// `attn.q`, `attn.k`, `attn.v` fused at load.
+    qkv: Linear,
     o: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -90,9 +89,7 @@ impl MpnetLayer {
         let h = cfg.hidden_size;
         let attn = vb.pp("attention").pp("attn");
         Ok(Self {
-            q: layers::linear(h, h, attn.pp("q"))?,
-            k: layers::linear(h, h, attn.pp("k"))?,
-            v: layers::linear(h, h, attn.pp("v"))?,
+            qkv: layers::fused_linear(h, h, &[attn.pp("q"), attn.pp("k"), attn.pp("v")])?,
             o: layers::linear(h, h, attn.pp("o"))?,
             attention_norm: layers::layer_norm(
                 h,
@@ -116,14 +113,8 @@ impl MpnetLayer {
     }
 
     fn forward(&self, x: &Tensor, mask_bias: &Tensor, position_bias: &Tensor) -> Result<Tensor> {
-        let ctx = layers::attention(
-            &self.q.forward(x)?,
-            &self.k.forward(x)?,
-            &self.v.forward(x)?,
-            self.heads,
-            mask_bias,
-            Some(position_bias),
-        )?;
+        let (q, k, v) = layers::split3(&self.qkv.forward(x)?)?;
+        let ctx = layers::attention(&q, &k, &v, self.heads, mask_bias, Some(position_bias))?;
         let x = self.attention_norm.forward(&(self.o.forward(&ctx)? + x)?)?;
         let inner = layers::dense_act(&self.intermediate, self.act, &x)?;
         self.output_norm
