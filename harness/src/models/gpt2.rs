@@ -153,10 +153,7 @@ impl Gpt2 {
             .wte
             .forward(input_ids)?
             .broadcast_add(&self.wpe.forward(&positions)?)?;
-        let causal: Vec<f32> = (0..seq)
-            .flat_map(|q| (0..seq).map(move |k| if k > q { f32::MIN } else { 0.0 }))
-            .collect();
-        let causal = Tensor::from_vec(causal, (1, 1, seq, seq), device)?;
+        let causal = layers::causal_bias(seq, device)?;
         let mask_bias = layers::additive_mask(mask)?;
         for block in &self.blocks {
             x = block.forward(&x, &mask_bias, &causal)?;

@@ -96,6 +96,15 @@ pub fn additive_mask(mask: &Tensor) -> Result<Tensor> {
     bias.reshape((b, 1, 1, s))
 }
 
+/// Additive causal mask `(1, 1, seq, seq)`: 0 where a query may see a key (key <= query), the
+/// dtype's minimum above the diagonal.
+pub fn causal_bias(seq: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let bias: Vec<f32> = (0..seq)
+        .flat_map(|q| (0..seq).map(move |k| if k > q { f32::MIN } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(bias, (1, 1, seq, seq), device)
+}
+
 /// Scaled dot-product attention over already projected q, k, v of shape (batch, seq, hidden),
 /// with optional additive biases of shape broadcastable to (batch, heads, seq, seq).
 pub fn attention(

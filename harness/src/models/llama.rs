@@ -348,10 +348,7 @@ impl Llama {
         let (_, seq) = input_ids.dims2()?;
         let device = input_ids.device();
         let rope = self.rope_tables(seq, device)?;
-        let causal: Vec<f32> = (0..seq)
-            .flat_map(|q| (0..seq).map(move |k| if k > q { f32::MIN } else { 0.0 }))
-            .collect();
-        let causal = Tensor::from_vec(causal, (1, 1, seq, seq), device)?;
+        let causal = super::layers::causal_bias(seq, device)?;
         let bias = causal.broadcast_add(&super::layers::additive_mask(mask)?)?;
         let mut x = self.embed.forward(input_ids)?;
         for layer in &self.layers {

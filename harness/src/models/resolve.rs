@@ -156,6 +156,18 @@ fn hub_cache() -> hf_hub::Cache {
     }
 }
 
+/// The online Hub client over `cache`, and the endpoint it talks to (`HF_ENDPOINT` or the
+/// public Hub), for error messages.
+fn hub_client(cache: hf_hub::Cache) -> Result<(hf_hub::api::sync::Api, String)> {
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache)
+        .with_progress(false)
+        .with_endpoint(endpoint.clone())
+        .build()
+        .context("cannot set up the Hugging Face Hub client")?;
+    Ok((api, endpoint))
+}
+
 /// Files a snapshot needs, in order of preference within each group.
 const WANTED: &[&[&str]] = &[
     &["config.json"],
@@ -196,14 +208,7 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)>
             .unwrap_or(rev);
         return Ok((dir, commit));
     }
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(false);
-    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-        builder = builder.with_endpoint(endpoint);
-    }
-    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-    let api = builder
-        .build()
-        .context("cannot set up the Hugging Face Hub client")?;
+    let (api, endpoint) = hub_client(cache)?;
     let api_repo = api.repo(hf_repo);
     let info = api_repo.info().map_err(|e| {
         anyhow::anyhow!(
@@ -248,14 +253,7 @@ pub fn fetch_dataset_files(repo: &str, files: &[String]) -> Result<Vec<PathBuf>>
             })
             .collect();
     }
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(false);
-    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-        builder = builder.with_endpoint(endpoint);
-    }
-    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-    let api = builder
-        .build()
-        .context("cannot set up the Hugging Face Hub client")?;
+    let (api, endpoint) = hub_client(cache)?;
     let api_repo = api.repo(hf_repo);
     files
         .iter()
