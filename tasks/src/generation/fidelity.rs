@@ -11,13 +11,7 @@ pub struct TokenFidelity {
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits
-        .iter()
-        .map(|&l| (l as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
+    let lse = super::log_sum_exp(logits);
     logits.iter().map(|&l| l as f64 - lse).collect()
 }
 

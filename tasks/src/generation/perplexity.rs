@@ -44,9 +44,7 @@ impl NllSum {
 
 /// log softmax of one row of logits, at index `target`.
 fn log_prob(logits: &[f32], target: u32) -> f64 {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    logits[target as usize] as f64 - max - sum.ln()
+    logits[target as usize] as f64 - super::log_sum_exp(logits)
 }
 
 /// Run the sliding windows over `ids`. `logits(window)` returns one row of logits per position
