@@ -396,6 +396,30 @@ def make_gpt2_lm():
     }
     with open(os.path.join(path, "expected.json"), "w") as f:
         json.dump(doc, f)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<|endoftext|>"])
+
+
+def write_word_tokenizer(path, vocab_size, specials):
+    """A word-level tokenizer.json that fits a tiny decoder's vocabulary: the special tokens,
+    then the commonest English words, lower-cased; anything else is [UNK]. It only lets the
+    command-line tests run text through the tiny decoders; parity is checked on token ids."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders
+
+    words = ("the of and to in a is was for on as with by he at from his an were are which "
+             "it be this that or had first one their its new after who they have her she two "
+             "been other when there all during into school time may years more most only over "
+             "city some world would where later up such used many can state about national "
+             "out known university united then made game season".split())
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for w in words:
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.save(os.path.join(path, "tokenizer.json"))
 
 
 def make_llama_lm():
@@ -421,6 +445,7 @@ def make_llama_lm():
     with open(os.path.join(path, "expected.json"), "w") as f:
         json.dump(doc, f)
     write_llama_gguf(model, cfg, os.path.join(path, "model-f32.gguf"))
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
 
 
 def write_llama_gguf(model, cfg, out):

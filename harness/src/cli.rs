@@ -119,9 +119,32 @@ pub struct RunArgs {
     /// Teacher: an alias (bert-base), a Hub id (org/name[@revision]) or a local folder.
     #[arg(long)]
     pub teacher: String,
-    /// Student: an alias (distilbert), a Hub id or a local folder.
+    /// Student: an alias (distilbert), a Hub id, a local folder or a .gguf file. May be left
+    /// out with --student-quantize: the student is then the teacher, quantized.
+    #[arg(long, required_unless_present = "student_quantize")]
+    pub student: Option<String>,
+    /// Quantize the student's linear layers with candle's quantizer: q8_0, q4_0, q4k, q5k or
+    /// q6k (embeddings and norms stay f32). Without --student, the teacher is quantized.
     #[arg(long)]
-    pub student: String,
+    pub student_quantize: Option<String>,
+    /// Load a GGUF teacher dequantized to f32 (a GGUF student always runs as stored).
+    #[arg(long)]
+    pub dequantize_teacher: bool,
+    /// Perplexity: tokens per sliding window (capped by each model's maximum).
+    #[arg(long, default_value_t = 1024)]
+    pub context_length: usize,
+    /// Perplexity: how far each window moves (the Hugging Face guide uses half the context).
+    #[arg(long, default_value_t = 512)]
+    pub stride: usize,
+    /// Perplexity: evaluate only the text the teacher's first N tokens cover (default: all).
+    #[arg(long)]
+    pub max_eval_tokens: Option<usize>,
+    /// Perplexity: positions compared for token-level fidelity (KL, top-1 agreement).
+    #[arg(long, default_value_t = 4096)]
+    pub fidelity_tokens: usize,
+    /// Generate: new tokens per prompt (greedy).
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
     /// Tasks, comma-separated (see `harness list tasks`).
     #[arg(long, value_delimiter = ',', required = true)]
     pub task: Vec<String>,

@@ -46,6 +46,28 @@ pub fn read_parquet_rows(path: &Path) -> Result<Vec<BTreeMap<String, Value>>> {
     Ok(rows)
 }
 
+/// The `text` column of a text dataset's split on the Hub (`Salesforce/wikitext`), one row
+/// per line of the original file.
+pub fn text_rows(
+    repo: &str,
+    config: &str,
+    split: &str,
+) -> Result<tasks::generation::tasks::LmSource> {
+    let file = parquet_file(config, split);
+    let paths = crate::models::resolve::fetch_dataset_files(repo, std::slice::from_ref(&file))?;
+    let rows = read_parquet_rows(&paths[0])?
+        .into_iter()
+        .map(|mut r| match r.remove("text") {
+            Some(Value::String(s)) => Ok(s),
+            _ => anyhow::bail!("{}: rows without a text column", paths[0].display()),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(tasks::generation::tasks::LmSource::HubRows {
+        origin: format!("hub:{repo}/{config}/{split}"),
+        rows,
+    })
+}
+
 /// Parquet file name of a split inside a config folder of `nyu-mll/glue`.
 pub fn parquet_file(config: &str, split: &str) -> String {
     format!("{config}/{split}-00000-of-00001.parquet")

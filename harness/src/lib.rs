@@ -10,6 +10,7 @@ pub mod error;
 pub mod fidelity;
 pub mod hub_data;
 pub mod labels;
+pub mod lm;
 pub mod models;
 pub mod plan;
 pub mod profile;

@@ -33,12 +33,16 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
     match args.what {
         ListWhat::Tasks => {
             println!("| task | version | primary metric | description |\n|---|---|---|---|");
-            for t in tasks::REGISTRY {
+            for t in tasks::registry::all_tasks() {
+                let primary = match t {
+                    tasks::AnyTask::Text(t) => t.primary_metric(),
+                    tasks::AnyTask::Lm(t) => t.primary_metric(),
+                };
                 println!(
                     "| {} | {} | {} | {} |",
                     t.name(),
                     t.version(),
-                    t.primary_metric(),
+                    primary,
                     t.description()
                 );
             }

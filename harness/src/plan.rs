@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::quantized::GgmlDType;
 use candle_core::Device;
-use tasks::{DataSource, Dataset, EvalSplit, Task};
+use tasks::generation::tasks::LmSource;
+use tasks::{AnyTask, DataSource, Dataset, EvalSplit, Task};
 
 use crate::cli::RunArgs;
 use crate::models::resolve::{AliasTable, ModelRef};
@@ -32,6 +34,11 @@ pub struct RunPlan {
     pub student: ModelRef,
     pub aliases: AliasTable,
     pub tasks: Vec<PlannedTask>,
+    /// Perplexity and generation tasks (causal LMs).
+    pub lm_tasks: Vec<crate::lm::PlannedLmTask>,
+    pub lm: reports::LmSettings,
+    pub student_quantize: Option<GgmlDType>,
+    pub dequantize_teacher: bool,
     pub data: DataSource,
     pub data_origin: String,
     pub out: PathBuf,
@@ -91,16 +98,72 @@ impl RunPlan {
         if args.max_length.is_some_and(|m| m < 8) {
             bail!("--max-length must be at least 8 tokens");
         }
+        if args.context_length < 2 {
+            bail!("--context-length must be at least 2 tokens");
+        }
+        if args.stride == 0 || args.stride > args.context_length {
+            bail!(
+                "--stride must be between 1 and --context-length ({})",
+                args.context_length
+            );
+        }
+        if args.max_eval_tokens.is_some_and(|m| m < 2) {
+            bail!("--max-eval-tokens must be at least 2");
+        }
+        if args.max_new_tokens == 0 {
+            bail!("--max-new-tokens must be at least 1");
+        }
+        let student_quantize = args
+            .student_quantize
+            .as_deref()
+            .map(crate::models::layers::parse_quant)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--student-quantize: {e}"))?;
         let aliases = AliasTable::load(args.models.aliases.as_deref())?;
         let mut picked: Vec<&'static dyn Task> = Vec::new();
+        let mut picked_lm: Vec<&'static dyn tasks::generation::tasks::LmTask> = Vec::new();
         for name in &args.task {
-            let task = tasks::find_task(name.trim()).map_err(anyhow::Error::msg)?;
-            if !picked.iter().any(|t| t.name() == task.name()) {
-                picked.push(task);
+            match tasks::find_any_task(name.trim()).map_err(anyhow::Error::msg)? {
+                AnyTask::Text(task) => {
+                    if !picked.iter().any(|t| t.name() == task.name()) {
+                        picked.push(task);
+                    }
+                }
+                AnyTask::Lm(task) => {
+                    if !picked_lm.iter().any(|t| t.name() == task.name()) {
+                        picked_lm.push(task);
+                    }
+                }
             }
         }
         let teacher = ModelRef::parse(&args.teacher, &aliases).context("--teacher")?;
-        let student = ModelRef::parse(&args.student, &aliases).context("--student")?;
+        let (student, student_arg) = match &args.student {
+            Some(s) => (
+                ModelRef::parse(s, &aliases).context("--student")?,
+                s.clone(),
+            ),
+            None => (
+                teacher.clone(),
+                format!(
+                    "{} ({})",
+                    args.teacher,
+                    args.student_quantize.as_deref().unwrap_or_default()
+                ),
+            ),
+        };
+        // Encoders score text tasks, causal LMs perplexity and generation: check local
+        // models now rather than after loading them.
+        for (flag, model) in [("--teacher", &teacher), ("--student", &student)] {
+            if let ModelRef::Local(p) = model {
+                let decoder = crate::models::decoder::is_decoder(p)?;
+                if decoder && !picked.is_empty() {
+                    bail!("{flag} {} is a causal language model; {} needs an encoder (BERT, DistilBERT, MPNet)", p.display(), picked[0].name());
+                }
+                if !decoder && !picked_lm.is_empty() {
+                    bail!("{flag} {} is not a causal language model (GPT-2, Llama or a .gguf file); {} needs one", p.display(), picked_lm[0].name());
+                }
+            }
+        }
         let device = parse_device(&args.models.device)?;
 
         let (data, data_origin) = match &args.data_dir {
@@ -116,12 +179,36 @@ impl RunPlan {
             }
             None => {
                 let names: Vec<&str> = picked.iter().map(|t| t.name()).collect();
-                (
-                    crate::run::hub_glue_source(&names)?,
-                    "hub:nyu-mll/glue".to_string(),
-                )
+                let source = if names.is_empty() {
+                    DataSource::Records(Default::default())
+                } else {
+                    crate::run::hub_glue_source(&names)?
+                };
+                let origin = if names.is_empty() {
+                    "hub"
+                } else {
+                    "hub:nyu-mll/glue"
+                };
+                (source, origin.to_string())
             }
         };
+        let mut lm_tasks = Vec::new();
+        for task in picked_lm {
+            let source = match &args.data_dir {
+                Some(dir) => LmSource::Dir(dir.clone()),
+                None => match task.hub_dataset() {
+                    Some((repo, config, split)) => crate::hub_data::text_rows(repo, config, split)?,
+                    None => LmSource::HubRows {
+                        origin: "built in".into(),
+                        rows: Vec::new(),
+                    },
+                },
+            };
+            lm_tasks.push(crate::lm::PlannedLmTask {
+                task,
+                data: task.load(&source)?,
+            });
+        }
         let mut planned = Vec::new();
         for task in picked {
             let mut splits = Vec::new();
@@ -159,11 +246,21 @@ impl RunPlan {
         check_writable(&args.out)?;
         Ok(RunPlan {
             teacher_arg: args.teacher.clone(),
-            student_arg: args.student.clone(),
+            student_arg,
             teacher,
             student,
             aliases,
             tasks: planned,
+            lm_tasks,
+            lm: reports::LmSettings {
+                context_length: args.context_length,
+                stride: args.stride,
+                max_eval_tokens: args.max_eval_tokens,
+                fidelity_tokens: args.fidelity_tokens,
+                max_new_tokens: args.max_new_tokens,
+            },
+            student_quantize,
+            dequantize_teacher: args.dequantize_teacher,
             data,
             data_origin,
             out: args.out.clone(),

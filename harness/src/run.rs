@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::quantized::GgmlDType;
 use reports::{
     Cell, CheckpointInfo, Mode, ModelSummary, ProbeInfo, Results, RunSettings, TaskResult,
 };
@@ -113,13 +114,16 @@ fn load_train(plan: &RunPlan, pt: &PlannedTask) -> Result<std::result::Result<Da
 
 /// A stable description of a checkpoint reference, for cache keys. Local folders include the
 /// weight file's size and modification time, so replaced weights are recomputed.
-fn checkpoint_key(r: &ModelRef) -> String {
+pub(crate) fn checkpoint_key(r: &ModelRef) -> String {
     match r {
         ModelRef::Local(dir) => {
             let canon = dir.canonicalize().unwrap_or_else(|_| dir.clone());
-            let stamp = crate::models::find_weights(dir)
-                .ok()
-                .and_then(|w| std::fs::metadata(w.path).ok())
+            let weights = match crate::models::decoder::gguf_path(dir) {
+                Ok(Some(gguf)) => Some(gguf),
+                _ => crate::models::find_weights(dir).ok().map(|w| w.path),
+            };
+            let stamp = weights
+                .and_then(|w| std::fs::metadata(w).ok())
                 .map(|m| {
                     let mtime = m
                         .modified()
@@ -138,10 +142,14 @@ fn checkpoint_key(r: &ModelRef) -> String {
     }
 }
 
-fn cache_key(plan: &RunPlan, ckpt: &ModelRef, pt: &PlannedTask) -> String {
+fn cache_key(plan: &RunPlan, ckpt: &ModelRef, role: Role, pt: &PlannedTask) -> String {
     let p = &plan.probe;
+    let quantize = match role {
+        Role::Student => plan.student_quantize,
+        Role::Teacher => None,
+    };
     format!(
-        "task={}@v{};model={};max_length={:?};probe={}/{}/{}/{};data={};dtype=f32;profile={}",
+        "task={}@v{};model={};quantize={quantize:?};max_length={:?};probe={}/{}/{}/{};data={};dtype=f32;profile={}",
         pt.task.name(),
         pt.task.version(),
         checkpoint_key(ckpt),
@@ -457,6 +465,7 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
             probe_seed: plan.probe.seed,
             probe_l2: plan.probe.l2,
             probe_iterations: plan.probe.iterations,
+            lm: (!plan.lm_tasks.is_empty()).then(|| plan.lm.clone()),
         },
         environment: Some(profile::fingerprint::collect(&plan.device_name)),
         teacher: ModelSummary {
@@ -481,7 +490,7 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     for (role, model, _) in roles {
         for (ti, pt) in plan.tasks.iter().enumerate() {
             let ckpt = checkpoint_for(model, pt.task.name(), &plan.aliases);
-            let key = cache_key(plan, &ckpt, pt);
+            let key = cache_key(plan, &ckpt, role, pt);
             match read_cached(&cell_path(&plan.out, pt.task.name(), role), &key) {
                 Some(cf) => {
                     say(format!(
@@ -498,13 +507,26 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     }
 
     // Load every checkpoint that has work before computing anything, so a bad or unreachable
-    // model fails the run before any cell is written.
-    let mut backends: Vec<(ModelRef, EncoderBackend, Option<u64>)> = Vec::new();
-    for (_, _, ckpt, _) in &todo {
-        if !backends.iter().any(|(r, _, _)| r == ckpt) {
+    // model fails the run before any cell is written. A quantized student is its own model.
+    type Loaded = ((ModelRef, Option<GgmlDType>), EncoderBackend, Option<u64>);
+    let mut backends: Vec<Loaded> = Vec::new();
+    let spec = |role: Role, ckpt: &ModelRef| {
+        let q = match role {
+            Role::Student => plan.student_quantize,
+            Role::Teacher => None,
+        };
+        (ckpt.clone(), q)
+    };
+    for (role, _, ckpt, _) in &todo {
+        let want = spec(*role, ckpt);
+        if !backends.iter().any(|(r, _, _)| *r == want) {
             let started = Instant::now();
             let rss_before = profile::memory::rss_bytes();
-            let b = load_backend(ckpt, plan)?;
+            let mut b = load_backend(ckpt, plan)?;
+            if let Some(q) = want.1 {
+                b.quantize(q)
+                    .with_context(|| format!("{}: cannot quantize to {q:?}", b.info().id))?;
+            }
             let load_rss = match (rss_before, profile::memory::rss_bytes()) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,
@@ -516,7 +538,7 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
                 b.info().parameters as f64 / 1e6,
                 started.elapsed().as_secs_f64()
             ));
-            backends.push((ckpt.clone(), b, load_rss));
+            backends.push((want, b, load_rss));
         }
     }
 
@@ -532,9 +554,10 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
         .with_context(|| format!("cannot create {}", cells_dir.display()))?;
     for (role, ti, ckpt, key) in todo {
         let pt = &plan.tasks[ti];
+        let want = spec(role, &ckpt);
         let (_, backend, load_rss) = backends
             .iter()
-            .find(|(r, _, _)| *r == ckpt)
+            .find(|(r, _, _)| *r == want)
             .expect("loaded above");
         say(format!(
             "{} {}: scoring {} examples with {}",
@@ -551,6 +574,9 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
                     let kind = match cf.cell.mode {
                         Mode::Head => RequestKind::Logits,
                         Mode::Cosine | Mode::Probe => RequestKind::Embeddings,
+                        Mode::LogLikelihood | Mode::Generate => {
+                            bail!("language-modelling cells are not scored here")
+                        }
                     };
                     let p = profile::profile_cell(
                         backend,
@@ -610,6 +636,8 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     assemble(plan, &mut results, &done)?;
     reports::io::write_json_atomic(&results_path, &results)
         .with_context(|| format!("cannot write {}", results_path.display()))?;
+    drop(backends);
+    crate::lm::run_lm_tasks(plan, &mut results, &results_path, &meter)?;
     if results.tasks.is_empty() {
         let reasons: Vec<String> = results
             .skipped

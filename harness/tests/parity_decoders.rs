@@ -1,12 +1,14 @@
 //! Decoder parity: every position's logits of a right-padded batch match transformers'
 //! `GPT2LMHeadModel` and `LlamaForCausalLM` (grouped-query attention, RoPE) within 1e-4 (f32),
-//! in one padded batch and one sequence at a time; and GPT-2's sliding-window perplexity matches.
+//! in one padded batch and one sequence at a time, and token by token through the KV cache
+//! that generation uses; and GPT-2's sliding-window perplexity matches.
 
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use harness::models::gpt2::{Gpt2, Gpt2Config};
+use harness::models::layers::KvCache;
 use harness::models::llama::{Llama, LlamaConfig};
 use serde::Deserialize;
 
@@ -19,15 +21,47 @@ struct Expected {
 /// A decoder that maps (ids, mask) to logits of every position.
 trait Decoder {
     fn logits(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor>;
+    fn cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor>;
 }
 impl Decoder for Gpt2 {
     fn logits(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         self.forward(ids, mask)
     }
+    fn cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        self.forward_cached(ids, cache)
+    }
 }
 impl Decoder for Llama {
     fn logits(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         self.forward(ids, mask)
+    }
+    fn cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        self.forward_cached(ids, cache)
+    }
+}
+
+/// Feed each sequence as a 3-token prompt, then one token at a time through the KV cache (as
+/// generation does): every position's logits must still match the reference.
+fn check_cached(model: &dyn Decoder, exp: &Expected) {
+    for (ids, want) in exp.input_ids.iter().zip(&exp.logits) {
+        let mut cache = KvCache::default();
+        let mut got: Vec<Vec<f32>> = Vec::new();
+        let prompt = 3.min(ids.len());
+        let mut start = 0;
+        for end in std::iter::once(prompt).chain(prompt + 1..=ids.len()) {
+            let chunk =
+                Tensor::from_vec(ids[start..end].to_vec(), (1, end - start), &Device::Cpu).unwrap();
+            let l = model.cached(&chunk, &mut cache).unwrap();
+            got.extend(l.squeeze(0).unwrap().to_vec2::<f32>().unwrap());
+            start = end;
+        }
+        assert_eq!(cache.len, ids.len());
+        assert_eq!(got.len(), ids.len());
+        for (g, w) in got.iter().zip(want) {
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() <= 1e-4, "cached step: {a} vs {b}");
+            }
+        }
     }
 }
 
@@ -100,6 +134,7 @@ fn check_batches(model: &dyn Decoder, exp: &Expected) {
 fn gpt2_logits_match_transformers_in_a_padded_batch_and_one_by_one() {
     let (model, exp) = load();
     check_batches(&model, &exp);
+    check_cached(&model, &exp);
 }
 
 #[test]
@@ -109,6 +144,7 @@ fn llama_logits_match_transformers_in_a_padded_batch_and_one_by_one() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let model = Llama::load(vb, &cfg).unwrap();
     check_batches(&model, &exp);
+    check_cached(&model, &exp);
 }
 
 #[derive(Deserialize)]
@@ -174,6 +210,7 @@ fn llama_from_gguf_dequantized_matches_transformers() {
     assert!(!cfg.tie_word_embeddings);
     let (_, _, exp) = fixture("llama-tiny");
     check_batches(&model, &exp);
+    check_cached(&model, &exp);
 }
 
 #[test]
@@ -186,4 +223,5 @@ fn llama_from_gguf_kept_in_llama_cpp_layout_with_interleaved_rope_matches_transf
             .unwrap();
     let (_, _, exp) = fixture("llama-tiny");
     check_batches(&model, &exp);
+    check_cached(&model, &exp);
 }

@@ -43,6 +43,24 @@ pub struct RunSettings {
     pub probe_seed: u64,
     pub probe_l2: f64,
     pub probe_iterations: usize,
+    /// Settings of the language-modelling tasks, when any ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm: Option<LmSettings>,
+}
+
+/// How perplexity and generation were run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LmSettings {
+    /// Tokens per sliding window.
+    pub context_length: usize,
+    /// How far each window moves.
+    pub stride: usize,
+    /// Tokens of the text evaluated (`None`: all of it).
+    pub max_eval_tokens: Option<usize>,
+    /// Positions compared for token-level fidelity (disjoint windows from the text's start).
+    pub fidelity_tokens: usize,
+    /// New tokens per prompt in `generate`.
+    pub max_new_tokens: usize,
 }
 
 /// The machine and build a result was measured on.
@@ -114,6 +132,13 @@ pub struct Profile {
     /// Analytic forward FLOPs per example at the dev set's token lengths.
     pub flops_per_example: f64,
     pub mean_tokens_per_example: f64,
+    /// Generation: median time to first token (prompt tokenised, prompt forward, first token
+    /// picked), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// Generation: tokens after the first, over the time they took (one cached forward each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_tokens_per_s: Option<f64>,
 }
 
 /// `harness profile`: a sweep of synthetic shapes per model (`OUT/profile.json`).
@@ -187,6 +212,16 @@ pub struct CheckpointInfo {
     pub bytes_on_disk: u64,
     /// Label names of the classification head, if any.
     pub head_labels: Option<Vec<String>>,
+    /// Bytes the weights take as the model runs (quantized blocks at their real size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_bytes: Option<u64>,
+    /// How the weights are stored as the model runs: `q8_0 (--student-quantize)`,
+    /// `q4_1 (gguf)`, ...; absent for f32 checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
+    /// Where the tokenizer came from: `tokenizer.json`, `vocab.txt`, `gguf metadata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
 }
 
 /// How a model was scored on a task.
@@ -199,6 +234,10 @@ pub enum Mode {
     Cosine,
     /// Logistic regression fitted on frozen pooled embeddings of the train split.
     Probe,
+    /// Log-likelihood of a text in sliding windows (perplexity tasks).
+    LogLikelihood,
+    /// Greedy continuations of prompts.
+    Generate,
 }
 
 impl Mode {
@@ -207,6 +246,8 @@ impl Mode {
             Mode::Head => "head",
             Mode::Cosine => "cosine",
             Mode::Probe => "probe",
+            Mode::LogLikelihood => "log_likelihood",
+            Mode::Generate => "generate",
         }
     }
 }
@@ -261,6 +302,36 @@ pub struct TaskResult {
     pub energy_ratio: Option<f64>,
     /// Paired statistics and fidelity of student against teacher, on the primary split.
     pub comparison: Option<Comparison>,
+    /// Whether a smaller primary metric is better (perplexity); retention is then teacher
+    /// over student, so that it still reads "fraction of the teacher's quality kept".
+    #[serde(default)]
+    pub lower_is_better: bool,
+    /// Student's weight bytes (as run) over the teacher's: what quantization saves, which
+    /// `size_ratio` (parameters) cannot show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_bytes_ratio: Option<f64>,
+    /// Token-level fidelity of a causal LM student to its teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<TokenFidelity>,
+}
+
+/// How closely a causal LM student follows its teacher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenFidelity {
+    /// Whether both models tokenize identically; token-level figures need it.
+    pub same_tokenizer: bool,
+    /// Positions compared (perplexity tasks) or prompts (generate).
+    pub positions: usize,
+    /// Mean KL(teacher || student) of next-token distributions, nats.
+    pub kl: Option<f64>,
+    /// Fraction of positions where the most likely next token is the same.
+    pub top1_agreement: Option<f64>,
+    /// Generate: fraction of generated positions holding the same token.
+    pub greedy_token_match: Option<f64>,
+    /// Generate: fraction of prompts continued identically (as text when tokenizers differ).
+    pub greedy_exact_match: Option<f64>,
+    /// What was and was not compared.
+    pub note: String,
 }
 
 /// Teacher and student compared example by example.
@@ -367,8 +438,18 @@ impl TaskResult {
         } else {
             f64::NAN
         };
+        let weight_bytes_ratio = match (
+            teacher.checkpoint.weight_bytes,
+            student.checkpoint.weight_bytes,
+        ) {
+            (Some(t), Some(s)) if t > 0 => Some(s as f64 / t as f64),
+            _ => None,
+        };
         TaskResult {
             comparison: None,
+            lower_is_better: false,
+            weight_bytes_ratio,
+            fidelity: None,
             speedup,
             speedup_throughput,
             size_ratio,
@@ -382,6 +463,21 @@ impl TaskResult {
             teacher,
             student,
         }
+    }
+
+    /// Mark the primary metric as lower-is-better (perplexity): retention becomes teacher
+    /// over student.
+    pub fn lower_is_better(mut self) -> Self {
+        self.lower_is_better = true;
+        let (t, s) = self.primary();
+        self.retention = retention(1.0 / t, 1.0 / s);
+        self
+    }
+
+    /// Whether the task counts towards the macro score: quality metrics where higher is
+    /// better, as GLUE's (perplexity and generation are reported on their own).
+    pub fn in_macro(&self) -> bool {
+        !self.lower_is_better && self.mode != Mode::Generate.as_str()
     }
 
     pub fn primary(&self) -> (f64, f64) {
@@ -398,19 +494,25 @@ impl TaskResult {
 impl Results {
     /// Recompute the macro score from the task results.
     pub fn update_macro(&mut self) {
-        if self.tasks.is_empty() {
+        let counted: Vec<&TaskResult> = self.tasks.values().filter(|r| r.in_macro()).collect();
+        if counted.is_empty() {
             self.macro_score = None;
             return;
         }
-        let n = self.tasks.len() as f64;
+        let n = counted.len() as f64;
         let (mut t, mut s) = (0.0, 0.0);
-        for r in self.tasks.values() {
+        for r in &counted {
             let (a, b) = r.primary();
             t += a / n;
             s += b / n;
         }
         self.macro_score = Some(MacroScore {
-            tasks: self.tasks.keys().cloned().collect(),
+            tasks: self
+                .tasks
+                .iter()
+                .filter(|(_, r)| r.in_macro())
+                .map(|(k, _)| k.clone())
+                .collect(),
             teacher: t,
             student: s,
             retention: retention(t, s),
@@ -431,6 +533,9 @@ pub(crate) mod tests {
                 parameters: 10,
                 bytes_on_disk: 40,
                 head_labels: None,
+                weight_bytes: None,
+                quantization: None,
+                tokenizer: None,
             },
             mode,
             metrics: [(metric.to_string(), value)].into_iter().collect(),
@@ -476,6 +581,8 @@ pub(crate) mod tests {
                     energy_detail: "test".into(),
                     flops_per_example: 1e9 * scale,
                     mean_tokens_per_example: 20.0,
+                    ttft_ms: None,
+                    decode_tokens_per_s: None,
                 });
             }
             *t = TaskResult::new(
@@ -504,6 +611,7 @@ pub(crate) mod tests {
                 probe_seed: 42,
                 probe_l2: 1e-3,
                 probe_iterations: 300,
+                lm: None,
             },
             environment: None,
             teacher: ModelSummary {

@@ -17,7 +17,7 @@ pub mod probe_fit;
 pub mod registry;
 
 pub use data::{DataError, Dataset, Example, Gold};
-pub use registry::{find_task, task_names, REGISTRY};
+pub use registry::{find_any_task, find_task, task_names, AnyTask, REGISTRY};
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,7 @@
-//! The one list of tasks. Adding a task means adding one line here.
+//! The one list of tasks. Adding a task means adding one line here. Classification and
+//! regression tasks (GLUE) and language-modelling tasks share one name space.
 
+use crate::generation::tasks::{self as lm, LmTask};
 use crate::glue;
 use crate::Task;
 
@@ -16,17 +18,73 @@ pub static REGISTRY: &[&dyn Task] = &[
     &glue::WNLI,
 ];
 
+/// Language-modelling tasks, for decoders.
+pub static LM_REGISTRY: &[&dyn LmTask] = &[&lm::WIKITEXT2, &lm::WIKITEXT103, &lm::GENERATE];
+
+/// A task of either kind.
+#[derive(Clone, Copy)]
+pub enum AnyTask {
+    /// Classification or regression on text (encoders).
+    Text(&'static dyn Task),
+    /// Perplexity or generation (decoders).
+    Lm(&'static dyn LmTask),
+}
+
+impl AnyTask {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnyTask::Text(t) => t.name(),
+            AnyTask::Lm(t) => t.name(),
+        }
+    }
+    pub fn description(&self) -> &'static str {
+        match self {
+            AnyTask::Text(t) => t.description(),
+            AnyTask::Lm(t) => t.description(),
+        }
+    }
+    pub fn version(&self) -> u32 {
+        match self {
+            AnyTask::Text(t) => t.version(),
+            AnyTask::Lm(t) => t.version(),
+        }
+    }
+}
+
+/// Every task, in the order `harness list tasks` prints them.
+pub fn all_tasks() -> Vec<AnyTask> {
+    REGISTRY
+        .iter()
+        .map(|t| AnyTask::Text(*t))
+        .chain(LM_REGISTRY.iter().map(|t| AnyTask::Lm(*t)))
+        .collect()
+}
+
 /// Names of all registered tasks.
 pub fn task_names() -> Vec<&'static str> {
-    REGISTRY.iter().map(|t| t.name()).collect()
+    all_tasks().iter().map(|t| t.name()).collect()
+}
+
+/// Look a classification or regression task up by name; see [`find_any_task`].
+pub fn find_task(name: &str) -> Result<&'static dyn Task, String> {
+    match find_any_task(name)? {
+        AnyTask::Text(t) => Ok(t),
+        AnyTask::Lm(t) => Err(format!(
+            "'{}' is a language-modelling task, not a classification task",
+            t.name()
+        )),
+    }
 }
 
 /// Look a task up by name (case-insensitive; `sst-2` and `SST2` find `sst2`). An unknown name
 /// gets an error that suggests the closest registered name.
-pub fn find_task(name: &str) -> Result<&'static dyn Task, String> {
+pub fn find_any_task(name: &str) -> Result<AnyTask, String> {
     let wanted = normalise(name);
-    if let Some(task) = REGISTRY.iter().find(|t| normalise(t.name()) == wanted) {
-        return Ok(*task);
+    if let Some(task) = all_tasks()
+        .into_iter()
+        .find(|t| normalise(t.name()) == wanted)
+    {
+        return Ok(task);
     }
     let closest = closest_name(&wanted, &task_names());
     let mut msg = format!("unknown task '{name}'");
@@ -77,6 +135,22 @@ mod tests {
         ] {
             assert!(find_task(name).is_ok(), "{name} missing");
         }
+    }
+
+    #[test]
+    fn registry_covers_language_modelling() {
+        for name in ["wikitext2", "wikitext103", "generate"] {
+            assert!(
+                matches!(find_any_task(name), Ok(AnyTask::Lm(_))),
+                "{name} missing"
+            );
+        }
+        assert_eq!(
+            find_any_task("WikiText-2").ok().map(|t| t.name()),
+            Some("wikitext2")
+        );
+        let err = find_any_task("wikitext3").err().unwrap();
+        assert!(err.contains("did you mean 'wikitext2'"), "{err}");
     }
 
     #[test]

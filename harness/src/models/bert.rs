@@ -8,8 +8,9 @@
 
 use std::collections::BTreeMap;
 
+use super::layers::Lin;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{self, Activation};
@@ -99,11 +100,11 @@ impl BertEmbeddings {
 struct BertLayer {
     /// Query, key and value projections fused into one `(3h, h)` matrix at load: one matmul
     /// per layer instead of three.
-    qkv: Linear,
-    attention_output: Linear,
+    qkv: Lin,
+    attention_output: Lin,
     attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Lin,
+    output: Lin,
     output_norm: LayerNorm,
     heads: usize,
     act: Activation,
@@ -161,8 +162,8 @@ impl BertLayer {
 pub struct Bert {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
-    pooler: Option<Linear>,
-    classifier: Option<Linear>,
+    pooler: Option<Lin>,
+    classifier: Option<Lin>,
 }
 
 impl Bert {
@@ -226,6 +227,21 @@ impl EncoderNet for Bert {
 
     fn has_head(&self) -> bool {
         self.classifier.is_some()
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Lin> {
+        let mut out: Vec<&mut Lin> = Vec::new();
+        for l in &mut self.layers {
+            out.extend([
+                &mut l.qkv,
+                &mut l.attention_output,
+                &mut l.intermediate,
+                &mut l.output,
+            ]);
+        }
+        out.extend(self.pooler.as_mut());
+        out.extend(self.classifier.as_mut());
+        out
     }
 
     fn classify(&self, hidden: &Tensor) -> Result<Tensor> {

@@ -7,8 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use super::layers::Lin;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{self, Activation};
@@ -40,11 +41,11 @@ const EPS: f64 = 1e-12;
 
 struct TransformerBlock {
     /// `q_lin`, `k_lin`, `v_lin` fused at load.
-    qkv: Linear,
-    out_lin: Linear,
+    qkv: Lin,
+    out_lin: Lin,
     sa_layer_norm: LayerNorm,
-    lin1: Linear,
-    lin2: Linear,
+    lin1: Lin,
+    lin2: Lin,
     output_layer_norm: LayerNorm,
     heads: usize,
     act: Activation,
@@ -85,7 +86,7 @@ pub struct DistilBert {
     embeddings_norm: LayerNorm,
     layers: Vec<TransformerBlock>,
     /// `pre_classifier` (dim x dim, ReLU) then `classifier`.
-    head: Option<(Linear, Linear)>,
+    head: Option<(Lin, Lin)>,
 }
 
 impl DistilBert {
@@ -149,6 +150,17 @@ impl EncoderNet for DistilBert {
 
     fn has_head(&self) -> bool {
         self.head.is_some()
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Lin> {
+        let mut out: Vec<&mut Lin> = Vec::new();
+        for l in &mut self.layers {
+            out.extend([&mut l.qkv, &mut l.out_lin, &mut l.lin1, &mut l.lin2]);
+        }
+        if let Some((a, b)) = &mut self.head {
+            out.extend([a, b]);
+        }
+        out
     }
 
     fn classify(&self, hidden: &Tensor) -> Result<Tensor> {

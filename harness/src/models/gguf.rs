@@ -14,8 +14,6 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use candle_core::quantized::QMatMul;
-
 use super::llama::{LayerParts, Llama, LlamaConfig, Proj, RopeLayout, RopeParameters};
 
 /// The Hugging Face name of a GGUF tensor, or `None` for tensors the port does not use.
@@ -121,8 +119,7 @@ pub fn load_llama_quantized(path: &Path, device: &Device) -> Result<(Llama, Llam
             .tensor(&mut file, name, device)
             .with_context(|| format!("{}: cannot read tensor {name}", path.display()))
     };
-    let mut quant =
-        |name: &str| -> Result<Proj> { Ok(Proj::Quant(QMatMul::from_qtensor(read(name)?)?)) };
+    let mut quant = |name: &str| -> Result<Proj> { Ok(Proj::from_qtensor(read(name)?, None)?) };
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
         let n = |m: &str| format!("blk.{i}.{m}.weight");

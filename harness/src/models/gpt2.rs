@@ -3,14 +3,15 @@
 //! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py).
 //!
 //! `forward` returns the logits of every position, which perplexity needs (candle-transformers'
-//! causal LMs return only the last position). GPT-2's `Conv1D` stores weights as `(in, out)`,
-//! so they multiply as they are, without a transpose.
+//! causal LMs return only the last position). GPT-2's `Conv1D` stores weights as `(in, out)`;
+//! they are transposed once at load into the `(out, in)` layout every other linear layer here
+//! uses, so one quantization path serves all ports.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{self, Activation};
+use super::layers::{self, Activation, KvCache, Lin};
 
 fn default_act() -> String {
     "gelu_new".into()
@@ -36,42 +37,24 @@ pub struct Gpt2Config {
     pub layer_norm_epsilon: f64,
 }
 
-/// GPT-2's `Conv1D`: `x @ weight + bias` with `weight` of shape `(in, out)`.
-struct Conv1D {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv1D {
-    fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Conv1D {
-            weight: vb.get_with_hints(
-                (in_dim, out_dim),
-                "weight",
-                candle_nn::init::DEFAULT_KAIMING_NORMAL,
-            )?,
-            bias: vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.0))?,
-        })
-    }
-}
-
-impl Module for Conv1D {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, s, k) = x.dims3()?;
-        x.reshape((b * s, k))?
-            .matmul(&self.weight)?
-            .broadcast_add(&self.bias)?
-            .reshape((b, s, ()))
-    }
+/// GPT-2's `Conv1D` (`x @ weight + bias`, `weight` of shape `(in, out)`) as a [`Lin`].
+fn conv1d(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Lin> {
+    let weight = vb.get_with_hints(
+        (in_dim, out_dim),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bias = vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.0))?;
+    Ok(Lin::new(weight.t()?.contiguous()?, Some(bias)))
 }
 
 struct Block {
     ln_1: LayerNorm,
-    c_attn: Conv1D,
-    c_proj: Conv1D,
+    c_attn: Lin,
+    c_proj: Lin,
     ln_2: LayerNorm,
-    c_fc: Conv1D,
-    mlp_proj: Conv1D,
+    c_fc: Lin,
+    mlp_proj: Lin,
     heads: usize,
     act: Activation,
 }
@@ -81,25 +64,40 @@ impl Block {
         let (h, inner) = (cfg.n_embd, cfg.n_inner.unwrap_or(4 * cfg.n_embd));
         Ok(Block {
             ln_1: layers::layer_norm(h, cfg.layer_norm_epsilon, vb.pp("ln_1"))?,
-            c_attn: Conv1D::load(h, 3 * h, vb.pp("attn").pp("c_attn"))?,
-            c_proj: Conv1D::load(h, h, vb.pp("attn").pp("c_proj"))?,
+            c_attn: conv1d(h, 3 * h, vb.pp("attn").pp("c_attn"))?,
+            c_proj: conv1d(h, h, vb.pp("attn").pp("c_proj"))?,
             ln_2: layers::layer_norm(h, cfg.layer_norm_epsilon, vb.pp("ln_2"))?,
-            c_fc: Conv1D::load(h, inner, vb.pp("mlp").pp("c_fc"))?,
-            mlp_proj: Conv1D::load(inner, h, vb.pp("mlp").pp("c_proj"))?,
+            c_fc: conv1d(h, inner, vb.pp("mlp").pp("c_fc"))?,
+            mlp_proj: conv1d(inner, h, vb.pp("mlp").pp("c_proj"))?,
             heads: cfg.n_head,
             act,
         })
     }
 
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, causal: &Tensor) -> Result<Tensor> {
-        let h = x.dim(D::Minus1)?;
+    /// `bias` is the additive causal (and padding) mask over all keys, cached ones included.
+    fn forward(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let d = h / self.heads;
         let qkv = self.c_attn.forward(&self.ln_1.forward(x)?)?;
-        let (q, k, v) = (
-            qkv.narrow(2, 0, h)?,
-            qkv.narrow(2, h, h)?,
-            qkv.narrow(2, 2 * h, h)?,
-        );
-        let ctx = layers::attention(&q, &k, &v, self.heads, mask_bias, Some(causal))?;
+        let split = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i * h, h)?
+                .reshape((b, s, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let (k, v) = match cache {
+            Some((c, i)) => c.extend(i, k, v)?,
+            None => (k, v),
+        };
+        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
         let x = (x + self.c_proj.forward(&ctx)?)?;
         let inner = self
             .act
@@ -115,7 +113,8 @@ pub struct Gpt2 {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     /// `(vocab, n_embd)`: `lm_head.weight` when stored, else the tied input embeddings.
-    lm_head: Tensor,
+    lm_head: Lin,
+    n_positions: usize,
 }
 
 impl Gpt2 {
@@ -139,7 +138,8 @@ impl Gpt2 {
                 .collect::<Result<Vec<_>>>()?,
             ln_f: layers::layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, base.pp("ln_f"))?,
             wte,
-            lm_head,
+            lm_head: Lin::new(lm_head, None),
+            n_positions: cfg.n_positions,
         })
     }
 
@@ -148,20 +148,64 @@ impl Gpt2 {
     pub fn forward(&self, input_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (_, seq) = input_ids.dims2()?;
         let device = input_ids.device();
-        let positions = Tensor::arange(0u32, seq as u32, device)?;
-        let mut x = self
-            .wte
-            .forward(input_ids)?
-            .broadcast_add(&self.wpe.forward(&positions)?)?;
-        let causal = layers::causal_bias(seq, device)?;
-        let mask_bias = layers::additive_mask(mask)?;
+        let mut x = self.embed(input_ids, 0)?;
+        let bias =
+            layers::causal_bias(seq, 0, device)?.broadcast_add(&layers::additive_mask(mask)?)?;
         for block in &self.blocks {
-            x = block.forward(&x, &mask_bias, &causal)?;
+            x = block.forward(&x, &bias, None)?;
         }
-        let x = self.ln_f.forward(&x)?;
+        self.head(&x)
+    }
+
+    /// Logits `(1, seq, vocab)` of `input_ids` `(1, seq)` placed after the positions already
+    /// in `cache`, which is extended with them (one sequence, no padding).
+    pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        let past = cache.len;
+        if past + seq > self.n_positions {
+            candle_core::bail!(
+                "sequence of {} tokens exceeds GPT-2's {} positions",
+                past + seq,
+                self.n_positions
+            );
+        }
+        let mut x = self.embed(input_ids, past)?;
+        let bias = layers::causal_bias(seq, past, input_ids.device())?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, &bias, Some((&mut *cache, i)))?;
+        }
+        cache.len += seq;
+        self.head(&x)
+    }
+
+    /// Longest sequence the position embeddings allow.
+    pub fn max_positions(&self) -> usize {
+        self.n_positions
+    }
+
+    /// Every linear layer, for `--student-quantize`.
+    pub fn linears_mut(&mut self) -> Vec<&mut Lin> {
+        let mut out: Vec<&mut Lin> = Vec::new();
+        for b in &mut self.blocks {
+            out.extend([&mut b.c_attn, &mut b.c_proj, &mut b.c_fc, &mut b.mlp_proj]);
+        }
+        out.push(&mut self.lm_head);
+        out
+    }
+
+    fn embed(&self, input_ids: &Tensor, past: usize) -> Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        let positions = Tensor::arange(past as u32, (past + seq) as u32, input_ids.device())?;
+        self.wte
+            .forward(input_ids)?
+            .broadcast_add(&self.wpe.forward(&positions)?)
+    }
+
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.ln_f.forward(x)?;
         let (b, s, h) = x.dims3()?;
-        x.reshape((b * s, h))?
-            .matmul(&self.lm_head.t()?)?
+        self.lm_head
+            .forward(&x.reshape((b * s, h))?)?
             .reshape((b, s, ()))?
             .to_dtype(DType::F32)
     }

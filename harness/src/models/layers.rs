@@ -2,8 +2,9 @@
 //! current (`weight`/`bias`) and the original TF-converted (`gamma`/`beta`) tensor names, the
 //! additive attention mask, and multi-head attention.
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 /// Activation functions named by `hidden_act` / `activation` in `config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,28 +51,162 @@ pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     Ok(LayerNorm::new(weight, bias, eps))
 }
 
+/// A linear layer `y = x W^T + b` whose weight is f32 or quantized (GGUF blocks multiplied by
+/// candle's quantized kernels, never dequantized). Every projection of every port is one, so
+/// `--student-quantize` can turn any loaded model into a quantized student in place.
+pub struct Lin {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+    /// Columns of zeros appended to the weight so that its inner dimension is a multiple of
+    /// the quantization block (k-quants use 256-wide blocks; MiniLM's width is 384). The input
+    /// gets the same zero columns at forward time, which leaves the product unchanged.
+    pad: usize,
+}
+
+impl Lin {
+    /// From an f32 weight `(out, in)` and an optional bias `(out,)`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Lin {
+            weight: QMatMul::Tensor(weight),
+            bias,
+            pad: 0,
+        }
+    }
+
+    /// From weights that are already quantized (a GGUF file), kept as they are.
+    pub fn from_qtensor(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Lin {
+            weight: QMatMul::from_qtensor(weight)?,
+            bias,
+            pad: 0,
+        })
+    }
+
+    /// Quantize the weight to `dtype` with candle's quantizer (round to nearest per block, as
+    /// llama.cpp's reference quantizers). The bias stays f32. A weight that is already
+    /// quantized is left alone.
+    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
+        let QMatMul::Tensor(w) = &self.weight else {
+            return Ok(());
+        };
+        let (_, in_dim) = w.dims2()?;
+        let block = dtype.block_size();
+        let pad = in_dim.next_multiple_of(block) - in_dim;
+        let w = if pad > 0 {
+            w.pad_with_zeros(1, 0, pad)?
+        } else {
+            w.clone()
+        };
+        self.weight = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
+        self.pad = pad;
+        Ok(())
+    }
+
+    /// Bytes the weight and bias take in memory (quantized blocks count at their real size).
+    pub fn bytes(&self) -> usize {
+        let w = match &self.weight {
+            QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+        };
+        w + self.bias.as_ref().map_or(0, |b| b.elem_count() * 4)
+    }
+
+    /// Parameters of the layer as the checkpoint had them (padding excluded).
+    pub fn parameters(&self) -> usize {
+        let (out, padded_in) = match &self.weight {
+            QMatMul::QTensor(q) => q.shape().dims2().unwrap_or((0, 0)),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2().unwrap_or((0, 0)),
+        };
+        out * (padded_in - self.pad) + self.bias.as_ref().map_or(0, |b| b.elem_count())
+    }
+
+    /// The f32 weight, when not quantized (for fusing projections at load).
+    fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            QMatMul::Tensor(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl Module for Lin {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = if self.pad > 0 {
+            x.pad_with_zeros(D::Minus1, 0, self.pad)?
+        } else {
+            x.clone()
+        };
+        let y = match (&self.weight, x.rank()) {
+            // The quantized kernels want a contiguous 2-D left-hand side.
+            (QMatMul::QTensor(_), r) if r > 2 => {
+                let dims = x.dims().to_vec();
+                let rows: usize = dims[..r - 1].iter().product();
+                let y = self
+                    .weight
+                    .forward(&x.contiguous()?.reshape((rows, dims[r - 1]))?)?;
+                let mut out = dims[..r - 1].to_vec();
+                out.push(y.dim(1)?);
+                y.reshape(out)?
+            }
+            // Same as candle_nn::Linear: a batched matmul against the transposed weight.
+            _ => self.weight.forward(&x)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// The quantization formats `--student-quantize` accepts.
+pub fn parse_quant(name: &str) -> std::result::Result<GgmlDType, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "q8_0" => Ok(GgmlDType::Q8_0),
+        "q4_0" => Ok(GgmlDType::Q4_0),
+        "q4k" | "q4_k" => Ok(GgmlDType::Q4K),
+        "q5k" | "q5_k" => Ok(GgmlDType::Q5K),
+        "q6k" | "q6_k" => Ok(GgmlDType::Q6K),
+        other => Err(format!(
+            "unknown quantization '{other}' (q8_0, q4_0, q4k, q5k or q6k)"
+        )),
+    }
+}
+
 /// A linear layer with bias, as every encoder here uses.
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    candle_nn::linear(in_dim, out_dim, vb)
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Lin> {
+    let l = candle_nn::linear(in_dim, out_dim, vb)?;
+    Ok(Lin::new(l.weight().clone(), l.bias().cloned()))
+}
+
+/// A linear layer without bias (decoders).
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Lin> {
+    let l = candle_nn::linear_no_bias(in_dim, out_dim, vb)?;
+    Ok(Lin::new(l.weight().clone(), None))
 }
 
 /// Several `(out, in)` linear layers of one input fused into one, their outputs concatenated
 /// in order: one matmul where there were several. Used for the query, key and value
 /// projections. Measured on MiniLM-L6 (BENCHMARKS.md): about +8% sequences/s at 1 x 16 tokens
 /// in three alternating A/B runs, no measurable change at 1 x 128.
-pub fn fused_linear(in_dim: usize, out_dim: usize, parts: &[VarBuilder]) -> Result<Linear> {
+pub fn fused_linear(in_dim: usize, out_dim: usize, parts: &[VarBuilder]) -> Result<Lin> {
     let mut weights = Vec::with_capacity(parts.len());
     let mut biases = Vec::with_capacity(parts.len());
     for vb in parts {
         let l = linear(in_dim, out_dim, vb.clone())?;
-        weights.push(l.weight().clone());
-        biases.push(
-            l.bias()
+        weights.push(
+            l.dense_weight()
                 .cloned()
+                .ok_or_else(|| candle_core::Error::msg("expected an f32 weight"))?,
+        );
+        biases.push(
+            l.bias
+                .clone()
                 .ok_or_else(|| candle_core::Error::msg("expected a bias"))?,
         );
     }
-    Ok(Linear::new(
+    Ok(Lin::new(
         Tensor::cat(&weights, 0)?,
         Some(Tensor::cat(&biases, 0)?),
     ))
@@ -96,13 +231,40 @@ pub fn additive_mask(mask: &Tensor) -> Result<Tensor> {
     bias.reshape((b, 1, 1, s))
 }
 
-/// Additive causal mask `(1, 1, seq, seq)`: 0 where a query may see a key (key <= query), the
-/// dtype's minimum above the diagonal.
-pub fn causal_bias(seq: usize, device: &candle_core::Device) -> Result<Tensor> {
+/// Additive causal mask `(1, 1, seq, past + seq)` for `seq` new queries after `past` cached
+/// positions: 0 where a query may see a key (key position <= query position), the dtype's
+/// minimum elsewhere.
+pub fn causal_bias(seq: usize, past: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let keys = past + seq;
     let bias: Vec<f32> = (0..seq)
-        .flat_map(|q| (0..seq).map(move |k| if k > q { f32::MIN } else { 0.0 }))
+        .flat_map(|q| (0..keys).map(move |k| if k > past + q { f32::MIN } else { 0.0 }))
         .collect();
-    Tensor::from_vec(bias, (1, 1, seq, seq), device)
+    Tensor::from_vec(bias, (1, 1, seq, keys), device)
+}
+
+/// Keys and values of the positions seen so far, per layer, so that generation runs each new
+/// token alone instead of re-running the whole sequence.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Positions already in the cache.
+    pub len: usize,
+}
+
+impl KvCache {
+    /// Append this step's `(batch, heads, seq, head_dim)` keys and values for layer `i`;
+    /// return everything cached for it.
+    pub fn extend(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        if self.layers.len() <= i {
+            self.layers.resize(i + 1, None);
+        }
+        let kv = match self.layers[i].take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        self.layers[i] = Some(kv.clone());
+        Ok(kv)
+    }
 }
 
 /// Scaled dot-product attention over already projected q, k, v of shape (batch, seq, hidden),
@@ -142,6 +304,85 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
 }
 
 /// Apply a linear layer then an activation.
-pub fn dense_act(layer: &Linear, act: Activation, x: &Tensor) -> Result<Tensor> {
+pub fn dense_act(layer: &Lin, act: Activation, x: &Tensor) -> Result<Tensor> {
     act.forward(&layer.forward(x)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A deterministic pseudo-random matrix with entries in [-1, 1).
+    fn matrix(rows: usize, cols: usize, seed: u64) -> Tensor {
+        let mut s = seed;
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+        let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
+        let norm = b.sqr().unwrap().sum_all().unwrap();
+        (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt()
+    }
+
+    #[test]
+    fn quantized_linear_stays_close_to_f32_even_when_the_width_is_not_a_block_multiple() {
+        // 384 (MiniLM's width) is a multiple of Q8_0's 32-wide blocks but not of the k-quants'
+        // 256: the weight and input are zero-padded, which must not change the product.
+        let (w, b) = (matrix(48, 384, 1), matrix(1, 48, 2).squeeze(0).unwrap());
+        let x = matrix(2 * 5, 384, 3).reshape((2, 5, 384)).unwrap();
+        let dense = Lin::new(w.clone(), Some(b.clone()));
+        let want = dense.forward(&x).unwrap();
+        for (dtype, tolerance) in [
+            (GgmlDType::Q8_0, 0.01),
+            (GgmlDType::Q6K, 0.02),
+            (GgmlDType::Q4K, 0.1),
+        ] {
+            let mut q = Lin::new(w.clone(), Some(b.clone()));
+            q.quantize(dtype).unwrap();
+            let got = q.forward(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let err = relative_error(&got, &want);
+            assert!(err < tolerance, "{dtype:?}: relative error {err}");
+            assert!(err > 0.0, "{dtype:?} changed nothing");
+            assert_eq!(q.parameters(), 48 * 384 + 48);
+            assert!(
+                q.bytes() < dense.bytes() / 3,
+                "{dtype:?}: {} bytes",
+                q.bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn quantization_names_parse() {
+        assert_eq!(parse_quant("q8_0").unwrap(), GgmlDType::Q8_0);
+        assert_eq!(parse_quant("Q4K").unwrap(), GgmlDType::Q4K);
+        assert_eq!(parse_quant("q6_k").unwrap(), GgmlDType::Q6K);
+        let err = parse_quant("q3").unwrap_err();
+        assert!(err.contains("unknown quantization 'q3'"), "{err}");
+    }
+
+    #[test]
+    fn causal_bias_after_cached_positions_sees_the_past() {
+        let b = causal_bias(2, 3, &Device::Cpu).unwrap();
+        let rows = b
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(rows[0][..4], [0.0; 4]);
+        assert_eq!(rows[0][4], f32::MIN);
+        assert_eq!(rows[1], vec![0.0; 5]);
+    }
 }

@@ -5,7 +5,7 @@
 //! the SwiGLU feed-forward. Unlike candle-transformers' `llama`, `forward` returns the logits of
 //! every position, which perplexity and per-token KL need.
 
-use candle_core::quantized::QMatMul;
+use super::layers::{KvCache, Lin};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
@@ -94,22 +94,10 @@ impl Module for RmsNorm {
 
 /// A bias-free projection `(out, in)`: f32, or kept quantized (GGUF blocks, multiplied by
 /// candle's quantized kernels without dequantizing).
-pub enum Proj {
-    Dense(candle_nn::Linear),
-    Quant(QMatMul),
-}
-
-impl Module for Proj {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Proj::Dense(l) => l.forward(x),
-            Proj::Quant(q) => q.forward(x),
-        }
-    }
-}
+pub type Proj = Lin;
 
 fn proj(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Proj> {
-    Ok(Proj::Dense(candle_nn::linear_no_bias(in_dim, out_dim, vb)?))
+    super::layers::linear_no_bias(in_dim, out_dim, vb)
 }
 
 /// How rotary embeddings pair the dimensions of a head.
@@ -199,7 +187,13 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &RopeTables, bias: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        bias: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let n = self.input_norm.forward(x)?;
         let split = |t: Tensor, heads: usize| -> Result<Tensor> {
@@ -210,16 +204,20 @@ impl Layer {
         let q = rope.apply(&split(self.q.forward(&n)?, self.heads)?)?;
         let k = rope.apply(&split(self.k.forward(&n)?, self.kv_heads)?)?;
         let v = split(self.v.forward(&n)?, self.kv_heads)?;
+        let (k, v) = match cache {
+            Some((c, i)) => c.extend(i, k, v)?,
+            None => (k, v),
+        };
         // Grouped-query attention: each KV head serves heads / kv_heads query heads.
         let groups = self.heads / self.kv_heads;
         let repeat = |t: Tensor| -> Result<Tensor> {
             if groups == 1 {
                 return Ok(t);
             }
-            let (b, kvh, s, d) = t.dims4()?;
+            let (b, kvh, keys, d) = t.dims4()?;
             t.unsqueeze(2)?
-                .expand((b, kvh, groups, s, d))?
-                .reshape((b, kvh * groups, s, d))
+                .expand((b, kvh, groups, keys, d))?
+                .reshape((b, kvh * groups, keys, d))
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(bias)?;
@@ -255,7 +253,7 @@ impl Llama {
         } else {
             embed.embeddings().clone()
         };
-        let lm_head = Proj::Dense(candle_nn::Linear::new(lm_head, None));
+        let lm_head = Lin::new(lm_head, None);
         Ok(Llama {
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| Layer::load(base.pp("layers").pp(i), cfg))
@@ -310,14 +308,14 @@ impl Llama {
         })
     }
 
-    /// cos and sin for positions `0..seq`: `(1, 1, seq, head_dim)` with the two halves
-    /// repeated for `rotate_half`, `(seq, head_dim / 2)` for the interleaved kernel.
-    fn rope_tables(&self, seq: usize, device: &Device) -> Result<RopeTables> {
+    /// cos and sin for positions `past..past + seq`: `(1, 1, seq, head_dim)` with the two
+    /// halves repeated for `rotate_half`, `(seq, head_dim / 2)` for the interleaved kernel.
+    fn rope_tables(&self, past: usize, seq: usize, device: &Device) -> Result<RopeTables> {
         let d = self.head_dim;
         let inv: Vec<f32> = (0..d / 2)
             .map(|i| 1.0 / (self.theta as f32).powf(2.0 * i as f32 / d as f32))
             .collect();
-        let half: Vec<f32> = (0..seq)
+        let half: Vec<f32> = (past..past + seq)
             .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
             .collect();
         Ok(match self.rope {
@@ -347,14 +345,52 @@ impl Llama {
     pub fn forward(&self, input_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (_, seq) = input_ids.dims2()?;
         let device = input_ids.device();
-        let rope = self.rope_tables(seq, device)?;
-        let causal = super::layers::causal_bias(seq, device)?;
+        let rope = self.rope_tables(0, seq, device)?;
+        let causal = super::layers::causal_bias(seq, 0, device)?;
         let bias = causal.broadcast_add(&super::layers::additive_mask(mask)?)?;
         let mut x = self.embed.forward(input_ids)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &rope, &bias)?;
+            x = layer.forward(&x, &rope, &bias, None)?;
         }
-        let x = self.norm.forward(&x)?;
+        self.head(&x)
+    }
+
+    /// Logits `(1, seq, vocab)` of `input_ids` `(1, seq)` placed after the positions already
+    /// in `cache`, which is extended with them (one sequence, no padding).
+    pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        let device = input_ids.device();
+        let past = cache.len;
+        let rope = self.rope_tables(past, seq, device)?;
+        let bias = super::layers::causal_bias(seq, past, device)?;
+        let mut x = self.embed.forward(input_ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &rope, &bias, Some((&mut *cache, i)))?;
+        }
+        cache.len += seq;
+        self.head(&x)
+    }
+
+    /// Every linear layer, for `--student-quantize`.
+    pub fn linears_mut(&mut self) -> Vec<&mut Lin> {
+        let mut out: Vec<&mut Lin> = Vec::new();
+        for l in &mut self.layers {
+            out.extend([
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ]);
+        }
+        out.push(&mut self.lm_head);
+        out
+    }
+
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.norm.forward(x)?;
         let (b, s, h) = x.dims3()?;
         self.lm_head
             .forward(&x.reshape((b * s, h))?)?

@@ -23,6 +23,9 @@ impl MockBackend {
                 parameters: 1000,
                 bytes_on_disk: 4000,
                 head_labels: labels.clone(),
+                weight_bytes: None,
+                quantization: None,
+                tokenizer: None,
             },
             labels,
         }

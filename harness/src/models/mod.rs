@@ -4,10 +4,12 @@
 //! answers without weights, for tests of the orchestration.
 
 pub mod bert;
+pub mod decoder;
 pub mod distilbert;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod gpt2;
-mod layers;
+pub mod layers;
 pub mod llama;
 pub mod mock;
 pub mod mpnet;
@@ -70,6 +72,8 @@ pub trait EncoderNet: Send + Sync {
     fn has_head(&self) -> bool;
     /// Classification logits (batch, labels) from the last hidden states.
     fn classify(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
+    /// Every linear layer, encoder and head, for `--student-quantize`.
+    fn linears_mut(&mut self) -> Vec<&mut layers::Lin>;
 }
 
 /// How token states become one sentence vector (sentence-transformers' `1_Pooling`).
@@ -139,7 +143,7 @@ pub fn find_weights(dir: &Path) -> Result<WeightFile> {
 
 /// Count floating-point parameters listed in a weight file (integer buffers such as BERT's
 /// `position_ids` are not parameters).
-fn count_parameters(w: &WeightFile) -> Result<u64> {
+pub(crate) fn count_parameters(w: &WeightFile) -> Result<u64> {
     let is_float = |d: DType| d.is_float();
     if w.is_safetensors {
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&w.path)? };
@@ -424,6 +428,13 @@ impl EncoderBackend {
                 parameters,
                 bytes_on_disk,
                 head_labels: head_labels.clone(),
+                weight_bytes: Some(parameters * 4),
+                quantization: None,
+                tokenizer: Some(if dir.join("tokenizer.json").exists() {
+                    "tokenizer.json".into()
+                } else {
+                    "vocab.txt".into()
+                }),
             },
             net,
             tokenizer: Some(tokenizer),
@@ -458,6 +469,9 @@ impl EncoderBackend {
                 parameters,
                 bytes_on_disk: 0,
                 head_labels: None,
+                weight_bytes: Some(parameters * 4),
+                quantization: None,
+                tokenizer: None,
             },
             net: built.net,
             tokenizer: None,
@@ -470,6 +484,24 @@ impl EncoderBackend {
             dims: built.dims,
             device: device.clone(),
         })
+    }
+
+    /// Quantize every linear layer (attention, feed-forward, pooler and head) to `dtype`;
+    /// embeddings and layer norms stay f32.
+    pub fn quantize(&mut self, dtype: candle_core::quantized::GgmlDType) -> Result<()> {
+        let before = self.info.weight_bytes.unwrap_or(self.info.parameters * 4);
+        let (mut old, mut new) = (0usize, 0usize);
+        for l in self.net.linears_mut() {
+            old += l.bytes();
+            l.quantize(dtype)?;
+            new += l.bytes();
+        }
+        self.info.weight_bytes = Some((before as i64 - old as i64 + new as i64).max(0) as u64);
+        self.info.quantization = Some(format!(
+            "{} (--student-quantize)",
+            format!("{dtype:?}").to_ascii_lowercase()
+        ));
+        Ok(())
     }
 
     /// Longest sequence the model accepts.

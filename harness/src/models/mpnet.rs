@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use super::layers::Lin;
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{self, Activation};
@@ -74,11 +75,11 @@ pub fn relative_position_bucket(
 
 struct MpnetLayer {
     /// `attn.q`, `attn.k`, `attn.v` fused at load.
-    qkv: Linear,
-    o: Linear,
+    qkv: Lin,
+    o: Lin,
     attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Lin,
+    output: Lin,
     output_norm: LayerNorm,
     heads: usize,
     act: Activation,
@@ -132,7 +133,7 @@ pub struct Mpnet {
     num_buckets: usize,
     pad_token_id: u32,
     /// `classifier.dense` (tanh) then `classifier.out_proj`, on the first token.
-    head: Option<(Linear, Linear)>,
+    head: Option<(Lin, Lin)>,
 }
 
 impl Mpnet {
@@ -236,6 +237,17 @@ impl EncoderNet for Mpnet {
 
     fn has_head(&self) -> bool {
         self.head.is_some()
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Lin> {
+        let mut out: Vec<&mut Lin> = Vec::new();
+        for l in &mut self.layers {
+            out.extend([&mut l.qkv, &mut l.o, &mut l.intermediate, &mut l.output]);
+        }
+        if let Some((a, b)) = &mut self.head {
+            out.extend([a, b]);
+        }
+        out
     }
 
     fn classify(&self, hidden: &Tensor) -> Result<Tensor> {

@@ -73,8 +73,11 @@ impl ModelRef {
     pub fn parse(arg: &str, aliases: &AliasTable) -> Result<Self> {
         let path = Path::new(arg);
         if path.exists() {
-            if !path.is_dir() {
-                bail!("{arg}: a model must be a folder (with config.json and weights), not a file");
+            let gguf = path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+            if !path.is_dir() && !gguf {
+                bail!("{arg}: a model must be a folder (with config.json and weights) or a .gguf file");
             }
             return Ok(ModelRef::Local(path.to_path_buf()));
         }
@@ -276,7 +279,7 @@ mod tests {
         let t = AliasTable::builtin();
         for alias in ["bert-base", "distilbert"] {
             let a = &t.0[alias];
-            for task in tasks::task_names() {
+            for task in tasks::REGISTRY.iter().map(|t| t.name()) {
                 let id = a
                     .tasks
                     .get(task)

@@ -237,6 +237,8 @@ pub fn profile_cell(
         energy_detail: energy.detail,
         flops_per_example: flops / n1 as f64,
         mean_tokens_per_example: tokens as f64 / n1 as f64,
+        ttft_ms: None,
+        decode_tokens_per_s: None,
     })
 }
 

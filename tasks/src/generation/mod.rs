@@ -1,9 +1,9 @@
-//! Language-modelling tasks (the generation issue): sliding-window perplexity and the
-//! WikiText raw-file loader. Not yet in the task registry: the run loop still lacks a
-//! log-likelihood request kind, which the GPT-2 and Llama backends will answer.
+//! Language-modelling tasks: sliding-window perplexity, the WikiText raw-file loader,
+//! token-level fidelity, and the `wikitext2`, `wikitext103` and `generate` task plugins.
 
 pub mod fidelity;
 pub mod perplexity;
+pub mod tasks;
 pub mod wikitext;
 
 /// log(sum(exp(logits))), computed stably in f64: the normaliser of a log-softmax.

@@ -1,0 +1,473 @@
+//! Causal language models behind one backend: GPT-2 / DistilGPT-2 and Llama-family checkpoints
+//! (`config.json` + safetensors or `pytorch_model.bin`), and Llama-family GGUF files, kept
+//! quantized or dequantized to f32. The run loop asks two things of them: the logits of every
+//! position of a token window (perplexity, token-level fidelity) and a greedy continuation of
+//! a prompt through a KV cache (time to first token, decode speed).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::{gguf_file, GgmlDType};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use reports::CheckpointInfo;
+use tokenizers::Tokenizer;
+
+use super::gpt2::{Gpt2, Gpt2Config};
+use super::layers::{KvCache, Lin};
+use super::llama::{Llama, LlamaConfig};
+
+/// The network of a decoder checkpoint.
+pub enum DecoderNet {
+    Gpt2(Gpt2),
+    Llama(Llama),
+}
+
+impl DecoderNet {
+    fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            DecoderNet::Gpt2(m) => m.forward(ids, mask),
+            DecoderNet::Llama(m) => m.forward(ids, mask),
+        }
+    }
+    fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        match self {
+            DecoderNet::Gpt2(m) => m.forward_cached(ids, cache),
+            DecoderNet::Llama(m) => m.forward_cached(ids, cache),
+        }
+    }
+    fn linears_mut(&mut self) -> Vec<&mut Lin> {
+        match self {
+            DecoderNet::Gpt2(m) => m.linears_mut(),
+            DecoderNet::Llama(m) => m.linears_mut(),
+        }
+    }
+}
+
+/// One greedy continuation, timed.
+#[derive(Debug, Clone)]
+pub struct Continuation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stopped_at_eos: bool,
+    /// Tokens of the prompt as the model saw it.
+    pub prompt_tokens: usize,
+    /// Tokenising the prompt, the prompt's forward pass and picking the first new token.
+    pub ttft_s: f64,
+    /// Every later token, one cached forward each.
+    pub decode_s: f64,
+    /// Model forward time alone (tokenisation and detokenisation excluded).
+    pub forward_s: f64,
+}
+
+/// A loaded causal LM with its tokenizer.
+pub struct DecoderBackend {
+    net: DecoderNet,
+    tokenizer: Tokenizer,
+    info: CheckpointInfo,
+    device: Device,
+    /// Longest sequence the position embeddings allow (`None`: rotary, no hard limit).
+    max_positions: Option<usize>,
+    eos: Option<u32>,
+    /// Parameters outside the embedding lookups, for the 2N FLOPs-per-token estimate.
+    matmul_parameters: u64,
+}
+
+/// The `.gguf` file a model argument names: the file itself, or the only one in a folder
+/// without `config.json`.
+pub fn gguf_path(path: &Path) -> Result<Option<PathBuf>> {
+    if path.is_file() {
+        return Ok(path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            .then(|| path.to_path_buf()));
+    }
+    if path.join("config.json").exists() || !path.is_dir() {
+        return Ok(None);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("{}: cannot list", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        })
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => bail!(
+            "{}: several .gguf files ({}); name the one to use",
+            path.display(),
+            found
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Whether a model folder or file holds a decoder (GPT-2, Llama, or any GGUF file).
+pub fn is_decoder(path: &Path) -> Result<bool> {
+    if gguf_path(path)?.is_some() {
+        return Ok(true);
+    }
+    let config = path.join("config.json");
+    if !config.exists() {
+        return Ok(false);
+    }
+    let raw: serde_json::Value = super::read_json(&config)?;
+    Ok(matches!(
+        raw.get("model_type").and_then(|v| v.as_str()),
+        Some("gpt2" | "llama")
+    ))
+}
+
+fn ggml_name(d: GgmlDType) -> String {
+    format!("{d:?}").to_ascii_lowercase()
+}
+
+impl DecoderBackend {
+    /// Load a decoder from a folder (`config.json` with `model_type` gpt2 or llama) or a GGUF
+    /// file. A GGUF file is kept quantized unless `dequantize`.
+    pub fn load(id: &str, path: &Path, device: &Device, dequantize: bool) -> Result<Self> {
+        if !path.exists() {
+            bail!("model folder not found: {}", path.display());
+        }
+        match gguf_path(path)? {
+            Some(file) => Self::load_gguf(id, &file, device, dequantize),
+            None => Self::load_folder(id, path, device),
+        }
+    }
+
+    fn load_gguf(id: &str, file: &Path, device: &Device, dequantize: bool) -> Result<Self> {
+        let mut f = std::fs::File::open(file)
+            .with_context(|| format!("{}: cannot open", file.display()))?;
+        let content = gguf_file::Content::read(&mut f)
+            .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file ({e})", file.display()))?;
+        let parameters: u64 = content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count() as u64)
+            .sum();
+        let embedding: u64 = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map_or(0, |t| t.shape.elem_count() as u64);
+        // The dominant block type of the weights names the file's quantization.
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for t in content.tensor_infos.values() {
+            *counts.entry(ggml_name(t.ggml_dtype)).or_default() += t.shape.elem_count() as u64;
+        }
+        let dominant = counts
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_default();
+        let beside = file.with_file_name("tokenizer.json");
+        let (tokenizer, tokenizer_source) = if beside.exists() {
+            (
+                Tokenizer::from_file(&beside)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("{}: cannot parse tokenizer", beside.display()))?,
+                "tokenizer.json",
+            )
+        } else {
+            (
+                super::gguf_tokenizer::from_content(&content, &file.display().to_string())?,
+                "gguf metadata",
+            )
+        };
+        let eos = super::gguf_tokenizer::special_ids(&content)
+            .get("eos")
+            .copied();
+        drop(f);
+        let (model, _cfg) = if dequantize {
+            super::gguf::load_llama_dequantized(file, device)?
+        } else {
+            super::gguf::load_llama_quantized(file, device)?
+        };
+        let bytes_on_disk = std::fs::metadata(file)?.len();
+        let weight_bytes = if dequantize {
+            parameters * 4
+        } else {
+            bytes_on_disk
+        };
+        Ok(DecoderBackend {
+            info: CheckpointInfo {
+                id: id.to_string(),
+                resolved: canonical(file),
+                architecture: "llama".into(),
+                parameters,
+                bytes_on_disk,
+                head_labels: None,
+                weight_bytes: Some(weight_bytes),
+                quantization: Some(if dequantize {
+                    format!("none (gguf {dominant} dequantized to f32)")
+                } else {
+                    format!("{dominant} (gguf)")
+                }),
+                tokenizer: Some(tokenizer_source.into()),
+            },
+            net: DecoderNet::Llama(model),
+            max_positions: None,
+            tokenizer,
+            device: device.clone(),
+            eos,
+            matmul_parameters: parameters - embedding,
+        })
+    }
+
+    fn load_folder(id: &str, dir: &Path, device: &Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            bail!(
+                "{}: no config.json and no .gguf file; is this a Hugging Face model folder?",
+                dir.display()
+            );
+        }
+        let raw: serde_json::Value = super::read_json(&config_path)?;
+        let model_type = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let weights = super::find_weights(dir)?;
+        let bytes_on_disk = std::fs::metadata(&weights.path)?.len();
+        let parameters = super::count_parameters(&weights).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot read weights; the file is truncated or corrupt ({e}); download it again",
+                weights.path.display()
+            )
+        })?;
+        let vb = if weights.is_safetensors {
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights.path], DType::F32, device) }
+        } else {
+            VarBuilder::from_pth(&weights.path, DType::F32, device)
+        }
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot read weights ({e}); download it again",
+                weights.path.display()
+            )
+        })?;
+        let bad_config = |e: serde_json::Error| {
+            anyhow::anyhow!("{}: missing or invalid field: {e}", config_path.display())
+        };
+        let wrap = |e: candle_core::Error| {
+            anyhow::anyhow!(
+                "{}: weights do not match config.json ({e})",
+                weights.path.display()
+            )
+        };
+        let (net, max_positions, vocab, hidden) = match model_type.as_str() {
+            "gpt2" => {
+                let cfg: Gpt2Config = serde_json::from_value(raw.clone()).map_err(bad_config)?;
+                let m = Gpt2::load(vb, &cfg).map_err(wrap)?;
+                (
+                    DecoderNet::Gpt2(m),
+                    Some(cfg.n_positions),
+                    cfg.vocab_size,
+                    cfg.n_embd,
+                )
+            }
+            "llama" => {
+                let cfg: LlamaConfig = serde_json::from_value(raw.clone()).map_err(bad_config)?;
+                let m = Llama::load(vb, &cfg).map_err(wrap)?;
+                (DecoderNet::Llama(m), None, cfg.vocab_size, cfg.hidden_size)
+            }
+            other => bail!(
+                "{}: model_type '{other}' is not a supported decoder (gpt2, llama, or a .gguf file)",
+                config_path.display()
+            ),
+        };
+        let json = dir.join("tokenizer.json");
+        if !json.exists() {
+            bail!(
+                "{}: no tokenizer.json; a decoder folder needs one",
+                dir.display()
+            );
+        }
+        let tokenizer = Tokenizer::from_file(&json)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}: cannot parse tokenizer", json.display()))?;
+        if tokenizer.get_vocab_size(true) > vocab {
+            bail!(
+                "{}: the tokenizer has {} tokens but the model's embedding matrix has {vocab} rows; the tokenizer does not belong to this checkpoint",
+                dir.display(),
+                tokenizer.get_vocab_size(true)
+            );
+        }
+        let eos = raw
+            .get("eos_token_id")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as u32);
+        let embeddings = (vocab * hidden + max_positions.unwrap_or(0) * hidden) as u64;
+        Ok(DecoderBackend {
+            info: CheckpointInfo {
+                id: id.to_string(),
+                resolved: canonical(dir),
+                architecture: model_type,
+                parameters,
+                bytes_on_disk,
+                head_labels: None,
+                weight_bytes: Some(parameters * 4),
+                quantization: None,
+                tokenizer: Some("tokenizer.json".into()),
+            },
+            net,
+            tokenizer,
+            device: device.clone(),
+            max_positions,
+            eos,
+            matmul_parameters: parameters.saturating_sub(embeddings),
+        })
+    }
+
+    pub fn info(&self) -> &CheckpointInfo {
+        &self.info
+    }
+
+    /// Record where the checkpoint came from (Hub id and commit) instead of the cache path.
+    pub fn set_resolved(&mut self, resolved: String) {
+        self.info.resolved = resolved;
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn max_positions(&self) -> Option<usize> {
+        self.max_positions
+    }
+
+    /// Approximate forward FLOPs per token: 2 x the parameters that multiply (embedding
+    /// lookups excluded), attention scores left out (Kaplan et al., 2020).
+    pub fn flops_per_token(&self) -> f64 {
+        2.0 * self.matmul_parameters as f64
+    }
+
+    /// Quantize every linear layer (attention, MLP and the output head) to `dtype`; the
+    /// embeddings and norms stay f32.
+    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
+        let before = self.info.weight_bytes.unwrap_or(self.info.parameters * 4);
+        let mut old = 0usize;
+        let mut new = 0usize;
+        for l in self.net.linears_mut() {
+            old += l.bytes();
+            l.quantize(dtype)?;
+            new += l.bytes();
+        }
+        self.info.weight_bytes = Some((before as i64 - old as i64 + new as i64).max(0) as u64);
+        self.info.quantization = Some(format!("{} (--student-quantize)", ggml_name(dtype)));
+        Ok(())
+    }
+
+    /// Token ids of a text as the model's tokenizer gives them (special tokens as the
+    /// tokenizer adds them), with the byte offset where each token ends.
+    pub fn encode(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>)> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
+        Ok((
+            enc.get_ids().to_vec(),
+            enc.get_offsets().iter().map(|o| o.1).collect(),
+        ))
+    }
+
+    /// Logits of every position of one window of tokens, one row per position.
+    pub fn window_logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        if let Some(max) = self.max_positions {
+            if ids.len() > max {
+                bail!(
+                    "{}: a window of {} tokens exceeds the model's {max} positions; lower --context-length",
+                    self.info.id,
+                    ids.len()
+                );
+            }
+        }
+        let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &self.device)?;
+        let mask = t.ones_like()?;
+        Ok(self.net.forward(&t, &mask)?.squeeze(0)?.to_vec2::<f32>()?)
+    }
+
+    /// Greedy decoding of up to `new_tokens` tokens after `prompt`, through the KV cache;
+    /// stops early at the end-of-sequence token.
+    pub fn generate(&self, prompt: &str, new_tokens: usize) -> Result<Continuation> {
+        let started = Instant::now();
+        let (ids, _) = self.encode(prompt)?;
+        if ids.is_empty() {
+            bail!("the prompt '{prompt}' has no tokens");
+        }
+        if let Some(max) = self.max_positions {
+            if ids.len() + new_tokens > max {
+                bail!(
+                    "{}: prompt ({} tokens) + {new_tokens} new tokens exceed the model's {max} positions; lower --max-new-tokens",
+                    self.info.id,
+                    ids.len()
+                );
+            }
+        }
+        let mut cache = KvCache::default();
+        let mut forward_s = 0.0;
+        let mut step = |input: &[u32], cache: &mut KvCache| -> Result<u32> {
+            let t0 = Instant::now();
+            let t = Tensor::from_vec(input.to_vec(), (1, input.len()), &self.device)?;
+            let logits = self.net.forward_cached(&t, cache)?;
+            let last = logits.squeeze(0)?.get(input.len() - 1)?;
+            let next = last.argmax(0)?.to_scalar::<u32>()?;
+            forward_s += t0.elapsed().as_secs_f64();
+            Ok(next)
+        };
+        let mut tokens = Vec::with_capacity(new_tokens);
+        let mut stopped_at_eos = false;
+        let mut ttft_s = 0.0;
+        if new_tokens > 0 {
+            tokens.push(step(&ids, &mut cache)?);
+            ttft_s = started.elapsed().as_secs_f64();
+        }
+        let decode_started = Instant::now();
+        while tokens.len() < new_tokens {
+            let last = *tokens.last().expect("one token");
+            if Some(last) == self.eos {
+                stopped_at_eos = true;
+                break;
+            }
+            tokens.push(step(&[last], &mut cache)?);
+        }
+        if tokens.last().is_some_and(|t| Some(*t) == self.eos) {
+            stopped_at_eos = true;
+        }
+        let decode_s = decode_started.elapsed().as_secs_f64();
+        let text = self
+            .tokenizer
+            .decode(&tokens, true)
+            .map_err(|e| anyhow::anyhow!("detokenization failed: {e}"))?;
+        Ok(Continuation {
+            tokens,
+            text,
+            stopped_at_eos,
+            prompt_tokens: ids.len(),
+            ttft_s,
+            decode_s,
+            forward_s,
+        })
+    }
+
+    /// Whether two decoders tokenize identically (same vocabulary, same ids), which token-
+    /// level fidelity needs.
+    pub fn same_tokenizer(&self, other: &DecoderBackend) -> bool {
+        self.tokenizer.get_vocab(true) == other.tokenizer.get_vocab(true)
+    }
+}
+
+fn canonical(p: &Path) -> String {
+    p.canonicalize()
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
