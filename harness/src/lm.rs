@@ -448,6 +448,55 @@ fn write_continuations(out: &Path, task: &str, t: &LmCellFile, s: &LmCellFile) -
         .with_context(|| format!("cannot write predictions in {}", dir.display()))
 }
 
+/// The cache keys of a task's two cells and of the pair comparison.
+struct Keys {
+    teacher: String,
+    student: String,
+    pair: String,
+}
+
+fn keys(plan: &RunPlan, pt: &PlannedLmTask) -> Keys {
+    let lm = &plan.lm;
+    let name = pt.task.name();
+    let [(_, tspec), (_, sspec)] = specs(plan, name);
+    let profile_key = plan.profile.as_ref().map_or("off".to_string(), |s| s.key());
+    let key_of = |spec: &DecoderSpec| {
+        format!(
+            "task={name}@v{};model={};lm={}/{}/{:?}/{};data={};profile={profile_key}",
+            pt.task.version(),
+            spec.key(),
+            lm.context_length,
+            lm.stride,
+            lm.max_eval_tokens,
+            lm.max_new_tokens,
+            plan.data_origin,
+        )
+    };
+    let (teacher, student) = (key_of(&tspec), key_of(&sspec));
+    let pair = format!("{teacher}|{student}|fidelity={}", lm.fidelity_tokens);
+    Keys {
+        teacher,
+        student,
+        pair,
+    }
+}
+
+/// The task's finished cells and comparison, when all three are cached with today's keys.
+fn cached(plan: &RunPlan, pt: &PlannedLmTask) -> Option<(LmCellFile, LmCellFile, TokenFidelity)> {
+    let k = keys(plan, pt);
+    let name = pt.task.name();
+    let t = read_cached::<LmCellFile>(&cell_path(&plan.out, name, "teacher"), &k.teacher, |c| {
+        &c.cell.cache_key
+    })?;
+    let s = read_cached::<LmCellFile>(&cell_path(&plan.out, name, "student"), &k.student, |c| {
+        &c.cell.cache_key
+    })?;
+    let f = read_cached::<FidelityFile>(&cell_path(&plan.out, name, "fidelity"), &k.pair, |f| {
+        &f.cache_key
+    })?;
+    Some((t, s, f.fidelity))
+}
+
 /// Score every language-modelling task of the plan and put its result in `results`, writing
 /// the results file after each task.
 pub fn run_lm_tasks(
@@ -463,59 +512,66 @@ pub fn run_lm_tasks(
     };
     let lm = &plan.lm;
     let mut loaded: Vec<(DecoderSpec, DecoderBackend)> = Vec::new();
+    // Load every model that has work up front and check that the prompts fit, so that a bad
+    // model or setting fails before any cell is computed.
+    for pt in &plan.lm_tasks {
+        if cached(plan, pt).is_some() {
+            continue;
+        }
+        for (_, spec) in specs(plan, pt.task.name()) {
+            if !loaded.iter().any(|(s, _)| *s == spec) {
+                let started = Instant::now();
+                let b = load_decoder(&spec, plan)?;
+                say(format!(
+                    "loaded {} ({}, {:.1}M parameters{}) in {:.1} s",
+                    b.info().id,
+                    b.info().architecture,
+                    b.info().parameters as f64 / 1e6,
+                    b.info()
+                        .quantization
+                        .as_deref()
+                        .map_or(String::new(), |q| format!(", {q}")),
+                    started.elapsed().as_secs_f64()
+                ));
+                loaded.push((spec, b));
+            }
+        }
+        if let LmData::Prompts(prompts) = &pt.data {
+            for (_, b) in &loaded {
+                let Some(max) = b.max_positions() else {
+                    continue;
+                };
+                for p in prompts {
+                    let n = b.encode(p)?.0.len();
+                    if n + lm.max_new_tokens > max {
+                        bail!(
+                            "{}: a prompt of {n} tokens + {} new tokens exceeds the model's {max} positions; lower --max-new-tokens",
+                            b.info().id,
+                            lm.max_new_tokens
+                        );
+                    }
+                }
+            }
+        }
+    }
     for pt in &plan.lm_tasks {
         let name = pt.task.name();
         let [(_, tspec), (_, sspec)] = specs(plan, name);
-        let profile_key = plan.profile.as_ref().map_or("off".to_string(), |s| s.key());
-        let key_of = |spec: &DecoderSpec| {
-            format!(
-                "task={name}@v{};model={};lm={}/{}/{:?}/{};data={};profile={profile_key}",
-                pt.task.version(),
-                spec.key(),
-                lm.context_length,
-                lm.stride,
-                lm.max_eval_tokens,
-                lm.max_new_tokens,
-                plan.data_origin,
-            )
-        };
-        let (tkey, skey) = (key_of(&tspec), key_of(&sspec));
-        let pair_key = format!("{tkey}|{skey}|fidelity={}", lm.fidelity_tokens);
-        let paths = (
-            cell_path(&plan.out, name, "teacher"),
-            cell_path(&plan.out, name, "student"),
-            cell_path(&plan.out, name, "fidelity"),
-        );
-        let cached_t = read_cached::<LmCellFile>(&paths.0, &tkey, |c| &c.cell.cache_key);
-        let cached_s = read_cached::<LmCellFile>(&paths.1, &skey, |c| &c.cell.cache_key);
-        let cached_f = read_cached::<FidelityFile>(&paths.2, &pair_key, |f| &f.cache_key);
-        let (t, s, fidelity) = match (cached_t, cached_s, cached_f) {
-            (Some(t), Some(s), Some(f)) => {
+        let Keys {
+            teacher: tkey,
+            student: skey,
+            pair: pair_key,
+        } = keys(plan, pt);
+        let fidelity_path = cell_path(&plan.out, name, "fidelity");
+        let (t, s, fidelity) = match cached(plan, pt) {
+            Some((t, s, f)) => {
                 say(format!(
                     "{name}: reusing the finished cells in {}",
                     plan.out.display()
                 ));
-                (t, s, f.fidelity)
+                (t, s, f)
             }
             _ => {
-                for spec in [&tspec, &sspec] {
-                    if !loaded.iter().any(|(s, _)| s == spec) {
-                        let started = Instant::now();
-                        let b = load_decoder(spec, plan)?;
-                        say(format!(
-                            "loaded {} ({}, {:.1}M parameters{}) in {:.1} s",
-                            b.info().id,
-                            b.info().architecture,
-                            b.info().parameters as f64 / 1e6,
-                            b.info()
-                                .quantization
-                                .as_deref()
-                                .map_or(String::new(), |q| format!(", {q}")),
-                            started.elapsed().as_secs_f64()
-                        ));
-                        loaded.push((spec.clone(), b));
-                    }
-                }
                 let get =
                     |spec: &DecoderSpec| &loaded.iter().find(|(s, _)| s == spec).expect("loaded").1;
                 let (teacher, student) = (get(&tspec), get(&sspec));
@@ -593,7 +649,7 @@ pub fn run_lm_tasks(
             }
         };
         reports::io::write_json_atomic(
-            &paths.2,
+            &fidelity_path,
             &FidelityFile {
                 cache_key: pair_key,
                 fidelity: fidelity.clone(),
@@ -624,6 +680,16 @@ pub fn run_lm_tasks(
             ));
         }
         tr.fidelity = Some(fidelity);
+        if pt.task.kind() == LmKind::Generate {
+            // New tokens per prompt describe the run; the student does not "keep" them.
+            tr.retention = None;
+        }
+        if results.teacher.checkpoint.is_none() {
+            results.teacher.checkpoint = Some(tr.teacher.checkpoint.clone());
+        }
+        if results.student.checkpoint.is_none() {
+            results.student.checkpoint = Some(tr.student.checkpoint.clone());
+        }
         results.tasks.insert(name.to_string(), tr);
         results.update_macro();
         reports::io::write_json_atomic(results_path, results)

@@ -633,9 +633,11 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
         reports::io::write_json_atomic(&results_path, &results)
             .with_context(|| format!("cannot write {}", results_path.display()))?;
     }
-    assemble(plan, &mut results, &done)?;
-    reports::io::write_json_atomic(&results_path, &results)
-        .with_context(|| format!("cannot write {}", results_path.display()))?;
+    if !plan.tasks.is_empty() {
+        assemble(plan, &mut results, &done)?;
+        reports::io::write_json_atomic(&results_path, &results)
+            .with_context(|| format!("cannot write {}", results_path.display()))?;
+    }
     drop(backends);
     crate::lm::run_lm_tasks(plan, &mut results, &results_path, &meter)?;
     if results.tasks.is_empty() {

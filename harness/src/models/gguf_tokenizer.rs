@@ -146,3 +146,87 @@ pub fn special_ids(content: &Content) -> BTreeMap<&'static str, u32> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn strs(v: &[&str]) -> Value {
+        Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect())
+    }
+
+    /// A byte-level BPE vocabulary as a GGUF converter writes it: one control token, the
+    /// byte-level characters for "a", "b", "1", "2" and space ("Ġ"), and three merges.
+    fn content(model: &str, pre: &str) -> Content {
+        let mut metadata = HashMap::new();
+        metadata.insert("tokenizer.ggml.model".into(), Value::String(model.into()));
+        metadata.insert("tokenizer.ggml.pre".into(), Value::String(pre.into()));
+        metadata.insert(
+            "tokenizer.ggml.tokens".into(),
+            strs(&["<|endoftext|>", "a", "b", "Ġ", "1", "2", "ab", "Ġa", "Ġab"]),
+        );
+        metadata.insert(
+            "tokenizer.ggml.token_type".into(),
+            Value::Array([3, 1, 1, 1, 1, 1, 1, 1, 1].map(Value::I32).to_vec()),
+        );
+        metadata.insert(
+            "tokenizer.ggml.merges".into(),
+            strs(&["a b", "Ġ a", "Ġa b"]),
+        );
+        metadata.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(0));
+        Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            metadata,
+            tensor_infos: HashMap::new(),
+            tensor_data_offset: 0,
+        }
+    }
+
+    use candle_core::quantized::gguf_file;
+
+    #[test]
+    fn byte_level_bpe_is_rebuilt_from_metadata() {
+        let tok = from_content(&content("gpt2", "gpt2"), "x.gguf").unwrap();
+        let enc = tok.encode("ab ab a<|endoftext|>", true).unwrap();
+        // Merges apply by rank: in " ab", "a b" (rank 0) wins over "Ġ a" (rank 1), so it
+        // becomes "Ġ" + "ab"; " a" becomes "Ġa"; the control token stays whole.
+        assert_eq!(enc.get_ids(), &[6, 3, 6, 7, 0]);
+        assert_eq!(tok.decode(&[6, 8, 7], true).unwrap(), "ab ab a");
+        assert_eq!(special_ids(&content("gpt2", "gpt2"))["eos"], 0);
+    }
+
+    #[test]
+    fn smollm_splits_digits_one_by_one() {
+        let gpt2 = from_content(&content("gpt2", "gpt2"), "x").unwrap();
+        let smollm = from_content(&content("gpt2", "smollm"), "x").unwrap();
+        // Without merges for "12" both give single digits; the pre-tokenizers differ in how
+        // they split words, which the offsets show: "12" is one word for GPT-2's regex.
+        let g = gpt2.encode("a12", false).unwrap();
+        let s = smollm.encode("a12", false).unwrap();
+        assert_eq!(g.get_ids(), &[1, 4, 5]);
+        assert_eq!(s.get_ids(), &[1, 4, 5]);
+        let words = |e: &tokenizers::Encoding| {
+            (0..e.len())
+                .filter_map(|i| e.token_to_word(i).map(|(_, w)| w))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(words(&s), vec![0, 1, 2]);
+        assert_eq!(words(&g), vec![0, 1, 1]);
+    }
+
+    #[test]
+    fn unsupported_tokenizers_say_what_to_do() {
+        let err = from_content(&content("llama", "default"), "m.gguf")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'llama' cannot be rebuilt") && err.contains("tokenizer.json"),
+            "{err}"
+        );
+        let err = from_content(&content("gpt2", "qwen2"), "m.gguf")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pre-tokenizer 'qwen2'"), "{err}");
+    }
+}

@@ -243,6 +243,13 @@ impl Exporter for HtmlReport {
                 esc(views::COST_NOTE)
             );
         }
+        if let Some(v) = views::language_modelling(r) {
+            out += &format!("<h2>Language modelling</h2>\n{}", html_table(&v));
+            if let Some(f) = views::token_fidelity(r) {
+                out += &html_table(&f);
+            }
+            out += &format!("<p>{}</p>\n", esc(views::LM_NOTE));
+        }
         if let Some(v) = views::paired(r) {
             out += &format!(
                 "<h2>Student against teacher</h2>\n{}<p>{}</p>\n",

@@ -32,12 +32,19 @@ impl Exporter for MarkdownReport {
                 .unwrap_or_else(|| "not loaded".into())
         };
         out += &format!(
-            "\nTeacher: {}. Student: {}. Scores are x100; retention is student / teacher on the primary metric.\n",
+            "\nTeacher: {}. Student: {}. Quality scores are x100 (perplexities and token counts as they are); retention is student / teacher on the primary metric (teacher / student for perplexity).\n",
             size(&r.teacher.checkpoint),
             size(&r.student.checkpoint)
         );
         if let Some(v) = views::costs(r) {
             out += &format!("\n### Cost\n\n{}\n{}\n", table(&v), views::COST_NOTE);
+        }
+        if let Some(v) = views::language_modelling(r) {
+            out += &format!("\n### Language modelling\n\n{}", table(&v));
+            if let Some(f) = views::token_fidelity(r) {
+                out += &format!("\n{}", table(&f));
+            }
+            out += &format!("\n{}\n", views::LM_NOTE);
         }
         if let Some(v) = views::paired(r) {
             out += &format!(
@@ -73,7 +80,7 @@ mod tests {
 | stsb      | cosine | spearman | 1500 |   80.00 |   76.00 |     95.0% |
 | **macro** |        |          |      |   80.00 |   68.00 |     85.0% |
 
-Teacher: not loaded. Student: not loaded. Scores are x100; retention is student / teacher on the primary metric.
+Teacher: not loaded. Student: not loaded. Quality scores are x100 (perplexities and token counts as they are); retention is student / teacher on the primary metric (teacher / student for perplexity).
 ";
         assert_eq!(text, expected, "\n{text}");
     }

@@ -7,8 +7,15 @@ pub enum Align {
     Right,
 }
 
-/// Render a table with padded columns so it also reads well as plain text.
+/// Render a table with padded columns so it also reads well as plain text. A `|` inside a
+/// cell is escaped so that it cannot split the cell (`KL(t||s)`).
 pub fn markdown_table(headers: &[&str], align: &[Align], rows: &[Vec<String>]) -> String {
+    let escaped: Vec<String> = headers.iter().map(|h| h.replace('|', "\\|")).collect();
+    let headers: Vec<&str> = escaped.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| c.replace('|', "\\|")).collect())
+        .collect();
     let widths: Vec<usize> = (0..headers.len())
         .map(|i| {
             rows.iter()
@@ -37,7 +44,7 @@ pub fn markdown_table(headers: &[&str], align: &[Align], rows: &[Vec<String>]) -
             })
             .collect(),
     );
-    for r in rows {
+    for r in &rows {
         out += &line(r.iter().enumerate().map(|(i, c)| pad(c, i)).collect());
     }
     out

@@ -21,13 +21,21 @@ pub fn scores(r: &Results, macro_label: &str) -> TableView {
         .iter()
         .map(|(name, t)| {
             let (teacher, student) = t.primary();
+            // Quality scores are fractions shown x100; perplexities and counts as they are.
+            let shown = |v: f64| {
+                if t.in_macro() {
+                    points(v)
+                } else {
+                    format!("{v:.3}")
+                }
+            };
             vec![
                 name.clone(),
                 t.mode.clone(),
                 t.primary_metric.clone(),
                 t.n_examples.to_string(),
-                points(teacher),
-                points(student),
+                shown(teacher),
+                shown(student),
                 percent(t.retention),
             ]
         })
@@ -69,7 +77,13 @@ pub fn costs(r: &Results) -> Option<TableView> {
                 name.clone(),
                 role.to_string(),
                 format!("{:.1}", cell.checkpoint.parameters as f64 / 1e6),
-                format!("{:.1}", cell.checkpoint.bytes_on_disk as f64 / 1e6),
+                format!(
+                    "{:.1}",
+                    cell.checkpoint
+                        .weight_bytes
+                        .unwrap_or(cell.checkpoint.bytes_on_disk) as f64
+                        / 1e6
+                ),
                 format!("{:.1}", p.batch1_pass_s),
                 format!("{:.2}", p.latency_ms.p50),
                 format!("{:.2}", p.latency_ms.p99),
@@ -110,6 +124,90 @@ pub fn costs(r: &Results) -> Option<TableView> {
         rows,
     })
 }
+
+/// Language modelling per task and model: perplexities, and generation speed; `None` when no
+/// language-modelling task ran.
+pub fn language_modelling(r: &Results) -> Option<TableView> {
+    let mut rows = Vec::new();
+    let num = |v: Option<f64>, digits: usize| v.map_or(String::new(), |v| format!("{v:.digits$}"));
+    for (name, t) in &r.tasks {
+        if t.in_macro() {
+            continue;
+        }
+        for (role, cell) in [("teacher", &t.teacher), ("student", &t.student)] {
+            let m = |k: &str| cell.metrics.get(k).copied();
+            let p = cell.profile.as_ref();
+            rows.push(vec![
+                name.clone(),
+                role.to_string(),
+                cell.checkpoint
+                    .quantization
+                    .clone()
+                    .unwrap_or_else(|| "f32".into()),
+                num(m("perplexity"), 3),
+                num(m("word_perplexity"), 3),
+                num(m("bits_per_byte"), 4),
+                num(p.and_then(|p| p.ttft_ms), 1),
+                num(p.and_then(|p| p.decode_tokens_per_s), 1),
+                num(p.map(|p| p.tokens_per_s), 1),
+            ]);
+        }
+    }
+    use Align::*;
+    (!rows.is_empty()).then(|| TableView {
+        headers: vec![
+            "task",
+            "model",
+            "weights",
+            "perplexity",
+            "word ppl",
+            "bits/byte",
+            "TTFT (ms)",
+            "decode tok/s",
+            "tokens/s",
+        ],
+        align: vec![Left, Left, Left, Right, Right, Right, Right, Right, Right],
+        rows,
+    })
+}
+
+/// How closely a causal LM student follows its teacher; `None` when no task measured it.
+pub fn token_fidelity(r: &Results) -> Option<TableView> {
+    let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.2}%", v * 100.0));
+    let rows: Vec<Vec<String>> = r
+        .tasks
+        .iter()
+        .filter_map(|(name, t)| {
+            let f = t.fidelity.as_ref()?;
+            Some(vec![
+                name.clone(),
+                if f.same_tokenizer { "yes" } else { "no" }.to_string(),
+                f.positions.to_string(),
+                f.kl.map_or("n/a".into(), |v| format!("{v:.5}")),
+                pct(f.top1_agreement),
+                pct(f.greedy_token_match),
+                pct(f.greedy_exact_match),
+            ])
+        })
+        .collect();
+    use Align::*;
+    (!rows.is_empty()).then(|| TableView {
+        headers: vec![
+            "task",
+            "same tokenizer",
+            "positions",
+            "KL(t||s) nats",
+            "top-1 agreement",
+            "greedy token match",
+            "greedy exact match",
+        ],
+        align: vec![Left, Left, Right, Right, Right, Right, Right],
+        rows,
+    })
+}
+
+/// Explains the language-modelling tables.
+pub const LM_NOTE: &str = "Perplexity: sliding windows over the text (settings.lm); word perplexity and bits per byte compare across tokenizers. TTFT: prompt tokenised, prompt forward and first token picked; decode tok/s: each later token through the KV cache. KL and top-1 agreement are measured at every position of the text's first settings.lm.fidelity_tokens tokens.";
 
 /// Explains the cost table.
 pub const COST_NOTE: &str = "Batch-1 pass: one pass over the dev set at batch size 1 (the DistilBERT paper's protocol); speedup is the teacher's time over the student's. Energy says where it came from (rapl: measured; estimated: CPU time x watts per core).";

@@ -1,0 +1,346 @@
+//! End-to-end tests of `harness run` with causal language models (the tiny GPT-2 and Llama
+//! fixtures, and the same Llama as a GGUF file): perplexity, generation, token-level fidelity,
+//! quantized students, and the bad inputs particular to them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn harness(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(args)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env_remove("HF_HUB_OFFLINE")
+        .output()
+        .expect("harness runs")
+}
+
+/// A WikiText-like raw file made of words the fixtures' word-level tokenizers know.
+fn wiki_dir(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("wikitext-2")).unwrap();
+    let mut text = String::new();
+    for i in 0..12 {
+        text += &format!(
+            " = The {} season = \n The city was known for its school and the university , which was made in the first years of the national game . {}\n",
+            ["first", "new", "later"][i % 3],
+            "It was one of the most known in the world and then it had two more . ".repeat(1 + i % 2)
+        );
+    }
+    std::fs::write(data.join("wikitext-2/wiki.test.raw"), text).unwrap();
+    data
+}
+
+struct Run {
+    out: PathBuf,
+    output: Output,
+}
+
+impl Run {
+    fn results(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.out.join("results.json")).unwrap())
+            .unwrap()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+}
+
+fn lm_run(tmp: &Path, out: &str, models: &[&str], tasks: &str, extra: &[&str]) -> Run {
+    let data = wiki_dir(tmp);
+    let out = tmp.join(out);
+    let mut args = vec!["run", "--quick"];
+    args.extend_from_slice(models);
+    args.extend_from_slice(&[
+        "--task",
+        tasks,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--context-length",
+        "24",
+        "--stride",
+        "12",
+        "--max-new-tokens",
+        "6",
+    ]);
+    args.extend_from_slice(extra);
+    let output = harness(&args);
+    Run { out, output }
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn llama_from_safetensors_against_the_same_weights_from_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = fixture("llama-tiny");
+    let student = fixture("llama-tiny/model-f32.gguf");
+    let r = lm_run(
+        tmp.path(),
+        "out",
+        &["--teacher", &teacher, "--student", &student],
+        "wikitext2,generate",
+        &[],
+    );
+    assert!(r.output.status.success(), "{}", r.stderr());
+    let res = r.results();
+    let schema: Value = serde_json::from_str(reports::schema_check::RESULTS_SCHEMA).unwrap();
+    let errors = reports::schema_check::validate(&schema, &res);
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    let w = &res["tasks"]["wikitext2"];
+    assert_eq!(w["mode"], "log_likelihood");
+    assert_eq!(w["lower_is_better"], true);
+    let (t, s) = (&w["teacher"], &w["student"]);
+    assert_eq!(s["checkpoint"]["quantization"], "f32 (gguf)");
+    // Same weights through two loaders (transformers' layout and llama.cpp's permuted Q/K with
+    // interleaved RoPE): the same perplexity, no divergence, the same top-1 everywhere.
+    let (pt, ps) = (
+        f(&t["metrics"]["perplexity"]),
+        f(&s["metrics"]["perplexity"]),
+    );
+    assert!((pt / ps - 1.0).abs() < 1e-5, "{pt} vs {ps}");
+    assert!(pt > 1.0 && pt < 101.0, "a random 101-token model: {pt}");
+    let fid = &w["fidelity"];
+    assert_eq!(fid["same_tokenizer"], true);
+    assert!(f(&fid["kl"]).abs() < 1e-6, "{fid}");
+    assert_eq!(f(&fid["top1_agreement"]), 1.0);
+    // Word perplexity and bits per byte are the same NLL over words and bytes.
+    let tokens = f(&t["metrics"]["tokens_scored"]);
+    let words = f(&t["metrics"]["words"]);
+    let nll = pt.ln() * tokens;
+    assert!((f(&t["metrics"]["word_perplexity"]) - (nll / words).exp()).abs() < 1e-6);
+    assert_eq!(w["n_examples"].as_u64().unwrap() as f64, tokens);
+    assert!((f(&w["retention"]) - pt / ps).abs() < 1e-12);
+    // Overlapping windows score every token but the first.
+    let (ids_len, context) = (tokens + 1.0, 24.0);
+    assert!(ids_len > context, "the text spans several windows");
+    assert_eq!(res["settings"]["lm"]["context_length"], 24);
+
+    let g = &res["tasks"]["generate"];
+    assert_eq!(g["mode"], "generate");
+    assert!(g["retention"].is_null());
+    for role in ["teacher", "student"] {
+        let p = &g[role]["profile"];
+        assert!(f(&p["ttft_ms"]) > 0.0);
+        assert!(f(&p["decode_tokens_per_s"]) > 0.0);
+        assert_eq!(p["batch1_examples"], 8);
+        assert!(f(&g[role]["metrics"]["new_tokens_mean"]) <= 6.0);
+    }
+    assert_eq!(f(&g["fidelity"]["greedy_exact_match"]), 1.0);
+    assert_eq!(f(&g["fidelity"]["greedy_token_match"]), 1.0);
+    let preds = std::fs::read_to_string(r.out.join("predictions/generate.jsonl")).unwrap();
+    let lines: Vec<Value> = preds
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 8);
+    assert_eq!(lines[0]["teacher"], lines[0]["student"]);
+    // No GLUE task: no macro score.
+    assert!(res["macro_score"].is_null());
+    let stdout = String::from_utf8_lossy(&r.output.stdout);
+    assert!(stdout.contains("### Language modelling"), "{stdout}");
+    assert!(stdout.contains("KL(t\\|\\|s)"), "{stdout}");
+
+    // A rerun with the same settings reuses every cell.
+    let again = lm_run(
+        tmp.path(),
+        "out",
+        &["--teacher", &teacher, "--student", &student],
+        "wikitext2,generate",
+        &[],
+    );
+    assert!(again.output.status.success(), "{}", again.stderr());
+    assert!(
+        again
+            .stderr()
+            .contains("wikitext2: reusing the finished cells"),
+        "{}",
+        again.stderr()
+    );
+    assert!(!again.stderr().contains("loaded "), "{}", again.stderr());
+    assert_eq!(
+        again.results()["tasks"]["wikitext2"]["teacher"]["metrics"],
+        t["metrics"]
+    );
+}
+
+#[test]
+fn student_quantize_makes_a_smaller_gpt2_student_that_stays_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = fixture("gpt2-tiny");
+    let r = lm_run(
+        tmp.path(),
+        "out",
+        &["--teacher", &teacher, "--student-quantize", "q8_0"],
+        "wikitext2",
+        &[],
+    );
+    assert!(r.output.status.success(), "{}", r.stderr());
+    let res = r.results();
+    assert!(res["student"]["id"].as_str().unwrap().ends_with("(q8_0)"));
+    let w = &res["tasks"]["wikitext2"];
+    assert_eq!(
+        w["student"]["checkpoint"]["quantization"],
+        "q8_0 (--student-quantize)"
+    );
+    assert!(w["teacher"]["checkpoint"]["quantization"].is_null());
+    assert_eq!(f(&w["size_ratio"]), 1.0, "same parameters");
+    let bytes = f(&w["weight_bytes_ratio"]);
+    assert!(bytes < 1.0 && bytes > 0.25, "{bytes}");
+    let kl = f(&w["fidelity"]["kl"]);
+    assert!(
+        kl > 0.0 && kl < 0.01,
+        "q8_0 changes the outputs a little: {kl}"
+    );
+    let ret = f(&w["retention"]);
+    assert!((ret - 1.0).abs() < 0.05, "{ret}");
+}
+
+#[test]
+fn student_quantize_works_on_encoders_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("glue");
+    std::fs::create_dir_all(data.join("STS-B")).unwrap();
+    let mut sts = String::from(
+        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n",
+    );
+    let pairs = [
+        ("a man is dancing.", "a man wearing a hat is dancing.", 4.2),
+        (
+            "a child is riding a horse.",
+            "a child is riding a horse.",
+            5.0,
+        ),
+        (
+            "a woman is slicing an onion.",
+            "a man is playing a guitar.",
+            0.4,
+        ),
+        ("the cat sat on the mat.", "a cat is sitting on a mat.", 4.6),
+        (
+            "a dog runs in the park.",
+            "the stock market fell today.",
+            0.0,
+        ),
+        (
+            "two men are playing chess.",
+            "two people play a board game.",
+            3.4,
+        ),
+    ];
+    for (i, (a, b, s)) in pairs.iter().enumerate() {
+        sts += &format!("{i}\tmain\tx\t2012\t{i}\tnone\tnone\t{a}\t{b}\t{s}\n");
+    }
+    std::fs::write(data.join("STS-B/dev.tsv"), sts).unwrap();
+    let out = tmp.path().join("out");
+    let teacher = fixture("bert-encoder-tiny");
+    let o = harness(&[
+        "run",
+        "--quick",
+        "--teacher",
+        &teacher,
+        "--student-quantize",
+        "q8_0",
+        "--task",
+        "stsb",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let res: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let t = &res["tasks"]["stsb"];
+    assert_eq!(t["mode"], "cosine");
+    assert_eq!(
+        t["student"]["checkpoint"]["quantization"],
+        "q8_0 (--student-quantize)"
+    );
+    assert!(f(&t["weight_bytes_ratio"]) < 1.0);
+    assert!(t["retention"].is_number());
+    assert!(t["speedup"].is_number());
+    // The teacher's cell is the f32 model, not the quantized one.
+    assert!(t["teacher"]["checkpoint"]["quantization"].is_null());
+}
+
+fn as_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let o = harness(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+}
+
+#[test]
+fn bad_language_modelling_inputs_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = wiki_dir(tmp.path());
+    let data = data.to_str().unwrap();
+    let out = tmp.path().join("out");
+    let out = out.to_str().unwrap();
+    let gpt2 = fixture("gpt2-tiny");
+    let bert = fixture("bert-encoder-tiny");
+    let base = |teacher: &str, student: &str, task: &str| {
+        vec![
+            "run".to_string(),
+            "--teacher".into(),
+            teacher.into(),
+            "--student".into(),
+            student.into(),
+            "--task".into(),
+            task.into(),
+            "--data-dir".into(),
+            data.into(),
+            "--out".into(),
+            out.into(),
+        ]
+    };
+    let mut args = base(&gpt2, &gpt2, "wikitext2");
+    args.extend(["--student-quantize".into(), "q3".into()]);
+    fails_with(&as_refs(&args), "unknown quantization 'q3'");
+    fails_with(
+        &as_refs(&base(&gpt2, &gpt2, "sst2")),
+        "is a causal language model; sst2 needs an encoder",
+    );
+    fails_with(
+        &as_refs(&base(&bert, &bert, "wikitext2")),
+        "is not a causal language model",
+    );
+    fails_with(
+        &as_refs(&base(&gpt2, &gpt2, "wikitext103")),
+        "wikitext-103/wiki.test.raw",
+    );
+    let mut args = base(&gpt2, &gpt2, "wikitext2");
+    args.extend(["--stride".into(), "2000".into()]);
+    fails_with(
+        &as_refs(&args),
+        "--stride must be between 1 and --context-length",
+    );
+    // GPT-2's positions end at 64: a longer window is refused with what to change.
+    let mut args = base(&gpt2, &gpt2, "generate");
+    args.extend(["--max-new-tokens".into(), "100".into()]);
+    fails_with(&as_refs(&args), "lower --max-new-tokens");
+    fails_with(
+        &as_refs(&base(&gpt2, &gpt2, "wikitext3")),
+        "did you mean 'wikitext2'",
+    );
+    assert!(!Path::new(out).join("results.json").exists());
+}
