@@ -521,6 +521,22 @@ def make_hub_glue_parquet():
         pq.write_table(table, os.path.join(root, "sst2", f"{split}-00000-of-00001.parquet"), compression="snappy")
 
 
+def make_hub_wikitext_parquet():
+    """A slice of `Salesforce/wikitext` (config wikitext-2-raw-v1, split test) as the Hub stores
+    it: one row per line of the raw file, line ends kept, blank lines as empty rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = os.path.join(ROOT, "hub-wikitext", "wikitext-2-raw-v1")
+    shutil.rmtree(os.path.dirname(root), ignore_errors=True)
+    os.makedirs(root)
+    lines = ["", " = The city = \n", "", " The city was known for its school and the university .\n",
+             " It was one of the most known in the world .\n", "", " = = Later years = = \n", "",
+             " After the season , the city had two more . \n"]
+    table = pa.table({"text": pa.array(lines, pa.string())})
+    pq.write_table(table, os.path.join(root, "test-00000-of-00001.parquet"), compression="snappy")
+
+
 def main():
     os.makedirs(ROOT, exist_ok=True)
     torch.set_num_threads(1)
@@ -533,7 +549,8 @@ def main():
     make_gpt2_lm()
     make_llama_lm()
     make_hub_glue_parquet()
-    for name in sorted(n for n in os.listdir(ROOT) if n != "hub-glue"):
+    make_hub_wikitext_parquet()
+    for name in sorted(n for n in os.listdir(ROOT) if not n.startswith("hub-")):
         with open(os.path.join(ROOT, name, "expected.json")) as f:
             ids = [t for row in json.load(f)["input_ids"] for t in row]
         unk = sum(1 for t in ids if t in (1, 3)) / len(ids)

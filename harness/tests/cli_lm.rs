@@ -344,3 +344,51 @@ fn bad_language_modelling_inputs_fail_clearly() {
     );
     assert!(!Path::new(out).join("results.json").exists());
 }
+
+#[test]
+fn wikitext_comes_from_the_hub_parquet_file_without_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf-home");
+    // The dataset cache layout: datasets--Salesforce--wikitext/{refs/main, snapshots/<commit>/...}
+    let commit = "00112233445566778899aabbccddeeff00112233";
+    let root = home.join("hub/datasets--Salesforce--wikitext");
+    std::fs::create_dir_all(root.join("refs")).unwrap();
+    std::fs::write(root.join("refs/main"), commit).unwrap();
+    let name = "wikitext-2-raw-v1/test-00000-of-00001.parquet";
+    let dst = root.join("snapshots").join(commit).join(name);
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    std::fs::copy(PathBuf::from(fixture("hub-wikitext")).join(name), dst).unwrap();
+    let out = tmp.path().join("out");
+    let model = fixture("gpt2-tiny");
+    let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args([
+            "run",
+            "--quick",
+            "--teacher",
+            &model,
+            "--student",
+            &model,
+            "--task",
+            "wikitext2",
+            "--context-length",
+            "16",
+            "--stride",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", home.to_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let res: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let w = &res["tasks"]["wikitext2"];
+    // The rows are joined with blank lines as in the Hugging Face perplexity guide; the words
+    // are those of the fixture's lines.
+    assert_eq!(f(&w["teacher"]["metrics"]["words"]), 42.0);
+    assert_eq!(res["settings"]["data_source"], "hub");
+    assert_eq!(f(&w["fidelity"]["kl"]), 0.0);
+}

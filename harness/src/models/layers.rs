@@ -61,12 +61,30 @@ pub struct Lin {
     /// the quantization block (k-quants use 256-wide blocks; MiniLM's width is 384). The input
     /// gets the same zero columns at forward time, which leaves the product unchanged.
     pad: usize,
+    /// Whether candle's quantized kernel takes this weight's width (its Q4_1, Q5_0 and Q5_1
+    /// dot products need an even number of 32-wide blocks and panic otherwise); when not,
+    /// every call takes the dequantized path.
+    kernel_ok: bool,
+}
+
+/// Whether candle's CPU dot product for `dtype` accepts rows of `k` values.
+fn kernel_accepts(dtype: GgmlDType, k: usize) -> bool {
+    k.is_multiple_of(kernel_block(dtype))
+}
+
+/// The width a row must be a multiple of for `dtype`'s kernel.
+fn kernel_block(dtype: GgmlDType) -> usize {
+    match dtype {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => 2 * dtype.block_size(),
+        _ => dtype.block_size(),
+    }
 }
 
 impl Lin {
     /// From an f32 weight `(out, in)` and an optional bias `(out,)`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Lin {
+            kernel_ok: true,
             weight: QMatMul::Tensor(weight),
             bias,
             pad: 0,
@@ -75,7 +93,10 @@ impl Lin {
 
     /// From weights that are already quantized (a GGUF file), kept as they are.
     pub fn from_qtensor(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        let (_, k) = weight.shape().dims2()?;
+        let dtype = weight.dtype();
         Ok(Lin {
+            kernel_ok: kernel_accepts(dtype, k),
             weight: QMatMul::from_qtensor(weight)?,
             bias,
             pad: 0,
@@ -90,7 +111,7 @@ impl Lin {
             return Ok(());
         };
         let (_, in_dim) = w.dims2()?;
-        let block = dtype.block_size();
+        let block = kernel_block(dtype);
         let pad = in_dim.next_multiple_of(block) - in_dim;
         let w = if pad > 0 {
             w.pad_with_zeros(1, 0, pad)?
@@ -99,6 +120,7 @@ impl Lin {
         };
         self.weight = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
         self.pad = pad;
+        self.kernel_ok = true;
         Ok(())
     }
 
@@ -131,6 +153,24 @@ impl Lin {
     }
 }
 
+/// From this many rows up, a weight in a block format whose CPU kernel is a plain dot product
+/// (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) is dequantized for the call and multiplied by the f32 GEMM,
+/// as ggml's BLAS backend does for large batches: on this AVX2 host those kernels run at
+/// 3-20 GFLOP/s against the GEMM's ~100 (`examples/quant_matmul.rs`, BENCHMARKS.md). Q4K and
+/// Q6K have fast kernels and always run quantized. The weights stay quantized at rest.
+///
+/// The kernels quantize the activations too (to Q8_0 or Q8_1 blocks); the GEMM path rounds
+/// them the same way first, so the product is the kernel's up to float summation order and a
+/// result does not depend on how many rows were multiplied at once (batch size, window).
+const DEQUANTIZE_FROM_ROWS: usize = 32;
+
+fn has_slow_kernel(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+    )
+}
+
 impl Module for Lin {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = if self.pad > 0 {
@@ -138,6 +178,26 @@ impl Module for Lin {
         } else {
             x.clone()
         };
+        let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
+        if let QMatMul::QTensor(q) = &self.weight {
+            if !self.kernel_ok || (rows >= DEQUANTIZE_FROM_ROWS && has_slow_kernel(q.dtype())) {
+                let w = q.dequantize(x.device())?;
+                // The block type the kernel's dot product quantizes activations to.
+                let act = match q.dtype() {
+                    GgmlDType::Q4_1 | GgmlDType::Q5_1 => GgmlDType::Q8_1,
+                    _ => GgmlDType::Q8_0,
+                };
+                let k = x.dim(D::Minus1)?;
+                let rounded = QTensor::quantize(&x.contiguous()?.reshape((rows, k))?, act)?
+                    .dequantize(x.device())?
+                    .reshape(x.shape())?;
+                let y = QMatMul::Tensor(w).forward(&rounded)?;
+                return match &self.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                };
+            }
+        }
         let y = match (&self.weight, x.rank()) {
             // The quantized kernels want a contiguous 2-D left-hand side.
             (QMatMul::QTensor(_), r) if r > 2 => {
@@ -359,6 +419,34 @@ mod tests {
                 "{dtype:?}: {} bytes",
                 q.bytes()
             );
+        }
+    }
+
+    #[test]
+    fn many_rows_take_the_dequantized_path_and_agree_with_the_quantized_kernel() {
+        // 40 rows at once go through dequantized Q8_0 blocks and the f32 GEMM; one row at a
+        // time goes through candle's Q8_0 kernel. Both round the activations to Q8_0 blocks,
+        // so they agree to float summation order.
+        let w = matrix(64, 96, 4);
+        let x = matrix(40, 96, 5);
+        let f32_result = Lin::new(w.clone(), None).forward(&x).unwrap();
+        for (dtype, tolerance) in [(GgmlDType::Q8_0, 0.01), (GgmlDType::Q4_1, 0.1)] {
+            let mut q = Lin::new(w.clone(), None);
+            q.quantize(dtype).unwrap();
+            let together = q.forward(&x).unwrap();
+            let one_by_one = Tensor::cat(
+                &(0..40)
+                    .map(|i| q.forward(&x.narrow(0, i, 1).unwrap()).unwrap())
+                    .collect::<Vec<_>>(),
+                0,
+            )
+            .unwrap();
+            // Q8_1 keeps each block's sum in f16, which the kernel uses for Q4_1's offsets: a
+            // few 1e-4 of rounding, still two orders below the quantization error.
+            let err = relative_error(&one_by_one, &together);
+            assert!(err < 1e-3, "{dtype:?}: {err}");
+            let err = relative_error(&together, &f32_result);
+            assert!(err > 0.0 && err < tolerance, "{dtype:?}: {err}");
         }
     }
 

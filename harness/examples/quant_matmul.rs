@@ -1,0 +1,67 @@
+//! Time one linear layer `(rows, k) x (n, k)^T` in f32 and in each GGUF block format, through
+//! the harness's `Lin` (candle's quantized kernels, or dequantized blocks for many rows):
+//!
+//!     cargo run --release -p harness --example quant_matmul -- 768 3072 1,128,4096
+use std::time::Instant;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Module, Tensor};
+use harness::models::layers::Lin;
+
+fn median_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..7)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[3]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let k: usize = args.get(1).map_or(Ok(768), |s| s.parse())?;
+    let n: usize = args.get(2).map_or(Ok(3072), |s| s.parse())?;
+    let rows: Vec<usize> = args
+        .get(3)
+        .map_or("1,128,4096".to_string(), |s| s.clone())
+        .split(',')
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu)?;
+    println!("| rows | format | ms | GFLOP/s | rel. error vs f32 |\n|---:|---|---:|---:|---:|");
+    for m in rows {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+        let dense = Lin::new(w.clone(), None);
+        let want = dense.forward(&x)?;
+        for fmt in [
+            None,
+            Some(GgmlDType::Q8_0),
+            Some(GgmlDType::Q4_0),
+            Some(GgmlDType::Q4_1),
+            Some(GgmlDType::Q4K),
+            Some(GgmlDType::Q6K),
+        ] {
+            let mut l = Lin::new(w.clone(), None);
+            if let Some(f) = fmt {
+                l.quantize(f)?;
+            }
+            let got = l.forward(&x)?;
+            let err = ((&got - &want)?.sqr()?.sum_all()?.to_scalar::<f32>()?
+                / want.sqr()?.sum_all()?.to_scalar::<f32>()?)
+            .sqrt();
+            let ms = median_ms(|| {
+                l.forward(&x).unwrap();
+            });
+            println!(
+                "| {m} | {} | {ms:.3} | {:.1} | {err:.4} |",
+                fmt.map_or("f32".to_string(), |f| format!("{f:?}")),
+                2.0 * (m * k * n) as f64 / ms / 1e6
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# candle (the harness's engine) against ONNX Runtime on random-weight BERT-base and DistilBERT,
+# f32, 2 threads, shapes 1x128, 8x128, 32x128; alternating rounds, median ratio per shape
+# (issue 6). Needs Python 3 with numpy, safetensors, onnx and onnxruntime (a venv is made in
+# target/bench-venv when PYTHON is not given); torch + transformers, when present, check that
+# the ONNX graph is the same model.
+#
+#   scripts/bench-vs-ort.sh [--shapes 1x128,8x128,32x128] [--rounds 3] [--models bert-base,distilbert]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ ! -x target/bench-venv/bin/python ]]; then
+        python3 -m venv target/bench-venv
+        target/bench-venv/bin/pip install -q numpy safetensors onnx onnxruntime
+    fi
+    PYTHON=target/bench-venv/bin/python
+fi
+cargo build --release -p harness
+exec "$PYTHON" scripts/bench_vs_ort.py --harness target/release/harness "$@"
