@@ -30,11 +30,85 @@ impl Activation {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
+            Activation::GeluErf if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op1_no_bwd(&FastGeluErf)
+            }
             Activation::GeluErf => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
             Activation::Silu => x.silu(),
         }
+    }
+}
+
+/// Exact-GELU `x/2 (1 + erf(x/sqrt 2))` on the CPU with a branch-free rational erf (Eigen's
+/// `generic_fast_erf_float`: odd degree-13 over even degree-8 polynomial, clamped to
+/// [-4, 4], error about 1e-7), which the compiler vectorises, split over the cores. candle's
+/// `gelu_erf` evaluates a scalar erf on one thread: about 9% of a BERT-base forward (issue 6).
+/// Parity tests hold it to transformers' exact GELU within 1e-4 at the outputs.
+pub struct FastGeluErf;
+
+fn gelu_erf_slice(src: &[f32], dst: &mut [f32]) {
+    const A: [f32; 7] = [
+        -2.726_142_3e-10,
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_6e-3,
+        -1.609_603_3e-2,
+    ];
+    const B: [f32; 5] = [
+        -1.456_607_2e-5,
+        -2.133_740_6e-4,
+        -1.682_827e-3,
+        -7.373_329e-3,
+        -1.426_474e-2,
+    ];
+    for (d, &v) in dst.iter_mut().zip(src) {
+        let x = (v * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
+        let x2 = x * x;
+        let mut p = A[0];
+        for a in &A[1..] {
+            p = p * x2 + a;
+        }
+        let mut q = B[0];
+        for b in &B[1..] {
+            q = q * x2 + b;
+        }
+        *d = 0.5 * v * (1.0 + x * p / q);
+    }
+}
+
+impl candle_core::CustomOp1 for FastGeluErf {
+    fn name(&self) -> &'static str {
+        "fast-gelu-erf"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let src = storage.as_slice::<f32>()?;
+        let src = match layout.contiguous_offsets() {
+            Some((a, b)) => &src[a..b],
+            None => candle_core::bail!("fast-gelu-erf needs a contiguous tensor"),
+        };
+        let mut dst = vec![0f32; src.len()];
+        // Small tensors are not worth a thread.
+        let threads = if src.len() < 1 << 15 {
+            1
+        } else {
+            candle_core::utils::get_num_threads().max(1)
+        };
+        let chunk = src.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for (s, d) in src.chunks(chunk).zip(dst.chunks_mut(chunk)) {
+                scope.spawn(move || gelu_erf_slice(s, d));
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
 
@@ -153,22 +227,24 @@ impl Lin {
     }
 }
 
-/// From this many rows up, a weight in a block format whose CPU kernel is a plain dot product
-/// (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) is dequantized for the call and multiplied by the f32 GEMM,
+/// How many rows make candle's quantized kernel lose to the GEMM on dequantized blocks.
+///
+/// Weights in block formats whose CPU kernel is a plain dot product (Q8_0, Q4_0, Q4_1, Q5_0,
+/// Q5_1) are dequantized for the call and multiplied by the f32 GEMM from that many rows up,
 /// as ggml's BLAS backend does for large batches: on this AVX2 host those kernels run at
-/// 3-20 GFLOP/s against the GEMM's ~100 (`examples/quant_matmul.rs`, BENCHMARKS.md). Q4K and
-/// Q6K have fast kernels and always run quantized. The weights stay quantized at rest.
+/// 3-20 GFLOP/s against the GEMM's ~100 (`examples/quant_matmul.rs`, BENCHMARKS.md). Q4_1,
+/// Q5_0 and Q5_1 are scalar (3 GFLOP/s), so a few rows (a generation prompt) already pay.
+/// Q4K and Q6K have fast kernels and always run quantized. The weights stay quantized at rest.
 ///
 /// The kernels quantize the activations too (to Q8_0 or Q8_1 blocks); the GEMM path rounds
 /// them the same way first, so the product is the kernel's up to float summation order and a
 /// result does not depend on how many rows were multiplied at once (batch size, window).
-const DEQUANTIZE_FROM_ROWS: usize = 32;
-
-fn has_slow_kernel(dtype: GgmlDType) -> bool {
-    matches!(
-        dtype,
-        GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
-    )
+fn dequantize_from_rows(dtype: GgmlDType) -> usize {
+    match dtype {
+        GgmlDType::Q8_0 | GgmlDType::Q4_0 => 32,
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => 4,
+        _ => usize::MAX,
+    }
 }
 
 impl Module for Lin {
@@ -180,7 +256,7 @@ impl Module for Lin {
         };
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
         if let QMatMul::QTensor(q) = &self.weight {
-            if !self.kernel_ok || (rows >= DEQUANTIZE_FROM_ROWS && has_slow_kernel(q.dtype())) {
+            if !self.kernel_ok || rows >= dequantize_from_rows(q.dtype()) {
                 let w = q.dequantize(x.device())?;
                 // The block type the kernel's dot product quantizes activations to.
                 let act = match q.dtype() {
@@ -448,6 +524,35 @@ mod tests {
             let err = relative_error(&together, &f32_result);
             assert!(err > 0.0 && err < tolerance, "{dtype:?}: {err}");
         }
+    }
+
+    #[test]
+    fn fast_gelu_matches_the_exact_erf_gelu() {
+        let x = (matrix(300, 300, 9) * 8.0).unwrap();
+        let want = x.gelu_erf().unwrap();
+        let got = Activation::GeluErf.forward(&x).unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 2e-6, "{diff}");
+        // A transposed (non-contiguous) input gives the transposed result.
+        let t = x.t().unwrap();
+        let got = Activation::GeluErf.forward(&t).unwrap();
+        let want = t.gelu_erf().unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 2e-6, "{diff}");
     }
 
     #[test]
