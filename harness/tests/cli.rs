@@ -3,35 +3,11 @@
 //! kind of bad input (exit code 2, one line on stderr, no results file).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn harness(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
-    cmd.args(args);
-    // Never reach for the network in tests: an unroutable endpoint fails at once.
-    cmd.env("HF_ENDPOINT", "http://127.0.0.1:9");
-    cmd.env_remove("HF_HUB_OFFLINE");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("harness runs")
-}
-
-fn write(dir: &Path, rel: &str, text: &str) {
-    let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+mod common;
+use common::{fixture, harness, write, Run};
 
 const POSITIVE: &[&str] = &[
     "it was a great movie, very fun.",
@@ -128,24 +104,6 @@ fn glue_dir(dir: &Path) {
         "MRPC/dev.tsv",
         "\u{feff}Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\ta man is dancing.\ta man is \"dancing.\n0\t3\t4\ta dog.\ta cat.\n",
     );
-}
-
-struct Run {
-    out: PathBuf,
-    output: Output,
-}
-
-impl Run {
-    fn results(&self) -> Value {
-        serde_json::from_str(&std::fs::read_to_string(self.out.join("results.json")).unwrap())
-            .unwrap()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
-    }
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.output.stdout).into_owned()
-    }
 }
 
 fn run(tmp: &Path, out: &str, teacher: &str, student: &str, tasks: &str, extra: &[&str]) -> Run {

@@ -3,25 +3,15 @@
 //! quantized students, and the bad inputs particular to them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
+mod common;
+use common::{fixture, Run};
 
-fn harness(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(args)
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env_remove("HF_HUB_OFFLINE")
-        .output()
-        .expect("harness runs")
+fn harness(args: &[&str]) -> std::process::Output {
+    common::harness(args, &[])
 }
 
 /// A WikiText-like raw file made of words the fixtures' word-level tokenizers know.
@@ -38,21 +28,6 @@ fn wiki_dir(dir: &Path) -> PathBuf {
     }
     std::fs::write(data.join("wikitext-2/wiki.test.raw"), text).unwrap();
     data
-}
-
-struct Run {
-    out: PathBuf,
-    output: Output,
-}
-
-impl Run {
-    fn results(&self) -> Value {
-        serde_json::from_str(&std::fs::read_to_string(self.out.join("results.json")).unwrap())
-            .unwrap()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
-    }
 }
 
 fn lm_run(tmp: &Path, out: &str, models: &[&str], tasks: &str, extra: &[&str]) -> Run {
@@ -391,4 +366,98 @@ fn wikitext_comes_from_the_hub_parquet_file_without_data_dir() {
     assert_eq!(f(&w["teacher"]["metrics"]["words"]), 42.0);
     assert_eq!(res["settings"]["data_source"], "hub");
     assert_eq!(f(&w["fidelity"]["kl"]), 0.0);
+}
+
+#[test]
+fn different_tokenizers_compare_text_level_figures_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = fixture("llama-tiny");
+    let student = fixture("gpt2-tiny");
+    let r = lm_run(
+        tmp.path(),
+        "out",
+        &["--teacher", &teacher, "--student", &student],
+        "wikitext2,generate",
+        &[],
+    );
+    assert!(r.output.status.success(), "{}", r.stderr());
+    let res = r.results();
+    let w = &res["tasks"]["wikitext2"];
+    let fid = &w["fidelity"];
+    assert_eq!(fid["same_tokenizer"], false);
+    assert!(fid["kl"].is_null() && fid["top1_agreement"].is_null());
+    assert!(fid["note"].as_str().unwrap().contains("tokenizers differ"));
+    // Both models scored the same text: the same words and bytes.
+    assert_eq!(
+        w["teacher"]["metrics"]["words"],
+        w["student"]["metrics"]["words"]
+    );
+    assert!(f(&w["student"]["metrics"]["bits_per_byte"]) > 0.0);
+    let g = &res["tasks"]["generate"]["fidelity"];
+    assert_eq!(g["same_tokenizer"], false);
+    assert!(g["greedy_token_match"].is_null());
+    assert!(g["greedy_exact_match"].is_number());
+}
+
+#[test]
+fn decoder_aliases_load_from_a_hub_snapshot_cache_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf-home");
+    // gpt2 and distilgpt2 resolve to these Hub ids (harness/aliases.toml).
+    for (repo, fixture_name) in [
+        ("openai-community/gpt2", "gpt2-tiny"),
+        ("distilbert/distilgpt2", "gpt2-tiny"),
+    ] {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let root = home
+            .join("hub")
+            .join(format!("models--{}", repo.replace('/', "--")));
+        common::write(&root, "refs/main", commit);
+        let src = PathBuf::from(fixture(fixture_name));
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let p = entry.unwrap().path();
+            let dst = root
+                .join("snapshots")
+                .join(commit)
+                .join(p.file_name().unwrap());
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(&p, dst).unwrap();
+        }
+    }
+    let data = wiki_dir(tmp.path());
+    let out = tmp.path().join("out");
+    let o = common::harness(
+        &[
+            "run",
+            "--quick",
+            "--teacher",
+            "gpt2",
+            "--student",
+            "distilgpt2",
+            "--task",
+            "wikitext2",
+            "--context-length",
+            "16",
+            "--stride",
+            "8",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let res: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(res["teacher"]["source"], "alias");
+    let ck = &res["tasks"]["wikitext2"]["student"]["checkpoint"];
+    assert_eq!(ck["architecture"], "gpt2");
+    assert!(
+        ck["resolved"]
+            .as_str()
+            .unwrap()
+            .starts_with("distilbert/distilgpt2@"),
+        "{ck}"
+    );
 }

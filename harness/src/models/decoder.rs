@@ -353,17 +353,11 @@ impl DecoderBackend {
     /// Quantize every linear layer (attention, MLP and the output head) to `dtype`; the
     /// embeddings and norms stay f32.
     pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
-        let before = self.info.weight_bytes.unwrap_or(self.info.parameters * 4);
-        let mut old = 0usize;
-        let mut new = 0usize;
-        for l in self.net.linears_mut() {
-            old += l.bytes();
-            l.quantize(dtype)?;
-            new += l.bytes();
-        }
-        self.info.weight_bytes = Some((before as i64 - old as i64 + new as i64).max(0) as u64);
-        self.info.quantization = Some(format!("{} (--student-quantize)", ggml_name(dtype)));
-        Ok(())
+        Ok(super::layers::quantize_linears(
+            self.net.linears_mut(),
+            dtype,
+            &mut self.info,
+        )?)
     }
 
     /// Token ids of a text as the model's tokenizer gives them (special tokens as the

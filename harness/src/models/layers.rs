@@ -296,6 +296,28 @@ impl Module for Lin {
     }
 }
 
+/// Quantize every linear layer in `linears` to `dtype` and record it in `info`: the weight
+/// bytes as run (the f32 bytes of the layers replaced by their quantized bytes) and the format.
+pub fn quantize_linears(
+    linears: Vec<&mut Lin>,
+    dtype: GgmlDType,
+    info: &mut reports::CheckpointInfo,
+) -> Result<()> {
+    let before = info.weight_bytes.unwrap_or(info.parameters * 4);
+    let (mut old, mut new) = (0u64, 0u64);
+    for l in linears {
+        old += l.bytes() as u64;
+        l.quantize(dtype)?;
+        new += l.bytes() as u64;
+    }
+    info.weight_bytes = Some((before + new).saturating_sub(old));
+    info.quantization = Some(format!(
+        "{} (--student-quantize)",
+        format!("{dtype:?}").to_ascii_lowercase()
+    ));
+    Ok(())
+}
+
 /// The quantization formats `--student-quantize` accepts.
 pub fn parse_quant(name: &str) -> std::result::Result<GgmlDType, String> {
     match name.to_ascii_lowercase().as_str() {
@@ -415,19 +437,18 @@ pub fn attention(
 ) -> Result<Tensor> {
     let (b, s, hidden) = q.dims3()?;
     let head_dim = hidden / heads;
-    let split = |t: &Tensor| -> Result<Tensor> {
-        t.reshape((b, s, heads, head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
-    };
-    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let heads_first =
+        |t: &Tensor| -> Result<Tensor> { t.reshape((b, s, heads, head_dim))?.transpose(1, 2) };
+    // The scale is applied while the query heads are copied into place (the copy was needed
+    // anyway): one pass fewer over the scores than scaling them afterwards.
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    let q = (heads_first(q)? * scale)?;
+    let (k, v) = (heads_first(k)?.contiguous()?, heads_first(v)?.contiguous()?);
+    let mut scores = q.matmul(&k.t()?)?;
     if let Some(pb) = position_bias {
         scores = scores.broadcast_add(pb)?;
     }
-    let scores = scores.broadcast_add(mask_bias)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask_bias)?)?;
     probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, hidden))
 }
 
@@ -528,30 +549,22 @@ mod tests {
 
     #[test]
     fn fast_gelu_matches_the_exact_erf_gelu() {
+        let max_abs_diff = |x: &Tensor| {
+            let got = Activation::GeluErf.forward(x).unwrap();
+            (got - x.gelu_erf().unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
         let x = (matrix(300, 300, 9) * 8.0).unwrap();
-        let want = x.gelu_erf().unwrap();
-        let got = Activation::GeluErf.forward(&x).unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&x);
         assert!(diff < 2e-6, "{diff}");
         // A transposed (non-contiguous) input gives the transposed result.
-        let t = x.t().unwrap();
-        let got = Activation::GeluErf.forward(&t).unwrap();
-        let want = t.gelu_erf().unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&x.t().unwrap());
         assert!(diff < 2e-6, "{diff}");
     }
 

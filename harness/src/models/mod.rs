@@ -489,19 +489,11 @@ impl EncoderBackend {
     /// Quantize every linear layer (attention, feed-forward, pooler and head) to `dtype`;
     /// embeddings and layer norms stay f32.
     pub fn quantize(&mut self, dtype: candle_core::quantized::GgmlDType) -> Result<()> {
-        let before = self.info.weight_bytes.unwrap_or(self.info.parameters * 4);
-        let (mut old, mut new) = (0usize, 0usize);
-        for l in self.net.linears_mut() {
-            old += l.bytes();
-            l.quantize(dtype)?;
-            new += l.bytes();
-        }
-        self.info.weight_bytes = Some((before as i64 - old as i64 + new as i64).max(0) as u64);
-        self.info.quantization = Some(format!(
-            "{} (--student-quantize)",
-            format!("{dtype:?}").to_ascii_lowercase()
-        ));
-        Ok(())
+        Ok(layers::quantize_linears(
+            self.net.linears_mut(),
+            dtype,
+            &mut self.info,
+        )?)
     }
 
     /// Longest sequence the model accepts.

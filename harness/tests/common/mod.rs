@@ -1,0 +1,54 @@
+//! Helpers shared by the command-line test files: the fixture paths, running the binary
+//! without network, and reading what a run wrote.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+pub fn harness(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.args(args);
+    // Never reach for the network in tests: an unroutable endpoint fails at once.
+    cmd.env("HF_ENDPOINT", "http://127.0.0.1:9");
+    cmd.env_remove("HF_HUB_OFFLINE");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("harness runs")
+}
+
+pub fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// A finished `harness run`: its output folder and process output.
+pub struct Run {
+    pub out: PathBuf,
+    pub output: Output,
+}
+
+impl Run {
+    pub fn results(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.out.join("results.json")).unwrap())
+            .unwrap()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+}
