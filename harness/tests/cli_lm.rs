@@ -461,3 +461,32 @@ fn decoder_aliases_load_from_a_hub_snapshot_cache_offline() {
         "{ck}"
     );
 }
+
+#[test]
+fn a_gguf_student_with_f32_tensors_can_be_quantized() {
+    // GGUF files in block formats are refused by --student-quantize (unit test in
+    // models/layers.rs); this fixture's GGUF holds f32 tensors, which are quantized.
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = fixture("llama-tiny");
+    let student = fixture("llama-tiny/model-f32.gguf");
+    let r = lm_run(
+        tmp.path(),
+        "out",
+        &[
+            "--teacher",
+            &teacher,
+            "--student",
+            &student,
+            "--student-quantize",
+            "q8_0",
+        ],
+        "wikitext2",
+        &[],
+    );
+    assert!(r.output.status.success(), "{}", r.stderr());
+    let w = &r.results()["tasks"]["wikitext2"];
+    assert_eq!(
+        w["student"]["checkpoint"]["quantization"],
+        "q8_0 (--student-quantize)"
+    );
+}

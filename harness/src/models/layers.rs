@@ -303,6 +303,16 @@ pub fn quantize_linears(
     dtype: GgmlDType,
     info: &mut reports::CheckpointInfo,
 ) -> Result<()> {
+    if linears
+        .iter()
+        .any(|l| matches!(l.weight, QMatMul::QTensor(ref q) if q.dtype() != GgmlDType::F32))
+    {
+        candle_core::bail!(
+            "{} is already quantized ({}); --student-quantize applies to f32 checkpoints",
+            info.id,
+            info.quantization.as_deref().unwrap_or("block format")
+        );
+    }
     let before = info.weight_bytes.unwrap_or(info.parameters * 4);
     let (mut old, mut new) = (0u64, 0u64);
     for l in linears {
@@ -566,6 +576,41 @@ mod tests {
         // A transposed (non-contiguous) input gives the transposed result.
         let diff = max_abs_diff(&x.t().unwrap());
         assert!(diff < 2e-6, "{diff}");
+    }
+
+    #[test]
+    fn quantizing_quantized_weights_again_is_refused() {
+        let mut l = Lin::new(matrix(8, 64, 1), None);
+        l.quantize(GgmlDType::Q8_0).unwrap();
+        let mut info = reports::CheckpointInfo {
+            id: "m.gguf".into(),
+            resolved: "m.gguf".into(),
+            architecture: "llama".into(),
+            parameters: 512,
+            bytes_on_disk: 600,
+            head_labels: None,
+            weight_bytes: Some(600),
+            quantization: Some("q8_0 (gguf)".into()),
+            tokenizer: None,
+        };
+        let err = quantize_linears(vec![&mut l], GgmlDType::Q4K, &mut info)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.gguf is already quantized (q8_0 (gguf))"),
+            "{err}"
+        );
+        // An f32 layer is quantized and the bytes as run are recorded.
+        let mut f = Lin::new(matrix(8, 64, 2), None);
+        info.quantization = None;
+        info.weight_bytes = None;
+        quantize_linears(vec![&mut f], GgmlDType::Q8_0, &mut info).unwrap();
+        assert_eq!(
+            info.quantization.as_deref(),
+            Some("q8_0 (--student-quantize)")
+        );
+        // 512 f32 parameters (2048 bytes) become 16 Q8_0 blocks of 34 bytes.
+        assert_eq!(info.weight_bytes, Some(16 * 34));
     }
 
     #[test]
