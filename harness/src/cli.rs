@@ -50,7 +50,8 @@ pub struct CompareArgs {
     pub baseline: PathBuf,
     #[arg(long)]
     pub current: PathBuf,
-    /// Largest tolerated drop of a primary metric, in points (x100).
+    /// Largest tolerated drop of a primary metric, in points (x100); for perplexity (lower is
+    /// better), the largest tolerated rise, in percent.
     #[arg(long, default_value_t = 1.0)]
     pub max_metric_drop: f64,
     /// Largest tolerated batch-1 latency increase, percent.

@@ -45,10 +45,13 @@ pub struct Finding {
     pub what: String,
     pub baseline: f64,
     pub current: f64,
-    /// Points for metrics, percent for speed and memory.
+    /// Points for score metrics, percent for perplexity, speed and memory.
     pub change: f64,
     pub note: String,
     pub regression: bool,
+    /// A score shown x100 with its change in points (accuracy, F1, correlations); otherwise
+    /// values as they are and the change in percent.
+    pub in_points: bool,
 }
 
 /// Why two files cannot be compared (exit code 2).
@@ -130,19 +133,40 @@ pub fn compare(
             .as_ref()
             .map(|c| (c.primary_diff.high - c.primary_diff.low) / 2.0 * 100.0)
             .unwrap_or(0.0);
+        let result = &current.tasks[task];
+        // Generation's primary figure (new tokens per prompt) describes the run, not quality.
+        let scored = result.in_macro() || result.lower_is_better;
         for ((role, b), (_, c)) in cells(baseline, task).into_iter().zip(cells(current, task)) {
-            if let (Some(&bv), Some(&cv)) = (b.metrics.get(metric), c.metrics.get(metric)) {
-                let drop = (bv - cv) * 100.0;
-                let regression = drop > th.max_metric_drop && drop > noise;
-                out.push(Finding {
-                    task: task.clone(),
-                    role,
-                    what: metric.clone(),
-                    baseline: bv,
-                    current: cv,
-                    change: -drop,
-                    note: format!("noise +/-{noise:.2} pts"),
-                    regression,
+            if let (true, Some(&bv), Some(&cv)) =
+                (scored, b.metrics.get(metric), c.metrics.get(metric))
+            {
+                out.push(if result.lower_is_better {
+                    // Perplexity: a rise is the regression, measured in percent.
+                    let rise = (cv / bv - 1.0) * 100.0;
+                    Finding {
+                        task: task.clone(),
+                        role,
+                        what: metric.clone(),
+                        baseline: bv,
+                        current: cv,
+                        change: rise,
+                        note: "lower is better; change in %".into(),
+                        regression: rise > th.max_metric_drop,
+                        in_points: false,
+                    }
+                } else {
+                    let drop = (bv - cv) * 100.0;
+                    Finding {
+                        task: task.clone(),
+                        role,
+                        what: metric.clone(),
+                        baseline: bv,
+                        current: cv,
+                        change: -drop,
+                        note: format!("noise +/-{noise:.2} pts"),
+                        regression: drop > th.max_metric_drop && drop > noise,
+                        in_points: true,
+                    }
                 });
             }
             if let (Some(bp), Some(cp)) = (&b.profile, &c.profile) {
@@ -158,6 +182,7 @@ pub fn compare(
                     change: slowdown,
                     note: format!("p = {p:.3}"),
                     regression: slowdown > th.max_slowdown && p < th.alpha,
+                    in_points: false,
                 });
                 if let (Some(bm), Some(cm)) = (bp.peak_rss_bytes, cp.peak_rss_bytes) {
                     let growth = (cm as f64 / bm as f64 - 1.0) * 100.0;
@@ -170,6 +195,7 @@ pub fn compare(
                         change: growth,
                         note: String::new(),
                         regression: growth > th.max_memory_growth,
+                        in_points: false,
                     });
                 }
             }
@@ -183,7 +209,7 @@ pub fn markdown(findings: &[Finding], th: &Thresholds) -> String {
     let rows: Vec<Vec<String>> = findings
         .iter()
         .map(|f| {
-            let is_metric = !f.what.contains("latency") && !f.what.contains("RSS");
+            let is_metric = f.in_points;
             vec![
                 if f.regression {
                     "REGRESSION".into()
@@ -336,6 +362,40 @@ mod tests {
             .unwrap()
             .iter()
             .all(|f| !f.regression));
+    }
+
+    #[test]
+    fn a_perplexity_rise_is_the_regression() {
+        let mut base = profiled();
+        let t = base.tasks.get_mut("stsb").unwrap();
+        t.primary_metric = "perplexity".into();
+        for c in [&mut t.teacher, &mut t.student] {
+            c.metrics.insert("perplexity".into(), 20.0);
+        }
+        t.lower_is_better = true;
+        let mut cur = base.clone();
+        let set = |r: &mut Results, v: f64| {
+            r.tasks
+                .get_mut("stsb")
+                .unwrap()
+                .student
+                .metrics
+                .insert("perplexity".into(), v);
+        };
+        // Lower perplexity is better: no regression however large the fall.
+        set(&mut cur, 10.0);
+        let f = compare(&base, &cur, &Thresholds::default()).unwrap();
+        assert!(f.iter().all(|f| !f.regression), "{f:#?}");
+        // A 5% rise beats the default 1% threshold.
+        set(&mut cur, 21.0);
+        let f = compare(&base, &cur, &Thresholds::default()).unwrap();
+        let hit: Vec<_> = f.iter().filter(|f| f.regression).collect();
+        assert_eq!(hit.len(), 1, "{f:#?}");
+        assert!((hit[0].change - 5.0).abs() < 1e-9);
+        // The latency and memory checks still run for the task.
+        assert!(f
+            .iter()
+            .any(|f| f.task == "stsb" && f.what.contains("latency")));
     }
 
     #[test]
