@@ -5,6 +5,7 @@
 //! cheaply into a [`plan::RunPlan`], then [`run::execute`] the plan, which loads models through
 //! [`models`], runs tasks from the `tasks` crate and writes results with the `reports` crate.
 
+pub mod alloc;
 pub mod cli;
 pub mod error;
 pub mod fidelity;

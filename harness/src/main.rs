@@ -111,6 +111,7 @@ fn merge(args: &MergeArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    harness::alloc::tune_for_inference();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => run(args),
