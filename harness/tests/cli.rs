@@ -611,35 +611,9 @@ fn aliases_without_network_fail_with_the_offline_message() {
     );
 }
 
-/// Lay out a fixture exactly as the Hub cache stores a snapshot:
-/// `models--org--name/{refs/main, snapshots/<commit>/...}`.
+/// Lay out a fixture as the Hub cache stores a model snapshot.
 fn fake_hub_cache(home: &Path, repo: &str, fixture_name: &str) {
-    let commit = "0123456789abcdef0123456789abcdef01234567";
-    let root = home
-        .join("hub")
-        .join(format!("models--{}", repo.replace('/', "--")));
-    write(&root, "refs/main", commit);
-    let snap = root.join("snapshots").join(commit);
-    let src = PathBuf::from(fixture(fixture_name));
-    for entry in walk(&src) {
-        let rel = entry.strip_prefix(&src).unwrap();
-        let dst = snap.join(rel);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(&entry, dst).unwrap();
-    }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+    common::fake_hub_snapshot(home, "models", repo, &fixture(fixture_name));
 }
 
 #[test]
@@ -706,15 +680,7 @@ fn glue_comes_from_the_hub_parquet_files_without_data_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("hf-home");
     // The dataset cache layout: datasets--nyu-mll--glue/{refs/main, snapshots/<commit>/sst2/*.parquet}
-    let commit = "fedcba9876543210fedcba9876543210fedcba98";
-    let root = home.join("hub/datasets--nyu-mll--glue");
-    write(&root, "refs/main", commit);
-    for split in ["validation", "train"] {
-        let name = format!("sst2/{split}-00000-of-00001.parquet");
-        let dst = root.join("snapshots").join(commit).join(&name);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(PathBuf::from(fixture("hub-glue")).join(&name), dst).unwrap();
-    }
+    common::fake_hub_snapshot(&home, "datasets", "nyu-mll/glue", &fixture("hub-glue"));
     let out = tmp.path().join("out");
     let output = harness(
         &[

@@ -325,14 +325,12 @@ fn wikitext_comes_from_the_hub_parquet_file_without_data_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("hf-home");
     // The dataset cache layout: datasets--Salesforce--wikitext/{refs/main, snapshots/<commit>/...}
-    let commit = "00112233445566778899aabbccddeeff00112233";
-    let root = home.join("hub/datasets--Salesforce--wikitext");
-    std::fs::create_dir_all(root.join("refs")).unwrap();
-    std::fs::write(root.join("refs/main"), commit).unwrap();
-    let name = "wikitext-2-raw-v1/test-00000-of-00001.parquet";
-    let dst = root.join("snapshots").join(commit).join(name);
-    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-    std::fs::copy(PathBuf::from(fixture("hub-wikitext")).join(name), dst).unwrap();
+    common::fake_hub_snapshot(
+        &home,
+        "datasets",
+        "Salesforce/wikitext",
+        &fixture("hub-wikitext"),
+    );
     let out = tmp.path().join("out");
     let model = fixture("gpt2-tiny");
     let o = Command::new(env!("CARGO_BIN_EXE_harness"))
@@ -404,25 +402,8 @@ fn decoder_aliases_load_from_a_hub_snapshot_cache_offline() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("hf-home");
     // gpt2 and distilgpt2 resolve to these Hub ids (harness/aliases.toml).
-    for (repo, fixture_name) in [
-        ("openai-community/gpt2", "gpt2-tiny"),
-        ("distilbert/distilgpt2", "gpt2-tiny"),
-    ] {
-        let commit = "0123456789abcdef0123456789abcdef01234567";
-        let root = home
-            .join("hub")
-            .join(format!("models--{}", repo.replace('/', "--")));
-        common::write(&root, "refs/main", commit);
-        let src = PathBuf::from(fixture(fixture_name));
-        for entry in std::fs::read_dir(&src).unwrap() {
-            let p = entry.unwrap().path();
-            let dst = root
-                .join("snapshots")
-                .join(commit)
-                .join(p.file_name().unwrap());
-            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-            std::fs::copy(&p, dst).unwrap();
-        }
+    for repo in ["openai-community/gpt2", "distilbert/distilgpt2"] {
+        common::fake_hub_snapshot(&home, "models", repo, &fixture("gpt2-tiny"));
     }
     let data = wiki_dir(tmp.path());
     let out = tmp.path().join("out");

@@ -52,3 +52,34 @@ impl Run {
         String::from_utf8_lossy(&self.output.stdout).into_owned()
     }
 }
+
+/// Lay out files exactly as the Hub cache stores a snapshot of a repository:
+/// `{models,datasets}--org--name/{refs/main, snapshots/<commit>/...}`, copied from `src`
+/// (every file below it).
+pub fn fake_hub_snapshot(home: &Path, kind: &str, repo: &str, src: &str) {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let root = home
+        .join("hub")
+        .join(format!("{kind}--{}", repo.replace('/', "--")));
+    write(&root, "refs/main", commit);
+    let snap = root.join("snapshots").join(commit);
+    let src = PathBuf::from(src);
+    for entry in walk(&src) {
+        let dst = snap.join(entry.strip_prefix(&src).unwrap());
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, dst).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
