@@ -142,11 +142,7 @@ fn encoders_are_scored_by_probe_and_cosine_and_results_match_the_schema() {
         "stsb,sst2,mrpc",
         &[],
     );
-    assert!(r.output.status.success(), "{}", r.stderr());
-    let res = r.results();
-    let schema: Value = serde_json::from_str(reports::schema_check::RESULTS_SCHEMA).unwrap();
-    let errors = reports::schema_check::validate(&schema, &res);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let res = r.checked_results();
 
     assert_eq!(res["tasks"]["stsb"]["mode"], "cosine");
     assert_eq!(res["tasks"]["sst2"]["mode"], "probe");

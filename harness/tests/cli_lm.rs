@@ -70,11 +70,7 @@ fn llama_from_safetensors_against_the_same_weights_from_gguf() {
         "wikitext2,generate",
         &[],
     );
-    assert!(r.output.status.success(), "{}", r.stderr());
-    let res = r.results();
-    let schema: Value = serde_json::from_str(reports::schema_check::RESULTS_SCHEMA).unwrap();
-    let errors = reports::schema_check::validate(&schema, &res);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let res = r.checked_results();
 
     let w = &res["tasks"]["wikitext2"];
     assert_eq!(w["mode"], "log_likelihood");
@@ -164,8 +160,7 @@ fn student_quantize_makes_a_smaller_gpt2_student_that_stays_close() {
         "wikitext2",
         &[],
     );
-    assert!(r.output.status.success(), "{}", r.stderr());
-    let res = r.results();
+    let res = r.checked_results();
     assert!(res["student"]["id"].as_str().unwrap().ends_with("(q8_0)"));
     let w = &res["tasks"]["wikitext2"];
     assert_eq!(
@@ -378,8 +373,7 @@ fn different_tokenizers_compare_text_level_figures_only() {
         "wikitext2,generate",
         &[],
     );
-    assert!(r.output.status.success(), "{}", r.stderr());
-    let res = r.results();
+    let res = r.checked_results();
     let w = &res["tasks"]["wikitext2"];
     let fid = &w["fidelity"];
     assert_eq!(fid["same_tokenizer"], false);

@@ -41,6 +41,16 @@ pub struct Run {
 }
 
 impl Run {
+    /// Assert the run succeeded and return its results file, checked against the schema.
+    pub fn checked_results(&self) -> Value {
+        assert!(self.output.status.success(), "{}", self.stderr());
+        let res = self.results();
+        let schema: Value = serde_json::from_str(reports::schema_check::RESULTS_SCHEMA).unwrap();
+        let errors = reports::schema_check::validate(&schema, &res);
+        assert!(errors.is_empty(), "{errors:#?}");
+        res
+    }
+
     pub fn results(&self) -> Value {
         serde_json::from_str(&std::fs::read_to_string(self.out.join("results.json")).unwrap())
             .unwrap()
