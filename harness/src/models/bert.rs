@@ -147,8 +147,7 @@ impl BertLayer {
     }
 
     fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = layers::split3(&self.qkv.forward(x)?)?;
-        let ctx = layers::attention(&q, &k, &v, self.heads, mask_bias, None)?;
+        let ctx = layers::self_attention(&self.qkv.forward(x)?, self.heads, mask_bias)?;
         let x = self
             .attention_norm
             .forward(&(self.attention_output.forward(&ctx)? + x)?)?;
