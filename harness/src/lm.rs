@@ -245,16 +245,18 @@ fn perplexity_cell(
     if plan.profile.is_some() {
         model.window_logits(&ids[..ids.len().min(window.context)])?;
     }
+    // Tokens run through the model, window by window (the last window may be shorter).
+    let mut tokens_run = 0usize;
     let (nll, timed) = measured(meter, |lat| {
         sliding_window_nll(&ids, window, |w| {
             let t0 = Instant::now();
             let rows = model.window_logits(w).map_err(|e| format!("{e:#}"))?;
             lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            tokens_run += w.len();
             Ok(rows)
         })
         .map_err(anyhow::Error::msg)
     })?;
-    let tokens_run = timed.latencies_ms.len() * window.context.min(ids.len());
     let profile = plan
         .profile
         .as_ref()
@@ -263,7 +265,7 @@ fn perplexity_cell(
                 &timed,
                 nll.windows,
                 tokens_run,
-                model.flops_per_token() * window.context.min(ids.len()) as f64,
+                model.flops_per_token() * tokens_run as f64 / nll.windows as f64,
             )
         })
         .transpose()?;
