@@ -9,7 +9,7 @@
 //! Every finished piece is cached in `OUT/cells/` like the GLUE cells, so an interrupted run
 //! resumes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -27,7 +27,7 @@ use crate::models::decoder::DecoderBackend;
 use crate::models::resolve::{self, checkpoint_for, ModelRef};
 use crate::plan::RunPlan;
 use crate::profile::{self, energy::EnergyMeter, latency, memory};
-use crate::run::Role;
+use crate::run::{cell_path, read_cached, Role};
 
 /// One language-modelling task with its loaded data.
 pub struct PlannedLmTask {
@@ -80,20 +80,6 @@ struct FidelityFile {
     fidelity: TokenFidelity,
 }
 
-fn read_cached<T: for<'de> Deserialize<'de>>(
-    path: &Path,
-    key: &str,
-    get: fn(&T) -> &str,
-) -> Option<T> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: T = serde_json::from_str(&text).ok()?;
-    (get(&v) == key).then_some(v)
-}
-
-fn cell_path(out: &Path, task: &str, what: &str) -> PathBuf {
-    out.join("cells").join(format!("{task}.{what}.json"))
-}
-
 /// The model specs of both roles for a task.
 fn specs(plan: &RunPlan, task: &str) -> [(Role, DecoderSpec); 2] {
     [
@@ -117,18 +103,11 @@ fn specs(plan: &RunPlan, task: &str) -> [(Role, DecoderSpec); 2] {
 }
 
 fn load_decoder(spec: &DecoderSpec, plan: &RunPlan) -> Result<DecoderBackend> {
-    let mut b = match &spec.ckpt {
-        ModelRef::Local(p) => {
-            DecoderBackend::load(&p.display().to_string(), p, &plan.device, spec.dequantize)?
-        }
-        ModelRef::Hub { repo, revision } => {
-            let (dir, sha) = resolve::download(repo, revision.as_deref())?;
-            let mut b = DecoderBackend::load(repo, &dir, &plan.device, spec.dequantize)?;
-            b.set_resolved(format!("{repo}@{sha}"));
-            b
-        }
-        ModelRef::Alias(a) => bail!("alias '{a}' must be resolved per task"),
-    };
+    let (id, dir, resolved) = resolve::local_snapshot(&spec.ckpt)?;
+    let mut b = DecoderBackend::load(&id, &dir, &plan.device, spec.dequantize)?;
+    if let Some(r) = resolved {
+        b.set_resolved(r);
+    }
     if let Some(q) = spec.quantize {
         b.quantize(q)
             .with_context(|| format!("{}: cannot quantize to {q:?}", b.info().id))?;
@@ -524,16 +503,9 @@ pub fn run_lm_tasks(
             if !loaded.iter().any(|(s, _)| *s == spec) {
                 let started = Instant::now();
                 let b = load_decoder(&spec, plan)?;
-                say(format!(
-                    "loaded {} ({}, {:.1}M parameters{}) in {:.1} s",
-                    b.info().id,
-                    b.info().architecture,
-                    b.info().parameters as f64 / 1e6,
-                    b.info()
-                        .quantization
-                        .as_deref()
-                        .map_or(String::new(), |q| format!(", {q}")),
-                    started.elapsed().as_secs_f64()
+                say(crate::run::loaded_line(
+                    b.info(),
+                    started.elapsed().as_secs_f64(),
                 ));
                 loaded.push((spec, b));
             }

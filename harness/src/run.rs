@@ -117,7 +117,6 @@ fn load_train(plan: &RunPlan, pt: &PlannedTask) -> Result<std::result::Result<Da
 pub(crate) fn checkpoint_key(r: &ModelRef) -> String {
     match r {
         ModelRef::Local(dir) => {
-            let canon = dir.canonicalize().unwrap_or_else(|_| dir.clone());
             let weights = match crate::models::decoder::gguf_path(dir) {
                 Ok(Some(gguf)) => Some(gguf),
                 _ => crate::models::find_weights(dir).ok().map(|w| w.path),
@@ -133,7 +132,7 @@ pub(crate) fn checkpoint_key(r: &ModelRef) -> String {
                     format!("{}b@{mtime}", m.len())
                 })
                 .unwrap_or_default();
-            format!("{}#{stamp}", canon.display())
+            format!("{}#{stamp}", crate::models::canonical(dir))
         }
         ModelRef::Hub { repo, revision } => {
             format!("{repo}@{}", revision.as_deref().unwrap_or("main"))
@@ -168,15 +167,34 @@ fn cache_key(plan: &RunPlan, ckpt: &ModelRef, role: Role, pt: &PlannedTask) -> S
     )
 }
 
-fn cell_path(out: &Path, task: &str, role: Role) -> PathBuf {
-    out.join("cells")
-        .join(format!("{task}.{}.json", role.name()))
+/// `OUT/cells/<task>.<what>.json`: a role's cell (`teacher`, `student`) or a pair's file.
+pub(crate) fn cell_path(out: &Path, task: &str, what: &str) -> PathBuf {
+    out.join("cells").join(format!("{task}.{what}.json"))
 }
 
-fn read_cached(path: &Path, key: &str) -> Option<CellFile> {
+/// A cached file whose cache key (read by `key_of`) is `key`; `None` when absent, unreadable
+/// or computed with other settings.
+pub(crate) fn read_cached<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    key: &str,
+    key_of: fn(&T) -> &str,
+) -> Option<T> {
     let text = std::fs::read_to_string(path).ok()?;
-    let cf: CellFile = serde_json::from_str(&text).ok()?;
-    (cf.cell.cache_key == key).then_some(cf)
+    let v: T = serde_json::from_str(&text).ok()?;
+    (key_of(&v) == key).then_some(v)
+}
+
+/// The progress line for a loaded model.
+pub(crate) fn loaded_line(info: &CheckpointInfo, seconds: f64) -> String {
+    format!(
+        "loaded {} ({}, {:.1}M parameters{}) in {seconds:.1} s",
+        info.id,
+        info.architecture,
+        info.parameters as f64 / 1e6,
+        info.quantization
+            .as_deref()
+            .map_or(String::new(), |q| format!(", {q}")),
+    )
 }
 
 fn softmax(row: &[f32]) -> Vec<f64> {
@@ -388,16 +406,12 @@ fn load_backend(ckpt: &ModelRef, plan: &RunPlan) -> Result<EncoderBackend> {
         device: plan.device.clone(),
         max_length: plan.max_length,
     };
-    match ckpt {
-        ModelRef::Local(dir) => EncoderBackend::load(&dir.display().to_string(), dir, &opts),
-        ModelRef::Hub { repo, revision } => {
-            let (dir, sha) = resolve::download(repo, revision.as_deref())?;
-            let mut b = EncoderBackend::load(repo, &dir, &opts)?;
-            b.set_resolved(format!("{repo}@{sha}"));
-            Ok(b)
-        }
-        ModelRef::Alias(a) => bail!("alias '{a}' must be resolved per task"),
+    let (id, dir, resolved) = resolve::local_snapshot(ckpt)?;
+    let mut b = EncoderBackend::load(&id, &dir, &opts)?;
+    if let Some(r) = resolved {
+        b.set_resolved(r);
     }
+    Ok(b)
 }
 
 fn write_predictions(
@@ -491,7 +505,8 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
         for (ti, pt) in plan.tasks.iter().enumerate() {
             let ckpt = checkpoint_for(model, pt.task.name(), &plan.aliases);
             let key = cache_key(plan, &ckpt, role, pt);
-            match read_cached(&cell_path(&plan.out, pt.task.name(), role), &key) {
+            let path = cell_path(&plan.out, pt.task.name(), role.name());
+            match read_cached::<CellFile>(&path, &key, |c| &c.cell.cache_key) {
                 Some(cf) => {
                     say(format!(
                         "{} {}: reusing the finished cell in {}",
@@ -531,13 +546,7 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,
             };
-            say(format!(
-                "loaded {} ({}, {:.1}M parameters) in {:.1} s",
-                b.info().id,
-                b.info().architecture,
-                b.info().parameters as f64 / 1e6,
-                started.elapsed().as_secs_f64()
-            ));
+            say(loaded_line(b.info(), started.elapsed().as_secs_f64()));
             backends.push((want, b, load_rss));
         }
     }
@@ -614,7 +623,10 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
                         .unwrap_or(f64::NAN),
                     cf.cell.elapsed_s
                 ));
-                reports::io::write_json_atomic(&cell_path(&plan.out, pt.task.name(), role), &cf)?;
+                reports::io::write_json_atomic(
+                    &cell_path(&plan.out, pt.task.name(), role.name()),
+                    &cf,
+                )?;
                 done.insert((ti, role), cf);
             }
             Err(reason) => {

@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 use reports::CheckpointInfo;
 use tokenizers::Tokenizer;
 
+use super::canonical;
 use super::gpt2::{Gpt2, Gpt2Config};
 use super::layers::{KvCache, Lin};
 use super::llama::{Llama, LlamaConfig};
@@ -126,10 +126,6 @@ pub fn is_decoder(path: &Path) -> Result<bool> {
     ))
 }
 
-fn ggml_name(d: GgmlDType) -> String {
-    format!("{d:?}").to_ascii_lowercase()
-}
-
 impl DecoderBackend {
     /// Load a decoder from a folder (`config.json` with `model_type` gpt2 or llama) or a GGUF
     /// file. A GGUF file is kept quantized unless `dequantize`.
@@ -160,7 +156,9 @@ impl DecoderBackend {
         // The dominant block type of the weights names the file's quantization.
         let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
         for t in content.tensor_infos.values() {
-            *counts.entry(ggml_name(t.ggml_dtype)).or_default() += t.shape.elem_count() as u64;
+            *counts
+                .entry(super::layers::ggml_name(t.ggml_dtype))
+                .or_default() += t.shape.elem_count() as u64;
         }
         let dominant = counts
             .iter()
@@ -235,25 +233,12 @@ impl DecoderBackend {
             .and_then(|v| v.as_str())
             .unwrap_or("")
             .to_string();
-        let weights = super::find_weights(dir)?;
-        let bytes_on_disk = std::fs::metadata(&weights.path)?.len();
-        let parameters = super::count_parameters(&weights).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: cannot read weights; the file is truncated or corrupt ({e}); download it again",
-                weights.path.display()
-            )
-        })?;
-        let vb = if weights.is_safetensors {
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights.path], DType::F32, device) }
-        } else {
-            VarBuilder::from_pth(&weights.path, DType::F32, device)
-        }
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}: cannot read weights ({e}); download it again",
-                weights.path.display()
-            )
-        })?;
+        let super::OpenedWeights {
+            file: weights,
+            bytes_on_disk,
+            parameters,
+            vb,
+        } = super::open_weights(dir, device)?;
         let bad_config = |e: serde_json::Error| {
             anyhow::anyhow!("{}: missing or invalid field: {e}", config_path.display())
         };
@@ -294,13 +279,7 @@ impl DecoderBackend {
         let tokenizer = Tokenizer::from_file(&json)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{}: cannot parse tokenizer", json.display()))?;
-        if tokenizer.get_vocab_size(true) > vocab {
-            bail!(
-                "{}: the tokenizer has {} tokens but the model's embedding matrix has {vocab} rows; the tokenizer does not belong to this checkpoint",
-                dir.display(),
-                tokenizer.get_vocab_size(true)
-            );
-        }
+        super::check_tokenizer_fits(dir, &tokenizer, vocab)?;
         let eos = raw
             .get("eos_token_id")
             .and_then(|v| v.as_u64())
@@ -457,11 +436,4 @@ impl DecoderBackend {
     pub fn same_tokenizer(&self, other: &DecoderBackend) -> bool {
         self.tokenizer.get_vocab(true) == other.tokenizer.get_vocab(true)
     }
-}
-
-fn canonical(p: &Path) -> String {
-    p.canonicalize()
-        .unwrap_or_else(|_| p.to_path_buf())
-        .display()
-        .to_string()
 }

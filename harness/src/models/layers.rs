@@ -321,11 +321,13 @@ pub fn quantize_linears(
         new += l.bytes() as u64;
     }
     info.weight_bytes = Some((before + new).saturating_sub(old));
-    info.quantization = Some(format!(
-        "{} (--student-quantize)",
-        format!("{dtype:?}").to_ascii_lowercase()
-    ));
+    info.quantization = Some(format!("{} (--student-quantize)", ggml_name(dtype)));
     Ok(())
+}
+
+/// A block format's name as llama.cpp writes it, lower-case (`q8_0`, `q4k`).
+pub fn ggml_name(dtype: GgmlDType) -> String {
+    format!("{dtype:?}").to_ascii_lowercase()
 }
 
 /// The quantization formats `--student-quantize` accepts.

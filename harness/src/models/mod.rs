@@ -163,6 +163,68 @@ pub(crate) fn count_parameters(w: &WeightFile) -> Result<u64> {
     }
 }
 
+/// The weights of a checkpoint folder, opened: the file, its size, its floating-point
+/// parameter count, and a VarBuilder over it (f32). Truncated or corrupt files get one message
+/// that says so.
+pub(crate) struct OpenedWeights {
+    pub file: WeightFile,
+    pub bytes_on_disk: u64,
+    pub parameters: u64,
+    pub vb: VarBuilder<'static>,
+}
+
+pub(crate) fn open_weights(dir: &Path, device: &Device) -> Result<OpenedWeights> {
+    let file = find_weights(dir)?;
+    let bytes_on_disk = std::fs::metadata(&file.path)?.len();
+    let corrupt = |e: candle_core::Error| {
+        anyhow::anyhow!(
+            "{}: cannot read weights; the file is truncated or corrupt ({e}); download it again",
+            file.path.display()
+        )
+    };
+    let parameters =
+        count_parameters(&file).map_err(|e| match e.downcast::<candle_core::Error>() {
+            Ok(ce) => corrupt(ce),
+            Err(e) => e,
+        })?;
+    let vb = if file.is_safetensors {
+        unsafe { VarBuilder::from_mmaped_safetensors(&[&file.path], DType::F32, device) }
+    } else {
+        VarBuilder::from_pth(&file.path, DType::F32, device)
+    }
+    .map_err(corrupt)?;
+    Ok(OpenedWeights {
+        file,
+        bytes_on_disk,
+        parameters,
+        vb,
+    })
+}
+
+/// Refuse a tokenizer with more tokens than the model has embedding rows.
+pub(crate) fn check_tokenizer_fits(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    vocab_size: usize,
+) -> Result<()> {
+    let tok_vocab = tokenizer.get_vocab_size(true);
+    if tok_vocab > vocab_size {
+        bail!(
+            "{}: the tokenizer has {tok_vocab} tokens but the model's embedding matrix has {vocab_size} rows; the tokenizer does not belong to this checkpoint",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The canonical form of a local path for results (the path as given when it cannot be had).
+pub(crate) fn canonical(p: &Path) -> String {
+    p.canonicalize()
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// Read a JSON file into `T`, with the path in every error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
@@ -361,27 +423,12 @@ impl EncoderBackend {
             );
         }
         let (raw, arch) = read_config(&config_path)?;
-        let weights = find_weights(dir)?;
-        let bytes_on_disk = std::fs::metadata(&weights.path)?.len();
-        let corrupt = |e: candle_core::Error| {
-            anyhow::anyhow!(
-                "{}: cannot read weights; the file is truncated or corrupt ({e}); download it again",
-                weights.path.display()
-            )
-        };
-        let parameters =
-            count_parameters(&weights).map_err(|e| match e.downcast::<candle_core::Error>() {
-                Ok(ce) => corrupt(ce),
-                Err(e) => e,
-            })?;
-        let vb = if weights.is_safetensors {
-            unsafe {
-                VarBuilder::from_mmaped_safetensors(&[&weights.path], DType::F32, &opts.device)
-            }
-        } else {
-            VarBuilder::from_pth(&weights.path, DType::F32, &opts.device)
-        }
-        .map_err(corrupt)?;
+        let OpenedWeights {
+            file: weights,
+            bytes_on_disk,
+            parameters,
+            vb,
+        } = open_weights(dir, &opts.device)?;
 
         let built = build_net(
             arch,
@@ -402,13 +449,7 @@ impl EncoderBackend {
             .max_length
             .map_or(max_positions, |m| m.min(max_positions));
         let tokenizer = tokenizer::load_tokenizer(dir, max_length)?;
-        let tok_vocab = tokenizer.get_vocab_size(true);
-        if tok_vocab > vocab_size {
-            bail!(
-                "{}: the tokenizer has {tok_vocab} tokens but the model's embedding matrix has {vocab_size} rows; the tokenizer does not belong to this checkpoint",
-                dir.display()
-            );
-        }
+        check_tokenizer_fits(dir, &tokenizer, vocab_size)?;
         let pad_id = raw
             .get("pad_token_id")
             .and_then(|v| v.as_u64())
@@ -419,11 +460,7 @@ impl EncoderBackend {
         Ok(EncoderBackend {
             info: CheckpointInfo {
                 id: id.to_string(),
-                resolved: dir
-                    .canonicalize()
-                    .unwrap_or_else(|_| dir.to_path_buf())
-                    .display()
-                    .to_string(),
+                resolved: canonical(dir),
                 architecture: arch.name().to_string(),
                 parameters,
                 bytes_on_disk,

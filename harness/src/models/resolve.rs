@@ -133,6 +133,20 @@ fn parse_hub_id(arg: &str) -> Option<(String, Option<String>)> {
 
 /// The checkpoint to load for `model` on `task`: the alias's fine-tuned checkpoint for that task
 /// when it has one, its base checkpoint otherwise; a Hub id or folder as it is.
+/// A checkpoint as a local folder: `(id, folder, resolved)`, where `resolved` is
+/// `repo@commit` for a Hub model (downloaded, or found in the cache when offline) and `None` for
+/// a local one, whose canonical path the loader records.
+pub fn local_snapshot(ckpt: &ModelRef) -> Result<(String, PathBuf, Option<String>)> {
+    match ckpt {
+        ModelRef::Local(dir) => Ok((dir.display().to_string(), dir.clone(), None)),
+        ModelRef::Hub { repo, revision } => {
+            let (dir, sha) = download(repo, revision.as_deref())?;
+            Ok((repo.clone(), dir, Some(format!("{repo}@{sha}"))))
+        }
+        ModelRef::Alias(a) => bail!("alias '{a}' must be resolved per task"),
+    }
+}
+
 pub fn checkpoint_for(model: &ModelRef, task: &str, aliases: &AliasTable) -> ModelRef {
     match model {
         ModelRef::Alias(name) => {
