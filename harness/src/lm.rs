@@ -550,7 +550,23 @@ pub fn run_lm_tasks(
                     |spec: &DecoderSpec| &loaded.iter().find(|(s, _)| s == spec).expect("loaded").1;
                 let (teacher, student) = (get(&tspec), get(&sspec));
                 std::fs::create_dir_all(plan.out.join("cells"))?;
-                match (&pt.data, pt.task.kind()) {
+                // Score teacher then student, saving each cell as soon as it is done.
+                let both =
+                    |score: &mut dyn FnMut(Role, &DecoderBackend, String) -> Result<LmCellFile>| {
+                        let mut cells = Vec::with_capacity(2);
+                        for (role, model, key) in [
+                            (Role::Teacher, teacher, &tkey),
+                            (Role::Student, student, &skey),
+                        ] {
+                            let cf = score(role, model, key.clone())?;
+                            let path = cell_path(&plan.out, name, role.name());
+                            reports::io::write_json_atomic(&path, &cf)?;
+                            cells.push(cf);
+                        }
+                        let s = cells.pop().expect("student");
+                        Ok::<_, anyhow::Error>((cells.pop().expect("teacher"), s))
+                    };
+                let (t, s, fidelity) = match (&pt.data, pt.task.kind()) {
                     (LmData::Text(text), LmKind::Perplexity) => {
                         let span = eval_span(text, teacher, lm)?;
                         let context = context_length(lm, teacher, student);
@@ -558,11 +574,7 @@ pub fn run_lm_tasks(
                             context,
                             stride: lm.stride.min(context),
                         };
-                        let mut cells = Vec::new();
-                        for (role, model, key) in [
-                            (Role::Teacher, teacher, &tkey),
-                            (Role::Student, student, &skey),
-                        ] {
+                        let (t, s) = both(&mut |role, model, key| {
                             say(format!(
                                 "{} {name}: perplexity over {} words in windows of {} tokens (stride {})",
                                 role.name(),
@@ -570,8 +582,7 @@ pub fn run_lm_tasks(
                                 window.context,
                                 window.stride
                             ));
-                            let cf =
-                                perplexity_cell(model, &span, window, plan, meter, key.clone())?;
+                            let cf = perplexity_cell(model, &span, window, plan, meter, key)?;
                             say(format!(
                                 "{} {name}: perplexity {:.3}, word perplexity {:.3}, bits per byte {:.4} ({:.1} s)",
                                 role.name(),
@@ -580,24 +591,14 @@ pub fn run_lm_tasks(
                                 cf.cell.metrics["bits_per_byte"],
                                 cf.cell.elapsed_s
                             ));
-                            reports::io::write_json_atomic(
-                                &cell_path(&plan.out, name, role.name()),
-                                &cf,
-                            )?;
-                            cells.push(cf);
-                        }
+                            Ok(cf)
+                        })?;
                         let f = perplexity_fidelity(teacher, student, &span, context, lm)?;
-                        let s = cells.pop().expect("student");
-                        let t = cells.pop().expect("teacher");
                         (t, s, f)
                     }
                     (LmData::Prompts(prompts), LmKind::Generate) => {
-                        let mut cells = Vec::new();
-                        for (role, model, key) in [
-                            (Role::Teacher, teacher, &tkey),
-                            (Role::Student, student, &skey),
-                        ] {
-                            let cf = generate_cell(model, prompts, plan, meter, key.clone())?;
+                        let (t, s) = both(&mut |role, model, key| {
+                            let cf = generate_cell(model, prompts, plan, meter, key)?;
                             if let Some(p) = &cf.cell.profile {
                                 say(format!(
                                     "{} {name}: {} prompts, time to first token {:.1} ms, {:.1} decode tokens/s",
@@ -607,28 +608,24 @@ pub fn run_lm_tasks(
                                     p.decode_tokens_per_s.unwrap_or(f64::NAN)
                                 ));
                             }
-                            reports::io::write_json_atomic(
-                                &cell_path(&plan.out, name, role.name()),
-                                &cf,
-                            )?;
-                            cells.push(cf);
-                        }
-                        let s = cells.pop().expect("student");
-                        let t = cells.pop().expect("teacher");
+                            Ok(cf)
+                        })?;
                         let f = generate_fidelity(teacher.same_tokenizer(student), &t, &s);
                         (t, s, f)
                     }
                     _ => bail!("{name}: its data does not match its kind"),
-                }
+                };
+                // Only a computed comparison is written; a reused one is already on disk.
+                reports::io::write_json_atomic(
+                    &fidelity_path,
+                    &FidelityFile {
+                        cache_key: pair_key,
+                        fidelity: fidelity.clone(),
+                    },
+                )?;
+                (t, s, fidelity)
             }
         };
-        reports::io::write_json_atomic(
-            &fidelity_path,
-            &FidelityFile {
-                cache_key: pair_key,
-                fidelity: fidelity.clone(),
-            },
-        )?;
         if pt.task.kind() == LmKind::Generate {
             write_continuations(&plan.out, name, &t, &s)?;
         }
