@@ -495,8 +495,10 @@ pub fn run_lm_tasks(
     let mut loaded: Vec<(DecoderSpec, DecoderBackend)> = Vec::new();
     // Load every model that has work up front and check that the prompts fit, so that a bad
     // model or setting fails before any cell is computed.
-    for pt in &plan.lm_tasks {
-        if cached(plan, pt).is_some() {
+    // Each task's cells from an earlier run, read once.
+    let mut reused: Vec<_> = plan.lm_tasks.iter().map(|pt| cached(plan, pt)).collect();
+    for (pt, reused) in plan.lm_tasks.iter().zip(&reused) {
+        if reused.is_some() {
             continue;
         }
         for (_, spec) in specs(plan, pt.task.name()) {
@@ -528,7 +530,7 @@ pub fn run_lm_tasks(
             }
         }
     }
-    for pt in &plan.lm_tasks {
+    for (pt, reused) in plan.lm_tasks.iter().zip(reused.iter_mut()) {
         let name = pt.task.name();
         let [(_, tspec), (_, sspec)] = specs(plan, name);
         let Keys {
@@ -537,7 +539,7 @@ pub fn run_lm_tasks(
             pair: pair_key,
         } = keys(plan, pt);
         let fidelity_path = cell_path(&plan.out, name, "fidelity");
-        let (t, s, fidelity) = match cached(plan, pt) {
+        let (t, s, fidelity) = match reused.take() {
             Some((t, s, f)) => {
                 say(format!(
                     "{name}: reusing the finished cells in {}",
