@@ -37,6 +37,15 @@ fn main() -> anyhow::Result<()> {
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
         let dense = Lin::new(w.clone(), None);
         let want = dense.forward(&x)?;
+        // candle's own f32 matmul (the layout `Lin::tied` keeps) next to the packed GEMM.
+        let candle = Lin::tied(w.clone(), None);
+        let ms = median_ms(|| {
+            candle.forward(&x).unwrap();
+        });
+        println!(
+            "| {m} | f32 (candle matmul) | {ms:.3} | {:.1} | - |",
+            2.0 * (m * k * n) as f64 / ms / 1e6
+        );
         for fmt in [
             None,
             Some(GgmlDType::Q8_0),
@@ -58,7 +67,7 @@ fn main() -> anyhow::Result<()> {
             });
             println!(
                 "| {m} | {} | {ms:.3} | {:.1} | {err:.4} |",
-                fmt.map_or("f32".to_string(), |f| format!("{f:?}")),
+                fmt.map_or("f32 (packed)".to_string(), |f| format!("{f:?}")),
                 2.0 * (m * k * n) as f64 / ms / 1e6
             );
         }

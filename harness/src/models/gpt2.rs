@@ -126,10 +126,15 @@ impl Gpt2 {
             vb.clone()
         };
         let wte = candle_nn::embedding(cfg.vocab_size, cfg.n_embd, base.pp("wte"))?;
+        // A tied output projection stays in candle's layout, sharing the embedding table
+        // instead of packing a second copy of the largest matrix.
         let lm_head = if vb.contains_tensor("lm_head.weight") {
-            vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?
+            Lin::new(
+                vb.get((cfg.vocab_size, cfg.n_embd), "lm_head.weight")?,
+                None,
+            )
         } else {
-            wte.embeddings().clone()
+            Lin::tied(wte.embeddings().clone(), None)
         };
         Ok(Gpt2 {
             wpe: candle_nn::embedding(cfg.n_positions, cfg.n_embd, base.pp("wpe"))?,
@@ -138,7 +143,7 @@ impl Gpt2 {
                 .collect::<Result<Vec<_>>>()?,
             ln_f: layers::layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, base.pp("ln_f"))?,
             wte,
-            lm_head: Lin::new(lm_head, None),
+            lm_head,
             n_positions: cfg.n_positions,
         })
     }

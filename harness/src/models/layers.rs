@@ -6,6 +6,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
+use super::sgemm::PackedWeight;
+
 /// Activation functions named by `hidden_act` / `activation` in `config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -129,7 +131,7 @@ pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 /// candle's quantized kernels, never dequantized). Every projection of every port is one, so
 /// `--student-quantize` can turn any loaded model into a quantized student in place.
 pub struct Lin {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
     /// Columns of zeros appended to the weight so that its inner dimension is a multiple of
     /// the quantization block (k-quants use 256-wide blocks; MiniLM's width is 384). The input
@@ -139,6 +141,16 @@ pub struct Lin {
     /// dot products need an even number of 32-wide blocks and panic otherwise); when not,
     /// every call takes the dequantized path.
     kernel_ok: bool,
+}
+
+/// How a [`Lin`] holds its weight.
+enum Weight {
+    /// As candle multiplies it: f32 on a GPU, on a CPU without AVX2/FMA or shared with an
+    /// embedding table ([`Lin::tied`]); or quantized blocks.
+    Candle(QMatMul),
+    /// f32 packed once for [`sgemm`](super::sgemm) (CPUs with AVX2 and FMA), with the bias as
+    /// a plain slice for the kernel.
+    Packed(PackedWeight, Option<Vec<f32>>),
 }
 
 /// Whether candle's CPU dot product for `dtype` accepts rows of `k` values.
@@ -155,25 +167,64 @@ fn kernel_block(dtype: GgmlDType) -> usize {
 }
 
 impl Lin {
-    /// From an f32 weight `(out, in)` and an optional bias `(out,)`.
+    /// From an f32 weight `(out, in)` and an optional bias `(out,)`. On a CPU with AVX2 and
+    /// FMA the weight is packed for [`sgemm`](super::sgemm) and the tensor dropped (the
+    /// packed copy replaces it; memory stays the same).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let packed = Self::pack(&weight, bias.as_ref()).ok().flatten();
         Lin {
             kernel_ok: true,
-            weight: QMatMul::Tensor(weight),
+            weight: match packed {
+                Some((w, b)) => Weight::Packed(w, b),
+                None => Weight::Candle(QMatMul::Tensor(weight)),
+            },
             bias,
             pad: 0,
         }
+    }
+
+    /// From an f32 weight that another layer also reads (an output projection tied to the
+    /// token embeddings): kept as candle's tensor, so the two share one copy.
+    pub fn tied(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Lin {
+            kernel_ok: true,
+            weight: Weight::Candle(QMatMul::Tensor(weight)),
+            bias,
+            pad: 0,
+        }
+    }
+
+    /// The packed weight and bias, when this machine runs the packed kernels for it.
+    fn pack(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Option<(PackedWeight, Option<Vec<f32>>)>> {
+        if !weight.device().is_cpu() || weight.dtype() != DType::F32 || !PackedWeight::supported() {
+            return Ok(None);
+        }
+        let (n, k) = weight.dims2()?;
+        let bias = match bias {
+            Some(b) if b.dtype() == DType::F32 && b.dims() == [n] => Some(b.to_vec1::<f32>()?),
+            Some(_) => return Ok(None),
+            None => None,
+        };
+        let w = weight.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Some((PackedWeight::pack(&w, n, k), bias)))
     }
 
     /// From weights that are already quantized (a GGUF file), kept as they are.
     pub fn from_qtensor(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
         let (_, k) = weight.shape().dims2()?;
         let dtype = weight.dtype();
-        Ok(Lin {
-            kernel_ok: kernel_accepts(dtype, k),
-            weight: QMatMul::from_qtensor(weight)?,
-            bias,
-            pad: 0,
+        Ok(match QMatMul::from_qtensor(weight)? {
+            // f32 tensors of a GGUF file come back dense: run them as any f32 layer.
+            QMatMul::Tensor(t) if t.dtype() == DType::F32 => Lin::new(t, bias),
+            weight => Lin {
+                kernel_ok: kernel_accepts(dtype, k),
+                weight: Weight::Candle(weight),
+                bias,
+                pad: 0,
+            },
         })
     }
 
@@ -181,7 +232,7 @@ impl Lin {
     /// llama.cpp's reference quantizers). The bias stays f32. A weight that is already
     /// quantized is left alone.
     pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
-        let QMatMul::Tensor(w) = &self.weight else {
+        let Some(w) = self.dense_weight()? else {
             return Ok(());
         };
         let (_, in_dim) = w.dims2()?;
@@ -190,9 +241,9 @@ impl Lin {
         let w = if pad > 0 {
             w.pad_with_zeros(1, 0, pad)?
         } else {
-            w.clone()
+            w
         };
-        self.weight = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
+        self.weight = Weight::Candle(QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?);
         self.pad = pad;
         self.kernel_ok = true;
         Ok(())
@@ -201,10 +252,11 @@ impl Lin {
     /// Bytes the weight and bias take in memory (quantized blocks count at their real size).
     pub fn bytes(&self) -> usize {
         let w = match &self.weight {
-            QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+            Weight::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                 t.elem_count() * t.dtype().size_in_bytes()
             }
+            Weight::Packed(p, _) => p.n() * p.k() * 4,
         };
         w + self.bias.as_ref().map_or(0, |b| b.elem_count() * 4)
     }
@@ -212,18 +264,75 @@ impl Lin {
     /// Parameters of the layer as the checkpoint had them (padding excluded).
     pub fn parameters(&self) -> usize {
         let (out, padded_in) = match &self.weight {
-            QMatMul::QTensor(q) => q.shape().dims2().unwrap_or((0, 0)),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2().unwrap_or((0, 0)),
+            Weight::Candle(QMatMul::QTensor(q)) => q.shape().dims2().unwrap_or((0, 0)),
+            Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.dims2().unwrap_or((0, 0))
+            }
+            Weight::Packed(p, _) => (p.n(), p.k()),
         };
         out * (padded_in - self.pad) + self.bias.as_ref().map_or(0, |b| b.elem_count())
     }
 
-    /// The f32 weight, when not quantized (for fusing projections at load).
-    fn dense_weight(&self) -> Option<&Tensor> {
+    /// Whether the weight is in a block format (not f32).
+    fn is_block_quantized(&self) -> bool {
+        matches!(&self.weight, Weight::Candle(QMatMul::QTensor(q)) if q.dtype() != GgmlDType::F32)
+    }
+
+    /// The f32 weight `(out, in)`, when not quantized (for fusing projections at load and for
+    /// quantizing).
+    fn dense_weight(&self) -> Result<Option<Tensor>> {
         match &self.weight {
-            QMatMul::Tensor(t) => Some(t),
-            _ => None,
+            Weight::Candle(QMatMul::Tensor(t)) => Ok(Some(t.clone())),
+            Weight::Packed(p, _) => Ok(Some(Tensor::from_vec(
+                p.unpack(),
+                (p.n(), p.k()),
+                &candle_core::Device::Cpu,
+            )?)),
+            _ => Ok(None),
         }
+    }
+}
+
+/// A packed weight and its bias as a candle op on `(.., k)` inputs.
+struct PackedLinear<'a> {
+    weight: &'a PackedWeight,
+    bias: Option<&'a [f32]>,
+}
+
+impl candle_core::CustomOp1 for PackedLinear<'_> {
+    fn name(&self) -> &'static str {
+        "packed-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("packed-linear needs a contiguous input");
+        };
+        let x = &storage.as_slice::<f32>()?[a..b];
+        let (n, k) = (self.weight.n(), self.weight.k());
+        let dims = layout.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("linear layer expects inputs of width {k}, got shape {dims:?}");
+        }
+        let m = x.len() / k.max(1);
+        let mut out = vec![0f32; m * n];
+        self.weight.matmul(
+            x,
+            m,
+            self.bias,
+            &mut out,
+            candle_core::utils::get_num_threads(),
+        );
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from(shape),
+        ))
     }
 }
 
@@ -249,13 +358,27 @@ fn dequantize_from_rows(dtype: GgmlDType) -> usize {
 
 impl Module for Lin {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let weight = match &self.weight {
+            Weight::Packed(w, bias) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                return x.contiguous()?.apply_op1_no_bwd(&PackedLinear {
+                    weight: w,
+                    bias: bias.as_deref(),
+                });
+            }
+            Weight::Packed(..) => candle_core::bail!(
+                "a packed linear layer takes f32 inputs on the CPU, got {:?} on {:?}",
+                x.dtype(),
+                x.device()
+            ),
+            Weight::Candle(w) => w,
+        };
         let x = if self.pad > 0 {
             x.pad_with_zeros(D::Minus1, 0, self.pad)?
         } else {
             x.clone()
         };
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
-        if let QMatMul::QTensor(q) = &self.weight {
+        if let QMatMul::QTensor(q) = weight {
             if !self.kernel_ok || rows >= dequantize_from_rows(q.dtype()) {
                 let w = q.dequantize(x.device())?;
                 // The block type the kernel's dot product quantizes activations to.
@@ -274,20 +397,18 @@ impl Module for Lin {
                 };
             }
         }
-        let y = match (&self.weight, x.rank()) {
+        let y = match (weight, x.rank()) {
             // The quantized kernels want a contiguous 2-D left-hand side.
             (QMatMul::QTensor(_), r) if r > 2 => {
                 let dims = x.dims().to_vec();
                 let rows: usize = dims[..r - 1].iter().product();
-                let y = self
-                    .weight
-                    .forward(&x.contiguous()?.reshape((rows, dims[r - 1]))?)?;
+                let y = weight.forward(&x.contiguous()?.reshape((rows, dims[r - 1]))?)?;
                 let mut out = dims[..r - 1].to_vec();
                 out.push(y.dim(1)?);
                 y.reshape(out)?
             }
             // Same as candle_nn::Linear: a batched matmul against the transposed weight.
-            _ => self.weight.forward(&x)?,
+            _ => weight.forward(&x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -303,10 +424,7 @@ pub fn quantize_linears(
     dtype: GgmlDType,
     info: &mut reports::CheckpointInfo,
 ) -> Result<()> {
-    if linears
-        .iter()
-        .any(|l| matches!(l.weight, QMatMul::QTensor(ref q) if q.dtype() != GgmlDType::F32))
-    {
+    if linears.iter().any(|l| l.is_block_quantized()) {
         candle_core::bail!(
             "{} is already quantized ({}); --student-quantize applies to f32 checkpoints",
             info.id,
@@ -364,15 +482,11 @@ pub fn fused_linear(in_dim: usize, out_dim: usize, parts: &[VarBuilder]) -> Resu
     let mut weights = Vec::with_capacity(parts.len());
     let mut biases = Vec::with_capacity(parts.len());
     for vb in parts {
-        let l = linear(in_dim, out_dim, vb.clone())?;
-        weights.push(
-            l.dense_weight()
-                .cloned()
-                .ok_or_else(|| candle_core::Error::msg("expected an f32 weight"))?,
-        );
+        let l = candle_nn::linear(in_dim, out_dim, vb.clone())?;
+        weights.push(l.weight().clone());
         biases.push(
-            l.bias
-                .clone()
+            l.bias()
+                .cloned()
                 .ok_or_else(|| candle_core::Error::msg("expected a bias"))?,
         );
     }
@@ -641,6 +755,43 @@ mod tests {
         let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
         let norm = b.sqr().unwrap().sum_all().unwrap();
         (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt()
+    }
+
+    #[test]
+    fn packed_and_candle_layouts_give_the_same_linear_layer() {
+        // Lin::new packs the weight on AVX2/FMA CPUs; Lin::tied keeps candle's layout. Same
+        // layer, (batch, seq, k) input, with and without bias: same outputs up to summation
+        // order, same parameter count and bytes, and quantizing either gives the same blocks.
+        let (w, b) = (matrix(37, 70, 11), matrix(1, 37, 12).squeeze(0).unwrap());
+        let x = matrix(3 * 5, 70, 13).reshape((3, 5, 70)).unwrap();
+        for bias in [None, Some(b)] {
+            let packed = Lin::new(w.clone(), bias.clone());
+            let candle = Lin::tied(w.clone(), bias.clone());
+            assert_eq!(
+                matches!(packed.weight, Weight::Packed(..)),
+                PackedWeight::supported()
+            );
+            let (got, want) = (packed.forward(&x).unwrap(), candle.forward(&x).unwrap());
+            assert_eq!(got.dims(), &[3, 5, 37]);
+            assert!(relative_error(&got, &want) < 1e-6);
+            assert_eq!(packed.parameters(), candle.parameters());
+            assert_eq!(packed.bytes(), candle.bytes());
+            let (mut qp, mut qc) = (packed, candle);
+            qp.quantize(GgmlDType::Q8_0).unwrap();
+            qc.quantize(GgmlDType::Q8_0).unwrap();
+            let (got, want) = (qp.forward(&x).unwrap(), qc.forward(&x).unwrap());
+            assert_eq!(
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_packed_layer_refuses_inputs_of_the_wrong_width() {
+        let l = Lin::new(matrix(8, 16, 14), None);
+        let err = l.forward(&matrix(2, 15, 15)).unwrap_err().to_string();
+        assert!(err.contains("16") && err.contains("15"), "{err}");
     }
 
     #[test]

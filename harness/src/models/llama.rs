@@ -248,12 +248,15 @@ impl Llama {
     pub fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
         let base = vb.pp("model");
         let embed = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, base.pp("embed_tokens"))?;
+        // A tied output projection stays in candle's layout, sharing the embedding table.
         let lm_head = if !cfg.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
-            vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?
+            Lin::new(
+                vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?,
+                None,
+            )
         } else {
-            embed.embeddings().clone()
+            Lin::tied(embed.embeddings().clone(), None)
         };
-        let lm_head = Lin::new(lm_head, None);
         Ok(Llama {
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| Layer::load(base.pp("layers").pp(i), cfg))

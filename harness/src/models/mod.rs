@@ -14,6 +14,7 @@ pub mod llama;
 pub mod mock;
 pub mod mpnet;
 pub mod resolve;
+pub mod sgemm;
 pub mod tokenizer;
 
 use std::cmp::Reverse;

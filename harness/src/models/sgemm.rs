@@ -1,0 +1,479 @@
+//! f32 matrix products for linear layers, `y = x Wᵀ + b`, with the weight packed once at load
+//! (issue 6).
+//!
+//! Why: candle multiplies through the `gemm` crate, which lays the weight out again on every
+//! call and reached about 37% of this host's FMA peak on BERT-base shapes, where ONNX Runtime
+//! (MLAS, weights prepacked when the session starts) reached about 80% (BENCHMARKS.md).
+//! This is the classic BLIS/MLAS design for AVX2:
+//!
+//! - the weight `(n, k)` is stored as panels of [`NR`] = 16 output columns; panel `p` holds,
+//!   for each `k`, the 16 values `W[16p + j][k]` side by side (zeros past `n`), so a
+//!   `kc x 16` slice of a panel is one contiguous run that stays in L1;
+//! - the input is copied per call into tiles of [`MR`] = 6 rows (`kc` values per row
+//!   interleaved), a block of at most [`MC`] x [`KC`] that stays in L2;
+//! - a 6 x 16 microkernel keeps its outputs in twelve AVX registers and does 12 FMAs per
+//!   two weight loads and six broadcasts;
+//! - output columns (or, for very narrow layers, rows) are split over the cores once per call:
+//!   one fork and one join per product, no synchronisation inside.
+//!
+//! Numerics: every output is `b[j]` followed by one FMA per `k`, in increasing `k`, whatever
+//! the number of rows, the tile a row falls in or how the work is split; a row's result does
+//! not depend on the batch it came in (tested bit for bit). Against an f64 reference the error
+//! is the usual f32 dot-product rounding.
+//!
+//! Runs where the CPU has AVX2 and FMA (checked at run time, so one binary serves every
+//! x86-64 machine); elsewhere [`PackedWeight::supported`] is false and layers stay on candle.
+
+/// Output columns per weight panel (two AVX registers).
+pub const NR: usize = 16;
+/// Input rows per microkernel call.
+pub const MR: usize = 6;
+/// Depth of one pass over a panel: 256 x 16 floats = 16 KiB of weights in L1.
+pub const KC: usize = 256;
+/// Rows of input packed at once: 240 x 256 floats = 240 KiB in L2.
+pub const MC: usize = 240;
+
+/// Products below this many multiply-adds run on the calling thread alone: a fork costs more
+/// than they take.
+const MIN_PARALLEL_MACS: usize = 1 << 18;
+
+/// A weight `(n, k)` laid out in 16-column panels for [`PackedWeight::matmul`].
+pub struct PackedWeight {
+    n: usize,
+    k: usize,
+    /// Panels, starting at `offset` so that every panel row is 64-byte aligned.
+    data: Vec<f32>,
+    offset: usize,
+}
+
+impl PackedWeight {
+    /// Whether this CPU runs the packed kernels.
+    pub fn supported() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Pack a row-major weight of `n` rows (output features) by `k` columns (input features).
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight is not {n} x {k}");
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR + NR];
+        let offset = data.as_ptr().align_offset(64).min(NR);
+        let packed = &mut data[offset..];
+        for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+            let (p, col) = (j / NR, j % NR);
+            let panel = &mut packed[p * k * NR..(p + 1) * k * NR];
+            for (kk, &v) in row.iter().enumerate() {
+                panel[kk * NR + col] = v;
+            }
+        }
+        PackedWeight { n, k, data, offset }
+    }
+
+    /// The weight back in row-major `(n, k)` order (exactly the values packed).
+    pub fn unpack(&self) -> Vec<f32> {
+        let packed = self.panels();
+        let mut w = vec![0f32; self.n * self.k];
+        for (j, row) in w.chunks_exact_mut(self.k.max(1)).enumerate().take(self.n) {
+            let (p, col) = (j / NR, j % NR);
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = packed[(p * self.k + kk) * NR + col];
+            }
+        }
+        w
+    }
+
+    /// Output features.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held, padding included.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+
+    fn panels(&self) -> &[f32] {
+        &self.data[self.offset..]
+    }
+
+    /// `out (m, n) = x (m, k) Wᵀ + bias`, split over up to `threads` threads.
+    ///
+    /// Panics when the slices do not have the stated sizes or the CPU lacks AVX2/FMA
+    /// (callers check [`PackedWeight::supported`] when packing).
+    pub fn matmul(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+    ) {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * k, "input is not {m} x {k}");
+        assert_eq!(out.len(), m * n, "output is not {m} x {n}");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "bias is not {n} long");
+        }
+        assert!(Self::supported(), "packed GEMM needs AVX2 and FMA");
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for row in out.chunks_exact_mut(n) {
+                match bias {
+                    Some(b) => row.copy_from_slice(b),
+                    None => row.fill(0.0),
+                }
+            }
+            return;
+        }
+        let panels = n.div_ceil(NR);
+        let threads = if m * n * k < MIN_PARALLEL_MACS {
+            1
+        } else {
+            threads.max(1)
+        };
+        // Split the output columns when there are enough panels to go round (each thread then
+        // reads only its share of the weight); otherwise split the rows.
+        let jobs: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = if threads == 1 {
+            vec![(0..m, 0..panels)]
+        } else if panels >= 2 * threads || m < MR * threads {
+            let per = panels.div_ceil(threads);
+            (0..panels)
+                .step_by(per)
+                .map(|p| (0..m, p..(p + per).min(panels)))
+                .collect()
+        } else {
+            let per = m.div_ceil(threads).next_multiple_of(MR);
+            (0..m)
+                .step_by(per)
+                .map(|r| (r..(r + per).min(m), 0..panels))
+                .collect()
+        };
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let run = |(rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>)| {
+            // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`, each
+            // written only by its own job; the CPU features were checked above.
+            unsafe { self.block(x, rows, cols, bias, out_ptr) }
+        };
+        let mut jobs = jobs.into_iter();
+        let first = jobs.next().expect("at least one job");
+        std::thread::scope(|scope| {
+            for job in jobs {
+                scope.spawn(move || run(job));
+            }
+            run(first);
+        });
+    }
+
+    /// One thread's share: rows `rows` of the output, column panels `cols`.
+    unsafe fn block(
+        &self,
+        x: &[f32],
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        out: SendPtr,
+    ) {
+        let (n, k) = (self.n, self.k);
+        let packed = self.panels();
+        let mc_max = MC.min(rows.len()).next_multiple_of(MR);
+        let mut a = vec![0f32; mc_max * KC.min(k)];
+        let mut m0 = rows.start;
+        while m0 < rows.end {
+            let mc = MC.min(rows.end - m0);
+            let mut k0 = 0;
+            while k0 < k {
+                let kc = KC.min(k - k0);
+                pack_rows(x, k, m0, mc, k0, kc, &mut a);
+                for p in cols.clone() {
+                    let width = NR.min(n - p * NR);
+                    let mut panel_bias = [0f32; NR];
+                    let init = if k0 > 0 {
+                        Init::Accumulate
+                    } else if let Some(b) = bias {
+                        panel_bias[..width].copy_from_slice(&b[p * NR..p * NR + width]);
+                        Init::Bias
+                    } else {
+                        Init::Zero
+                    };
+                    let b = packed[(p * k + k0) * NR..].as_ptr();
+                    for t in 0..mc.div_ceil(MR) {
+                        let r = MR.min(mc - t * MR);
+                        let c = out.0.add((m0 + t * MR) * n + p * NR);
+                        let tile = Tile {
+                            kc,
+                            a: a[t * kc * MR..].as_ptr(),
+                            b,
+                            c,
+                            ldc: n,
+                            width,
+                            init,
+                            bias: &panel_bias,
+                        };
+                        match r {
+                            6 => kernel::<6>(&tile),
+                            5 => kernel::<5>(&tile),
+                            4 => kernel::<4>(&tile),
+                            3 => kernel::<3>(&tile),
+                            2 => kernel::<2>(&tile),
+                            _ => kernel::<1>(&tile),
+                        }
+                    }
+                }
+                k0 += kc;
+            }
+            m0 += mc;
+        }
+    }
+}
+
+/// The output pointer, shared by the threads of one product (each writes its own part).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Copy rows `m0..m0 + mc`, columns `k0..k0 + kc` of `x` (row length `k`) into tiles of
+/// [`MR`] rows: tile `t` holds, for each column, its six rows' values side by side (zeros
+/// past the last row).
+fn pack_rows(x: &[f32], k: usize, m0: usize, mc: usize, k0: usize, kc: usize, a: &mut [f32]) {
+    for t in 0..mc.div_ceil(MR) {
+        let tile = &mut a[t * kc * MR..(t + 1) * kc * MR];
+        for i in 0..MR {
+            let row = t * MR + i;
+            if row < mc {
+                let src = &x[(m0 + row) * k + k0..(m0 + row) * k + k0 + kc];
+                for (kk, &v) in src.iter().enumerate() {
+                    tile[kk * MR + i] = v;
+                }
+            } else {
+                for kk in 0..kc {
+                    tile[kk * MR + i] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// What a tile's accumulators start from.
+#[derive(Clone, Copy)]
+enum Init {
+    /// The first pass over `k` of a layer without bias.
+    Zero,
+    /// The first pass, starting from the bias.
+    Bias,
+    /// A later pass: continue from what the output holds.
+    Accumulate,
+}
+
+/// One microkernel call: `c (R x width) (+)= a (R x kc) b (kc x 16)`.
+struct Tile<'a> {
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    width: usize,
+    init: Init,
+    bias: &'a [f32; NR],
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel<const R: usize>(t: &Tile) {
+    use std::arch::x86_64::*;
+    let full = t.width == NR;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    match t.init {
+        Init::Zero => {}
+        Init::Bias => {
+            let b0 = _mm256_loadu_ps(t.bias.as_ptr());
+            let b1 = _mm256_loadu_ps(t.bias.as_ptr().add(8));
+            for row in acc.iter_mut() {
+                *row = [b0, b1];
+            }
+        }
+        Init::Accumulate => {
+            for (i, row) in acc.iter_mut().enumerate() {
+                let c = t.c.add(i * t.ldc);
+                if full {
+                    *row = [_mm256_loadu_ps(c), _mm256_loadu_ps(c.add(8))];
+                } else {
+                    let mut tmp = [0f32; NR];
+                    std::ptr::copy_nonoverlapping(c, tmp.as_mut_ptr(), t.width);
+                    *row = [
+                        _mm256_loadu_ps(tmp.as_ptr()),
+                        _mm256_loadu_ps(tmp.as_ptr().add(8)),
+                    ];
+                }
+            }
+        }
+    }
+    let (mut a, mut b) = (t.a, t.b);
+    for _ in 0..t.kc {
+        let b0 = _mm256_loadu_ps(b);
+        let b1 = _mm256_loadu_ps(b.add(8));
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*a.add(i));
+            row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+        }
+        a = a.add(MR);
+        b = b.add(NR);
+    }
+    for (i, row) in acc.iter().enumerate() {
+        let c = t.c.add(i * t.ldc);
+        if full {
+            _mm256_storeu_ps(c, row[0]);
+            _mm256_storeu_ps(c.add(8), row[1]);
+        } else {
+            let mut tmp = [0f32; NR];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), row[0]);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), row[1]);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), c, t.width);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel<const R: usize>(_: &Tile) {
+    unreachable!("PackedWeight::supported() is false off x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `x Wᵀ + b` in f64, the reference.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|kk| x[i * k + kk] as f64 * w[j * k + kk] as f64)
+                    .sum();
+                out[i * n + j] = dot + b.map_or(0.0, |b| b[j] as f64);
+            }
+        }
+        out
+    }
+
+    fn run(m: usize, n: usize, k: usize, with_bias: bool, threads: usize) {
+        if !PackedWeight::supported() {
+            eprintln!("skipped: this CPU has no AVX2/FMA");
+            return;
+        }
+        let (x, w, b) = (values(m * k, 1), values(n * k, 2), values(n, 3));
+        let bias = with_bias.then_some(&b[..]);
+        let packed = PackedWeight::pack(&w, n, k);
+        let mut out = vec![f32::NAN; m * n];
+        packed.matmul(&x, m, bias, &mut out, threads);
+        let want = reference(&x, &w, bias, m, n, k);
+        // f32 accumulation of k products of values in [-1, 1]: error grows like sqrt(k) ulps
+        // of the partial sums; 1e-5 * sqrt(k) is ten times what is seen.
+        let tol = 1e-5 * (k as f64).sqrt().max(1.0);
+        for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
+            assert!(
+                (got as f64 - want).abs() <= tol,
+                "{m}x{n}x{k} bias={with_bias} threads={threads}: element {i} is {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_f64_reference_on_edge_shapes() {
+        // Rows and columns that are not multiples of the tile (6 x 16), depths that are not
+        // multiples of KC, more rows than MC, one row, one column.
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 16, 8),
+            (7, 17, 3),
+            (6, 32, 256),
+            (13, 45, 300),
+            (250, 20, 520),
+            (2, 100, 64),
+            (128, 48, 768),
+        ] {
+            for bias in [false, true] {
+                for threads in [1, 2, 3] {
+                    run(m, n, k, bias, threads);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_depth_gives_the_bias() {
+        if !PackedWeight::supported() {
+            return;
+        }
+        let packed = PackedWeight::pack(&[], 3, 0);
+        let mut out = vec![f32::NAN; 6];
+        packed.matmul(&[], 2, Some(&[1.0, 2.0, 3.0]), &mut out, 2);
+        assert_eq!(out, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_its_batch() {
+        if !PackedWeight::supported() {
+            return;
+        }
+        // 300 rows cross an MC block boundary and are split over threads by rows or panels;
+        // each row alone must give exactly the same bits.
+        let (m, n, k) = (300, 40, 600);
+        let (x, w, b) = (values(m * k, 4), values(n * k, 5), values(n, 6));
+        let packed = PackedWeight::pack(&w, n, k);
+        let mut batch = vec![0f32; m * n];
+        packed.matmul(&x, m, Some(&b), &mut batch, 2);
+        for i in [0, 5, 6, 239, 240, 299] {
+            let mut single = vec![0f32; n];
+            packed.matmul(&x[i * k..(i + 1) * k], 1, Some(&b), &mut single, 1);
+            assert_eq!(single, batch[i * n..(i + 1) * n], "row {i}");
+        }
+    }
+
+    #[test]
+    fn unpack_returns_the_weight() {
+        let w = values(37 * 11, 7);
+        assert_eq!(PackedWeight::pack(&w, 37, 11).unpack(), w);
+    }
+
+    #[test]
+    #[should_panic(expected = "input is not 2 x 4")]
+    fn wrong_input_size_is_refused() {
+        let packed = PackedWeight::pack(&values(12, 8), 3, 4);
+        packed.matmul(&[0.0; 7], 2, None, &mut [0.0; 6], 1);
+    }
+}
