@@ -10,7 +10,7 @@ use harness::models::sgemm::PackedWeight;
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
     f();
-    let mut t: Vec<f64> = (0..9)
+    let mut t: Vec<f64> = (0..31)
         .map(|_| {
             let s = Instant::now();
             f();
@@ -18,7 +18,7 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
         })
         .collect();
     t.sort_by(f64::total_cmp);
-    t[4]
+    t[15]
 }
 
 fn main() -> anyhow::Result<()> {
