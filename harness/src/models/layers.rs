@@ -51,6 +51,20 @@ impl Activation {
 pub struct FastGeluErf;
 
 fn gelu_erf_slice(src: &[f32], dst: &mut [f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = gelu_erf(v);
+    }
+}
+
+/// [`gelu_erf_slice`] in place: the epilogue of the packed GEMM, on output rows still in L1.
+pub fn gelu_erf_in_place(xs: &mut [f32]) {
+    for x in xs {
+        *x = gelu_erf(*x);
+    }
+}
+
+#[inline(always)]
+fn gelu_erf(v: f32) -> f32 {
     const A: [f32; 7] = [
         -2.726_142_3e-10,
         2.770_681_4e-8,
@@ -67,19 +81,17 @@ fn gelu_erf_slice(src: &[f32], dst: &mut [f32]) {
         -7.373_329e-3,
         -1.426_474e-2,
     ];
-    for (d, &v) in dst.iter_mut().zip(src) {
-        let x = (v * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
-        let x2 = x * x;
-        let mut p = A[0];
-        for a in &A[1..] {
-            p = p * x2 + a;
-        }
-        let mut q = B[0];
-        for b in &B[1..] {
-            q = q * x2 + b;
-        }
-        *d = 0.5 * v * (1.0 + x * p / q);
+    let x = (v * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = A[0];
+    for a in &A[1..] {
+        p = p * x2 + a;
     }
+    let mut q = B[0];
+    for b in &B[1..] {
+        q = q * x2 + b;
+    }
+    0.5 * v * (1.0 + x * p / q)
 }
 
 impl candle_core::CustomOp1 for FastGeluErf {
@@ -105,11 +117,10 @@ impl candle_core::CustomOp1 for FastGeluErf {
             candle_core::utils::get_num_threads().max(1)
         };
         let chunk = src.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            for (s, d) in src.chunks(chunk).zip(dst.chunks_mut(chunk)) {
-                scope.spawn(move || gelu_erf_slice(s, d));
-            }
-        });
+        use rayon::prelude::*;
+        src.par_chunks(chunk)
+            .zip(dst.par_chunks_mut(chunk))
+            .for_each(|(s, d)| gelu_erf_slice(s, d));
         Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -297,6 +308,8 @@ impl Lin {
 struct PackedLinear<'a> {
     weight: &'a PackedWeight,
     bias: Option<&'a [f32]>,
+    /// Applied to the finished outputs (an activation).
+    epilogue: Option<&'a (dyn Fn(&mut [f32]) + Sync)>,
 }
 
 impl candle_core::CustomOp1 for PackedLinear<'_> {
@@ -320,12 +333,13 @@ impl candle_core::CustomOp1 for PackedLinear<'_> {
         }
         let m = x.len() / k.max(1);
         let mut out = vec![0f32; m * n];
-        self.weight.matmul(
+        self.weight.matmul_then(
             x,
             m,
             self.bias,
             &mut out,
             candle_core::utils::get_num_threads(),
+            self.epilogue,
         );
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
@@ -363,6 +377,7 @@ impl Module for Lin {
                 return x.contiguous()?.apply_op1_no_bwd(&PackedLinear {
                     weight: w,
                     bias: bias.as_deref(),
+                    epilogue: None,
                 });
             }
             Weight::Packed(..) => candle_core::bail!(
@@ -629,87 +644,85 @@ impl candle_core::CustomOp2 for FusedAttention {
         let threads = candle_core::utils::get_num_threads().clamp(1, items.max(1));
         let per = items.div_ceil(threads);
         let out_ptr = out.as_mut_ptr() as usize;
-        std::thread::scope(|scope| {
-            for t in 0..threads {
-                scope.spawn(move || {
-                    let mut scores = vec![0f32; s * s];
-                    for item in t * per..((t + 1) * per).min(items) {
-                        let (bi, hi) = (item / self.heads, item % self.heads);
-                        let base = qkv[bi * s * h3..].as_ptr();
-                        // SAFETY: offsets stay inside this sequence's rows of qkv; every
-                        // (sequence, head) writes only its own d columns of its s output rows,
-                        // so no two items write the same element.
-                        unsafe {
-                            let (q, k, v) = (
-                                base.add(hi * d),
-                                base.add(h + hi * d),
-                                base.add(2 * h + hi * d),
-                            );
-                            // scores = scale * q k^T: (s x d) by (d x s).
-                            gemm::gemm(
-                                s,
-                                s,
-                                d,
-                                scores.as_mut_ptr(),
-                                1,
-                                s as isize,
-                                false,
-                                q,
-                                1,
-                                h3 as isize,
-                                k,
-                                h3 as isize,
-                                1,
-                                0.0,
-                                scale,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                            let bias = &bias[bi * s..(bi + 1) * s];
-                            for row in scores.chunks_mut(s) {
-                                let mut max = f32::NEG_INFINITY;
-                                for (x, &m) in row.iter_mut().zip(bias) {
-                                    *x += m;
-                                    max = max.max(*x);
-                                }
-                                let mut sum = 0f32;
-                                for x in row.iter_mut() {
-                                    *x = (*x - max).exp();
-                                    sum += *x;
-                                }
-                                let inv = 1.0 / sum;
-                                for x in row.iter_mut() {
-                                    *x *= inv;
-                                }
-                            }
-                            // context = probs v: (s x s) by (s x d), into the head's columns.
-                            let dst = (out_ptr as *mut f32).add(bi * s * h + hi * d);
-                            gemm::gemm(
-                                s,
-                                d,
-                                s,
-                                dst,
-                                1,
-                                h as isize,
-                                false,
-                                scores.as_ptr(),
-                                1,
-                                s as isize,
-                                v,
-                                1,
-                                h3 as isize,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
+        // On rayon's running pool (no thread start per call), one job per thread's share.
+        use rayon::prelude::*;
+        (0..threads).into_par_iter().for_each(|t| {
+            let mut scores = vec![0f32; s * s];
+            for item in t * per..((t + 1) * per).min(items) {
+                let (bi, hi) = (item / self.heads, item % self.heads);
+                let base = qkv[bi * s * h3..].as_ptr();
+                // SAFETY: offsets stay inside this sequence's rows of qkv; every
+                // (sequence, head) writes only its own d columns of its s output rows,
+                // so no two items write the same element.
+                unsafe {
+                    let (q, k, v) = (
+                        base.add(hi * d),
+                        base.add(h + hi * d),
+                        base.add(2 * h + hi * d),
+                    );
+                    // scores = scale * q k^T: (s x d) by (d x s).
+                    gemm::gemm(
+                        s,
+                        s,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        s as isize,
+                        false,
+                        q,
+                        1,
+                        h3 as isize,
+                        k,
+                        h3 as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    let bias = &bias[bi * s..(bi + 1) * s];
+                    for row in scores.chunks_mut(s) {
+                        let mut max = f32::NEG_INFINITY;
+                        for (x, &m) in row.iter_mut().zip(bias) {
+                            *x += m;
+                            max = max.max(*x);
+                        }
+                        let mut sum = 0f32;
+                        for x in row.iter_mut() {
+                            *x = (*x - max).exp();
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        for x in row.iter_mut() {
+                            *x *= inv;
                         }
                     }
-                });
+                    // context = probs v: (s x s) by (s x d), into the head's columns.
+                    let dst = (out_ptr as *mut f32).add(bi * s * h + hi * d);
+                    gemm::gemm(
+                        s,
+                        d,
+                        s,
+                        dst,
+                        1,
+                        h as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        s as isize,
+                        v,
+                        1,
+                        h3 as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
         });
         Ok((
@@ -727,8 +740,18 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
     summed.broadcast_div(&counts)
 }
 
-/// Apply a linear layer then an activation.
+/// Apply a linear layer then an activation; exact GELU after a packed layer runs inside the
+/// GEMM, on each output tile while it is still in L1, instead of as a pass of its own.
 pub fn dense_act(layer: &Lin, act: Activation, x: &Tensor) -> Result<Tensor> {
+    if let (Weight::Packed(w, bias), Activation::GeluErf) = (&layer.weight, act) {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            return x.contiguous()?.apply_op1_no_bwd(&PackedLinear {
+                weight: w,
+                bias: bias.as_deref(),
+                epilogue: Some(&gelu_erf_in_place),
+            });
+        }
+    }
     act.forward(&layer.forward(x)?)
 }
 
@@ -785,6 +808,21 @@ mod tests {
                 want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
             );
         }
+    }
+
+    #[test]
+    fn gelu_fused_into_the_packed_gemm_equals_the_separate_pass() {
+        let (w, b) = (matrix(40, 24, 16), matrix(1, 40, 17).squeeze(0).unwrap());
+        let x = (matrix(2 * 9, 24, 18).reshape((2, 9, 24)).unwrap() * 3.0).unwrap();
+        let l = Lin::new(w, Some(b));
+        let fused = dense_act(&l, Activation::GeluErf, &x).unwrap();
+        let separate = Activation::GeluErf
+            .forward(&l.forward(&x).unwrap())
+            .unwrap();
+        assert_eq!(
+            fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            separate.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]

@@ -123,6 +123,20 @@ impl PackedWeight {
         out: &mut [f32],
         threads: usize,
     ) {
+        self.matmul_then(x, m, bias, out, threads, None)
+    }
+
+    /// [`Self::matmul`], then `epilogue` on every finished stretch of an output row (at most
+    /// [`NR`] values, while they are in L1): an activation fused into the product.
+    pub fn matmul_then(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<&(dyn Fn(&mut [f32]) + Sync)>,
+    ) {
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len(), m * k, "input is not {m} x {k}");
         assert_eq!(out.len(), m * n, "output is not {m} x {n}");
@@ -138,6 +152,9 @@ impl PackedWeight {
                 match bias {
                     Some(b) => row.copy_from_slice(b),
                     None => row.fill(0.0),
+                }
+                if let Some(f) = epilogue {
+                    f(row);
                 }
             }
             return;
@@ -169,7 +186,7 @@ impl PackedWeight {
         let run = |(rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>)| {
             // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`, each
             // written only by its own job; the CPU features were checked above.
-            unsafe { self.block(x, rows, cols, bias, out_ptr) }
+            unsafe { self.block(x, rows, cols, bias, epilogue, out_ptr) }
         };
         if jobs.len() == 1 {
             jobs.into_iter().for_each(run);
@@ -188,6 +205,7 @@ impl PackedWeight {
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
         bias: Option<&[f32]>,
+        epilogue: Option<&(dyn Fn(&mut [f32]) + Sync)>,
         out: SendPtr,
     ) {
         let k = self.k;
@@ -198,7 +216,7 @@ impl PackedWeight {
             if a.len() < mc_max * KC.min(k) {
                 a.resize(mc_max * KC.min(k), 0.0);
             }
-            self.passes(x, rows, cols, bias, out, a)
+            self.passes(x, rows, cols, bias, epilogue, out, a)
         })
     }
 
@@ -209,6 +227,7 @@ impl PackedWeight {
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
         bias: Option<&[f32]>,
+        epilogue: Option<&(dyn Fn(&mut [f32]) + Sync)>,
         out: SendPtr,
         a: &mut [f32],
     ) {
@@ -251,11 +270,7 @@ impl PackedWeight {
                         } else {
                             (std::ptr::null_mut(), 0)
                         };
-                        let next_b = if t == 0 {
-                            next_panel
-                        } else {
-                            std::ptr::null()
-                        };
+                        let next_b = if t == 0 { next_panel } else { std::ptr::null() };
                         let tile = Tile {
                             kc,
                             a: a[t * kc * MR..].as_ptr(),
@@ -275,6 +290,11 @@ impl PackedWeight {
                             3 => kernel::<3>(&tile),
                             2 => kernel::<2>(&tile),
                             _ => kernel::<1>(&tile),
+                        }
+                        if let (Some(f), true) = (epilogue, k0 + kc == k) {
+                            for i in 0..r {
+                                f(std::slice::from_raw_parts_mut(c.add(i * n), width));
+                            }
                         }
                     }
                 }
@@ -532,6 +552,26 @@ mod tests {
             let mut single = vec![0f32; n];
             packed.matmul(&x[i * k..(i + 1) * k], 1, Some(&b), &mut single, 1);
             assert_eq!(single, batch[i * n..(i + 1) * n], "row {i}");
+        }
+    }
+
+    #[test]
+    fn the_epilogue_sees_every_finished_output_once() {
+        if !PackedWeight::supported() {
+            return;
+        }
+        // A depth over KC (two passes: the epilogue must run after the last only), widths
+        // that leave a partial panel, both ways of splitting the work.
+        for &(m, n, k, threads) in &[(13, 45, 300, 2), (7, 100, 20, 2), (30, 17, 9, 1)] {
+            let (x, w, b) = (values(m * k, 9), values(n * k, 10), values(n, 11));
+            let packed = PackedWeight::pack(&w, n, k);
+            let mut plain = vec![0f32; m * n];
+            packed.matmul(&x, m, Some(&b), &mut plain, threads);
+            let mut fused = vec![0f32; m * n];
+            let square_plus_one = |xs: &mut [f32]| xs.iter_mut().for_each(|v| *v = *v * *v + 1.0);
+            packed.matmul_then(&x, m, Some(&b), &mut fused, threads, Some(&square_plus_one));
+            square_plus_one(&mut plain);
+            assert_eq!(fused, plain, "{m}x{n}x{k}");
         }
     }
 
