@@ -6,7 +6,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::sgemm::PackedWeight;
+use super::sgemm::{Epilogue, PackedWeight};
 
 /// Activation functions named by `hidden_act` / `activation` in `config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,7 +309,7 @@ struct PackedLinear<'a> {
     weight: &'a PackedWeight,
     bias: Option<&'a [f32]>,
     /// Applied to the finished outputs (an activation).
-    epilogue: Option<&'a (dyn Fn(&mut [f32]) + Sync)>,
+    epilogue: Option<Epilogue<'a>>,
 }
 
 impl candle_core::CustomOp1 for PackedLinear<'_> {

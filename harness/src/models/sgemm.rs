@@ -24,6 +24,9 @@
 //! Runs where the CPU has AVX2 and FMA (checked at run time, so one binary serves every
 //! x86-64 machine); elsewhere [`PackedWeight::supported`] is false and layers stay on candle.
 
+/// What runs on each finished stretch of an output row (an activation), from any thread.
+pub type Epilogue<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
+
 /// Output columns per weight panel (two AVX registers).
 pub const NR: usize = 16;
 /// Input rows per microkernel call.
@@ -135,7 +138,7 @@ impl PackedWeight {
         bias: Option<&[f32]>,
         out: &mut [f32],
         threads: usize,
-        epilogue: Option<&(dyn Fn(&mut [f32]) + Sync)>,
+        epilogue: Option<Epilogue>,
     ) {
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len(), m * k, "input is not {m} x {k}");
@@ -205,7 +208,7 @@ impl PackedWeight {
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
         bias: Option<&[f32]>,
-        epilogue: Option<&(dyn Fn(&mut [f32]) + Sync)>,
+        epilogue: Option<Epilogue>,
         out: SendPtr,
     ) {
         let k = self.k;
@@ -227,7 +230,7 @@ impl PackedWeight {
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
         bias: Option<&[f32]>,
-        epilogue: Option<&(dyn Fn(&mut [f32]) + Sync)>,
+        epilogue: Option<Epilogue>,
         out: SendPtr,
         a: &mut [f32],
     ) {
