@@ -189,7 +189,18 @@ impl PackedWeight {
         let run = |(rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>)| {
             // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`, each
             // written only by its own job; the CPU features were checked above.
-            unsafe { self.block(x, rows, cols, bias, epilogue, out_ptr) }
+            unsafe {
+                self.block(
+                    &Operands {
+                        x,
+                        bias,
+                        epilogue,
+                        out: out_ptr,
+                    },
+                    rows,
+                    cols,
+                )
+            }
         };
         if jobs.len() == 1 {
             jobs.into_iter().for_each(run);
@@ -204,12 +215,9 @@ impl PackedWeight {
     /// One thread's share: rows `rows` of the output, column panels `cols`.
     unsafe fn block(
         &self,
-        x: &[f32],
+        op: &Operands,
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
-        bias: Option<&[f32]>,
-        epilogue: Option<Epilogue>,
-        out: SendPtr,
     ) {
         let k = self.k;
         let mc_max = MC.min(rows.len()).next_multiple_of(MR);
@@ -219,21 +227,24 @@ impl PackedWeight {
             if a.len() < mc_max * KC.min(k) {
                 a.resize(mc_max * KC.min(k), 0.0);
             }
-            self.passes(x, rows, cols, bias, epilogue, out, a)
+            self.passes(op, rows, cols, a)
         })
     }
 
     /// The passes of [`Self::block`] over `k`, with `a` as the buffer for packed rows.
     unsafe fn passes(
         &self,
-        x: &[f32],
+        op: &Operands,
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
-        bias: Option<&[f32]>,
-        epilogue: Option<Epilogue>,
-        out: SendPtr,
         a: &mut [f32],
     ) {
+        let Operands {
+            x,
+            bias,
+            epilogue,
+            out,
+        } = *op;
         let (n, k) = (self.n, self.k);
         let packed = self.panels();
         let mut m0 = rows.start;
@@ -312,6 +323,15 @@ thread_local! {
     /// Each thread's buffer for packed input rows (at most MC x KC floats), reused across
     /// products instead of allocated and zeroed for each.
     static PACKED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What every thread of one product reads, and the output it writes its part of.
+#[derive(Clone, Copy)]
+struct Operands<'a> {
+    x: &'a [f32],
+    bias: Option<&'a [f32]>,
+    epilogue: Option<Epilogue<'a>>,
+    out: SendPtr,
 }
 
 /// The output pointer, shared by the threads of one product (each writes its own part).
