@@ -6,6 +6,7 @@
 # the ONNX graph is the same model.
 #
 #   scripts/bench-vs-ort.sh [--shapes 1x128,8x128,32x128] [--rounds 3] [--models bert-base,distilbert]
+#                           [--quantize q8_0]   (the harness side quantized; ORT stays f32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then

@@ -189,13 +189,14 @@ def ort_medians(d, shapes, iters, threads, seed):
     return out
 
 
-def harness_medians(binary, d, shapes, iters, prof_dir):
+def harness_medians(binary, d, shapes, iters, prof_dir, quantize=None):
     batches = sorted({b for b, _ in shapes})
     seqs = sorted({s for _, s in shapes})
+    quant = ["--quantize", quantize] if quantize else []
     subprocess.run([binary, "profile", "--model", d, "--batch-sizes", ",".join(map(str, batches)),
                     "--seq-lens", ",".join(map(str, seqs)), "--min-iterations", str(iters),
-                    "--min-time-s", "0", "--warmup", "1", "--out", prof_dir, "--quiet"], check=True,
-                   stdout=subprocess.DEVNULL)
+                    "--min-time-s", "0", "--warmup", "1", "--out", prof_dir, "--quiet"] + quant,
+                   check=True, stdout=subprocess.DEVNULL)
     doc = json.load(open(os.path.join(prof_dir, "profile.json")))
     return {(p["batch_size"], p["seq_len"]): p["latency_ms"]["p50"] / 1e3
             for p in doc["models"][0]["points"]}
@@ -236,9 +237,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quantize", help="profile the harness side with its linear layers in this "
+                    "block format (q8_0, ...); ONNX Runtime stays f32")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    print(f"| model | batch x seq | candle (seq/s) | ONNX Runtime (seq/s) | candle / ORT |")
+    side = f"candle {args.quantize}" if args.quantize else "candle"
+    print(f"| model | batch x seq | {side} (seq/s) | ONNX Runtime f32 (seq/s) | candle / ORT |")
     print("|---|---|---:|---:|---:|")
     for kind in args.models.split(","):
         d, _ = export(kind, args.work, seed=7)
@@ -248,7 +252,8 @@ def main():
         orts = {s: [] for s in shapes}
         for r in range(args.rounds):
             o = ort_medians(d, shapes, args.iters, args.threads, seed=r)
-            c = harness_medians(args.harness, d, shapes, args.iters, os.path.join(d, f"profile-{r}"))
+            c = harness_medians(args.harness, d, shapes, args.iters, os.path.join(d, f"profile-{r}"),
+                                args.quantize)
             for s in shapes:
                 cand[s].append(s[0] / c[s])
                 orts[s].append(s[0] / o[s])

@@ -98,6 +98,10 @@ pub struct ProfileArgs {
     /// Smoke run: 2 iterations, no minimum time, 1 warm-up pass.
     #[arg(long)]
     pub quick: bool,
+    /// Quantize every model's linear layers to this block format before profiling (q8_0,
+    /// q4_0, q4k, q5k, q6k), as `run --student-quantize` does.
+    #[arg(long)]
+    pub quantize: Option<String>,
     #[command(flatten)]
     pub models: ModelArgs,
     #[arg(long)]

@@ -45,6 +45,12 @@ pub fn run(args: &ProfileArgs) -> Result<ProfileSweep> {
     if args.batch_sizes.contains(&0) || args.seq_lens.contains(&0) {
         bail!("--batch-sizes and --seq-lens must be positive");
     }
+    let quantize = args
+        .quantize
+        .as_deref()
+        .map(crate::models::layers::parse_quant)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--quantize: {e}"))?;
     let device = crate::plan::parse_device(&args.models.device)?;
     let aliases = AliasTable::load(args.models.aliases.as_deref())?;
     let (warmup, min_iter, min_time) = if args.quick {
@@ -56,7 +62,10 @@ pub fn run(args: &ProfileArgs) -> Result<ProfileSweep> {
         .with_context(|| format!("output folder {} cannot be created", args.out.display()))?;
     let mut models = Vec::new();
     for arg in &args.model {
-        let model = load(arg, &aliases, &device)?;
+        let mut model = load(arg, &aliases, &device)?;
+        if let Some(dtype) = quantize {
+            model.quantize(dtype)?;
+        }
         let dims = model.dims().context("model has no layer sizes")?;
         let mut points = Vec::new();
         let mut skipped = Vec::new();

@@ -813,6 +813,62 @@ fn profile_sweeps_shapes_of_a_folder_and_of_a_bare_config() {
 }
 
 #[test]
+fn profile_quantize_profiles_the_quantized_model_and_refuses_unknown_formats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = |quant: &str, out: &str| {
+        harness(
+            &[
+                "profile",
+                "--quick",
+                "--quiet",
+                "--model",
+                &fixture("bert-encoder-tiny"),
+                "--batch-sizes",
+                "2",
+                "--seq-lens",
+                "8",
+                "--quantize",
+                quant,
+                "--out",
+                tmp.path().join(out).to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let output = profile("q8_0", "q");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("q/profile.json")).unwrap())
+            .unwrap();
+    let checkpoint = &v["models"][0]["checkpoint"];
+    assert!(checkpoint["quantization"]
+        .as_str()
+        .unwrap()
+        .starts_with("q8_0"));
+    // Linear weights in Q8_0 take 34 bytes per 32 values instead of 128.
+    assert!(
+        checkpoint["weight_bytes"].as_u64().unwrap()
+            < checkpoint["parameters"].as_u64().unwrap() * 4
+    );
+    assert!(
+        v["models"][0]["points"][0]["sequences_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    let bad = profile("q3", "bad");
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("--quantize") && err.contains("q8_0"), "{err}");
+    assert!(!tmp.path().join("bad/profile.json").exists());
+}
+
+#[test]
 fn run_writes_reports_and_report_compare_merge_work_on_its_results() {
     let tmp = tempfile::tempdir().unwrap();
     let r = run(

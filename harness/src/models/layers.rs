@@ -6,7 +6,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::sgemm::{Epilogue, PackedWeight};
+use super::sgemm::{BlockFormat, Epilogue, PackedWeight};
 
 /// Activation functions named by `hidden_act` / `activation` in `config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +304,20 @@ impl Lin {
     }
 }
 
+/// Q8_0 and Q4_0 weights unpacked for the packed GEMM, where this CPU runs it.
+fn packed_from_blocks(q: &QTensor) -> Result<Option<PackedWeight>> {
+    let format = match q.dtype() {
+        GgmlDType::Q8_0 => BlockFormat::Q8_0,
+        GgmlDType::Q4_0 => BlockFormat::Q4_0,
+        _ => return Ok(None),
+    };
+    if !q.device().is_cpu() || !PackedWeight::supported() {
+        return Ok(None);
+    }
+    let (n, k) = q.shape().dims2()?;
+    Ok(PackedWeight::from_blocks(format, &q.data()?, n, k))
+}
+
 /// A packed weight and its bias as a candle op on `(.., k)` inputs.
 struct PackedLinear<'a> {
     weight: &'a PackedWeight,
@@ -395,7 +409,6 @@ impl Module for Lin {
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
         if let QMatMul::QTensor(q) = weight {
             if !self.kernel_ok || rows >= dequantize_from_rows(q.dtype()) {
-                let w = q.dequantize(x.device())?;
                 // The block type the kernel's dot product quantizes activations to.
                 let act = match q.dtype() {
                     GgmlDType::Q4_1 | GgmlDType::Q5_1 => GgmlDType::Q8_1,
@@ -405,11 +418,18 @@ impl Module for Lin {
                 let rounded = QTensor::quantize(&x.contiguous()?.reshape((rows, k))?, act)?
                     .dequantize(x.device())?
                     .reshape(x.shape())?;
-                let y = QMatMul::Tensor(w).forward(&rounded)?;
-                return match &self.bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                };
+                // Q8_0 and Q4_0 blocks unpack straight into the packed GEMM's panels on every
+                // thread; other formats through candle's dequantizer, then packed (which costs
+                // about what candle's GEMM spends laying the weight out on every call anyway).
+                if let Some(w) = packed_from_blocks(q)? {
+                    let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
+                    return rounded.contiguous()?.apply_op1_no_bwd(&PackedLinear {
+                        weight: &w,
+                        bias: bias.as_deref(),
+                        epilogue: None,
+                    });
+                }
+                return Lin::new(q.dequantize(x.device())?, self.bias.clone()).forward(&rounded);
             }
         }
         let y = match (weight, x.rank()) {
@@ -823,6 +843,28 @@ mod tests {
             fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             separate.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
+    }
+
+    #[test]
+    fn q8_0_and_q4_0_blocks_unpack_into_panels_exactly_as_candle_dequantizes() {
+        if !PackedWeight::supported() {
+            return;
+        }
+        // 37 rows: two full panels and a partial one; 96 = three blocks per row.
+        let w = matrix(37, 96, 19);
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let packed = packed_from_blocks(&q).unwrap().expect("handled format");
+            let want = q.dequantize(&Device::Cpu).unwrap();
+            assert_eq!(
+                packed.unpack(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{dtype:?}"
+            );
+        }
+        // Formats without a direct unpacker say so.
+        let q4k = QTensor::quantize(&matrix(4, 256, 20), GgmlDType::Q4K).unwrap();
+        assert!(packed_from_blocks(&q4k).unwrap().is_none());
     }
 
     #[test]

@@ -43,6 +43,15 @@ const PREFETCH_A: usize = 64;
 /// than they take.
 const MIN_PARALLEL_MACS: usize = 1 << 18;
 
+/// GGUF block formats [`PackedWeight::from_blocks`] unpacks (32 values per block, an f16
+/// scale `d` first: Q8_0 then 32 signed bytes, Q4_0 then 16 bytes of two 4-bit values each,
+/// low nibbles first, offset by 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFormat {
+    Q8_0,
+    Q4_0,
+}
+
 /// A weight `(n, k)` laid out in 16-column panels for [`PackedWeight::matmul`].
 pub struct PackedWeight {
     n: usize,
@@ -80,6 +89,78 @@ impl PackedWeight {
             }
         }
         PackedWeight { n, k, data, offset }
+    }
+
+    /// Unpack GGUF blocks of a weight `(n, k)` straight into panels, the panels spread over
+    /// rayon's threads: what a quantized layer does for a call with many rows, instead of
+    /// dequantizing into a tensor and packing that (two more passes over the weight, on one
+    /// thread). Values are exactly the format's dequantization (`d * q`). `None` for formats
+    /// not handled here or a `k` that is not a whole number of blocks.
+    pub fn from_blocks(format: BlockFormat, bytes: &[u8], n: usize, k: usize) -> Option<Self> {
+        const QK: usize = 32;
+        let block_bytes = match format {
+            BlockFormat::Q8_0 => 2 + QK,
+            BlockFormat::Q4_0 => 2 + QK / 2,
+        };
+        if !k.is_multiple_of(QK) || bytes.len() != n * (k / QK) * block_bytes {
+            return None;
+        }
+        let row_bytes = (k / QK) * block_bytes;
+        let panels = n.div_ceil(NR);
+        // Every panel value is written below (zeros past `n` come from the tile), so the
+        // buffer is not cleared first: at many rows this runs once per layer per call.
+        let len = panels * k * NR + NR;
+        let mut data: Vec<f32> = Vec::with_capacity(len);
+        let offset = data.as_ptr().align_offset(64).min(NR);
+        use rayon::prelude::*;
+        data.spare_capacity_mut()[offset..offset + panels * k * NR]
+            .par_chunks_mut((k * NR).max(1))
+            .enumerate()
+            .for_each(|(p, panel)| {
+                // One block index at a time: the (up to) 16 rows' blocks decode into a
+                // 32 x 16 tile in L1, which then lands in the panel as one contiguous run.
+                let cols = NR.min(n - p * NR);
+                for (b, dst) in panel.chunks_exact_mut(QK * NR).enumerate() {
+                    let mut tile = [0f32; QK * NR];
+                    for col in 0..cols {
+                        let at = (p * NR + col) * row_bytes + b * block_bytes;
+                        let block = &bytes[at..at + block_bytes];
+                        let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                        let mut vals = [0f32; QK];
+                        match format {
+                            BlockFormat::Q8_0 => {
+                                for (v, &q) in vals.iter_mut().zip(&block[2..]) {
+                                    *v = q as i8 as f32 * d;
+                                }
+                            }
+                            BlockFormat::Q4_0 => {
+                                let (lo, hi) = vals.split_at_mut(QK / 2);
+                                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&block[2..]) {
+                                    *l = ((q & 0x0f) as i32 - 8) as f32 * d;
+                                    *h = ((q >> 4) as i32 - 8) as f32 * d;
+                                }
+                            }
+                        }
+                        for (i, v) in vals.into_iter().enumerate() {
+                            tile[i * NR + col] = v;
+                        }
+                    }
+                    for (d, v) in dst.iter_mut().zip(tile) {
+                        d.write(v);
+                    }
+                }
+            });
+        // SAFETY: the loop above initialised every element of the panels; the `offset`
+        // values before them and the `NR - offset` after are never read, but are set here
+        // so that the whole length is initialised.
+        for v in &mut data.spare_capacity_mut()[..offset] {
+            v.write(0.0);
+        }
+        for v in &mut data.spare_capacity_mut()[offset + panels * k * NR..len] {
+            v.write(0.0);
+        }
+        unsafe { data.set_len(len) };
+        Some(PackedWeight { n, k, data, offset })
     }
 
     /// The weight back in row-major `(n, k)` order (exactly the values packed).
