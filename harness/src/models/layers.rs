@@ -304,6 +304,48 @@ impl Lin {
     }
 }
 
+/// Round f32 values (rows a multiple of 32 wide) to what Q8_0 blocks hold, exactly as
+/// candle's `BlockQ8_0::from_float` then `to_float` do (`d = amax / 127` stored as f16,
+/// `q = round(x / d)`, value `q * d`), in one pass over rayon's threads instead of candle's
+/// single-threaded quantize into blocks and dequantize out of them.
+struct RoundToQ8_0;
+
+impl candle_core::CustomOp1 for RoundToQ8_0 {
+    fn name(&self) -> &'static str {
+        "round-to-q8_0"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("round-to-q8_0 needs a contiguous input");
+        };
+        let src = &storage.as_slice::<f32>()?[a..b];
+        if !src.len().is_multiple_of(32) {
+            candle_core::bail!("round-to-q8_0 needs whole 32-value blocks");
+        }
+        let mut dst = vec![0f32; src.len()];
+        use rayon::prelude::*;
+        dst.par_chunks_mut(32 * 64)
+            .zip(src.par_chunks(32 * 64))
+            .for_each(|(d, s)| {
+                for (d, s) in d.chunks_exact_mut(32).zip(s.chunks_exact(32)) {
+                    let amax = s.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let scale = amax / 127.0;
+                    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                    let stored = half::f16::from_f32(scale).to_f32();
+                    for (d, &x) in d.iter_mut().zip(s) {
+                        *d = f32::round(x * inv) as i8 as f32 * stored;
+                    }
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
 /// Q8_0 and Q4_0 weights unpacked for the packed GEMM, where this CPU runs it.
 fn packed_from_blocks(q: &QTensor) -> Result<Option<PackedWeight>> {
     let format = match q.dtype() {
@@ -415,9 +457,13 @@ impl Module for Lin {
                     _ => GgmlDType::Q8_0,
                 };
                 let k = x.dim(D::Minus1)?;
-                let rounded = QTensor::quantize(&x.contiguous()?.reshape((rows, k))?, act)?
-                    .dequantize(x.device())?
-                    .reshape(x.shape())?;
+                let rounded = if act == GgmlDType::Q8_0 && x.device().is_cpu() && k % 32 == 0 {
+                    x.contiguous()?.apply_op1_no_bwd(&RoundToQ8_0)?
+                } else {
+                    QTensor::quantize(&x.contiguous()?.reshape((rows, k))?, act)?
+                        .dequantize(x.device())?
+                        .reshape(x.shape())?
+                };
                 // Q8_0 and Q4_0 blocks unpack straight into the packed GEMM's panels on every
                 // thread; other formats through candle's dequantizer, then packed (which costs
                 // about what candle's GEMM spends laying the weight out on every call anyway).
@@ -865,6 +911,34 @@ mod tests {
         // Formats without a direct unpacker say so.
         let q4k = QTensor::quantize(&matrix(4, 256, 20), GgmlDType::Q4K).unwrap();
         assert!(packed_from_blocks(&q4k).unwrap().is_none());
+    }
+
+    #[test]
+    fn rounding_to_q8_0_matches_candles_quantize_then_dequantize_bit_for_bit() {
+        // Values over several magnitudes, a block of zeros (scale 0) and exact halves.
+        let mut x = (matrix(6, 128, 21) * 7.5).unwrap();
+        x = x
+            .slice_assign(
+                &[0..1, 0..32],
+                &Tensor::zeros((1, 32), DType::F32, &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        let halves: Vec<f32> = (0..32).map(|i| i as f32 - 15.5).collect();
+        x = x
+            .slice_assign(
+                &[1..2, 32..64],
+                &Tensor::from_vec(halves, (1, 32), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        let want = QTensor::quantize(&x, GgmlDType::Q8_0)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let got = x.apply_op1_no_bwd(&RoundToQ8_0).unwrap();
+        assert_eq!(
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]
