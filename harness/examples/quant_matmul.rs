@@ -2,35 +2,14 @@
 //! the harness's `Lin` (candle's quantized kernels, or dequantized blocks for many rows):
 //!
 //!     cargo run --release -p harness --example quant_matmul -- 768 3072 1,128,4096
-use std::time::Instant;
+mod common;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Module, Tensor};
 use harness::models::layers::Lin;
 
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..7)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[3]
-}
-
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let k: usize = args.get(1).map_or(Ok(768), |s| s.parse())?;
-    let n: usize = args.get(2).map_or(Ok(3072), |s| s.parse())?;
-    let rows: Vec<usize> = args
-        .get(3)
-        .map_or("1,128,4096".to_string(), |s| s.clone())
-        .split(',')
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()?;
+    let (k, n, rows) = common::shape_args("1,128,4096")?;
     let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu)?;
     println!("| rows | format | ms | GFLOP/s | rel. error vs f32 |\n|---:|---|---:|---:|---:|");
     for m in rows {
@@ -39,7 +18,7 @@ fn main() -> anyhow::Result<()> {
         let want = dense.forward(&x)?;
         // candle's own f32 matmul (the layout `Lin::tied` keeps) next to the packed GEMM.
         let candle = Lin::tied(w.clone(), None);
-        let ms = median_ms(|| {
+        let ms = common::median_ms(7, || {
             candle.forward(&x).unwrap();
         });
         println!(
@@ -62,7 +41,7 @@ fn main() -> anyhow::Result<()> {
             let err = ((&got - &want)?.sqr()?.sum_all()?.to_scalar::<f32>()?
                 / want.sqr()?.sum_all()?.to_scalar::<f32>()?)
             .sqrt();
-            let ms = median_ms(|| {
+            let ms = common::median_ms(7, || {
                 l.forward(&x).unwrap();
             });
             println!(

@@ -2,35 +2,14 @@
 //! count and thread count:
 //!
 //!     cargo run --release -p harness --example sgemm_shapes -- 768 3072 1,6,128,1024
-use std::time::Instant;
+mod common;
 
 use candle_core::{Device, Module, Tensor};
 use harness::models::layers::Lin;
 use harness::models::sgemm::PackedWeight;
 
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..31)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[15]
-}
-
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let k: usize = args.get(1).map_or(Ok(768), |s| s.parse())?;
-    let n: usize = args.get(2).map_or(Ok(3072), |s| s.parse())?;
-    let rows: Vec<usize> = args
-        .get(3)
-        .map_or("1,6,128,1024".to_string(), |s| s.clone())
-        .split(',')
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()?;
+    let (k, n, rows) = common::shape_args("1,6,128,1024")?;
     let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu)?;
     let packed = PackedWeight::pack(&w.flatten_all()?.to_vec1::<f32>()?, n, k);
     let candle = Lin::tied(w, None);
@@ -40,11 +19,11 @@ fn main() -> anyhow::Result<()> {
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; m * n];
         let gflops = |ms: f64| 2.0 * (m * k * n) as f64 / ms / 1e6;
-        let c = median_ms(|| {
+        let c = common::median_ms(31, || {
             candle.forward(&x).unwrap();
         });
-        let p1 = median_ms(|| packed.matmul(&xs, m, None, &mut out, 1));
-        let p2 = median_ms(|| packed.matmul(&xs, m, None, &mut out, 2));
+        let p1 = common::median_ms(31, || packed.matmul(&xs, m, None, &mut out, 1));
+        let p2 = common::median_ms(31, || packed.matmul(&xs, m, None, &mut out, 2));
         println!(
             "| {m} | {:.1} | {:.1} | {:.1} |",
             gflops(c),

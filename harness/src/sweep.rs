@@ -45,12 +45,8 @@ pub fn run(args: &ProfileArgs) -> Result<ProfileSweep> {
     if args.batch_sizes.contains(&0) || args.seq_lens.contains(&0) {
         bail!("--batch-sizes and --seq-lens must be positive");
     }
-    let quantize = args
-        .quantize
-        .as_deref()
-        .map(crate::models::layers::parse_quant)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--quantize: {e}"))?;
+    let quantize = crate::models::layers::parse_quant_flag(args.quantize.as_deref(), "--quantize")
+        .map_err(anyhow::Error::msg)?;
     let device = crate::plan::parse_device(&args.models.device)?;
     let aliases = AliasTable::load(args.models.aliases.as_deref())?;
     let (warmup, min_iter, min_time) = if args.quick {

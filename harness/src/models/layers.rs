@@ -104,11 +104,7 @@ impl candle_core::CustomOp1 for FastGeluErf {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let src = storage.as_slice::<f32>()?;
-        let src = match layout.contiguous_offsets() {
-            Some((a, b)) => &src[a..b],
-            None => candle_core::bail!("fast-gelu-erf needs a contiguous tensor"),
-        };
+        let src = contiguous_f32(storage, layout, self.name())?;
         let mut dst = vec![0f32; src.len()];
         // Small tensors are not worth a thread.
         let threads = if src.len() < 1 << 15 {
@@ -122,6 +118,19 @@ impl candle_core::CustomOp1 for FastGeluErf {
             .zip(dst.par_chunks_mut(chunk))
             .for_each(|(s, d)| gelu_erf_slice(s, d));
         Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// The f32 values of a custom op's contiguous input (the ops here are applied to
+/// `.contiguous()` tensors; anything else is refused, naming the op).
+fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&storage.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("{op} needs a contiguous f32 input"),
     }
 }
 
@@ -320,10 +329,7 @@ impl candle_core::CustomOp1 for RoundToQ8_0 {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("round-to-q8_0 needs a contiguous input");
-        };
-        let src = &storage.as_slice::<f32>()?[a..b];
+        let src = contiguous_f32(storage, layout, self.name())?;
         if !src.len().is_multiple_of(32) {
             candle_core::bail!("round-to-q8_0 needs whole 32-value blocks");
         }
@@ -378,10 +384,7 @@ impl candle_core::CustomOp1 for PackedLinear<'_> {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("packed-linear needs a contiguous input");
-        };
-        let x = &storage.as_slice::<f32>()?[a..b];
+        let x = contiguous_f32(storage, layout, self.name())?;
         let (n, k) = (self.weight.n(), self.weight.k());
         let dims = layout.shape().dims();
         if dims.last() != Some(&k) {
@@ -527,6 +530,18 @@ pub fn quantize_linears(
 /// A block format's name as llama.cpp writes it, lower-case (`q8_0`, `q4k`).
 pub fn ggml_name(dtype: GgmlDType) -> String {
     format!("{dtype:?}").to_ascii_lowercase()
+}
+
+/// An optional block-format flag (`--student-quantize`, `--quantize`), checked before
+/// anything is loaded; the error names the flag.
+pub fn parse_quant_flag(
+    value: Option<&str>,
+    flag: &str,
+) -> std::result::Result<Option<GgmlDType>, String> {
+    value
+        .map(parse_quant)
+        .transpose()
+        .map_err(|e| format!("{flag}: {e}"))
 }
 
 /// The quantization formats `--student-quantize` accepts.
