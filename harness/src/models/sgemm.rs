@@ -37,6 +37,7 @@ pub const KC: usize = 256;
 pub const MC: usize = 240;
 
 /// How far ahead of the current packed row values the kernel prefetches (floats).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_A: usize = 64;
 
 /// Products below this many multiply-adds run on the calling thread alone: a fork costs more
@@ -455,6 +456,7 @@ enum Init {
 }
 
 /// One microkernel call: `c (R x width) (+)= a (R x kc) b (kc x 16)`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Tile<'a> {
     kc: usize,
     a: *const f32,
