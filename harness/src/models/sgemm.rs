@@ -2,8 +2,9 @@
 //! (issue 6).
 //!
 //! Why: candle multiplies through the `gemm` crate, which lays the weight out again on every
-//! call and reached about 37% of this host's FMA peak on BERT-base shapes, where ONNX Runtime
-//! (MLAS, weights prepacked when the session starts) reached about 80% (BENCHMARKS.md).
+//! call; a BERT-base forward through it ran at about a third of this host's FMA peak, ONNX
+//! Runtime's (MLAS, weights prepacked when the session starts) at about two thirds
+//! (BENCHMARKS.md).
 //! This is the classic BLIS/MLAS design for AVX2:
 //!
 //! - the weight `(n, k)` is stored as panels of [`NR`] = 16 output columns; panel `p` holds,
