@@ -106,16 +106,10 @@ impl candle_core::CustomOp1 for FastGeluErf {
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let src = contiguous_f32(storage, layout, self.name())?;
         let mut dst = vec![0f32; src.len()];
-        // Small tensors are not worth a thread.
-        let threads = if src.len() < 1 << 15 {
-            1
-        } else {
-            candle_core::utils::get_num_threads().max(1)
-        };
-        let chunk = src.len().div_ceil(threads).max(1);
+        // Chunks of 32K values: a small tensor is one chunk, on one thread.
         use rayon::prelude::*;
-        src.par_chunks(chunk)
-            .zip(dst.par_chunks_mut(chunk))
+        src.par_chunks(1 << 15)
+            .zip(dst.par_chunks_mut(1 << 15))
             .for_each(|(s, d)| gelu_erf_slice(s, d));
         Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
     }
@@ -366,6 +360,27 @@ fn packed_from_blocks(q: &QTensor) -> Result<Option<PackedWeight>> {
     Ok(PackedWeight::from_blocks(format, &q.data()?, n, k))
 }
 
+/// `x Wᵀ + bias` through the packed GEMM, then `epilogue` on the outputs.
+fn run_packed(
+    weight: &PackedWeight,
+    bias: Option<&[f32]>,
+    x: &Tensor,
+    epilogue: Option<Epilogue>,
+) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        candle_core::bail!(
+            "a packed linear layer takes f32 inputs on the CPU, got {:?} on {:?}",
+            x.dtype(),
+            x.device()
+        );
+    }
+    x.contiguous()?.apply_op1_no_bwd(&PackedLinear {
+        weight,
+        bias,
+        epilogue,
+    })
+}
+
 /// A packed weight and its bias as a candle op on `(.., k)` inputs.
 struct PackedLinear<'a> {
     weight: &'a PackedWeight,
@@ -432,18 +447,7 @@ fn dequantize_from_rows(dtype: GgmlDType) -> usize {
 impl Module for Lin {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let weight = match &self.weight {
-            Weight::Packed(w, bias) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-                return x.contiguous()?.apply_op1_no_bwd(&PackedLinear {
-                    weight: w,
-                    bias: bias.as_deref(),
-                    epilogue: None,
-                });
-            }
-            Weight::Packed(..) => candle_core::bail!(
-                "a packed linear layer takes f32 inputs on the CPU, got {:?} on {:?}",
-                x.dtype(),
-                x.device()
-            ),
+            Weight::Packed(w, bias) => return run_packed(w, bias.as_deref(), x, None),
             Weight::Candle(w) => w,
         };
         let x = if self.pad > 0 {
@@ -472,11 +476,7 @@ impl Module for Lin {
                 // about what candle's GEMM spends laying the weight out on every call anyway).
                 if let Some(w) = packed_from_blocks(q)? {
                     let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
-                    return rounded.contiguous()?.apply_op1_no_bwd(&PackedLinear {
-                        weight: &w,
-                        bias: bias.as_deref(),
-                        epilogue: None,
-                    });
+                    return run_packed(&w, bias.as_deref(), &rounded, None);
                 }
                 return Lin::new(q.dequantize(x.device())?, self.bias.clone()).forward(&rounded);
             }
@@ -825,13 +825,7 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
 /// GEMM, on each output tile while it is still in L1, instead of as a pass of its own.
 pub fn dense_act(layer: &Lin, act: Activation, x: &Tensor) -> Result<Tensor> {
     if let (Weight::Packed(w, bias), Activation::GeluErf) = (&layer.weight, act) {
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
-            return x.contiguous()?.apply_op1_no_bwd(&PackedLinear {
-                weight: w,
-                bias: bias.as_deref(),
-                epilogue: Some(&gelu_erf_in_place),
-            });
-        }
+        return run_packed(w, bias.as_deref(), x, Some(&gelu_erf_in_place));
     }
     act.forward(&layer.forward(x)?)
 }
