@@ -140,33 +140,26 @@ pub fn compare(
             if let (true, Some(&bv), Some(&cv)) =
                 (scored, b.metrics.get(metric), c.metrics.get(metric))
             {
-                out.push(if result.lower_is_better {
+                let (change, note, regression, in_points) = if result.lower_is_better {
                     // Perplexity: a rise is the regression, measured in percent.
                     let rise = (cv / bv - 1.0) * 100.0;
-                    Finding {
-                        task: task.clone(),
-                        role,
-                        what: metric.clone(),
-                        baseline: bv,
-                        current: cv,
-                        change: rise,
-                        note: "lower is better; change in %".into(),
-                        regression: rise > th.max_metric_drop,
-                        in_points: false,
-                    }
+                    let note = "lower is better; change in %".to_string();
+                    (rise, note, rise > th.max_metric_drop, false)
                 } else {
                     let drop = (bv - cv) * 100.0;
-                    Finding {
-                        task: task.clone(),
-                        role,
-                        what: metric.clone(),
-                        baseline: bv,
-                        current: cv,
-                        change: -drop,
-                        note: format!("noise +/-{noise:.2} pts"),
-                        regression: drop > th.max_metric_drop && drop > noise,
-                        in_points: true,
-                    }
+                    let note = format!("noise +/-{noise:.2} pts");
+                    (-drop, note, drop > th.max_metric_drop && drop > noise, true)
+                };
+                out.push(Finding {
+                    task: task.clone(),
+                    role,
+                    what: metric.clone(),
+                    baseline: bv,
+                    current: cv,
+                    change,
+                    note,
+                    regression,
+                    in_points,
                 });
             }
             if let (Some(bp), Some(cp)) = (&b.profile, &c.profile) {
