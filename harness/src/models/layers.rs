@@ -104,14 +104,8 @@ impl candle_core::CustomOp1 for FastGeluErf {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let src = contiguous_f32(storage, layout, self.name())?;
-        let mut dst = vec![0f32; src.len()];
         // Chunks of 32K values: a small tensor is one chunk, on one thread.
-        use rayon::prelude::*;
-        src.par_chunks(1 << 15)
-            .zip(dst.par_chunks_mut(1 << 15))
-            .for_each(|(s, d)| gelu_erf_slice(s, d));
-        Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
+        map_chunks_parallel(storage, layout, self.name(), 1 << 15, gelu_erf_slice)
     }
 }
 
@@ -126,6 +120,25 @@ fn contiguous_f32<'a>(
         Some((a, b)) => Ok(&storage.as_slice::<f32>()?[a..b]),
         None => candle_core::bail!("{op} needs a contiguous f32 input"),
     }
+}
+
+/// An element-wise custom op on the CPU: `f` maps each `chunk`-long stretch of the contiguous
+/// f32 input to the same stretch of a new output of the same shape, stretches spread over
+/// rayon's threads.
+fn map_chunks_parallel(
+    storage: &candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+    chunk: usize,
+    f: impl Fn(&[f32], &mut [f32]) + Sync,
+) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    use rayon::prelude::*;
+    let src = contiguous_f32(storage, layout, op)?;
+    let mut dst = vec![0f32; src.len()];
+    src.par_chunks(chunk)
+        .zip(dst.par_chunks_mut(chunk))
+        .for_each(|(s, d)| f(s, d));
+    Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
 }
 
 /// A LayerNorm under `vb`, reading `weight`/`bias` or the legacy `gamma`/`beta`.
@@ -323,26 +336,21 @@ impl candle_core::CustomOp1 for RoundToQ8_0 {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let src = contiguous_f32(storage, layout, self.name())?;
-        if !src.len().is_multiple_of(32) {
+        if !layout.shape().elem_count().is_multiple_of(32) {
             candle_core::bail!("round-to-q8_0 needs whole 32-value blocks");
         }
-        let mut dst = vec![0f32; src.len()];
-        use rayon::prelude::*;
-        dst.par_chunks_mut(32 * 64)
-            .zip(src.par_chunks(32 * 64))
-            .for_each(|(d, s)| {
-                for (d, s) in d.chunks_exact_mut(32).zip(s.chunks_exact(32)) {
-                    let amax = s.iter().fold(0f32, |m, x| m.max(x.abs()));
-                    let scale = amax / 127.0;
-                    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-                    let stored = half::f16::from_f32(scale).to_f32();
-                    for (d, &x) in d.iter_mut().zip(s) {
-                        *d = f32::round(x * inv) as i8 as f32 * stored;
-                    }
+        // 64 blocks per chunk; chunk edges fall on block edges.
+        map_chunks_parallel(storage, layout, self.name(), 32 * 64, |src, dst| {
+            for (s, d) in src.chunks_exact(32).zip(dst.chunks_exact_mut(32)) {
+                let amax = s.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                let stored = half::f16::from_f32(scale).to_f32();
+                for (d, &x) in d.iter_mut().zip(s) {
+                    *d = f32::round(x * inv) as i8 as f32 * stored;
                 }
-            });
-        Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
+            }
+        })
     }
 }
 
