@@ -7,6 +7,7 @@
 #
 #   scripts/bench-vs-ort.sh [--shapes 1x128,8x128,32x128] [--rounds 3] [--models bert-base,distilbert]
 #                           [--quantize q8_0]   (the harness side quantized; ORT stays f32)
+#                           [--ort-int8]        (also ORT's own dynamic int8 model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then

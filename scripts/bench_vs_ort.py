@@ -10,6 +10,10 @@ DistilBERT, f32, 2 threads, same shapes (issue 6). Called by scripts/bench-vs-or
 3. Rounds alternate ONNX Runtime (intra-op threads = 2, all graph optimisations) and
    `harness profile` over every shape; each side reports its median latency per shape; the
    script prints sequences/s per side and the median over rounds of candle / ORT.
+4. With --ort-int8, ONNX Runtime's own int8 model runs in the same rounds: the f32 graph through
+   onnxruntime.quantization.quantize_dynamic (int8 weights per tensor, activations quantized
+   per call, MatMulInteger / DynamicQuantizeMatMul kernels), what ORT users deploy for a
+   quantized CPU model; the table gains its speed and candle / ORT int8.
 """
 
 import argparse
@@ -166,14 +170,24 @@ def export(kind, out_dir, seed):
     return d, cfg
 
 
-def ort_medians(d, shapes, iters, threads, seed):
+def ort_int8_model(d):
+    """ONNX Runtime's dynamic int8 quantization of d/model.onnx, made once."""
+    out = os.path.join(d, "model-int8.onnx")
+    if not os.path.exists(out):
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(os.path.join(d, "model.onnx"), out, weight_type=QuantType.QInt8)
+    return out
+
+
+def ort_medians(d, shapes, iters, threads, seed, model="model.onnx"):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(os.path.join(d, "model.onnx"), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(os.path.join(d, model), so, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     out = {}
     for b, s in shapes:
@@ -239,28 +253,45 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quantize", help="profile the harness side with its linear layers in this "
                     "block format (q8_0, ...); ONNX Runtime stays f32")
+    ap.add_argument("--ort-int8", action="store_true", help="also run ONNX Runtime's dynamic "
+                    "int8 quantization of the same graph")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     side = f"candle {args.quantize}" if args.quantize else "candle"
-    print(f"| model | batch x seq | {side} (seq/s) | ONNX Runtime f32 (seq/s) | candle / ORT |")
-    print("|---|---|---:|---:|---:|")
+    head = f"| model | batch x seq | {side} (seq/s) | ONNX Runtime f32 (seq/s) | candle / ORT |"
+    rule = "|---|---|---:|---:|---:|"
+    if args.ort_int8:
+        head += " ONNX Runtime int8 (seq/s) | candle / ORT int8 |"
+        rule += "---:|---:|"
+    print(head)
+    print(rule)
     for kind in args.models.split(","):
         d, _ = export(kind, args.work, seed=7)
         check_against_transformers(d, kind)
+        int8 = ort_int8_model(d) if args.ort_int8 else None
         ratios = {s: [] for s in shapes}
         cand = {s: [] for s in shapes}
         orts = {s: [] for s in shapes}
+        orts8 = {s: [] for s in shapes}
+        ratios8 = {s: [] for s in shapes}
         for r in range(args.rounds):
             o = ort_medians(d, shapes, args.iters, args.threads, seed=r)
+            o8 = ort_medians(d, shapes, args.iters, args.threads, r, int8) if int8 else {}
             c = harness_medians(args.harness, d, shapes, args.iters, os.path.join(d, f"profile-{r}"),
                                 args.quantize)
             for s in shapes:
                 cand[s].append(s[0] / c[s])
                 orts[s].append(s[0] / o[s])
                 ratios[s].append(o[s] / c[s])
+                if int8:
+                    orts8[s].append(s[0] / o8[s])
+                    ratios8[s].append(o8[s] / c[s])
         for s in shapes:
-            print(f"| {kind} | {s[0]} x {s[1]} | {np.median(cand[s]):.2f} | {np.median(orts[s]):.2f} | "
-                  f"{np.median(ratios[s]):.2f} |", flush=True)
+            row = (f"| {kind} | {s[0]} x {s[1]} | {np.median(cand[s]):.2f} | {np.median(orts[s]):.2f} | "
+                   f"{np.median(ratios[s]):.2f} |")
+            if int8:
+                row += f" {np.median(orts8[s]):.2f} | {np.median(ratios8[s]):.2f} |"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

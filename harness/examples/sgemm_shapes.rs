@@ -1,19 +1,28 @@
-//! Time the packed f32 GEMM against candle's matmul on one linear layer's shape, per row
-//! count and thread count:
+//! Time the packed f32 GEMM and the int8 GEMM on Q8_0 blocks against candle's matmul on one
+//! linear layer's shape, per row count and thread count (GFLOP/s counts 2 x m x n x k for
+//! every format):
 //!
 //!     cargo run --release -p harness --example sgemm_shapes -- 768 3072 1,6,128,1024
 mod common;
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Module, Tensor};
 use harness::models::layers::Lin;
+use harness::models::qgemm::{BlockFormat, Int8Weight};
 use harness::models::sgemm::PackedWeight;
 
 fn main() -> anyhow::Result<()> {
     let (k, n, rows) = common::shape_args("1,6,128,1024")?;
     let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu)?;
     let packed = PackedWeight::pack(&w.flatten_all()?.to_vec1::<f32>()?, n, k);
+    let q8 = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+    let int8 = Int8Weight::from_blocks(BlockFormat::Q8_0, &q8.data()?, n, k)
+        .ok_or_else(|| anyhow::anyhow!("the int8 GEMM needs AVX2/FMA and k a multiple of 32"))?;
     let candle = Lin::tied(w, None);
-    println!("| rows | candle matmul GFLOP/s | packed, 1 thread | packed, 2 threads |\n|---:|---:|---:|---:|");
+    println!(
+        "| rows | candle matmul GFLOP/s | packed f32, 1 thread | packed f32, 2 threads \
+         | int8 Q8_0, 1 thread | int8 Q8_0, 2 threads |\n|---:|---:|---:|---:|---:|---:|"
+    );
     for m in rows {
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
@@ -24,11 +33,15 @@ fn main() -> anyhow::Result<()> {
         });
         let p1 = common::median_ms(31, || packed.matmul(&xs, m, None, &mut out, 1));
         let p2 = common::median_ms(31, || packed.matmul(&xs, m, None, &mut out, 2));
+        let q1 = common::median_ms(31, || int8.matmul_then(&xs, m, None, &mut out, 1, None));
+        let q2 = common::median_ms(31, || int8.matmul_then(&xs, m, None, &mut out, 2, None));
         println!(
-            "| {m} | {:.1} | {:.1} | {:.1} |",
+            "| {m} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
             gflops(c),
             gflops(p1),
-            gflops(p2)
+            gflops(p2),
+            gflops(q1),
+            gflops(q2)
         );
     }
     Ok(())

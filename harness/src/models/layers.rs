@@ -6,7 +6,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::sgemm::{BlockFormat, Epilogue, PackedWeight};
+use super::qgemm::{BlockFormat, Int8Weight};
+use super::sgemm::{Epilogue, PackedWeight};
 
 /// Activation functions named by `hidden_act` / `activation` in `config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +179,65 @@ enum Weight {
     /// f32 packed once for [`sgemm`](super::sgemm) (CPUs with AVX2 and FMA), with the bias as
     /// a plain slice for the kernel.
     Packed(PackedWeight, Option<Vec<f32>>),
+    /// Q8_0 or Q4_0 blocks laid out once for the integer GEMM of [`qgemm`](super::qgemm)
+    /// (same CPUs), with the bias as a plain slice.
+    Int8(Int8Weight, Option<Vec<f32>>),
+}
+
+/// A weight laid out for one of this crate's CPU GEMMs: what [`PackedLinear`] runs.
+trait PackedProduct: Sync {
+    fn n(&self) -> usize;
+    fn k(&self) -> usize;
+    /// `out = x Wᵀ + bias`, then `epilogue` on the finished outputs.
+    fn product(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<Epilogue>,
+    );
+}
+
+impl PackedProduct for PackedWeight {
+    fn n(&self) -> usize {
+        PackedWeight::n(self)
+    }
+    fn k(&self) -> usize {
+        PackedWeight::k(self)
+    }
+    fn product(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<Epilogue>,
+    ) {
+        self.matmul_then(x, m, bias, out, threads, epilogue)
+    }
+}
+
+impl PackedProduct for Int8Weight {
+    fn n(&self) -> usize {
+        Int8Weight::n(self)
+    }
+    fn k(&self) -> usize {
+        Int8Weight::k(self)
+    }
+    fn product(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<Epilogue>,
+    ) {
+        self.matmul_then(x, m, bias, out, threads, epilogue)
+    }
 }
 
 /// Whether candle's CPU dot product for `dtype` accepts rows of `k` values.
@@ -243,6 +303,14 @@ impl Lin {
     pub fn from_qtensor(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
         let (_, k) = weight.shape().dims2()?;
         let dtype = weight.dtype();
+        if let Some(int8) = int8_from_blocks(&weight, bias.as_ref())? {
+            return Ok(Lin {
+                kernel_ok: true,
+                weight: int8,
+                bias,
+                pad: 0,
+            });
+        }
         Ok(match QMatMul::from_qtensor(weight)? {
             // f32 tensors of a GGUF file come back dense: run them as any f32 layer.
             QMatMul::Tensor(t) if t.dtype() == DType::F32 => Lin::new(t, bias),
@@ -270,7 +338,11 @@ impl Lin {
         } else {
             w
         };
-        self.weight = Weight::Candle(QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?);
+        let q = QTensor::quantize(&w, dtype)?;
+        self.weight = match int8_from_blocks(&q, self.bias.as_ref())? {
+            Some(int8) => int8,
+            None => Weight::Candle(QMatMul::from_qtensor(q)?),
+        };
         self.pad = pad;
         self.kernel_ok = true;
         Ok(())
@@ -284,6 +356,9 @@ impl Lin {
                 t.elem_count() * t.dtype().size_in_bytes()
             }
             Weight::Packed(p, _) => p.n() * p.k() * 4,
+            // What the values and scales take, without the panels' padding to 16 columns
+            // (f32 scales: 36 bytes per 32 values where the file's f16 scales make 34).
+            Weight::Int8(q, _) => q.n() * q.k() + q.n() * (q.k() / 32) * 4,
         };
         w + self.bias.as_ref().map_or(0, |b| b.elem_count() * 4)
     }
@@ -296,13 +371,18 @@ impl Lin {
                 t.dims2().unwrap_or((0, 0))
             }
             Weight::Packed(p, _) => (p.n(), p.k()),
+            Weight::Int8(q, _) => (q.n(), q.k()),
         };
         out * (padded_in - self.pad) + self.bias.as_ref().map_or(0, |b| b.elem_count())
     }
 
     /// Whether the weight is in a block format (not f32).
     fn is_block_quantized(&self) -> bool {
-        matches!(&self.weight, Weight::Candle(QMatMul::QTensor(q)) if q.dtype() != GgmlDType::F32)
+        match &self.weight {
+            Weight::Candle(QMatMul::QTensor(q)) => q.dtype() != GgmlDType::F32,
+            Weight::Int8(..) => true,
+            _ => false,
+        }
     }
 
     /// The f32 weight `(out, in)`, when not quantized (for fusing projections at load and for
@@ -354,8 +434,9 @@ impl candle_core::CustomOp1 for RoundToQ8_0 {
     }
 }
 
-/// Q8_0 and Q4_0 weights unpacked for the packed GEMM, where this CPU runs it.
-fn packed_from_blocks(q: &QTensor) -> Result<Option<PackedWeight>> {
+/// Q8_0 and Q4_0 weights laid out for the integer GEMM, with their f32 bias, where this CPU
+/// runs it (`None`: other formats, devices and CPUs keep candle's kernels).
+fn int8_from_blocks(q: &QTensor, bias: Option<&Tensor>) -> Result<Option<Weight>> {
     let format = match q.dtype() {
         GgmlDType::Q8_0 => BlockFormat::Q8_0,
         GgmlDType::Q4_0 => BlockFormat::Q4_0,
@@ -365,12 +446,17 @@ fn packed_from_blocks(q: &QTensor) -> Result<Option<PackedWeight>> {
         return Ok(None);
     }
     let (n, k) = q.shape().dims2()?;
-    Ok(PackedWeight::from_blocks(format, &q.data()?, n, k))
+    let bias = match bias {
+        Some(b) if b.dtype() == DType::F32 && b.dims() == [n] => Some(b.to_vec1::<f32>()?),
+        Some(_) => return Ok(None),
+        None => None,
+    };
+    Ok(Int8Weight::from_blocks(format, &q.data()?, n, k).map(|w| Weight::Int8(w, bias)))
 }
 
-/// `x Wᵀ + bias` through the packed GEMM, then `epilogue` on the outputs.
+/// `x Wᵀ + bias` through one of the packed GEMMs, then `epilogue` on the outputs.
 fn run_packed(
-    weight: &PackedWeight,
+    weight: &dyn PackedProduct,
     bias: Option<&[f32]>,
     x: &Tensor,
     epilogue: Option<Epilogue>,
@@ -391,7 +477,7 @@ fn run_packed(
 
 /// A packed weight and its bias as a candle op on `(.., k)` inputs.
 struct PackedLinear<'a> {
-    weight: &'a PackedWeight,
+    weight: &'a dyn PackedProduct,
     bias: Option<&'a [f32]>,
     /// Applied to the finished outputs (an activation).
     epilogue: Option<Epilogue<'a>>,
@@ -415,7 +501,7 @@ impl candle_core::CustomOp1 for PackedLinear<'_> {
         }
         let m = x.len() / k.max(1);
         let mut out = vec![0f32; m * n];
-        self.weight.matmul_then(
+        self.weight.product(
             x,
             m,
             self.bias,
@@ -444,6 +530,9 @@ impl candle_core::CustomOp1 for PackedLinear<'_> {
 /// The kernels quantize the activations too (to Q8_0 or Q8_1 blocks); the GEMM path rounds
 /// them the same way first, so the product is the kernel's up to float summation order and a
 /// result does not depend on how many rows were multiplied at once (batch size, window).
+///
+/// On CPUs with AVX2 and FMA, Q8_0 and Q4_0 never come here: they run on the integer GEMM
+/// ([`qgemm`](super::qgemm)) at every row count.
 fn dequantize_from_rows(dtype: GgmlDType) -> usize {
     match dtype {
         GgmlDType::Q8_0 | GgmlDType::Q4_0 => 32,
@@ -454,14 +543,15 @@ fn dequantize_from_rows(dtype: GgmlDType) -> usize {
 
 impl Module for Lin {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let weight = match &self.weight {
-            Weight::Packed(w, bias) => return run_packed(w, bias.as_deref(), x, None),
-            Weight::Candle(w) => w,
-        };
         let x = if self.pad > 0 {
             x.pad_with_zeros(D::Minus1, 0, self.pad)?
         } else {
             x.clone()
+        };
+        let weight = match &self.weight {
+            Weight::Packed(w, bias) => return run_packed(w, bias.as_deref(), &x, None),
+            Weight::Int8(w, bias) => return run_packed(w, bias.as_deref(), &x, None),
+            Weight::Candle(w) => w,
         };
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
         if let QMatMul::QTensor(q) = weight {
@@ -479,13 +569,8 @@ impl Module for Lin {
                         .dequantize(x.device())?
                         .reshape(x.shape())?
                 };
-                // Q8_0 and Q4_0 blocks unpack straight into the packed GEMM's panels on every
-                // thread; other formats through candle's dequantizer, then packed (which costs
-                // about what candle's GEMM spends laying the weight out on every call anyway).
-                if let Some(w) = packed_from_blocks(q)? {
-                    let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
-                    return run_packed(&w, bias.as_deref(), &rounded, None);
-                }
+                // Dequantized by candle, then packed (which costs about what candle's GEMM
+                // spends laying the weight out on every call anyway).
                 return Lin::new(q.dequantize(x.device())?, self.bias.clone()).forward(&rounded);
             }
         }
@@ -832,8 +917,14 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
 /// Apply a linear layer then an activation; exact GELU after a packed layer runs inside the
 /// GEMM, on each output tile while it is still in L1, instead of as a pass of its own.
 pub fn dense_act(layer: &Lin, act: Activation, x: &Tensor) -> Result<Tensor> {
-    if let (Weight::Packed(w, bias), Activation::GeluErf) = (&layer.weight, act) {
-        return run_packed(w, bias.as_deref(), x, Some(&gelu_erf_in_place));
+    match (&layer.weight, act) {
+        (Weight::Packed(w, bias), Activation::GeluErf) => {
+            return run_packed(w, bias.as_deref(), x, Some(&gelu_erf_in_place))
+        }
+        (Weight::Int8(w, bias), Activation::GeluErf) if layer.pad == 0 => {
+            return run_packed(w, bias.as_deref(), x, Some(&gelu_erf_in_place))
+        }
+        _ => {}
     }
     act.forward(&layer.forward(x)?)
 }
@@ -909,25 +1000,35 @@ mod tests {
     }
 
     #[test]
-    fn q8_0_and_q4_0_blocks_unpack_into_panels_exactly_as_candle_dequantizes() {
-        if !PackedWeight::supported() {
-            return;
-        }
-        // 37 rows: two full panels and a partial one; 96 = three blocks per row.
-        let w = matrix(37, 96, 19);
+    fn q8_0_and_q4_0_layers_run_on_the_integer_gemm_and_agree_with_candles_kernel() {
+        // 37 outputs: two full panels and a partial one; 96 = three blocks per row.
+        let (w, b, x) = (matrix(37, 96, 19), matrix(1, 37, 20), matrix(5, 96, 21));
+        let b = b.flatten_all().unwrap();
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            let packed = packed_from_blocks(&q).unwrap().expect("handled format");
-            let want = q.dequantize(&Device::Cpu).unwrap();
+            let mut layer = Lin::new(w.clone(), Some(b.clone()));
+            layer.quantize(dtype).unwrap();
             assert_eq!(
-                packed.unpack(),
-                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                matches!(layer.weight, Weight::Int8(..)),
+                PackedWeight::supported(),
                 "{dtype:?}"
             );
+            let got = layer.forward(&x).unwrap();
+            let q = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
+            let want = q.forward(&x).unwrap().broadcast_add(&b).unwrap();
+            let diff = (&got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "{dtype:?}: {diff}");
         }
-        // Formats without a direct unpacker say so.
-        let q4k = QTensor::quantize(&matrix(4, 256, 20), GgmlDType::Q4K).unwrap();
-        assert!(packed_from_blocks(&q4k).unwrap().is_none());
+        // Other formats stay on candle's kernels.
+        let mut q4k = Lin::new(matrix(4, 256, 22), None);
+        q4k.quantize(GgmlDType::Q4K).unwrap();
+        assert!(matches!(q4k.weight, Weight::Candle(QMatMul::QTensor(_))));
     }
 
     #[test]
@@ -995,10 +1096,11 @@ mod tests {
     }
 
     #[test]
-    fn many_rows_take_the_dequantized_path_and_agree_with_the_quantized_kernel() {
-        // 40 rows at once go through dequantized Q8_0 blocks and the f32 GEMM; one row at a
-        // time goes through candle's Q8_0 kernel. Both round the activations to Q8_0 blocks,
-        // so they agree to float summation order.
+    fn many_rows_agree_with_one_row_at_a_time() {
+        // Q4_1: 40 rows at once go through dequantized blocks and the f32 GEMM, one row at a
+        // time through candle's Q4_1 kernel; both round the activations to Q8_1 blocks, so
+        // they agree to float summation order. Q8_0 (the integer GEMM on AVX2 CPUs, candle's
+        // kernel and the dequantized path elsewhere) likewise.
         let w = matrix(64, 96, 4);
         let x = matrix(40, 96, 5);
         let f32_result = Lin::new(w.clone(), None).forward(&x).unwrap();
@@ -1074,8 +1176,10 @@ mod tests {
             info.quantization.as_deref(),
             Some("q8_0 (--student-quantize)")
         );
-        // 512 f32 parameters (2048 bytes) become 16 Q8_0 blocks of 34 bytes.
-        assert_eq!(info.weight_bytes, Some(16 * 34));
+        // 512 f32 parameters (2048 bytes) become 16 Q8_0 blocks: 34 bytes each as candle holds
+        // them (f16 scale), 36 as the integer GEMM does (f32 scale).
+        let block = if PackedWeight::supported() { 36 } else { 34 };
+        assert_eq!(info.weight_bytes, Some(16 * block));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod layers;
 pub mod llama;
 pub mod mock;
 pub mod mpnet;
+pub mod qgemm;
 pub mod resolve;
 pub mod sgemm;
 pub mod tokenizer;

@@ -45,15 +45,6 @@ const PREFETCH_A: usize = 64;
 /// than they take.
 const MIN_PARALLEL_MACS: usize = 1 << 18;
 
-/// GGUF block formats [`PackedWeight::from_blocks`] unpacks (32 values per block, an f16
-/// scale `d` first: Q8_0 then 32 signed bytes, Q4_0 then 16 bytes of two 4-bit values each,
-/// low nibbles first, offset by 8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockFormat {
-    Q8_0,
-    Q4_0,
-}
-
 /// A weight `(n, k)` laid out in 16-column panels for [`PackedWeight::matmul`].
 pub struct PackedWeight {
     n: usize,
@@ -91,78 +82,6 @@ impl PackedWeight {
             }
         }
         PackedWeight { n, k, data, offset }
-    }
-
-    /// Unpack GGUF blocks of a weight `(n, k)` straight into panels, the panels spread over
-    /// rayon's threads: what a quantized layer does for a call with many rows, instead of
-    /// dequantizing into a tensor and packing that (two more passes over the weight, on one
-    /// thread). Values are exactly the format's dequantization (`d * q`). `None` for formats
-    /// not handled here or a `k` that is not a whole number of blocks.
-    pub fn from_blocks(format: BlockFormat, bytes: &[u8], n: usize, k: usize) -> Option<Self> {
-        const QK: usize = 32;
-        let block_bytes = match format {
-            BlockFormat::Q8_0 => 2 + QK,
-            BlockFormat::Q4_0 => 2 + QK / 2,
-        };
-        if !k.is_multiple_of(QK) || bytes.len() != n * (k / QK) * block_bytes {
-            return None;
-        }
-        let row_bytes = (k / QK) * block_bytes;
-        let panels = n.div_ceil(NR);
-        // Every panel value is written below (zeros past `n` come from the tile), so the
-        // buffer is not cleared first: at many rows this runs once per layer per call.
-        let len = panels * k * NR + NR;
-        let mut data: Vec<f32> = Vec::with_capacity(len);
-        let offset = data.as_ptr().align_offset(64).min(NR);
-        use rayon::prelude::*;
-        data.spare_capacity_mut()[offset..offset + panels * k * NR]
-            .par_chunks_mut((k * NR).max(1))
-            .enumerate()
-            .for_each(|(p, panel)| {
-                // One block index at a time: the (up to) 16 rows' blocks decode into a
-                // 32 x 16 tile in L1, which then lands in the panel as one contiguous run.
-                let cols = NR.min(n - p * NR);
-                for (b, dst) in panel.chunks_exact_mut(QK * NR).enumerate() {
-                    let mut tile = [0f32; QK * NR];
-                    for col in 0..cols {
-                        let at = (p * NR + col) * row_bytes + b * block_bytes;
-                        let block = &bytes[at..at + block_bytes];
-                        let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-                        let mut vals = [0f32; QK];
-                        match format {
-                            BlockFormat::Q8_0 => {
-                                for (v, &q) in vals.iter_mut().zip(&block[2..]) {
-                                    *v = q as i8 as f32 * d;
-                                }
-                            }
-                            BlockFormat::Q4_0 => {
-                                let (lo, hi) = vals.split_at_mut(QK / 2);
-                                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&block[2..]) {
-                                    *l = ((q & 0x0f) as i32 - 8) as f32 * d;
-                                    *h = ((q >> 4) as i32 - 8) as f32 * d;
-                                }
-                            }
-                        }
-                        for (i, v) in vals.into_iter().enumerate() {
-                            tile[i * NR + col] = v;
-                        }
-                    }
-                    for (d, v) in dst.iter_mut().zip(tile) {
-                        d.write(v);
-                    }
-                }
-            });
-        // SAFETY: the loop above initialised every element of the panels; the `offset`
-        // values before them and the `NR - offset` after are never read, but are set here
-        // so that the whole length is initialised.
-        for v in &mut data.spare_capacity_mut()[..offset] {
-            v.write(0.0);
-        }
-        for v in &mut data.spare_capacity_mut()[offset + panels * k * NR..len] {
-            v.write(0.0);
-        }
-        unsafe { data.set_len(len) };
-        Some(PackedWeight { n, k, data, offset })
     }
 
     /// The weight back in row-major `(n, k)` order (exactly the values packed).
@@ -245,31 +164,9 @@ impl PackedWeight {
             }
             return;
         }
-        let panels = n.div_ceil(NR);
-        let threads = if m * n * k < MIN_PARALLEL_MACS {
-            1
-        } else {
-            threads.max(1)
-        };
-        // Split the output columns when there are enough panels to go round (each thread then
-        // reads only its share of the weight); otherwise split the rows.
-        let jobs: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = if threads == 1 {
-            vec![(0..m, 0..panels)]
-        } else if panels >= 2 * threads || m < MR * threads {
-            let per = panels.div_ceil(threads);
-            (0..panels)
-                .step_by(per)
-                .map(|p| (0..m, p..(p + per).min(panels)))
-                .collect()
-        } else {
-            let per = m.div_ceil(threads).next_multiple_of(MR);
-            (0..m)
-                .step_by(per)
-                .map(|r| (r..(r + per).min(m), 0..panels))
-                .collect()
-        };
         let out_ptr = SendPtr(out.as_mut_ptr());
-        let run = |(rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>)| {
+        let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, MR);
+        run_jobs(jobs, |(rows, cols)| {
             // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`, each
             // written only by its own job; the CPU features were checked above.
             unsafe {
@@ -284,15 +181,7 @@ impl PackedWeight {
                     cols,
                 )
             }
-        };
-        if jobs.len() == 1 {
-            jobs.into_iter().for_each(run);
-        } else {
-            // rayon's pool: the threads candle's own GEMM uses, already running, so a product
-            // costs no thread start and the cores are not oversubscribed.
-            use rayon::prelude::*;
-            jobs.into_par_iter().for_each(run);
-        }
+        });
     }
 
     /// One thread's share: rows `rows` of the output, column panels `cols`.
@@ -419,9 +308,57 @@ struct Operands<'a> {
 
 /// The output pointer, shared by the threads of one product (each writes its own part).
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+/// Rows and column panels of one thread's share of a product.
+pub(super) type Job = (std::ops::Range<usize>, std::ops::Range<usize>);
+
+/// Split a product of `m` rows, `panels` column panels and `macs` multiply-adds over up to
+/// `threads` threads: by column panels when there are enough to go round (each thread then
+/// reads only its share of the weight), otherwise by rows in multiples of `mr`; small products
+/// stay on one thread (a fork costs more than they take).
+pub(super) fn split_jobs(
+    m: usize,
+    panels: usize,
+    macs: usize,
+    threads: usize,
+    mr: usize,
+) -> Vec<Job> {
+    let threads = if macs < MIN_PARALLEL_MACS {
+        1
+    } else {
+        threads.max(1)
+    };
+    if threads == 1 {
+        vec![(0..m, 0..panels)]
+    } else if panels >= 2 * threads || m < mr * threads {
+        let per = panels.div_ceil(threads);
+        (0..panels)
+            .step_by(per)
+            .map(|p| (0..m, p..(p + per).min(panels)))
+            .collect()
+    } else {
+        let per = m.div_ceil(threads).next_multiple_of(mr);
+        (0..m)
+            .step_by(per)
+            .map(|r| (r..(r + per).min(m), 0..panels))
+            .collect()
+    }
+}
+
+/// Run `jobs`, on rayon's pool when there is more than one: the threads candle's own GEMM
+/// uses, already running, so a product costs no thread start and the cores are not
+/// oversubscribed.
+pub(super) fn run_jobs(jobs: Vec<Job>, run: impl Fn(Job) + Sync + Send) {
+    if jobs.len() == 1 {
+        jobs.into_iter().for_each(run);
+    } else {
+        use rayon::prelude::*;
+        jobs.into_par_iter().for_each(run);
+    }
+}
 
 /// Copy rows `m0..m0 + mc`, columns `k0..k0 + kc` of `x` (row length `k`) into tiles of
 /// [`MR`] rows: tile `t` holds, for each column, its six rows' values side by side (zeros
@@ -447,7 +384,7 @@ fn pack_rows(x: &[f32], k: usize, m0: usize, mc: usize, k0: usize, kc: usize, a:
 
 /// What a tile's accumulators start from.
 #[derive(Clone, Copy)]
-enum Init {
+pub(super) enum Init {
     /// The first pass over `k` of a layer without bias.
     Zero,
     /// The first pass, starting from the bias.
@@ -477,7 +414,6 @@ struct Tile<'a> {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel<const R: usize>(t: &Tile) {
     use std::arch::x86_64::*;
-    let full = t.width == NR;
     for i in 0..t.next.1 {
         let c = t.next.0.wrapping_add(i * t.ldc) as *const i8;
         _mm_prefetch::<_MM_HINT_T0>(c);
@@ -495,17 +431,7 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
         }
         Init::Accumulate => {
             for (i, row) in acc.iter_mut().enumerate() {
-                let c = t.c.add(i * t.ldc);
-                if full {
-                    *row = [_mm256_loadu_ps(c), _mm256_loadu_ps(c.add(8))];
-                } else {
-                    let mut tmp = [0f32; NR];
-                    std::ptr::copy_nonoverlapping(c, tmp.as_mut_ptr(), t.width);
-                    *row = [
-                        _mm256_loadu_ps(tmp.as_ptr()),
-                        _mm256_loadu_ps(tmp.as_ptr().add(8)),
-                    ];
-                }
+                *row = load_output_row(t.c.add(i * t.ldc), t.width);
             }
         }
     }
@@ -533,16 +459,49 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
         b = b.add(NR);
     }
     for (i, row) in acc.iter().enumerate() {
-        let c = t.c.add(i * t.ldc);
-        if full {
-            _mm256_storeu_ps(c, row[0]);
-            _mm256_storeu_ps(c.add(8), row[1]);
-        } else {
-            let mut tmp = [0f32; NR];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), row[0]);
-            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), row[1]);
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), c, t.width);
-        }
+        store_output_row(t.c.add(i * t.ldc), t.width, *row);
+    }
+}
+
+/// The first `width` (at most [`NR`]) outputs at `c` as two registers, zeros past `width`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn load_output_row(
+    c: *const f32,
+    width: usize,
+) -> [std::arch::x86_64::__m256; 2] {
+    use std::arch::x86_64::*;
+    if width == NR {
+        [_mm256_loadu_ps(c), _mm256_loadu_ps(c.add(8))]
+    } else {
+        let mut tmp = [0f32; NR];
+        std::ptr::copy_nonoverlapping(c, tmp.as_mut_ptr(), width);
+        [
+            _mm256_loadu_ps(tmp.as_ptr()),
+            _mm256_loadu_ps(tmp.as_ptr().add(8)),
+        ]
+    }
+}
+
+/// Store the first `width` (at most [`NR`]) lanes of `row` at `c`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn store_output_row(
+    c: *mut f32,
+    width: usize,
+    row: [std::arch::x86_64::__m256; 2],
+) {
+    use std::arch::x86_64::*;
+    if width == NR {
+        _mm256_storeu_ps(c, row[0]);
+        _mm256_storeu_ps(c.add(8), row[1]);
+    } else {
+        let mut tmp = [0f32; NR];
+        _mm256_storeu_ps(tmp.as_mut_ptr(), row[0]);
+        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), row[1]);
+        std::ptr::copy_nonoverlapping(tmp.as_ptr(), c, width);
     }
 }
 

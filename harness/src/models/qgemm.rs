@@ -1,0 +1,580 @@
+//! Integer matrix products for linear layers whose weights are Q8_0 or Q4_0 blocks,
+//! `y = x Wᵀ + b`, with the weight laid out once at load (issue 6).
+//!
+//! Why: candle multiplies quantized weights one (row, column) dot product at a time, which on
+//! this AVX2 host ran far below the f32 GEMM; unpacking the blocks to f32 for every call
+//! (the previous many-rows path) made a Q8_0 model slower than its f32 original.
+//!
+//! The arithmetic is ggml's (and so candle's) quantized dot product, unchanged: each input row
+//! is rounded to Q8_0 blocks of 32 values (`d = amax / 127` kept as f16, `q = round(x / d)`),
+//! and an output is `b + Σ_blocks (d_w · d_x) · Σ_32 q_w q_x`, the inner sum in integers
+//! (exact), the outer in f32. Only the order of the f32 additions differs from candle's
+//! (tested against candle's kernel and against an f64 reference of the same blocks).
+//!
+//! Layout, for AVX2 without VNNI:
+//!
+//! - the weight `(n, k)` is stored as int8 in panels of [`NR`] = 16 output columns; for each
+//!   block of 32 `k` and each step of 2 `k`, a panel holds 32 bytes: columns 0-7 then 8-15,
+//!   each column's 2 values side by side. The blocks' scales sit in a separate array, 16 f32
+//!   per panel and block (f16 converted once, at load);
+//! - the input is rounded to Q8_0 once per call (in parallel over rows) into two row-major
+//!   arrays: the values as i16 and the block scales. The kernel broadcasts 2 values of a row
+//!   at a time straight from them; there is no packing pass over the input;
+//! - a 6 x 16 microkernel: per step, two sign-extending loads of weights (`vpmovsxbw`, 8
+//!   columns x 2 `k` as i16 each), then per row one broadcast and two `vpmaddwd` (16
+//!   multiply-adds each, pairs summed to i32) and two `vpaddd`. Each block's i32 sums become
+//!   f32 and are scaled into the f32 accumulators.
+//!
+//! Why `vpmaddwd` on i16 rather than the usual `vpsignb` + `vpmaddubsw` + `vpmaddwd` on
+//! bytes: on this host `vpsignb`, `vpmaddubsw` and `vpmaddwd` all issue on the same two pipes
+//! (two per cycle in any mix), so the byte sequence spends three of those slots per 32
+//! multiply-adds and i16 two; in the kernel both ran at the same speed, and i16 needs neither
+//! a copy of the input's magnitudes nor a special case for -128. Either way AVX2 without VNNI
+//! gives integers about what two f32 FMA pipes give floats: the gain over the f32 GEMM is the
+//! weight traffic (a quarter), which is what one-row products (generation) are bound by
+//! (BENCHMARKS.md, "Integer GEMM").
+//!
+//! A row's result does not depend on its batch (tested bit for bit). Runs where the f32
+//! kernels run (AVX2 and FMA, checked at run time); elsewhere layers stay on candle.
+
+use super::sgemm::{run_jobs, split_jobs, Epilogue, Init, PackedWeight, SendPtr, NR};
+
+/// GGUF block formats [`Int8Weight::from_blocks`] lays out (32 values per block, an f16
+/// scale `d` first: Q8_0 then 32 signed bytes, Q4_0 then 16 bytes of two 4-bit values each,
+/// low nibbles first, offset by 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFormat {
+    Q8_0,
+    Q4_0,
+}
+
+/// Values per GGUF block of the [`BlockFormat`]s.
+pub const QK: usize = 32;
+
+impl BlockFormat {
+    /// Bytes per block: the f16 scale, then the values.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q8_0 => 2 + QK,
+            BlockFormat::Q4_0 => 2 + QK / 2,
+        }
+    }
+
+    /// A block's scale `d` and its 32 integer values `q` (the value is `d * q`).
+    pub fn decode(self, block: &[u8]) -> (f32, [i8; QK]) {
+        let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let mut qs = [0i8; QK];
+        match self {
+            BlockFormat::Q8_0 => {
+                for (v, &q) in qs.iter_mut().zip(&block[2..2 + QK]) {
+                    *v = q as i8;
+                }
+            }
+            BlockFormat::Q4_0 => {
+                let (lo, hi) = qs.split_at_mut(QK / 2);
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&block[2..2 + QK / 2]) {
+                    *l = (q & 0x0f) as i8 - 8;
+                    *h = (q >> 4) as i8 - 8;
+                }
+            }
+        }
+        (d, qs)
+    }
+}
+
+/// Input rows per microkernel call.
+pub const MR: usize = 6;
+/// Blocks of `k` per pass: 1024 values, so a panel's share (16 KiB of weights, 2 KiB of
+/// scales) stays in L1 while a row block's (`MC` x 1024 x 2 bytes) stays in L2.
+const PASS_BLOCKS: usize = 32;
+/// Rows per row block.
+const MC: usize = 96;
+/// How many blocks ahead the kernel prefetches the input rows.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const PREFETCH_BLOCKS: usize = 2;
+/// Bytes of one panel for one block: 16 steps x 16 columns x 2 values.
+const PANEL_BLOCK: usize = QK * NR;
+
+/// A Q8_0 or Q4_0 weight `(n, k)` laid out for [`Int8Weight::matmul_then`].
+pub struct Int8Weight {
+    n: usize,
+    k: usize,
+    /// Panel values, from `offset` on (64-byte aligned).
+    quants: Vec<i8>,
+    offset: usize,
+    /// `d` per panel, block and column (zero past `n`).
+    scales: Vec<f32>,
+}
+
+/// Input rows rounded to Q8_0 blocks: the values (as i16) and one scale per block.
+struct QuantizedRows {
+    q: Vec<i16>,
+    d: Vec<f32>,
+}
+
+impl Int8Weight {
+    /// Lay out GGUF blocks of a weight `(n, k)` (row `j`'s blocks in order, as a QTensor
+    /// holds them), panels in parallel. `None` when this CPU lacks AVX2/FMA, `k` is not a
+    /// whole number of blocks or `bytes` is not `n` rows of blocks.
+    pub fn from_blocks(format: BlockFormat, bytes: &[u8], n: usize, k: usize) -> Option<Self> {
+        let block_bytes = format.block_bytes();
+        if !PackedWeight::supported()
+            || !k.is_multiple_of(QK)
+            || bytes.len() != n * (k / QK) * block_bytes
+        {
+            return None;
+        }
+        let blocks = k / QK;
+        let panels = n.div_ceil(NR);
+        let mut quants = vec![0i8; panels * blocks * PANEL_BLOCK + 64];
+        let offset = quants.as_ptr().align_offset(64).min(64);
+        let mut scales = vec![0f32; panels * blocks * NR];
+        use rayon::prelude::*;
+        quants[offset..offset + panels * blocks * PANEL_BLOCK]
+            .par_chunks_mut((blocks * PANEL_BLOCK).max(1))
+            .zip(scales.par_chunks_mut((blocks * NR).max(1)))
+            .enumerate()
+            .for_each(|(p, (panel, panel_scales))| {
+                for col in 0..NR.min(n - p * NR) {
+                    let (half, c) = (col / 8, col % 8);
+                    let row = &bytes[(p * NR + col) * blocks * block_bytes..];
+                    for b in 0..blocks {
+                        let (d, qs) = format.decode(&row[b * block_bytes..]);
+                        panel_scales[b * NR + col] = d;
+                        let dst = &mut panel[b * PANEL_BLOCK..(b + 1) * PANEL_BLOCK];
+                        for (step, two) in qs.chunks_exact(2).enumerate() {
+                            let at = step * 32 + half * 16 + c * 2;
+                            dst[at..at + 2].copy_from_slice(two);
+                        }
+                    }
+                }
+            });
+        Some(Int8Weight {
+            n,
+            k,
+            quants,
+            offset,
+            scales,
+        })
+    }
+
+    /// Output features.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held (values and f32 scales, padding included).
+    pub fn bytes(&self) -> usize {
+        self.quants.len() + self.scales.len() * 4
+    }
+
+    /// `out (m, n) = round_q8_0(x) (m, k) Wᵀ + bias`, split over up to `threads` threads,
+    /// then `epilogue` on every finished stretch of an output row (at most [`NR`] values).
+    ///
+    /// Panics when the slices do not have the stated sizes.
+    pub fn matmul_then(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<Epilogue>,
+    ) {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * k, "input is not {m} x {k}");
+        assert_eq!(out.len(), m * n, "output is not {m} x {n}");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "bias is not {n} long");
+        }
+        if m == 0 || n == 0 {
+            return;
+        }
+        let rows = quantize_rows(x, k);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, MR);
+        run_jobs(jobs, |(rows_range, cols)| {
+            // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`; the CPU
+            // features were checked when the weight was laid out.
+            unsafe { self.passes(&rows, bias, epilogue, out_ptr, rows_range, cols) }
+        });
+    }
+
+    /// One thread's share: rows `rows` of the output, column panels `cols`.
+    unsafe fn passes(
+        &self,
+        x: &QuantizedRows,
+        bias: Option<&[f32]>,
+        epilogue: Option<Epilogue>,
+        out: SendPtr,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        let (n, k) = (self.n, self.k);
+        let blocks = k / QK;
+        let quants = &self.quants[self.offset..];
+        let mut m0 = rows.start;
+        while m0 < rows.end {
+            let mc = MC.min(rows.end - m0);
+            let mut b0 = 0;
+            while b0 < blocks {
+                let nb = PASS_BLOCKS.min(blocks - b0);
+                let last = b0 + nb == blocks;
+                for p in cols.clone() {
+                    let width = NR.min(n - p * NR);
+                    let mut panel_bias = [0f32; NR];
+                    let init = if b0 > 0 {
+                        Init::Accumulate
+                    } else if let Some(b) = bias {
+                        panel_bias[..width].copy_from_slice(&b[p * NR..p * NR + width]);
+                        Init::Bias
+                    } else {
+                        Init::Zero
+                    };
+                    for t in (0..mc).step_by(MR) {
+                        let r = MR.min(mc - t);
+                        let row = m0 + t;
+                        let c = out.0.add(row * n + p * NR);
+                        let tile = QTile {
+                            blocks: nb,
+                            q: x.q[row * k + b0 * QK..].as_ptr(),
+                            lda: k,
+                            d: x.d[row * blocks + b0..].as_ptr(),
+                            ldd: blocks,
+                            w: quants[(p * blocks + b0) * PANEL_BLOCK..].as_ptr(),
+                            ws: self.scales[(p * blocks + b0) * NR..].as_ptr(),
+                            c,
+                            ldc: n,
+                            width,
+                            init,
+                            bias: &panel_bias,
+                        };
+                        match r {
+                            6 => kernel::<6>(&tile),
+                            5 => kernel::<5>(&tile),
+                            4 => kernel::<4>(&tile),
+                            3 => kernel::<3>(&tile),
+                            2 => kernel::<2>(&tile),
+                            _ => kernel::<1>(&tile),
+                        }
+                        if let (Some(f), true) = (epilogue, last) {
+                            for i in 0..r {
+                                f(std::slice::from_raw_parts_mut(c.add(i * n), width));
+                            }
+                        }
+                    }
+                }
+                b0 += nb;
+            }
+            m0 += mc;
+        }
+    }
+}
+
+/// Round rows of `k` values (a multiple of [`QK`]) to Q8_0 blocks exactly as candle's
+/// `BlockQ8_0::from_float` does, rows spread over rayon's threads.
+fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
+    let blocks = x.len() / QK;
+    let mut rows = QuantizedRows {
+        q: vec![0; x.len()],
+        d: vec![0.0; blocks],
+    };
+    use rayon::prelude::*;
+    // 64 blocks per chunk: small inputs stay on one thread.
+    const CHUNK: usize = 64;
+    x.par_chunks(CHUNK * QK)
+        .zip(rows.q.par_chunks_mut(CHUNK * QK))
+        .zip(rows.d.par_chunks_mut(CHUNK))
+        .for_each(|((x, q), d)| {
+            for ((x, q), d) in x
+                .chunks_exact(QK)
+                .zip(q.chunks_exact_mut(QK))
+                .zip(d.iter_mut())
+            {
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                *d = half::f16::from_f32(scale).to_f32();
+                for (q, &v) in q.iter_mut().zip(x) {
+                    *q = (f32::round(v * inv) as i8).into();
+                }
+            }
+        });
+    debug_assert!(k.is_multiple_of(QK));
+    rows
+}
+
+/// One microkernel call: `c (R x width) (+)= x (R x nb·32) wᵀ` over `blocks` blocks.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct QTile<'a> {
+    blocks: usize,
+    /// Row 0's values at the pass's first block; rows `lda` apart.
+    q: *const i16,
+    lda: usize,
+    /// Row 0's block scales at the pass's first block; rows `ldd` apart.
+    d: *const f32,
+    ldd: usize,
+    /// The panel's values and scales at the pass's first block.
+    w: *const i8,
+    ws: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    width: usize,
+    init: Init,
+    bias: &'a [f32; NR],
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel<const R: usize>(t: &QTile) {
+    use super::sgemm::{load_output_row, store_output_row};
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    match t.init {
+        Init::Zero => {}
+        Init::Bias => {
+            let b = load_output_row(t.bias.as_ptr(), NR);
+            acc.iter_mut().for_each(|row| *row = b);
+        }
+        Init::Accumulate => {
+            for (i, row) in acc.iter_mut().enumerate() {
+                *row = load_output_row(t.c.add(i * t.ldc), t.width);
+            }
+        }
+    }
+    let (mut w, mut ws) = (t.w, t.ws);
+    for b in 0..t.blocks {
+        // One block of a row is one 64-byte line of i16 values: fetch each row's line
+        // PREFETCH_BLOCKS ahead, since a row block's values live in L2.
+        for i in 0..R {
+            _mm_prefetch::<_MM_HINT_T0>(
+                t.q.wrapping_add(i * t.lda + (b + PREFETCH_BLOCKS) * QK) as *const i8
+            );
+        }
+        let mut sums = [[_mm256_setzero_si256(); 2]; R];
+        for step in 0..QK / 2 {
+            let w0 = _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32) as *const __m128i));
+            let w1 = _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32 + 16) as *const __m128i));
+            let at = b * QK + step * 2;
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let q = _mm256_set1_epi32(std::ptr::read_unaligned(
+                    t.q.add(i * t.lda + at) as *const i32
+                ));
+                sum[0] = _mm256_add_epi32(sum[0], _mm256_madd_epi16(w0, q));
+                sum[1] = _mm256_add_epi32(sum[1], _mm256_madd_epi16(w1, q));
+            }
+        }
+        let d0 = _mm256_loadu_ps(ws);
+        let d1 = _mm256_loadu_ps(ws.add(8));
+        for (i, (row, sum)) in acc.iter_mut().zip(&sums).enumerate() {
+            let dx = _mm256_set1_ps(*t.d.add(i * t.ldd + b));
+            row[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[0]), _mm256_mul_ps(dx, d0), row[0]);
+            row[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[1]), _mm256_mul_ps(dx, d1), row[1]);
+        }
+        w = w.add(PANEL_BLOCK);
+        ws = ws.add(NR);
+    }
+    for (i, row) in acc.iter().enumerate() {
+        store_output_row(t.c.add(i * t.ldc), t.width, *row);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel<const R: usize>(_: &QTile) {
+    unreachable!("Int8Weight is never built off x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn format(dtype: GgmlDType) -> BlockFormat {
+        match dtype {
+            GgmlDType::Q8_0 => BlockFormat::Q8_0,
+            _ => BlockFormat::Q4_0,
+        }
+    }
+
+    /// The weight quantized by candle, as blocks and as the values they stand for.
+    fn quantized(w: &[f32], n: usize, k: usize, dtype: GgmlDType) -> (QTensor, Vec<f32>) {
+        let t = Tensor::from_slice(w, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, dtype).unwrap();
+        let values = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        (q, values)
+    }
+
+    fn layout(q: &QTensor, dtype: GgmlDType, n: usize, k: usize) -> Int8Weight {
+        Int8Weight::from_blocks(format(dtype), &q.data().unwrap(), n, k).unwrap()
+    }
+
+    /// `round_q8_0(x) Wᵀ + b` in f64 from candle's own rounding of `x` and dequantized `W`.
+    fn reference(x: &[f32], w: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+        let xt = Tensor::from_slice(x, (m, k), &Device::Cpu).unwrap();
+        let xq = QTensor::quantize(&xt, GgmlDType::Q8_0)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|kk| xq[i * k + kk] as f64 * w[j * k + kk] as f64)
+                    .sum();
+                out[i * n + j] = dot + b[j] as f64;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_f64_product_of_the_same_blocks_on_edge_shapes() {
+        if !PackedWeight::supported() {
+            eprintln!("skipped: this CPU has no AVX2/FMA");
+            return;
+        }
+        // Rows and columns off the 4 x 16 tile, one block, depths over one pass (1024).
+        for &(m, n, k) in &[
+            (1, 1, 32),
+            (3, 17, 64),
+            (4, 16, 384),
+            (9, 45, 1056),
+            (101, 20, 96),
+            (130, 33, 2080),
+        ] {
+            for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+                let (x, w, b) = (values(m * k, 1), values(n * k, 2), values(n, 3));
+                let (q, wv) = quantized(&w, n, k, dtype);
+                let want = reference(&x, &wv, &b, m, n, k);
+                for threads in [1, 2, 3] {
+                    let mut out = vec![f32::NAN; m * n];
+                    layout(&q, dtype, n, k).matmul_then(&x, m, Some(&b), &mut out, threads, None);
+                    // f32 sums of k / 32 scaled block sums, each exact: 1e-5 * sqrt(k) is ten
+                    // times the error seen.
+                    let tol = 1e-5 * (k as f64).sqrt();
+                    for (e, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                        assert!(
+                            (got as f64 - want).abs() <= tol,
+                            "{dtype:?} {m}x{n}x{k} threads={threads}: element {e} is {got}, \
+                             want {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_with_candles_quantized_kernel() {
+        if !PackedWeight::supported() {
+            return;
+        }
+        let (m, n, k) = (5, 48, 768);
+        let x = values(m * k, 4);
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let (q, _) = quantized(&values(n * k, 5), n, k, dtype);
+            let mut out = vec![0f32; m * n];
+            layout(&q, dtype, n, k).matmul_then(&x, m, None, &mut out, 2, None);
+            let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
+            let want = QMatMul::from_qtensor(q)
+                .unwrap()
+                .forward(&xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for (e, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (got - want).abs() <= 1e-4,
+                    "{dtype:?}: element {e} is {got}, candle gives {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_its_batch() {
+        if !PackedWeight::supported() {
+            return;
+        }
+        // 200 rows cross a row block (96) and are split over threads by rows or by panels.
+        let (m, n, k) = (200, 40, 1088);
+        let (x, b) = (values(m * k, 6), values(n, 7));
+        let (q, _) = quantized(&values(n * k, 8), n, k, GgmlDType::Q8_0);
+        let weight = layout(&q, GgmlDType::Q8_0, n, k);
+        let mut batch = vec![0f32; m * n];
+        weight.matmul_then(&x, m, Some(&b), &mut batch, 2, None);
+        for i in [0, 3, 4, 95, 96, 199] {
+            let mut single = vec![0f32; n];
+            weight.matmul_then(&x[i * k..(i + 1) * k], 1, Some(&b), &mut single, 1, None);
+            assert_eq!(single, batch[i * n..(i + 1) * n], "row {i}");
+        }
+    }
+
+    #[test]
+    fn the_epilogue_sees_every_finished_output_once() {
+        if !PackedWeight::supported() {
+            return;
+        }
+        // Two passes over k (the epilogue must follow the last only) and a partial panel.
+        let (m, n, k) = (13, 45, 1088);
+        let (x, b) = (values(m * k, 9), values(n, 10));
+        let (q, _) = quantized(&values(n * k, 11), n, k, GgmlDType::Q8_0);
+        let weight = layout(&q, GgmlDType::Q8_0, n, k);
+        let mut plain = vec![0f32; m * n];
+        weight.matmul_then(&x, m, Some(&b), &mut plain, 2, None);
+        let mut fused = vec![0f32; m * n];
+        let square_plus_one = |xs: &mut [f32]| xs.iter_mut().for_each(|v| *v = *v * *v + 1.0);
+        weight.matmul_then(&x, m, Some(&b), &mut fused, 2, Some(&square_plus_one));
+        square_plus_one(&mut plain);
+        assert_eq!(fused, plain);
+    }
+
+    #[test]
+    fn blocks_that_do_not_fit_the_shape_are_refused() {
+        let (q, _) = quantized(&values(4 * 64, 12), 4, 64, GgmlDType::Q8_0);
+        let bytes = q.data().unwrap();
+        assert!(Int8Weight::from_blocks(BlockFormat::Q8_0, &bytes, 4, 63).is_none());
+        assert!(Int8Weight::from_blocks(BlockFormat::Q8_0, &bytes, 5, 64).is_none());
+        assert!(Int8Weight::from_blocks(BlockFormat::Q8_0, &bytes[1..], 4, 64).is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "input is not 2 x 32")]
+    fn wrong_input_size_is_refused() {
+        if !PackedWeight::supported() {
+            panic!("input is not 2 x 32 (skipped: no AVX2/FMA)");
+        }
+        let (q, _) = quantized(&values(3 * 32, 13), 3, 32, GgmlDType::Q8_0);
+        layout(&q, GgmlDType::Q8_0, 3, 32).matmul_then(&[0.0; 33], 2, None, &mut [0.0; 6], 1, None);
+    }
+}
