@@ -7,7 +7,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::qgemm::{BlockFormat, Int8Weight};
-use super::sgemm::{Epilogue, PackedWeight};
+use super::sgemm::{Epilogue, PackedGemm, PackedWeight};
 
 /// Activation functions named by `hidden_act` / `activation` in `config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,62 +182,6 @@ enum Weight {
     /// Q8_0 or Q4_0 blocks laid out once for the integer GEMM of [`qgemm`](super::qgemm)
     /// (same CPUs), with the bias as a plain slice.
     Int8(Int8Weight, Option<Vec<f32>>),
-}
-
-/// A weight laid out for one of this crate's CPU GEMMs: what [`PackedLinear`] runs.
-trait PackedProduct: Sync {
-    fn n(&self) -> usize;
-    fn k(&self) -> usize;
-    /// `out = x Wᵀ + bias`, then `epilogue` on the finished outputs.
-    fn product(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        out: &mut [f32],
-        threads: usize,
-        epilogue: Option<Epilogue>,
-    );
-}
-
-impl PackedProduct for PackedWeight {
-    fn n(&self) -> usize {
-        PackedWeight::n(self)
-    }
-    fn k(&self) -> usize {
-        PackedWeight::k(self)
-    }
-    fn product(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        out: &mut [f32],
-        threads: usize,
-        epilogue: Option<Epilogue>,
-    ) {
-        self.matmul_then(x, m, bias, out, threads, epilogue)
-    }
-}
-
-impl PackedProduct for Int8Weight {
-    fn n(&self) -> usize {
-        Int8Weight::n(self)
-    }
-    fn k(&self) -> usize {
-        Int8Weight::k(self)
-    }
-    fn product(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        out: &mut [f32],
-        threads: usize,
-        epilogue: Option<Epilogue>,
-    ) {
-        self.matmul_then(x, m, bias, out, threads, epilogue)
-    }
 }
 
 /// Whether candle's CPU dot product for `dtype` accepts rows of `k` values.
@@ -456,7 +400,7 @@ fn int8_from_blocks(q: &QTensor, bias: Option<&Tensor>) -> Result<Option<Weight>
 
 /// `x Wᵀ + bias` through one of the packed GEMMs, then `epilogue` on the outputs.
 fn run_packed(
-    weight: &dyn PackedProduct,
+    weight: &dyn PackedGemm,
     bias: Option<&[f32]>,
     x: &Tensor,
     epilogue: Option<Epilogue>,
@@ -477,7 +421,7 @@ fn run_packed(
 
 /// A packed weight and its bias as a candle op on `(.., k)` inputs.
 struct PackedLinear<'a> {
-    weight: &'a dyn PackedProduct,
+    weight: &'a dyn PackedGemm,
     bias: Option<&'a [f32]>,
     /// Applied to the finished outputs (an activation).
     epilogue: Option<Epilogue<'a>>,
@@ -501,7 +445,7 @@ impl candle_core::CustomOp1 for PackedLinear<'_> {
         }
         let m = x.len() / k.max(1);
         let mut out = vec![0f32; m * n];
-        self.weight.product(
+        self.weight.matmul_then(
             x,
             m,
             self.bias,

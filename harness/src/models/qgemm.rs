@@ -37,7 +37,9 @@
 //! A row's result does not depend on its batch (tested bit for bit). Runs where the f32
 //! kernels run (AVX2 and FMA, checked at run time); elsewhere layers stay on candle.
 
-use super::sgemm::{run_jobs, split_jobs, Epilogue, Init, PackedWeight, SendPtr, NR};
+use super::sgemm::{
+    check_operands, run_jobs, split_jobs, Epilogue, Init, PackedGemm, PackedWeight, SendPtr, NR,
+};
 
 /// GGUF block formats [`Int8Weight::from_blocks`] lays out (32 values per block, an f16
 /// scale `d` first: Q8_0 then 32 signed bytes, Q4_0 then 16 bytes of two 4-bit values each,
@@ -158,51 +160,9 @@ impl Int8Weight {
         })
     }
 
-    /// Output features.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Input features.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// Bytes held (values and f32 scales, padding included).
     pub fn bytes(&self) -> usize {
         self.quants.len() + self.scales.len() * 4
-    }
-
-    /// `out (m, n) = round_q8_0(x) (m, k) Wᵀ + bias`, split over up to `threads` threads,
-    /// then `epilogue` on every finished stretch of an output row (at most [`NR`] values).
-    ///
-    /// Panics when the slices do not have the stated sizes.
-    pub fn matmul_then(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        out: &mut [f32],
-        threads: usize,
-        epilogue: Option<Epilogue>,
-    ) {
-        let (n, k) = (self.n, self.k);
-        assert_eq!(x.len(), m * k, "input is not {m} x {k}");
-        assert_eq!(out.len(), m * n, "output is not {m} x {n}");
-        if let Some(b) = bias {
-            assert_eq!(b.len(), n, "bias is not {n} long");
-        }
-        if m == 0 || n == 0 {
-            return;
-        }
-        let rows = quantize_rows(x, k);
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, MR);
-        run_jobs(jobs, |(rows_range, cols)| {
-            // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`; the CPU
-            // features were checked when the weight was laid out.
-            unsafe { self.passes(&rows, bias, epilogue, out_ptr, rows_range, cols) }
-        });
     }
 
     /// One thread's share: rows `rows` of the output, column panels `cols`.
@@ -273,6 +233,46 @@ impl Int8Weight {
             }
             m0 += mc;
         }
+    }
+}
+
+impl PackedGemm for Int8Weight {
+    /// Output features.
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    /// `out (m, n) = round_q8_0(x) (m, k) Wᵀ + bias`, split over up to `threads` threads,
+    /// then `epilogue` on every finished stretch of an output row (at most [`NR`] values).
+    ///
+    /// Panics when the slices do not have the stated sizes.
+    fn matmul_then(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<Epilogue>,
+    ) {
+        let (n, k) = (self.n, self.k);
+        check_operands(n, k, x, m, bias, out);
+        if m == 0 || n == 0 {
+            return;
+        }
+        let rows = quantize_rows(x, k);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, MR);
+        run_jobs(jobs, |(rows_range, cols)| {
+            // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`; the CPU
+            // features were checked when the weight was laid out.
+            unsafe { self.passes(&rows, bias, epilogue, out_ptr, rows_range, cols) }
+        });
     }
 }
 
@@ -391,21 +391,10 @@ unsafe fn kernel<const R: usize>(_: &QTile) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sgemm::test_values as values;
     use super::*;
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     fn format(dtype: GgmlDType) -> BlockFormat {
         match dtype {

@@ -97,16 +97,6 @@ impl PackedWeight {
         w
     }
 
-    /// Output features.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Input features.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// Bytes held, padding included.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
@@ -129,59 +119,6 @@ impl PackedWeight {
         threads: usize,
     ) {
         self.matmul_then(x, m, bias, out, threads, None)
-    }
-
-    /// [`Self::matmul`], then `epilogue` on every finished stretch of an output row (at most
-    /// [`NR`] values, while they are in L1): an activation fused into the product.
-    pub fn matmul_then(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        out: &mut [f32],
-        threads: usize,
-        epilogue: Option<Epilogue>,
-    ) {
-        let (n, k) = (self.n, self.k);
-        assert_eq!(x.len(), m * k, "input is not {m} x {k}");
-        assert_eq!(out.len(), m * n, "output is not {m} x {n}");
-        if let Some(b) = bias {
-            assert_eq!(b.len(), n, "bias is not {n} long");
-        }
-        assert!(Self::supported(), "packed GEMM needs AVX2 and FMA");
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            for row in out.chunks_exact_mut(n) {
-                match bias {
-                    Some(b) => row.copy_from_slice(b),
-                    None => row.fill(0.0),
-                }
-                if let Some(f) = epilogue {
-                    f(row);
-                }
-            }
-            return;
-        }
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, MR);
-        run_jobs(jobs, |(rows, cols)| {
-            // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`, each
-            // written only by its own job; the CPU features were checked above.
-            unsafe {
-                self.block(
-                    &Operands {
-                        x,
-                        bias,
-                        epilogue,
-                        out: out_ptr,
-                    },
-                    rows,
-                    cols,
-                )
-            }
-        });
     }
 
     /// One thread's share: rows `rows` of the output, column panels `cols`.
@@ -291,6 +228,89 @@ impl PackedWeight {
     }
 }
 
+/// A weight laid out for one of this crate's CPU GEMMs (f32 [`PackedWeight`], Q8_0/Q4_0
+/// [`Int8Weight`](super::qgemm::Int8Weight)): what a packed linear layer runs.
+pub trait PackedGemm: Sync {
+    /// Output features.
+    fn n(&self) -> usize;
+    /// Input features.
+    fn k(&self) -> usize;
+    /// `out (m, n) = x (m, k) Wᵀ + bias`, split over up to `threads` threads, then `epilogue`
+    /// on every finished stretch of an output row (at most [`NR`] values, while they are in
+    /// L1): an activation fused into the product. Panics when the slices do not have the
+    /// stated sizes.
+    fn matmul_then(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<Epilogue>,
+    );
+}
+
+impl PackedGemm for PackedWeight {
+    /// Output features.
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    /// [`PackedWeight::matmul`], then `epilogue` on every finished stretch of an output row (at most
+    /// [`NR`] values, while they are in L1): an activation fused into the product.
+    fn matmul_then(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<Epilogue>,
+    ) {
+        let (n, k) = (self.n, self.k);
+        check_operands(n, k, x, m, bias, out);
+        assert!(Self::supported(), "packed GEMM needs AVX2 and FMA");
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for row in out.chunks_exact_mut(n) {
+                match bias {
+                    Some(b) => row.copy_from_slice(b),
+                    None => row.fill(0.0),
+                }
+                if let Some(f) = epilogue {
+                    f(row);
+                }
+            }
+            return;
+        }
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, MR);
+        run_jobs(jobs, |(rows, cols)| {
+            // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`, each
+            // written only by its own job; the CPU features were checked above.
+            unsafe {
+                self.block(
+                    &Operands {
+                        x,
+                        bias,
+                        epilogue,
+                        out: out_ptr,
+                    },
+                    rows,
+                    cols,
+                )
+            }
+        });
+    }
+}
+
 thread_local! {
     /// Each thread's buffer for packed input rows (at most MC x KC floats), reused across
     /// products instead of allocated and zeroed for each.
@@ -311,6 +331,22 @@ struct Operands<'a> {
 pub(super) struct SendPtr(pub(super) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+/// Panic unless `x` is `m x k`, `out` is `m x n` and `bias` (if any) is `n` long.
+pub(super) fn check_operands(
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    out: &[f32],
+) {
+    assert_eq!(x.len(), m * k, "input is not {m} x {k}");
+    assert_eq!(out.len(), m * n, "output is not {m} x {n}");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "bias is not {n} long");
+    }
+}
 
 /// Rows and column panels of one thread's share of a product.
 pub(super) type Job = (std::ops::Range<usize>, std::ops::Range<usize>);
@@ -510,21 +546,24 @@ unsafe fn kernel<const R: usize>(_: &Tile) {
     unreachable!("PackedWeight::supported() is false off x86-64")
 }
 
+/// `len` pseudo-random values in [-1, 1) from `seed` (an LCG): the GEMM tests' inputs.
+#[cfg(test)]
+pub(super) fn test_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_values as values;
     use super::*;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// `x Wᵀ + b` in f64, the reference.
     fn reference(
