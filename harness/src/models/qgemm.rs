@@ -291,22 +291,42 @@ fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
         .zip(rows.q.par_chunks_mut(CHUNK * QK))
         .zip(rows.d.par_chunks_mut(CHUNK))
         .for_each(|((x, q), d)| {
-            for ((x, q), d) in x
-                .chunks_exact(QK)
-                .zip(q.chunks_exact_mut(QK))
-                .zip(d.iter_mut())
-            {
-                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let scale = amax / 127.0;
-                let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-                *d = half::f16::from_f32(scale).to_f32();
-                for (q, &v) in q.iter_mut().zip(x) {
-                    *q = (f32::round(v * inv) as i8).into();
-                }
+            #[cfg(target_arch = "x86_64")]
+            if PackedWeight::supported() {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                return unsafe { round_blocks_avx2(x, q, d) };
             }
+            round_blocks(x, q, d)
         });
     debug_assert!(k.is_multiple_of(QK));
     rows
+}
+
+/// Round each 32-value block of `x` to Q8_0: values into `q`, the f16-rounded scale into `d`.
+#[inline(always)]
+fn round_blocks(x: &[f32], q: &mut [i16], d: &mut [f32]) {
+    for ((x, q), d) in x
+        .chunks_exact(QK)
+        .zip(q.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+    {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        *d = half::f16::from_f32(scale).to_f32();
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = (f32::round(v * inv) as i8).into();
+        }
+    }
+}
+
+/// [`round_blocks`] compiled for AVX2: `f32::round` becomes an inline vector rounding (same
+/// results) instead of a call to libm's `roundf` per value, which was ~4% of a Q8_0 BERT-base
+/// forward.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn round_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32]) {
+    round_blocks(x, q, d)
 }
 
 /// One microkernel call: `c (R x width) (+)= x (R x nb·32) wᵀ` over `blocks` blocks.
