@@ -6,7 +6,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::qgemm::{BlockFormat, Int8Weight};
+use super::qgemm::{round_to_q8_0, BlockFormat, Int8Weight};
 use super::sgemm::{Epilogue, PackedGemm, PackedWeight};
 
 /// Activation functions named by `hidden_act` / `activation` in `config.json`.
@@ -365,13 +365,16 @@ impl candle_core::CustomOp1 for RoundToQ8_0 {
         }
         // 64 blocks per chunk; chunk edges fall on block edges.
         map_chunks_parallel(storage, layout, self.name(), 32 * 64, |src, dst| {
-            for (s, d) in src.chunks_exact(32).zip(dst.chunks_exact_mut(32)) {
-                let amax = s.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let scale = amax / 127.0;
-                let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-                let stored = half::f16::from_f32(scale).to_f32();
-                for (d, &x) in d.iter_mut().zip(s) {
-                    *d = f32::round(x * inv) as i8 as f32 * stored;
+            let (mut q, mut d) = ([0i16; 32 * 64], [0f32; 64]);
+            let (q, d) = (&mut q[..src.len()], &mut d[..src.len() / 32]);
+            round_to_q8_0(src, q, d);
+            for ((dst, q), &scale) in dst
+                .chunks_exact_mut(32)
+                .zip(q.chunks_exact(32))
+                .zip(d.iter())
+            {
+                for (v, &q) in dst.iter_mut().zip(q) {
+                    *v = q as f32 * scale;
                 }
             }
         })

@@ -290,19 +290,23 @@ fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
     x.par_chunks(CHUNK * QK)
         .zip(rows.q.par_chunks_mut(CHUNK * QK))
         .zip(rows.d.par_chunks_mut(CHUNK))
-        .for_each(|((x, q), d)| {
-            #[cfg(target_arch = "x86_64")]
-            if PackedWeight::supported() {
-                // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                return unsafe { round_blocks_avx2(x, q, d) };
-            }
-            round_blocks(x, q, d)
-        });
+        .for_each(|((x, q), d)| round_to_q8_0(x, q, d));
     debug_assert!(k.is_multiple_of(QK));
     rows
 }
 
-/// Round each 32-value block of `x` to Q8_0: values into `q`, the f16-rounded scale into `d`.
+/// Round each 32-value block of `x` to Q8_0 exactly as candle's `BlockQ8_0::from_float`
+/// does (`d = amax / 127` kept as f16, `q = round(x / d)`): values into `q`, scales into `d`.
+pub(super) fn round_to_q8_0(x: &[f32], q: &mut [i16], d: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if PackedWeight::supported() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { round_blocks_avx2(x, q, d) };
+    }
+    round_blocks(x, q, d)
+}
+
+/// [`round_to_q8_0`], generic code.
 #[inline(always)]
 fn round_blocks(x: &[f32], q: &mut [i16], d: &mut [f32]) {
     for ((x, q), d) in x
