@@ -1,4 +1,4 @@
-//! Time the packed f32 GEMM and the int8 GEMM on Q8_0 blocks against candle's matmul on one
+//! Time the packed f32 GEMM and the integer GEMM on Q8_0 and Q4_0 blocks against candle's matmul on one
 //! linear layer's shape, per row count and thread count (GFLOP/s counts 2 x m x n x k for
 //! every format):
 //!
@@ -18,10 +18,14 @@ fn main() -> anyhow::Result<()> {
     let q8 = QTensor::quantize(&w, GgmlDType::Q8_0)?;
     let int8 = Int8Weight::from_blocks(BlockFormat::Q8_0, &q8.data()?, n, k)
         .ok_or_else(|| anyhow::anyhow!("the int8 GEMM needs AVX2/FMA and k a multiple of 32"))?;
+    let q4 = QTensor::quantize(&w, GgmlDType::Q4_0)?;
+    let int4 = Int8Weight::from_blocks(BlockFormat::Q4_0, &q4.data()?, n, k)
+        .ok_or_else(|| anyhow::anyhow!("the int8 GEMM needs AVX2/FMA and k a multiple of 32"))?;
     let candle = Lin::tied(w, None);
     println!(
         "| rows | candle matmul GFLOP/s | packed f32, 1 thread | packed f32, 2 threads \
-         | int8 Q8_0, 1 thread | int8 Q8_0, 2 threads |\n|---:|---:|---:|---:|---:|---:|"
+         | int8 Q8_0, 1 thread | int8 Q8_0, 2 threads | Q4_0, 1 thread | Q4_0, 2 threads \
+         |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for m in rows {
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
@@ -35,13 +39,17 @@ fn main() -> anyhow::Result<()> {
         let p2 = common::median_ms(31, || packed.matmul(&xs, m, None, &mut out, 2));
         let q1 = common::median_ms(31, || int8.matmul_then(&xs, m, None, &mut out, 1, None));
         let q2 = common::median_ms(31, || int8.matmul_then(&xs, m, None, &mut out, 2, None));
+        let f1 = common::median_ms(31, || int4.matmul_then(&xs, m, None, &mut out, 1, None));
+        let f2 = common::median_ms(31, || int4.matmul_then(&xs, m, None, &mut out, 2, None));
         println!(
-            "| {m} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {m} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
             gflops(c),
             gflops(p1),
             gflops(p2),
             gflops(q1),
-            gflops(q2)
+            gflops(q2),
+            gflops(f1),
+            gflops(f2)
         );
     }
     Ok(())

@@ -300,9 +300,9 @@ impl Lin {
                 t.elem_count() * t.dtype().size_in_bytes()
             }
             Weight::Packed(p, _) => p.n() * p.k() * 4,
-            // What the values and scales take, without the panels' padding to 16 columns
-            // (f32 scales: 36 bytes per 32 values where the file's f16 scales make 34).
-            Weight::Int8(q, _) => q.n() * q.k() + q.n() * (q.k() / 32) * 4,
+            // f32 scales: 36 bytes per 32 Q8_0 values where the file's f16 scales make 34,
+            // 20 per 32 Q4_0 values against 18.
+            Weight::Int8(q, _) => q.weight_bytes(),
         };
         w + self.bias.as_ref().map_or(0, |b| b.elem_count() * 4)
     }

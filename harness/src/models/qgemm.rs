@@ -13,10 +13,12 @@
 //!
 //! Layout, for AVX2 without VNNI:
 //!
-//! - the weight `(n, k)` is stored as int8 in panels of [`NR`] = 16 output columns; for each
-//!   block of 32 `k` and each step of 2 `k`, a panel holds 32 bytes: columns 0-7 then 8-15,
-//!   each column's 2 values side by side. The blocks' scales sit in a separate array, 16 f32
-//!   per panel and block (f16 converted once, at load);
+//! - the weight `(n, k)` is stored in panels of [`NR`] = 16 output columns; for each block of
+//!   32 `k` and each step of 2 `k`, a panel holds 32 int8 values: columns 0-7 then 8-15, each
+//!   column's 2 values side by side. Q4_0 keeps them as nibbles (`q + 8`; columns 0-7 low,
+//!   8-15 high, 16 bytes a step), so a layer takes what its file does; the kernel subtracts
+//!   the 8s per block as 8 x the input block's sum. The blocks' scales sit in a separate
+//!   array, 16 f32 per panel and block (f16 converted once, at load);
 //! - the input is rounded to Q8_0 once per call (in parallel over rows) into two row-major
 //!   arrays: the values as i16 and the block scales. The kernel broadcasts 2 values of a row
 //!   at a time straight from them; there is no packing pass over the input;
@@ -94,13 +96,25 @@ const MC: usize = 96;
 /// How many blocks ahead the kernel prefetches the input rows.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_BLOCKS: usize = 2;
-/// Bytes of one panel for one block: 16 steps x 16 columns x 2 values.
+/// Values of one panel for one block: 16 steps x 16 columns x 2 values.
 const PANEL_BLOCK: usize = QK * NR;
+
+impl BlockFormat {
+    /// Bytes one panel holds for one block: a byte per value for Q8_0; for Q4_0 a nibble,
+    /// so that a Q4_0 layer takes in memory what its file does (plus f32 scales).
+    fn panel_block_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q8_0 => PANEL_BLOCK,
+            BlockFormat::Q4_0 => PANEL_BLOCK / 2,
+        }
+    }
+}
 
 /// A Q8_0 or Q4_0 weight `(n, k)` laid out for [`Int8Weight::matmul_then`].
 pub struct Int8Weight {
     n: usize,
     k: usize,
+    format: BlockFormat,
     /// Panel values, from `offset` on (64-byte aligned).
     quants: Vec<i8>,
     offset: usize,
@@ -108,10 +122,12 @@ pub struct Int8Weight {
     scales: Vec<f32>,
 }
 
-/// Input rows rounded to Q8_0 blocks: the values (as i16) and one scale per block.
+/// Input rows rounded to Q8_0 blocks: the values (as i16), one scale per block and, for
+/// Q4_0 weights, each block's sum of values.
 struct QuantizedRows {
     q: Vec<i16>,
     d: Vec<f32>,
+    sums: Vec<i32>,
 }
 
 impl Int8Weight {
@@ -128,12 +144,13 @@ impl Int8Weight {
         }
         let blocks = k / QK;
         let panels = n.div_ceil(NR);
-        let mut quants = vec![0i8; panels * blocks * PANEL_BLOCK + 64];
+        let panel_block = format.panel_block_bytes();
+        let mut quants = vec![0i8; panels * blocks * panel_block + 64];
         let offset = quants.as_ptr().align_offset(64).min(64);
         let mut scales = vec![0f32; panels * blocks * NR];
         use rayon::prelude::*;
-        quants[offset..offset + panels * blocks * PANEL_BLOCK]
-            .par_chunks_mut((blocks * PANEL_BLOCK).max(1))
+        quants[offset..offset + panels * blocks * panel_block]
+            .par_chunks_mut((blocks * panel_block).max(1))
             .zip(scales.par_chunks_mut((blocks * NR).max(1)))
             .enumerate()
             .for_each(|(p, (panel, panel_scales))| {
@@ -143,10 +160,22 @@ impl Int8Weight {
                     for b in 0..blocks {
                         let (d, qs) = format.decode(&row[b * block_bytes..]);
                         panel_scales[b * NR + col] = d;
-                        let dst = &mut panel[b * PANEL_BLOCK..(b + 1) * PANEL_BLOCK];
+                        let dst = &mut panel[b * panel_block..(b + 1) * panel_block];
                         for (step, two) in qs.chunks_exact(2).enumerate() {
-                            let at = step * 32 + half * 16 + c * 2;
-                            dst[at..at + 2].copy_from_slice(two);
+                            match format {
+                                BlockFormat::Q8_0 => {
+                                    let at = step * 32 + half * 16 + c * 2;
+                                    dst[at..at + 2].copy_from_slice(two);
+                                }
+                                // Byte `c * 2 + kk` of a step: columns 0-7 in the low
+                                // nibble, 8-15 in the high one, stored as `q + 8` (0-15).
+                                BlockFormat::Q4_0 => {
+                                    for (kk, &q) in two.iter().enumerate() {
+                                        let nibble = ((q + 8) as u8) << (4 * half);
+                                        dst[step * 16 + c * 2 + kk] |= nibble as i8;
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -154,10 +183,22 @@ impl Int8Weight {
         Some(Int8Weight {
             n,
             k,
+            format,
             quants,
             offset,
             scales,
         })
+    }
+
+    /// Bytes the weight takes without the panels' padding to 16 columns: a byte (Q8_0) or a
+    /// nibble (Q4_0) per value and an f32 scale per 32 values.
+    pub fn weight_bytes(&self) -> usize {
+        let values = self.n * self.k;
+        match self.format {
+            BlockFormat::Q8_0 => values,
+            BlockFormat::Q4_0 => values / 2,
+        }
+        .saturating_add(self.n * (self.k / QK) * 4)
     }
 
     /// Bytes held (values and f32 scales, padding included).
@@ -178,6 +219,7 @@ impl Int8Weight {
         let (n, k) = (self.n, self.k);
         let blocks = k / QK;
         let quants = &self.quants[self.offset..];
+        let panel_block = self.format.panel_block_bytes();
         let mut m0 = rows.start;
         while m0 < rows.end {
             let mc = MC.min(rows.end - m0);
@@ -206,7 +248,12 @@ impl Int8Weight {
                             lda: k,
                             d: x.d[row * blocks + b0..].as_ptr(),
                             ldd: blocks,
-                            w: quants[(p * blocks + b0) * PANEL_BLOCK..].as_ptr(),
+                            w: quants[(p * blocks + b0) * panel_block..].as_ptr(),
+                            sums: if x.sums.is_empty() {
+                                std::ptr::null()
+                            } else {
+                                x.sums[row * blocks + b0..].as_ptr()
+                            },
                             ws: self.scales[(p * blocks + b0) * NR..].as_ptr(),
                             c,
                             ldc: n,
@@ -214,13 +261,19 @@ impl Int8Weight {
                             init,
                             bias: &panel_bias,
                         };
-                        match r {
-                            6 => kernel::<6>(&tile),
-                            5 => kernel::<5>(&tile),
-                            4 => kernel::<4>(&tile),
-                            3 => kernel::<3>(&tile),
-                            2 => kernel::<2>(&tile),
-                            _ => kernel::<1>(&tile),
+                        match (self.format, r) {
+                            (BlockFormat::Q8_0, 6) => kernel::<6, false>(&tile),
+                            (BlockFormat::Q8_0, 5) => kernel::<5, false>(&tile),
+                            (BlockFormat::Q8_0, 4) => kernel::<4, false>(&tile),
+                            (BlockFormat::Q8_0, 3) => kernel::<3, false>(&tile),
+                            (BlockFormat::Q8_0, 2) => kernel::<2, false>(&tile),
+                            (BlockFormat::Q8_0, _) => kernel::<1, false>(&tile),
+                            (BlockFormat::Q4_0, 6) => kernel::<6, true>(&tile),
+                            (BlockFormat::Q4_0, 5) => kernel::<5, true>(&tile),
+                            (BlockFormat::Q4_0, 4) => kernel::<4, true>(&tile),
+                            (BlockFormat::Q4_0, 3) => kernel::<3, true>(&tile),
+                            (BlockFormat::Q4_0, 2) => kernel::<2, true>(&tile),
+                            (BlockFormat::Q4_0, _) => kernel::<1, true>(&tile),
                         }
                         if let (Some(f), true) = (epilogue, last) {
                             for i in 0..r {
@@ -265,7 +318,7 @@ impl PackedGemm for Int8Weight {
         if m == 0 || n == 0 {
             return;
         }
-        let rows = quantize_rows(x, k);
+        let rows = quantize_rows(x, k, self.format == BlockFormat::Q4_0);
         let out_ptr = SendPtr(out.as_mut_ptr());
         let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, MR);
         run_jobs(jobs, |(rows_range, cols)| {
@@ -278,11 +331,12 @@ impl PackedGemm for Int8Weight {
 
 /// Round rows of `k` values (a multiple of [`QK`]) to Q8_0 blocks exactly as candle's
 /// `BlockQ8_0::from_float` does, rows spread over rayon's threads.
-fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
+fn quantize_rows(x: &[f32], k: usize, with_sums: bool) -> QuantizedRows {
     let blocks = x.len() / QK;
     let mut rows = QuantizedRows {
         q: vec![0; x.len()],
         d: vec![0.0; blocks],
+        sums: Vec::new(),
     };
     use rayon::prelude::*;
     // 64 blocks per chunk: small inputs stay on one thread.
@@ -291,6 +345,13 @@ fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
         .zip(rows.q.par_chunks_mut(CHUNK * QK))
         .zip(rows.d.par_chunks_mut(CHUNK))
         .for_each(|((x, q), d)| round_to_q8_0(x, q, d));
+    if with_sums {
+        rows.sums = rows
+            .q
+            .par_chunks(QK)
+            .map(|b| b.iter().map(|&q| i32::from(q)).sum())
+            .collect();
+    }
     debug_assert!(k.is_multiple_of(QK));
     rows
 }
@@ -343,6 +404,9 @@ struct QTile<'a> {
     /// Row 0's block scales at the pass's first block; rows `ldd` apart.
     d: *const f32,
     ldd: usize,
+    /// Row 0's sums of values per block (Q4_0 only) at the pass's first block; rows `ldd`
+    /// apart.
+    sums: *const i32,
     /// The panel's values and scales at the pass's first block.
     w: *const i8,
     ws: *const f32,
@@ -355,7 +419,7 @@ struct QTile<'a> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<const R: usize>(t: &QTile) {
+unsafe fn kernel<const R: usize, const Q4: bool>(t: &QTile) {
     use super::sgemm::{load_output_row, store_output_row};
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -382,8 +446,20 @@ unsafe fn kernel<const R: usize>(t: &QTile) {
         }
         let mut sums = [[_mm256_setzero_si256(); 2]; R];
         for step in 0..QK / 2 {
-            let w0 = _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32) as *const __m128i));
-            let w1 = _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32 + 16) as *const __m128i));
+            let (w0, w1) = if Q4 {
+                // Nibbles `q + 8`: the 8s come off per block below, as 8 x the row's sum.
+                let v = _mm_load_si128(w.add(step * 16) as *const __m128i);
+                let low = _mm_set1_epi8(0x0f);
+                (
+                    _mm256_cvtepu8_epi16(_mm_and_si128(v, low)),
+                    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(v), low)),
+                )
+            } else {
+                (
+                    _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32) as *const __m128i)),
+                    _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32 + 16) as *const __m128i)),
+                )
+            };
             let at = b * QK + step * 2;
             for (i, sum) in sums.iter_mut().enumerate() {
                 let q = _mm256_set1_epi32(std::ptr::read_unaligned(
@@ -393,6 +469,13 @@ unsafe fn kernel<const R: usize>(t: &QTile) {
                 sum[1] = _mm256_add_epi32(sum[1], _mm256_madd_epi16(w1, q));
             }
         }
+        if Q4 {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let offset = _mm256_set1_epi32(8 * *t.sums.add(i * t.ldd + b));
+                sum[0] = _mm256_sub_epi32(sum[0], offset);
+                sum[1] = _mm256_sub_epi32(sum[1], offset);
+            }
+        }
         let d0 = _mm256_loadu_ps(ws);
         let d1 = _mm256_loadu_ps(ws.add(8));
         for (i, (row, sum)) in acc.iter_mut().zip(&sums).enumerate() {
@@ -400,7 +483,7 @@ unsafe fn kernel<const R: usize>(t: &QTile) {
             row[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[0]), _mm256_mul_ps(dx, d0), row[0]);
             row[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[1]), _mm256_mul_ps(dx, d1), row[1]);
         }
-        w = w.add(PANEL_BLOCK);
+        w = w.add(if Q4 { PANEL_BLOCK / 2 } else { PANEL_BLOCK });
         ws = ws.add(NR);
     }
     for (i, row) in acc.iter().enumerate() {
@@ -409,7 +492,7 @@ unsafe fn kernel<const R: usize>(t: &QTile) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel<const R: usize>(_: &QTile) {
+unsafe fn kernel<const R: usize, const Q4: bool>(_: &QTile) {
     unreachable!("Int8Weight is never built off x86-64")
 }
 
@@ -542,14 +625,16 @@ mod tests {
         // 200 rows cross a row block (96) and are split over threads by rows or by panels.
         let (m, n, k) = (200, 40, 1088);
         let (x, b) = (values(m * k, 6), values(n, 7));
-        let (q, _) = quantized(&values(n * k, 8), n, k, GgmlDType::Q8_0);
-        let weight = layout(&q, GgmlDType::Q8_0, n, k);
-        let mut batch = vec![0f32; m * n];
-        weight.matmul_then(&x, m, Some(&b), &mut batch, 2, None);
-        for i in [0, 3, 4, 95, 96, 199] {
-            let mut single = vec![0f32; n];
-            weight.matmul_then(&x[i * k..(i + 1) * k], 1, Some(&b), &mut single, 1, None);
-            assert_eq!(single, batch[i * n..(i + 1) * n], "row {i}");
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let (q, _) = quantized(&values(n * k, 8), n, k, dtype);
+            let weight = layout(&q, dtype, n, k);
+            let mut batch = vec![0f32; m * n];
+            weight.matmul_then(&x, m, Some(&b), &mut batch, 2, None);
+            for i in [0, 3, 4, 95, 96, 199] {
+                let mut single = vec![0f32; n];
+                weight.matmul_then(&x[i * k..(i + 1) * k], 1, Some(&b), &mut single, 1, None);
+                assert_eq!(single, batch[i * n..(i + 1) * n], "{dtype:?} row {i}");
+            }
         }
     }
 
@@ -570,6 +655,27 @@ mod tests {
         weight.matmul_then(&x, m, Some(&b), &mut fused, 2, Some(&square_plus_one));
         square_plus_one(&mut plain);
         assert_eq!(fused, plain);
+    }
+
+    #[test]
+    fn q4_0_is_held_in_nibbles() {
+        if !PackedWeight::supported() {
+            return;
+        }
+        // 48 x 64: a byte (Q8_0) or half a byte (Q4_0) per value, 4 bytes per 32-value scale.
+        for (dtype, bytes) in [
+            (GgmlDType::Q8_0, 48 * 64 + 48 * 2 * 4),
+            (GgmlDType::Q4_0, 48 * 32 + 48 * 2 * 4),
+        ] {
+            let (q, _) = quantized(&values(48 * 64, 14), 48, 64, dtype);
+            let weight = layout(&q, dtype, 48, 64);
+            assert_eq!(weight.weight_bytes(), bytes, "{dtype:?}");
+            assert!(
+                weight.bytes() <= bytes + 64,
+                "{dtype:?}: {}",
+                weight.bytes()
+            );
+        }
     }
 
     #[test]
