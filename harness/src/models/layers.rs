@@ -234,10 +234,8 @@ impl Lin {
             return Ok(None);
         }
         let (n, k) = weight.dims2()?;
-        let bias = match bias {
-            Some(b) if b.dtype() == DType::F32 && b.dims() == [n] => Some(b.to_vec1::<f32>()?),
-            Some(_) => return Ok(None),
-            None => None,
+        let Some(bias) = kernel_bias(bias, n)? else {
+            return Ok(None);
         };
         let w = weight.flatten_all()?.to_vec1::<f32>()?;
         Ok(Some((PackedWeight::pack(&w, n, k), bias)))
@@ -320,6 +318,15 @@ impl Lin {
         out * (padded_in - self.pad) + self.bias.as_ref().map_or(0, |b| b.elem_count())
     }
 
+    /// The weight and bias for one of the packed GEMMs, when the layer runs on one.
+    fn packed(&self) -> Option<(&dyn PackedGemm, Option<&[f32]>)> {
+        match &self.weight {
+            Weight::Packed(w, bias) => Some((w, bias.as_deref())),
+            Weight::Int8(w, bias) => Some((w, bias.as_deref())),
+            Weight::Candle(_) => None,
+        }
+    }
+
     /// Whether the weight is in a block format (not f32).
     fn is_block_quantized(&self) -> bool {
         match &self.weight {
@@ -381,6 +388,16 @@ impl candle_core::CustomOp1 for RoundToQ8_0 {
     }
 }
 
+/// A bias as the packed GEMMs take it: `Some(None)` without one, `Some(Some(values))` for an
+/// f32 vector of `n`, `None` for anything else (the layer then stays on candle).
+fn kernel_bias(bias: Option<&Tensor>, n: usize) -> Result<Option<Option<Vec<f32>>>> {
+    Ok(match bias {
+        Some(b) if b.dtype() == DType::F32 && b.dims() == [n] => Some(Some(b.to_vec1::<f32>()?)),
+        Some(_) => None,
+        None => Some(None),
+    })
+}
+
 /// Q8_0 and Q4_0 weights laid out for the integer GEMM, with their f32 bias, where this CPU
 /// runs it (`None`: other formats, devices and CPUs keep candle's kernels).
 fn int8_from_blocks(q: &QTensor, bias: Option<&Tensor>) -> Result<Option<Weight>> {
@@ -393,10 +410,8 @@ fn int8_from_blocks(q: &QTensor, bias: Option<&Tensor>) -> Result<Option<Weight>
         return Ok(None);
     }
     let (n, k) = q.shape().dims2()?;
-    let bias = match bias {
-        Some(b) if b.dtype() == DType::F32 && b.dims() == [n] => Some(b.to_vec1::<f32>()?),
-        Some(_) => return Ok(None),
-        None => None,
+    let Some(bias) = kernel_bias(bias, n)? else {
+        return Ok(None);
     };
     Ok(Int8Weight::from_blocks(format, &q.data()?, n, k).map(|w| Weight::Int8(w, bias)))
 }
@@ -495,10 +510,11 @@ impl Module for Lin {
         } else {
             x.clone()
         };
-        let weight = match &self.weight {
-            Weight::Packed(w, bias) => return run_packed(w, bias.as_deref(), &x, None),
-            Weight::Int8(w, bias) => return run_packed(w, bias.as_deref(), &x, None),
-            Weight::Candle(w) => w,
+        if let Some((w, bias)) = self.packed() {
+            return run_packed(w, bias, &x, None);
+        }
+        let Weight::Candle(weight) = &self.weight else {
+            unreachable!("packed weights returned above")
         };
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
         if let QMatMul::QTensor(q) = weight {
@@ -864,14 +880,9 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
 /// Apply a linear layer then an activation; exact GELU after a packed layer runs inside the
 /// GEMM, on each output tile while it is still in L1, instead of as a pass of its own.
 pub fn dense_act(layer: &Lin, act: Activation, x: &Tensor) -> Result<Tensor> {
-    match (&layer.weight, act) {
-        (Weight::Packed(w, bias), Activation::GeluErf) => {
-            return run_packed(w, bias.as_deref(), x, Some(&gelu_erf_in_place))
-        }
-        (Weight::Int8(w, bias), Activation::GeluErf) if layer.pad == 0 => {
-            return run_packed(w, bias.as_deref(), x, Some(&gelu_erf_in_place))
-        }
-        _ => {}
+    // A padded layer (k-quant widths) pads its input in `forward`; it takes the plain path.
+    if let (Some((w, bias)), Activation::GeluErf, 0) = (layer.packed(), act, layer.pad) {
+        return run_packed(w, bias, x, Some(&gelu_erf_in_place));
     }
     act.forward(&layer.forward(x)?)
 }

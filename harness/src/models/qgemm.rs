@@ -318,7 +318,7 @@ impl PackedGemm for Int8Weight {
         if m == 0 || n == 0 {
             return;
         }
-        let rows = quantize_rows(x, k, self.format == BlockFormat::Q4_0);
+        let rows = quantize_rows(x, self.format == BlockFormat::Q4_0);
         let out_ptr = SendPtr(out.as_mut_ptr());
         let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, MR);
         run_jobs(jobs, |(rows_range, cols)| {
@@ -329,9 +329,9 @@ impl PackedGemm for Int8Weight {
     }
 }
 
-/// Round rows of `k` values (a multiple of [`QK`]) to Q8_0 blocks exactly as candle's
-/// `BlockQ8_0::from_float` does, rows spread over rayon's threads.
-fn quantize_rows(x: &[f32], k: usize, with_sums: bool) -> QuantizedRows {
+/// Round input rows (their width a multiple of [`QK`], as the weight's `k` is) to Q8_0 blocks
+/// exactly as candle's `BlockQ8_0::from_float` does, spread over rayon's threads.
+fn quantize_rows(x: &[f32], with_sums: bool) -> QuantizedRows {
     let blocks = x.len() / QK;
     let mut rows = QuantizedRows {
         q: vec![0; x.len()],
@@ -352,7 +352,6 @@ fn quantize_rows(x: &[f32], k: usize, with_sums: bool) -> QuantizedRows {
             .map(|b| b.iter().map(|&q| i32::from(q)).sum())
             .collect();
     }
-    debug_assert!(k.is_multiple_of(QK));
     rows
 }
 
