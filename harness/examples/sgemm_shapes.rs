@@ -7,9 +7,9 @@ mod common;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Module, Tensor};
+use harness::kernels::qgemm::{BlockFormat, Int8Weight};
+use harness::kernels::sgemm::{PackedGemm, PackedWeight};
 use harness::models::layers::Lin;
-use harness::models::qgemm::{BlockFormat, Int8Weight};
-use harness::models::sgemm::{PackedGemm, PackedWeight};
 
 fn main() -> anyhow::Result<()> {
     let (k, n, rows) = common::shape_args("1,6,128,1024")?;

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod error;
 pub mod fidelity;
 pub mod hub_data;
+pub mod kernels;
 pub mod labels;
 pub mod lm;
 pub mod models;

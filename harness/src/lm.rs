@@ -663,6 +663,7 @@ pub fn run_lm_tasks(
         if results.student.checkpoint.is_none() {
             results.student.checkpoint = Some(tr.student.checkpoint.clone());
         }
+        results.note_kernels();
         results.tasks.insert(name.to_string(), tr);
         results.update_macro();
         reports::io::write_json_atomic(results_path, results)

@@ -678,6 +678,7 @@ fn assemble(
     };
     results.teacher.checkpoint = first(Role::Teacher);
     results.student.checkpoint = first(Role::Student);
+    results.note_kernels();
     for (ti, pt) in plan.tasks.iter().enumerate() {
         let name = pt.task.name();
         if results.tasks.contains_key(name) {

@@ -80,6 +80,11 @@ pub struct Environment {
     pub target_features: Vec<String>,
     pub git_commit: Option<String>,
     pub device: String,
+    /// The kernel that multiplied each weight format of the run's models on this host
+    /// (`q8_0` -> `harness-qgemm-avx2, activations q8_0`): candle's quantized kernels differ
+    /// between CPUs, so a quantized score names what produced it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kernels: BTreeMap<String, String>,
 }
 
 /// Latency statistics in milliseconds.
@@ -219,6 +224,10 @@ pub struct CheckpointInfo {
     /// `q4_1 (gguf)`, ...; absent for f32 checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<String>,
+    /// The kernel that multiplied each weight format of this model's linear layers on the
+    /// host that ran it, by row count where that changes it (see [`Environment::kernels`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kernels: BTreeMap<String, String>,
     /// Where the tokenizer came from: `tokenizer.json`, `vocab.txt`, `gguf metadata`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
@@ -492,6 +501,30 @@ impl TaskResult {
 }
 
 impl Results {
+    /// Copy the kernels the two models ran on into the environment (one line per weight
+    /// format; where teacher and student differ, both, marked).
+    pub fn note_kernels(&mut self) {
+        let Some(env) = self.environment.as_mut() else {
+            return;
+        };
+        let mut all: BTreeMap<String, String> = BTreeMap::new();
+        for (role, summary) in [("teacher", &self.teacher), ("student", &self.student)] {
+            let Some(ckpt) = &summary.checkpoint else {
+                continue;
+            };
+            for (format, kernel) in &ckpt.kernels {
+                match all.get_mut(format) {
+                    None => {
+                        all.insert(format.clone(), kernel.clone());
+                    }
+                    Some(have) if have == kernel || have.contains(&format!("{role}: ")) => {}
+                    Some(have) => *have = format!("teacher: {have} / {role}: {kernel}"),
+                }
+            }
+        }
+        env.kernels = all;
+    }
+
     /// Recompute the macro score from the task results.
     pub fn update_macro(&mut self) {
         let counted: Vec<&TaskResult> = self.tasks.values().filter(|r| r.in_macro()).collect();
@@ -536,6 +569,7 @@ pub(crate) mod tests {
                 weight_bytes: None,
                 quantization: None,
                 tokenizer: None,
+                kernels: Default::default(),
             },
             mode,
             metrics: [(metric.to_string(), value)].into_iter().collect(),

@@ -133,10 +133,12 @@ impl DecoderBackend {
         if !path.exists() {
             bail!("model folder not found: {}", path.display());
         }
-        match gguf_path(path)? {
-            Some(file) => Self::load_gguf(id, &file, device, dequantize),
-            None => Self::load_folder(id, path, device),
-        }
+        let mut model = match gguf_path(path)? {
+            Some(file) => Self::load_gguf(id, &file, device, dequantize)?,
+            None => Self::load_folder(id, path, device)?,
+        };
+        model.info.kernels = super::layers::kernels_of(model.net.linears_mut());
+        Ok(model)
     }
 
     fn load_gguf(id: &str, file: &Path, device: &Device, dequantize: bool) -> Result<Self> {
@@ -209,6 +211,7 @@ impl DecoderBackend {
                     format!("{dominant} (gguf)")
                 }),
                 tokenizer: Some(tokenizer_source.into()),
+                kernels: Default::default(),
             },
             net: DecoderNet::Llama(model),
             max_positions: None,
@@ -296,6 +299,7 @@ impl DecoderBackend {
                 weight_bytes: Some(parameters * 4),
                 quantization: None,
                 tokenizer: Some("tokenizer.json".into()),
+                kernels: Default::default(),
             },
             net,
             tokenizer,
@@ -332,11 +336,9 @@ impl DecoderBackend {
     /// Quantize every linear layer (attention, MLP and the output head) to `dtype`; the
     /// embeddings and norms stay f32.
     pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
-        Ok(super::layers::quantize_linears(
-            self.net.linears_mut(),
-            dtype,
-            &mut self.info,
-        )?)
+        super::layers::quantize_linears(self.net.linears_mut(), dtype, &mut self.info)?;
+        self.info.kernels = super::layers::kernels_of(self.net.linears_mut());
+        Ok(())
     }
 
     /// Token ids of a text as the model's tokenizer gives them (special tokens as the

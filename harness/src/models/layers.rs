@@ -6,8 +6,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::qgemm::{round_to_q8_0, BlockFormat, Int8Weight};
-use super::sgemm::{Epilogue, PackedGemm, PackedWeight};
+use crate::kernels::dispatch::{self, candle_quantized_kernel, Kernel};
+use crate::kernels::qgemm::{round_to_q8_0, BlockFormat, Int8Weight};
+use crate::kernels::sgemm::{Epilogue, PackedGemm, PackedWeight};
 
 /// Activation functions named by `hidden_act` / `activation` in `config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,10 +177,10 @@ enum Weight {
     /// As candle multiplies it: f32 on a GPU, on a CPU without AVX2/FMA or shared with an
     /// embedding table ([`Lin::tied`]); or quantized blocks.
     Candle(QMatMul),
-    /// f32 packed once for [`sgemm`](super::sgemm) (CPUs with AVX2 and FMA), with the bias as
+    /// f32 packed once for [`sgemm`](crate::kernels::sgemm) (CPUs with AVX2 and FMA), with the bias as
     /// a plain slice for the kernel.
     Packed(PackedWeight, Option<Vec<f32>>),
-    /// Q8_0 or Q4_0 blocks laid out once for the integer GEMM of [`qgemm`](super::qgemm)
+    /// Q8_0 or Q4_0 blocks laid out once for the integer GEMM of [`qgemm`](crate::kernels::qgemm)
     /// (same CPUs), with the bias as a plain slice.
     Int8(Int8Weight, Option<Vec<f32>>),
 }
@@ -199,7 +200,7 @@ fn kernel_block(dtype: GgmlDType) -> usize {
 
 impl Lin {
     /// From an f32 weight `(out, in)` and an optional bias `(out,)`. On a CPU with AVX2 and
-    /// FMA the weight is packed for [`sgemm`](super::sgemm) and the tensor dropped (the
+    /// FMA the weight is packed for [`sgemm`](crate::kernels::sgemm) and the tensor dropped (the
     /// packed copy replaces it; memory stays the same).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         let packed = Self::pack(&weight, bias.as_ref()).ok().flatten();
@@ -316,6 +317,46 @@ impl Lin {
             Weight::Int8(q, _) => (q.n(), q.k()),
         };
         out * (padded_in - self.pad) + self.bias.as_ref().map_or(0, |b| b.elem_count())
+    }
+
+    /// The weight's format as run (`f32`, `q8_0`, `q4k`, ...).
+    pub fn format_name(&self) -> String {
+        match &self.weight {
+            Weight::Candle(QMatMul::QTensor(q)) => ggml_name(q.dtype()),
+            Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                format!("{:?}", t.dtype()).to_ascii_lowercase()
+            }
+            Weight::Packed(..) => "f32".into(),
+            Weight::Int8(w, _) => match w.format() {
+                BlockFormat::Q8_0 => "q8_0".into(),
+                BlockFormat::Q4_0 => "q4_0".into(),
+            },
+        }
+    }
+
+    /// The kernel [`Lin::forward`] runs for an input of `rows` rows on this host.
+    pub fn kernel_at(&self, rows: usize) -> Kernel {
+        match &self.weight {
+            Weight::Packed(..) => Kernel::HarnessSgemm,
+            Weight::Int8(..) => Kernel::HarnessQgemm,
+            Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                if t.device().is_cpu() {
+                    Kernel::CandleGemm
+                } else {
+                    Kernel::Device
+                }
+            }
+            Weight::Candle(QMatMul::QTensor(q)) => {
+                if !q.device().is_cpu() {
+                    Kernel::Device
+                } else if !self.kernel_ok || rows >= dequantize_from_rows(q.dtype()) {
+                    Kernel::Dequantized
+                } else {
+                    let (n, k) = q.shape().dims2().unwrap_or((0, 0));
+                    candle_quantized_kernel(q.dtype(), rows, n, k)
+                }
+            }
+        }
     }
 
     /// The weight and bias for one of the packed GEMMs, when the layer runs on one.
@@ -494,7 +535,7 @@ impl candle_core::CustomOp1 for PackedLinear<'_> {
 /// result does not depend on how many rows were multiplied at once (batch size, window).
 ///
 /// On CPUs with AVX2 and FMA, Q8_0 and Q4_0 never come here: they run on the integer GEMM
-/// ([`qgemm`](super::qgemm)) at every row count.
+/// ([`qgemm`](crate::kernels::qgemm)) at every row count.
 fn dequantize_from_rows(dtype: GgmlDType) -> usize {
     match dtype {
         GgmlDType::Q8_0 | GgmlDType::Q4_0 => 32,
@@ -581,6 +622,31 @@ pub fn quantize_linears(
     info.weight_bytes = Some((before + new).saturating_sub(old));
     info.quantization = Some(format!("{} (--student-quantize)", ggml_name(dtype)));
     Ok(())
+}
+
+/// For each weight format among `linears`, the kernels that multiply it on this host (see
+/// [`dispatch::describe`]); layers of one format whose shapes take different kernels are
+/// listed with ` | ` between them.
+pub fn kernels_of(linears: Vec<&mut Lin>) -> std::collections::BTreeMap<String, String> {
+    let mut by_format: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for l in linears {
+        let format = l.format_name();
+        let dtype = match &l.weight {
+            Weight::Candle(QMatMul::QTensor(q)) => q.dtype(),
+            Weight::Int8(w, _) if w.format() == BlockFormat::Q4_0 => GgmlDType::Q4_0,
+            Weight::Int8(..) => GgmlDType::Q8_0,
+            _ => GgmlDType::F32,
+        };
+        let described = dispatch::describe(dtype, |rows| l.kernel_at(rows));
+        let seen = by_format.entry(format).or_default();
+        if !seen.contains(&described) {
+            seen.push(described);
+        }
+    }
+    by_format
+        .into_iter()
+        .map(|(f, ks)| (f, ks.join(" | ")))
+        .collect()
 }
 
 /// A block format's name as llama.cpp writes it, lower-case (`q8_0`, `q4k`).
@@ -971,6 +1037,12 @@ mod tests {
                 "{dtype:?}"
             );
             let got = layer.forward(&x).unwrap();
+            // k = 96 keeps candle on ggml's dot product (Q8_0 activations) on every host; at
+            // k % 256 == 0 a VNNI host would take its Q8K tiles (kernels::dispatch).
+            assert!(matches!(
+                candle_quantized_kernel(dtype, 5, 37, 96),
+                Kernel::CandleGgmlDot { .. }
+            ));
             let q = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
             let want = q.forward(&x).unwrap().broadcast_add(&b).unwrap();
             let diff = (&got - &want)
@@ -987,6 +1059,45 @@ mod tests {
         let mut q4k = Lin::new(matrix(4, 256, 22), None);
         q4k.quantize(GgmlDType::Q4K).unwrap();
         assert!(matches!(q4k.weight, Weight::Candle(QMatMul::QTensor(_))));
+    }
+
+    #[test]
+    fn each_weight_format_names_the_kernel_that_runs_it() {
+        let mut f32_layer = Lin::new(matrix(32, 256, 30), None);
+        let mut q8 = Lin::new(matrix(32, 256, 31), None);
+        q8.quantize(GgmlDType::Q8_0).unwrap();
+        let mut q4k = Lin::new(matrix(32, 256, 32), None);
+        q4k.quantize(GgmlDType::Q4K).unwrap();
+        let kernels = kernels_of(vec![&mut f32_layer, &mut q8, &mut q4k]);
+        assert_eq!(
+            kernels.keys().collect::<Vec<_>>(),
+            ["f32", "q4k", "q8_0"],
+            "{kernels:?}"
+        );
+        if PackedWeight::supported() {
+            assert_eq!(kernels["f32"], "harness-sgemm-avx2");
+            assert_eq!(kernels["q8_0"], "harness-qgemm-avx2, activations q8_0");
+        } else {
+            eprintln!("no AVX2/FMA: f32 and Q8_0 are candle's here");
+            assert_eq!(kernels["f32"], "candle-gemm");
+        }
+        // Q4K is candle's on every CPU; its activations are Q8K blocks whatever the tier.
+        assert!(kernels["q4k"].starts_with("candle-"), "{}", kernels["q4k"]);
+        assert!(
+            kernels["q4k"].ends_with("activations q8k"),
+            "{}",
+            kernels["q4k"]
+        );
+        // Two shapes of one format that take different kernels are both listed.
+        let mut narrow = Lin::new(matrix(17, 256, 33), None);
+        narrow.quantize(GgmlDType::Q6K).unwrap();
+        let mut wide = Lin::new(matrix(32, 256, 34), None);
+        wide.quantize(GgmlDType::Q6K).unwrap();
+        let q6k = &kernels_of(vec![&mut narrow, &mut wide])["q6k"];
+        if dispatch::candle_x86_level().is_some() {
+            assert!(q6k.contains(" | "), "{q6k}");
+            assert!(q6k.contains("candle-repack-"), "{q6k}");
+        }
     }
 
     #[test]
@@ -1117,6 +1228,7 @@ mod tests {
             weight_bytes: Some(600),
             quantization: Some("q8_0 (gguf)".into()),
             tokenizer: None,
+            kernels: Default::default(),
         };
         let err = quantize_linears(vec![&mut l], GgmlDType::Q4K, &mut info)
             .unwrap_err()

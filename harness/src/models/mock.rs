@@ -26,6 +26,7 @@ impl MockBackend {
                 weight_bytes: None,
                 quantization: None,
                 tokenizer: None,
+                kernels: Default::default(),
             },
             labels,
         }

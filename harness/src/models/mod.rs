@@ -13,9 +13,7 @@ pub mod layers;
 pub mod llama;
 pub mod mock;
 pub mod mpnet;
-pub mod qgemm;
 pub mod resolve;
-pub mod sgemm;
 pub mod tokenizer;
 
 use std::cmp::Reverse;
@@ -459,7 +457,7 @@ impl EncoderBackend {
             .unwrap_or(default_pad);
         let (pooling, normalize) = pooling_settings(dir)?;
         let head_labels = net.has_head().then_some(labels);
-        Ok(EncoderBackend {
+        let mut backend = EncoderBackend {
             info: CheckpointInfo {
                 id: id.to_string(),
                 resolved: canonical(dir),
@@ -474,6 +472,7 @@ impl EncoderBackend {
                 } else {
                     "vocab.txt".into()
                 }),
+                kernels: Default::default(),
             },
             net,
             tokenizer: Some(tokenizer),
@@ -485,7 +484,9 @@ impl EncoderBackend {
             head_labels,
             dims,
             device: opts.device.clone(),
-        })
+        };
+        backend.record_kernels();
+        Ok(backend)
     }
 
     /// A model with random weights from a bare `config.json`, for profiling shapes without
@@ -500,7 +501,7 @@ impl EncoderBackend {
             .iter()
             .map(|v| v.elem_count() as u64)
             .sum();
-        Ok(EncoderBackend {
+        let mut backend = EncoderBackend {
             info: CheckpointInfo {
                 id: config_path.display().to_string(),
                 resolved: format!("random weights from {}", config_path.display()),
@@ -511,6 +512,7 @@ impl EncoderBackend {
                 weight_bytes: Some(parameters * 4),
                 quantization: None,
                 tokenizer: None,
+                kernels: Default::default(),
             },
             net: built.net,
             tokenizer: None,
@@ -522,17 +524,22 @@ impl EncoderBackend {
             head_labels: None,
             dims: built.dims,
             device: device.clone(),
-        })
+        };
+        backend.record_kernels();
+        Ok(backend)
     }
 
     /// Quantize every linear layer (attention, feed-forward, pooler and head) to `dtype`;
     /// embeddings and layer norms stay f32.
     pub fn quantize(&mut self, dtype: candle_core::quantized::GgmlDType) -> Result<()> {
-        Ok(layers::quantize_linears(
-            self.net.linears_mut(),
-            dtype,
-            &mut self.info,
-        )?)
+        layers::quantize_linears(self.net.linears_mut(), dtype, &mut self.info)?;
+        self.record_kernels();
+        Ok(())
+    }
+
+    /// Name in [`CheckpointInfo::kernels`] the kernels this host runs the layers on.
+    fn record_kernels(&mut self) {
+        self.info.kernels = layers::kernels_of(self.net.linears_mut());
     }
 
     /// Longest sequence the model accepts.

@@ -72,6 +72,8 @@ pub fn collect(device: &str) -> Environment {
             .filter(|s| !s.is_empty())
             .map(str::to_string),
         device: device.to_string(),
+        // Filled in from the models once they are loaded (`Results::note_kernels`).
+        kernels: Default::default(),
     }
 }
 

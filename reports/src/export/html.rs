@@ -283,6 +283,16 @@ impl Exporter for HtmlReport {
                 esc(&env.build_profile),
                 esc(&env.device)
             );
+            if !env.kernels.is_empty() {
+                out += "<p class=\"env\">Kernels by weight format: ";
+                let lines: Vec<String> = env
+                    .kernels
+                    .iter()
+                    .map(|(f, k)| format!("<b>{}</b>: {}", esc(f), esc(k)))
+                    .collect();
+                out += &lines.join("; ");
+                out += ".</p>\n";
+            }
         }
         out + "</body></html>\n"
     }

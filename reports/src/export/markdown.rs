@@ -23,11 +23,21 @@ impl Exporter for MarkdownReport {
         let size = |c: &Option<crate::CheckpointInfo>| {
             c.as_ref()
                 .map(|c| {
-                    format!(
+                    let mut s = format!(
                         "{:.1}M params, {}",
                         c.parameters as f64 / 1e6,
                         c.architecture
-                    )
+                    );
+                    // A quantized model names the kernel that ran its format: candle's
+                    // kernels differ between CPUs, and so may the score.
+                    if let Some(q) = &c.quantization {
+                        s += &format!(", {q}");
+                        let format = q.split_whitespace().next().unwrap_or_default();
+                        if let Some(kernel) = c.kernels.get(format) {
+                            s += &format!(" on {kernel}");
+                        }
+                    }
+                    s
                 })
                 .unwrap_or_else(|| "not loaded".into())
         };

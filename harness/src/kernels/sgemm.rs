@@ -587,8 +587,7 @@ mod tests {
     }
 
     fn run(m: usize, n: usize, k: usize, with_bias: bool, threads: usize) {
-        if !PackedWeight::supported() {
-            eprintln!("skipped: this CPU has no AVX2/FMA");
+        if crate::kernels::lacks_avx2_fma(&format!("sgemm {m}x{n}x{k}")) {
             return;
         }
         let (x, w, b) = (values(m * k, 1), values(n * k, 2), values(n, 3));
@@ -632,7 +631,7 @@ mod tests {
 
     #[test]
     fn zero_depth_gives_the_bias() {
-        if !PackedWeight::supported() {
+        if crate::kernels::lacks_avx2_fma("zero_depth_gives_the_bias") {
             return;
         }
         let packed = PackedWeight::pack(&[], 3, 0);
@@ -643,7 +642,7 @@ mod tests {
 
     #[test]
     fn a_row_does_not_depend_on_its_batch() {
-        if !PackedWeight::supported() {
+        if crate::kernels::lacks_avx2_fma("a_row_does_not_depend_on_its_batch") {
             return;
         }
         // 300 rows cross an MC block boundary and are split over threads by rows or panels;
@@ -662,7 +661,7 @@ mod tests {
 
     #[test]
     fn the_epilogue_sees_every_finished_output_once() {
-        if !PackedWeight::supported() {
+        if crate::kernels::lacks_avx2_fma("the_epilogue_sees_every_finished_output_once") {
             return;
         }
         // A depth over KC (two passes: the epilogue must run after the last only), widths
