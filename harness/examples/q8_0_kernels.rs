@@ -13,7 +13,7 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use harness::kernels::dispatch::{candle_quantized_kernel, candle_x86_level};
-use harness::models::layers::Lin;
+use harness::models::linear::Lin;
 
 const REPS: usize = 9;
 

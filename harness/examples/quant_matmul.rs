@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Module, Tensor};
-use harness::models::layers::Lin;
+use harness::models::linear::Lin;
 
 fn main() -> anyhow::Result<()> {
     let (k, n, rows) = common::shape_args("1,128,4096")?;

@@ -9,7 +9,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Module, Tensor};
 use harness::kernels::qgemm::{BlockFormat, Int8Weight};
 use harness::kernels::sgemm::{PackedGemm, PackedWeight};
-use harness::models::layers::Lin;
+use harness::models::linear::Lin;
 
 fn main() -> anyhow::Result<()> {
     let (k, n, rows) = common::shape_args("1,6,128,1024")?;

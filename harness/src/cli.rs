@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use candle_core::quantized::GgmlDType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -204,4 +205,41 @@ pub struct ListArgs {
 pub enum ListWhat {
     Models,
     Tasks,
+}
+
+/// An optional block-format flag (`--student-quantize`, `--quantize`), checked before
+/// anything is loaded; the error names the flag.
+pub fn parse_quant_flag(value: Option<&str>, flag: &str) -> Result<Option<GgmlDType>, String> {
+    value
+        .map(parse_quant)
+        .transpose()
+        .map_err(|e| format!("{flag}: {e}"))
+}
+
+/// The quantization formats `--student-quantize` accepts.
+pub fn parse_quant(name: &str) -> Result<GgmlDType, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "q8_0" => Ok(GgmlDType::Q8_0),
+        "q4_0" => Ok(GgmlDType::Q4_0),
+        "q4k" | "q4_k" => Ok(GgmlDType::Q4K),
+        "q5k" | "q5_k" => Ok(GgmlDType::Q5K),
+        "q6k" | "q6_k" => Ok(GgmlDType::Q6K),
+        other => Err(format!(
+            "unknown quantization '{other}' (q8_0, q4_0, q4k, q5k or q6k)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantization_names_parse() {
+        assert_eq!(parse_quant("q8_0").unwrap(), GgmlDType::Q8_0);
+        assert_eq!(parse_quant("Q4K").unwrap(), GgmlDType::Q4K);
+        assert_eq!(parse_quant("q6_k").unwrap(), GgmlDType::Q6K);
+        let err = parse_quant("q3").unwrap_err();
+        assert!(err.contains("unknown quantization 'q3'"), "{err}");
+    }
 }

@@ -113,11 +113,9 @@ impl RunPlan {
         if args.max_new_tokens == 0 {
             bail!("--max-new-tokens must be at least 1");
         }
-        let student_quantize = crate::models::layers::parse_quant_flag(
-            args.student_quantize.as_deref(),
-            "--student-quantize",
-        )
-        .map_err(anyhow::Error::msg)?;
+        let student_quantize =
+            crate::cli::parse_quant_flag(args.student_quantize.as_deref(), "--student-quantize")
+                .map_err(anyhow::Error::msg)?;
         let aliases = AliasTable::load(args.models.aliases.as_deref())?;
         let mut picked: Vec<&'static dyn Task> = Vec::new();
         let mut picked_lm: Vec<&'static dyn tasks::generation::tasks::LmTask> = Vec::new();

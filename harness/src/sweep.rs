@@ -45,7 +45,7 @@ pub fn run(args: &ProfileArgs) -> Result<ProfileSweep> {
     if args.batch_sizes.contains(&0) || args.seq_lens.contains(&0) {
         bail!("--batch-sizes and --seq-lens must be positive");
     }
-    let quantize = crate::models::layers::parse_quant_flag(args.quantize.as_deref(), "--quantize")
+    let quantize = crate::cli::parse_quant_flag(args.quantize.as_deref(), "--quantize")
         .map_err(anyhow::Error::msg)?;
     let device = crate::plan::parse_device(&args.models.device)?;
     let aliases = AliasTable::load(args.models.aliases.as_deref())?;

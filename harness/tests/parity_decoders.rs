@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use harness::models::gpt2::{Gpt2, Gpt2Config};
-use harness::models::layers::KvCache;
 use harness::models::llama::{Llama, LlamaConfig};
+use harness::models::nn::KvCache;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -1,10 +1,14 @@
 //! Compute kernels, apart from the architecture ports that call them: the packed f32 GEMM
-//! ([`sgemm`]), the integer GEMM for Q8_0 / Q4_0 weights ([`qgemm`]), and [`dispatch`], which
-//! names the kernel (the harness's or candle's) that multiplies a weight format on this host.
+//! ([`sgemm`]), the integer GEMM for Q8_0 / Q4_0 weights ([`qgemm`]), fused self-attention
+//! ([`attention`]), candle custom ops around them (fast GELU, Q8_0 rounding, a packed linear
+//! layer: [`ops`]), and [`dispatch`], which names the kernel (the harness's or candle's) that
+//! multiplies a weight format on this host.
 //! Kernels are chosen at run time by CPU features, never at build time, so one binary serves
 //! every x86-64 host.
 
+pub mod attention;
 pub mod dispatch;
+pub mod ops;
 pub mod qgemm;
 pub mod sgemm;
 

@@ -8,12 +8,13 @@
 
 use std::collections::BTreeMap;
 
-use super::layers::Lin;
+use super::linear::Lin;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{self, Activation};
+use super::linear;
+use super::nn::{self, Activation};
 use super::EncoderNet;
 
 fn default_act() -> String {
@@ -77,11 +78,7 @@ impl BertEmbeddings {
                 cfg.hidden_size,
                 vb.pp("token_type_embeddings"),
             )?,
-            layer_norm: layers::layer_norm(
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-                vb.pp("LayerNorm"),
-            )?,
+            layer_norm: nn::layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
         })
     }
 
@@ -115,7 +112,7 @@ impl BertLayer {
         let h = cfg.hidden_size;
         let att = vb.pp("attention");
         Ok(Self {
-            qkv: layers::fused_linear(
+            qkv: linear::fused_linear(
                 h,
                 h,
                 &[
@@ -124,34 +121,30 @@ impl BertLayer {
                     att.pp("self").pp("value"),
                 ],
             )?,
-            attention_output: layers::linear(h, h, att.pp("output").pp("dense"))?,
-            attention_norm: layers::layer_norm(
+            attention_output: linear::linear(h, h, att.pp("output").pp("dense"))?,
+            attention_norm: nn::layer_norm(
                 h,
                 cfg.layer_norm_eps,
                 att.pp("output").pp("LayerNorm"),
             )?,
-            intermediate: layers::linear(
+            intermediate: linear::linear(
                 h,
                 cfg.intermediate_size,
                 vb.pp("intermediate").pp("dense"),
             )?,
-            output: layers::linear(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
-            output_norm: layers::layer_norm(
-                h,
-                cfg.layer_norm_eps,
-                vb.pp("output").pp("LayerNorm"),
-            )?,
+            output: linear::linear(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
+            output_norm: nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             heads: cfg.num_attention_heads,
             act,
         })
     }
 
     fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let ctx = layers::self_attention(&self.qkv.forward(x)?, self.heads, mask_bias)?;
+        let ctx = nn::self_attention(&self.qkv.forward(x)?, self.heads, mask_bias)?;
         let x = self
             .attention_norm
             .forward(&(self.attention_output.forward(&ctx)? + x)?)?;
-        let inner = layers::dense_act(&self.intermediate, self.act, &x)?;
+        let inner = linear::dense_act(&self.intermediate, self.act, &x)?;
         self.output_norm
             .forward(&(self.output.forward(&inner)? + x)?)
     }
@@ -185,7 +178,7 @@ impl Bert {
             .map(|i| BertLayer::load(base.pp("encoder").pp("layer").pp(i), cfg, act))
             .collect::<Result<Vec<_>>>()?;
         let pooler = if base.contains_tensor("pooler.dense.weight") {
-            Some(layers::linear(
+            Some(linear::linear(
                 cfg.hidden_size,
                 cfg.hidden_size,
                 base.pp("pooler").pp("dense"),
@@ -197,7 +190,7 @@ impl Bert {
             if pooler.is_none() {
                 candle_core::bail!("the checkpoint has a classifier but no pooler weights");
             }
-            Some(layers::linear(
+            Some(linear::linear(
                 cfg.hidden_size,
                 num_labels,
                 vb.pp("classifier"),
@@ -216,7 +209,7 @@ impl Bert {
 
 impl EncoderNet for Bert {
     fn encode(&self, input_ids: &Tensor, token_type_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let mask_bias = layers::additive_mask(mask)?;
+        let mask_bias = nn::additive_mask(mask)?;
         let mut x = self.embeddings.forward(input_ids, token_type_ids)?;
         for layer in &self.layers {
             x = layer.forward(&x, &mask_bias)?;

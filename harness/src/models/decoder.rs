@@ -15,8 +15,9 @@ use tokenizers::Tokenizer;
 
 use super::canonical;
 use super::gpt2::{Gpt2, Gpt2Config};
-use super::layers::{KvCache, Lin};
+use super::linear::Lin;
 use super::llama::{Llama, LlamaConfig};
+use super::nn::KvCache;
 
 /// The network of a decoder checkpoint.
 pub enum DecoderNet {
@@ -137,7 +138,7 @@ impl DecoderBackend {
             Some(file) => Self::load_gguf(id, &file, device, dequantize)?,
             None => Self::load_folder(id, path, device)?,
         };
-        model.info.kernels = super::layers::kernels_of(model.net.linears_mut());
+        model.info.kernels = super::linear::kernels_of(model.net.linears_mut());
         Ok(model)
     }
 
@@ -159,7 +160,7 @@ impl DecoderBackend {
         let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
         for t in content.tensor_infos.values() {
             *counts
-                .entry(super::layers::ggml_name(t.ggml_dtype))
+                .entry(super::linear::ggml_name(t.ggml_dtype))
                 .or_default() += t.shape.elem_count() as u64;
         }
         let dominant = counts
@@ -336,8 +337,8 @@ impl DecoderBackend {
     /// Quantize every linear layer (attention, MLP and the output head) to `dtype`; the
     /// embeddings and norms stay f32.
     pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
-        super::layers::quantize_linears(self.net.linears_mut(), dtype, &mut self.info)?;
-        self.info.kernels = super::layers::kernels_of(self.net.linears_mut());
+        super::linear::quantize_linears(self.net.linears_mut(), dtype, &mut self.info)?;
+        self.info.kernels = super::linear::kernels_of(self.net.linears_mut());
         Ok(())
     }
 

@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use super::layers::Lin;
+use super::linear::Lin;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{self, Activation};
+use super::linear;
+use super::nn::{self, Activation};
 use super::EncoderNet;
 
 fn default_act() -> String {
@@ -56,23 +57,23 @@ impl TransformerBlock {
         let d = cfg.dim;
         let att = vb.pp("attention");
         Ok(Self {
-            qkv: layers::fused_linear(d, d, &[att.pp("q_lin"), att.pp("k_lin"), att.pp("v_lin")])?,
-            out_lin: layers::linear(d, d, att.pp("out_lin"))?,
-            sa_layer_norm: layers::layer_norm(d, EPS, vb.pp("sa_layer_norm"))?,
-            lin1: layers::linear(d, cfg.hidden_dim, vb.pp("ffn").pp("lin1"))?,
-            lin2: layers::linear(cfg.hidden_dim, d, vb.pp("ffn").pp("lin2"))?,
-            output_layer_norm: layers::layer_norm(d, EPS, vb.pp("output_layer_norm"))?,
+            qkv: linear::fused_linear(d, d, &[att.pp("q_lin"), att.pp("k_lin"), att.pp("v_lin")])?,
+            out_lin: linear::linear(d, d, att.pp("out_lin"))?,
+            sa_layer_norm: nn::layer_norm(d, EPS, vb.pp("sa_layer_norm"))?,
+            lin1: linear::linear(d, cfg.hidden_dim, vb.pp("ffn").pp("lin1"))?,
+            lin2: linear::linear(cfg.hidden_dim, d, vb.pp("ffn").pp("lin2"))?,
+            output_layer_norm: nn::layer_norm(d, EPS, vb.pp("output_layer_norm"))?,
             heads: cfg.n_heads,
             act,
         })
     }
 
     fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let ctx = layers::self_attention(&self.qkv.forward(x)?, self.heads, mask_bias)?;
+        let ctx = nn::self_attention(&self.qkv.forward(x)?, self.heads, mask_bias)?;
         let x = self
             .sa_layer_norm
             .forward(&(self.out_lin.forward(&ctx)? + x)?)?;
-        let inner = layers::dense_act(&self.lin1, self.act, &x)?;
+        let inner = linear::dense_act(&self.lin1, self.act, &x)?;
         self.output_layer_norm
             .forward(&(self.lin2.forward(&inner)? + x)?)
     }
@@ -102,8 +103,8 @@ impl DistilBert {
             .collect::<Result<Vec<_>>>()?;
         let head = if vb.contains_tensor("classifier.weight") {
             Some((
-                layers::linear(cfg.dim, cfg.dim, vb.pp("pre_classifier"))?,
-                layers::linear(cfg.dim, num_labels, vb.pp("classifier"))?,
+                linear::linear(cfg.dim, cfg.dim, vb.pp("pre_classifier"))?,
+                linear::linear(cfg.dim, num_labels, vb.pp("classifier"))?,
             ))
         } else {
             None
@@ -119,7 +120,7 @@ impl DistilBert {
                 cfg.dim,
                 emb.pp("position_embeddings"),
             )?,
-            embeddings_norm: layers::layer_norm(cfg.dim, EPS, emb.pp("LayerNorm"))?,
+            embeddings_norm: nn::layer_norm(cfg.dim, EPS, emb.pp("LayerNorm"))?,
             layers,
             head,
         })
@@ -140,7 +141,7 @@ impl EncoderNet for DistilBert {
             .forward(input_ids)?
             .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
         let mut x = self.embeddings_norm.forward(&x)?;
-        let mask_bias = layers::additive_mask(mask)?;
+        let mask_bias = nn::additive_mask(mask)?;
         for layer in &self.layers {
             x = layer.forward(&x, &mask_bias)?;
         }

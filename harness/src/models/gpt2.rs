@@ -11,7 +11,8 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{self, Activation, KvCache, Lin};
+use super::linear::Lin;
+use super::nn::{self, Activation, KvCache};
 
 fn default_act() -> String {
     "gelu_new".into()
@@ -63,10 +64,10 @@ impl Block {
     fn load(vb: VarBuilder, cfg: &Gpt2Config, act: Activation) -> Result<Self> {
         let (h, inner) = (cfg.n_embd, cfg.n_inner.unwrap_or(4 * cfg.n_embd));
         Ok(Block {
-            ln_1: layers::layer_norm(h, cfg.layer_norm_epsilon, vb.pp("ln_1"))?,
+            ln_1: nn::layer_norm(h, cfg.layer_norm_epsilon, vb.pp("ln_1"))?,
             c_attn: conv1d(h, 3 * h, vb.pp("attn").pp("c_attn"))?,
             c_proj: conv1d(h, h, vb.pp("attn").pp("c_proj"))?,
-            ln_2: layers::layer_norm(h, cfg.layer_norm_epsilon, vb.pp("ln_2"))?,
+            ln_2: nn::layer_norm(h, cfg.layer_norm_epsilon, vb.pp("ln_2"))?,
             c_fc: conv1d(h, inner, vb.pp("mlp").pp("c_fc"))?,
             mlp_proj: conv1d(inner, h, vb.pp("mlp").pp("c_proj"))?,
             heads: cfg.n_head,
@@ -141,7 +142,7 @@ impl Gpt2 {
             blocks: (0..cfg.n_layer)
                 .map(|i| Block::load(base.pp("h").pp(i), cfg, act))
                 .collect::<Result<Vec<_>>>()?,
-            ln_f: layers::layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, base.pp("ln_f"))?,
+            ln_f: nn::layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, base.pp("ln_f"))?,
             wte,
             lm_head,
             n_positions: cfg.n_positions,
@@ -154,8 +155,7 @@ impl Gpt2 {
         let (_, seq) = input_ids.dims2()?;
         let device = input_ids.device();
         let mut x = self.embed(input_ids, 0)?;
-        let bias =
-            layers::causal_bias(seq, 0, device)?.broadcast_add(&layers::additive_mask(mask)?)?;
+        let bias = nn::causal_bias(seq, 0, device)?.broadcast_add(&nn::additive_mask(mask)?)?;
         for block in &self.blocks {
             x = block.forward(&x, &bias, None)?;
         }
@@ -175,7 +175,7 @@ impl Gpt2 {
             );
         }
         let mut x = self.embed(input_ids, past)?;
-        let bias = layers::causal_bias(seq, past, input_ids.device())?;
+        let bias = nn::causal_bias(seq, past, input_ids.device())?;
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, &bias, Some((&mut *cache, i)))?;
         }

@@ -5,7 +5,8 @@
 //! the SwiGLU feed-forward. Unlike candle-transformers' `llama`, `forward` returns the logits of
 //! every position, which perplexity and per-token KL need.
 
-use super::layers::{KvCache, Lin};
+use super::linear::Lin;
+use super::nn::KvCache;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
@@ -97,7 +98,7 @@ impl Module for RmsNorm {
 pub type Proj = Lin;
 
 fn proj(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Proj> {
-    super::layers::linear_no_bias(in_dim, out_dim, vb)
+    super::linear::linear_no_bias(in_dim, out_dim, vb)
 }
 
 /// How rotary embeddings pair the dimensions of a head.
@@ -349,8 +350,8 @@ impl Llama {
         let (_, seq) = input_ids.dims2()?;
         let device = input_ids.device();
         let rope = self.rope_tables(0, seq, device)?;
-        let causal = super::layers::causal_bias(seq, 0, device)?;
-        let bias = causal.broadcast_add(&super::layers::additive_mask(mask)?)?;
+        let causal = super::nn::causal_bias(seq, 0, device)?;
+        let bias = causal.broadcast_add(&super::nn::additive_mask(mask)?)?;
         let mut x = self.embed.forward(input_ids)?;
         for layer in &self.layers {
             x = layer.forward(&x, &rope, &bias, None)?;
@@ -365,7 +366,7 @@ impl Llama {
         let device = input_ids.device();
         let past = cache.len;
         let rope = self.rope_tables(past, seq, device)?;
-        let bias = super::layers::causal_bias(seq, past, device)?;
+        let bias = super::nn::causal_bias(seq, past, device)?;
         let mut x = self.embed.forward(input_ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &rope, &bias, Some((&mut *cache, i)))?;

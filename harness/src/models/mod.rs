@@ -9,10 +9,11 @@ pub mod distilbert;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod gpt2;
-pub mod layers;
+pub mod linear;
 pub mod llama;
 pub mod mock;
 pub mod mpnet;
+pub mod nn;
 pub mod resolve;
 pub mod tokenizer;
 
@@ -73,7 +74,7 @@ pub trait EncoderNet: Send + Sync {
     /// Classification logits (batch, labels) from the last hidden states.
     fn classify(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
     /// Every linear layer, encoder and head, for `--student-quantize`.
-    fn linears_mut(&mut self) -> Vec<&mut layers::Lin>;
+    fn linears_mut(&mut self) -> Vec<&mut linear::Lin>;
 }
 
 /// How token states become one sentence vector (sentence-transformers' `1_Pooling`).
@@ -532,14 +533,14 @@ impl EncoderBackend {
     /// Quantize every linear layer (attention, feed-forward, pooler and head) to `dtype`;
     /// embeddings and layer norms stay f32.
     pub fn quantize(&mut self, dtype: candle_core::quantized::GgmlDType) -> Result<()> {
-        layers::quantize_linears(self.net.linears_mut(), dtype, &mut self.info)?;
+        linear::quantize_linears(self.net.linears_mut(), dtype, &mut self.info)?;
         self.record_kernels();
         Ok(())
     }
 
     /// Name in [`CheckpointInfo::kernels`] the kernels this host runs the layers on.
     fn record_kernels(&mut self) {
-        self.info.kernels = layers::kernels_of(self.net.linears_mut());
+        self.info.kernels = linear::kernels_of(self.net.linears_mut());
     }
 
     /// Longest sequence the model accepts.
@@ -606,7 +607,7 @@ impl EncoderBackend {
 
     fn pool(&self, hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let pooled = match self.pooling {
-            Pooling::Mean => layers::mean_pool(hidden, mask)?,
+            Pooling::Mean => nn::mean_pool(hidden, mask)?,
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Max => {
                 let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;

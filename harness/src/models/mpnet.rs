@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use super::layers::Lin;
+use super::linear::Lin;
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{self, Activation};
+use super::linear;
+use super::nn::{self, Activation};
 use super::EncoderNet;
 
 fn default_act() -> String {
@@ -90,34 +91,30 @@ impl MpnetLayer {
         let h = cfg.hidden_size;
         let attn = vb.pp("attention").pp("attn");
         Ok(Self {
-            qkv: layers::fused_linear(h, h, &[attn.pp("q"), attn.pp("k"), attn.pp("v")])?,
-            o: layers::linear(h, h, attn.pp("o"))?,
-            attention_norm: layers::layer_norm(
+            qkv: linear::fused_linear(h, h, &[attn.pp("q"), attn.pp("k"), attn.pp("v")])?,
+            o: linear::linear(h, h, attn.pp("o"))?,
+            attention_norm: nn::layer_norm(
                 h,
                 cfg.layer_norm_eps,
                 vb.pp("attention").pp("LayerNorm"),
             )?,
-            intermediate: layers::linear(
+            intermediate: linear::linear(
                 h,
                 cfg.intermediate_size,
                 vb.pp("intermediate").pp("dense"),
             )?,
-            output: layers::linear(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
-            output_norm: layers::layer_norm(
-                h,
-                cfg.layer_norm_eps,
-                vb.pp("output").pp("LayerNorm"),
-            )?,
+            output: linear::linear(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
+            output_norm: nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             heads: cfg.num_attention_heads,
             act,
         })
     }
 
     fn forward(&self, x: &Tensor, mask_bias: &Tensor, position_bias: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = layers::split3(&self.qkv.forward(x)?)?;
-        let ctx = layers::attention(&q, &k, &v, self.heads, mask_bias, Some(position_bias))?;
+        let (q, k, v) = nn::split3(&self.qkv.forward(x)?)?;
+        let ctx = nn::attention(&q, &k, &v, self.heads, mask_bias, Some(position_bias))?;
         let x = self.attention_norm.forward(&(self.o.forward(&ctx)? + x)?)?;
-        let inner = layers::dense_act(&self.intermediate, self.act, &x)?;
+        let inner = linear::dense_act(&self.intermediate, self.act, &x)?;
         self.output_norm
             .forward(&(self.output.forward(&inner)? + x)?)
     }
@@ -148,8 +145,8 @@ impl Mpnet {
         let h = cfg.hidden_size;
         let head = if vb.contains_tensor("classifier.out_proj.weight") {
             Some((
-                layers::linear(h, h, vb.pp("classifier").pp("dense"))?,
-                layers::linear(h, num_labels, vb.pp("classifier").pp("out_proj"))?,
+                linear::linear(h, h, vb.pp("classifier").pp("dense"))?,
+                linear::linear(h, num_labels, vb.pp("classifier").pp("out_proj"))?,
             ))
         } else {
             None
@@ -161,7 +158,7 @@ impl Mpnet {
                 h,
                 emb.pp("position_embeddings"),
             )?,
-            embeddings_norm: layers::layer_norm(h, cfg.layer_norm_eps, emb.pp("LayerNorm"))?,
+            embeddings_norm: nn::layer_norm(h, cfg.layer_norm_eps, emb.pp("LayerNorm"))?,
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| MpnetLayer::load(base.pp("encoder").pp("layer").pp(i), cfg, act))
                 .collect::<Result<Vec<_>>>()?,
@@ -227,7 +224,7 @@ impl EncoderNet for Mpnet {
         let x = (self.word_embeddings.forward(input_ids)?
             + self.position_embeddings.forward(&positions)?)?;
         let mut x = self.embeddings_norm.forward(&x)?;
-        let mask_bias = layers::additive_mask(mask)?;
+        let mask_bias = nn::additive_mask(mask)?;
         let position_bias = self.position_bias(seq, input_ids.device())?;
         for layer in &self.layers {
             x = layer.forward(&x, &mask_bias, &position_bias)?;

@@ -1,0 +1,128 @@
+//! Fused multi-head self-attention on the CPU (f32): one candle op per layer.
+
+use candle_core::Result;
+
+/// Scaled dot-product attention for every (sequence, head) pair without reshaping copies:
+/// the GEMM reads each head's queries, keys and values straight out of the fused projection
+/// through strides, scores stay in a per-head buffer (scale applied by the GEMM, padding bias
+/// and softmax in one pass), and each head's context is written into its columns of the
+/// output. Heads are spread over the cores with single-threaded GEMMs, instead of
+/// multi-threaded GEMMs on matrices too small to share (issue 6).
+pub struct FusedAttention {
+    pub heads: usize,
+}
+
+impl candle_core::CustomOp2 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("fused-attention needs contiguous inputs");
+        };
+        let qkv = &s1.as_slice::<f32>()?[a1..b1];
+        let bias = &s2.as_slice::<f32>()?[a2..b2];
+        let (b, s, h3) = l1.shape().dims3()?;
+        let h = h3 / 3;
+        let d = h / self.heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; b * s * h];
+        let items = b * self.heads;
+        let threads = candle_core::utils::get_num_threads().clamp(1, items.max(1));
+        let per = items.div_ceil(threads);
+        let out_ptr = out.as_mut_ptr() as usize;
+        // On rayon's running pool (no thread start per call), one job per thread's share.
+        use rayon::prelude::*;
+        (0..threads).into_par_iter().for_each(|t| {
+            let mut scores = vec![0f32; s * s];
+            for item in t * per..((t + 1) * per).min(items) {
+                let (bi, hi) = (item / self.heads, item % self.heads);
+                let base = qkv[bi * s * h3..].as_ptr();
+                // SAFETY: offsets stay inside this sequence's rows of qkv; every
+                // (sequence, head) writes only its own d columns of its s output rows,
+                // so no two items write the same element.
+                unsafe {
+                    let (q, k, v) = (
+                        base.add(hi * d),
+                        base.add(h + hi * d),
+                        base.add(2 * h + hi * d),
+                    );
+                    // scores = scale * q k^T: (s x d) by (d x s).
+                    gemm::gemm(
+                        s,
+                        s,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        s as isize,
+                        false,
+                        q,
+                        1,
+                        h3 as isize,
+                        k,
+                        h3 as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    let bias = &bias[bi * s..(bi + 1) * s];
+                    for row in scores.chunks_mut(s) {
+                        let mut max = f32::NEG_INFINITY;
+                        for (x, &m) in row.iter_mut().zip(bias) {
+                            *x += m;
+                            max = max.max(*x);
+                        }
+                        let mut sum = 0f32;
+                        for x in row.iter_mut() {
+                            *x = (*x - max).exp();
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        for x in row.iter_mut() {
+                            *x *= inv;
+                        }
+                    }
+                    // context = probs v: (s x s) by (s x d), into the head's columns.
+                    let dst = (out_ptr as *mut f32).add(bi * s * h + hi * d);
+                    gemm::gemm(
+                        s,
+                        d,
+                        s,
+                        dst,
+                        1,
+                        h as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        s as isize,
+                        v,
+                        1,
+                        h3 as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        });
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((b, s, h)),
+        ))
+    }
+}

@@ -1,0 +1,243 @@
+//! candle custom ops around the kernels: the fast exact GELU, rounding to Q8_0 blocks, and a
+//! packed weight as a linear-layer op, with the helpers they share (a contiguous f32 input,
+//! an element-wise map over rayon's threads).
+
+use candle_core::{DType, Result, Tensor};
+
+use super::qgemm::round_to_q8_0;
+use super::sgemm::{Epilogue, PackedGemm};
+
+/// Exact-GELU `x/2 (1 + erf(x/sqrt 2))` on the CPU with a branch-free rational erf (Eigen's
+/// `generic_fast_erf_float`: odd degree-13 over even degree-8 polynomial, clamped to
+/// [-4, 4], error about 1e-7), which the compiler vectorises, split over the cores. candle's
+/// `gelu_erf` evaluates a scalar erf on one thread: about 9% of a BERT-base forward (issue 6).
+/// Parity tests hold it to transformers' exact GELU within 1e-4 at the outputs.
+pub struct FastGeluErf;
+
+fn gelu_erf_slice(src: &[f32], dst: &mut [f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = gelu_erf(v);
+    }
+}
+
+/// [`gelu_erf_slice`] in place: the epilogue of the packed GEMM, on output rows still in L1.
+pub fn gelu_erf_in_place(xs: &mut [f32]) {
+    for x in xs {
+        *x = gelu_erf(*x);
+    }
+}
+
+#[inline(always)]
+fn gelu_erf(v: f32) -> f32 {
+    const A: [f32; 7] = [
+        -2.726_142_3e-10,
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_6e-3,
+        -1.609_603_3e-2,
+    ];
+    const B: [f32; 5] = [
+        -1.456_607_2e-5,
+        -2.133_740_6e-4,
+        -1.682_827e-3,
+        -7.373_329e-3,
+        -1.426_474e-2,
+    ];
+    let x = (v * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = A[0];
+    for a in &A[1..] {
+        p = p * x2 + a;
+    }
+    let mut q = B[0];
+    for b in &B[1..] {
+        q = q * x2 + b;
+    }
+    0.5 * v * (1.0 + x * p / q)
+}
+
+impl candle_core::CustomOp1 for FastGeluErf {
+    fn name(&self) -> &'static str {
+        "fast-gelu-erf"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        // Chunks of 32K values: a small tensor is one chunk, on one thread.
+        map_chunks_parallel(storage, layout, self.name(), 1 << 15, gelu_erf_slice)
+    }
+}
+
+/// The f32 values of a custom op's contiguous input (the ops here are applied to
+/// `.contiguous()` tensors; anything else is refused, naming the op).
+fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&storage.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("{op} needs a contiguous f32 input"),
+    }
+}
+
+/// An element-wise custom op on the CPU: `f` maps each `chunk`-long stretch of the contiguous
+/// f32 input to the same stretch of a new output of the same shape, stretches spread over
+/// rayon's threads.
+fn map_chunks_parallel(
+    storage: &candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+    chunk: usize,
+    f: impl Fn(&[f32], &mut [f32]) + Sync,
+) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    use rayon::prelude::*;
+    let src = contiguous_f32(storage, layout, op)?;
+    let mut dst = vec![0f32; src.len()];
+    src.par_chunks(chunk)
+        .zip(dst.par_chunks_mut(chunk))
+        .for_each(|(s, d)| f(s, d));
+    Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
+}
+
+/// Round f32 values (rows a multiple of 32 wide) to what Q8_0 blocks hold, exactly as
+/// candle's `BlockQ8_0::from_float` then `to_float` do (`d = amax / 127` stored as f16,
+/// `q = round(x / d)`, value `q * d`), in one pass over rayon's threads instead of candle's
+/// single-threaded quantize into blocks and dequantize out of them.
+pub(crate) struct RoundToQ8_0;
+
+impl candle_core::CustomOp1 for RoundToQ8_0 {
+    fn name(&self) -> &'static str {
+        "round-to-q8_0"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        if !layout.shape().elem_count().is_multiple_of(32) {
+            candle_core::bail!("round-to-q8_0 needs whole 32-value blocks");
+        }
+        // 64 blocks per chunk; chunk edges fall on block edges.
+        map_chunks_parallel(storage, layout, self.name(), 32 * 64, |src, dst| {
+            let (mut q, mut d) = ([0i16; 32 * 64], [0f32; 64]);
+            let (q, d) = (&mut q[..src.len()], &mut d[..src.len() / 32]);
+            round_to_q8_0(src, q, d);
+            for ((dst, q), &scale) in dst
+                .chunks_exact_mut(32)
+                .zip(q.chunks_exact(32))
+                .zip(d.iter())
+            {
+                for (v, &q) in dst.iter_mut().zip(q) {
+                    *v = q as f32 * scale;
+                }
+            }
+        })
+    }
+}
+
+/// `x Wᵀ + bias` through one of the packed GEMMs, then `epilogue` on the outputs.
+pub(crate) fn run_packed(
+    weight: &dyn PackedGemm,
+    bias: Option<&[f32]>,
+    x: &Tensor,
+    epilogue: Option<Epilogue>,
+) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        candle_core::bail!(
+            "a packed linear layer takes f32 inputs on the CPU, got {:?} on {:?}",
+            x.dtype(),
+            x.device()
+        );
+    }
+    x.contiguous()?.apply_op1_no_bwd(&PackedLinear {
+        weight,
+        bias,
+        epilogue,
+    })
+}
+
+/// A packed weight and its bias as a candle op on `(.., k)` inputs.
+struct PackedLinear<'a> {
+    weight: &'a dyn PackedGemm,
+    bias: Option<&'a [f32]>,
+    /// Applied to the finished outputs (an activation).
+    epilogue: Option<Epilogue<'a>>,
+}
+
+impl candle_core::CustomOp1 for PackedLinear<'_> {
+    fn name(&self) -> &'static str {
+        "packed-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let (n, k) = (self.weight.n(), self.weight.k());
+        let dims = layout.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("linear layer expects inputs of width {k}, got shape {dims:?}");
+        }
+        let m = x.len() / k.max(1);
+        let mut out = vec![0f32; m * n];
+        self.weight.matmul_then(
+            x,
+            m,
+            self.bias,
+            &mut out,
+            candle_core::utils::get_num_threads(),
+            self.epilogue,
+        );
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from(shape),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::linear::tests::matrix;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::Device;
+
+    #[test]
+    fn rounding_to_q8_0_matches_candles_quantize_then_dequantize_bit_for_bit() {
+        // Values over several magnitudes, a block of zeros (scale 0) and exact halves.
+        let mut x = (matrix(6, 128, 21) * 7.5).unwrap();
+        x = x
+            .slice_assign(
+                &[0..1, 0..32],
+                &Tensor::zeros((1, 32), DType::F32, &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        let halves: Vec<f32> = (0..32).map(|i| i as f32 - 15.5).collect();
+        x = x
+            .slice_assign(
+                &[1..2, 32..64],
+                &Tensor::from_vec(halves, (1, 32), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        let want = QTensor::quantize(&x, GgmlDType::Q8_0)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let got = x.apply_op1_no_bwd(&RoundToQ8_0).unwrap();
+        assert_eq!(
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+}

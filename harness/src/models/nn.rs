@@ -1,0 +1,228 @@
+//! Building blocks shared by the architecture ports: activations, layer norms that accept both
+//! the current (`weight`/`bias`) and the original TF-converted (`gamma`/`beta`) tensor names,
+//! additive attention masks, the KV cache, multi-head attention and pooling.
+
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::{LayerNorm, VarBuilder};
+
+use crate::kernels::attention::FusedAttention;
+use crate::kernels::ops::FastGeluErf;
+
+/// Activation functions named by `hidden_act` / `activation` in `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU with erf, what transformers calls `gelu`.
+    GeluErf,
+    /// Tanh approximation (`gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`).
+    GeluTanh,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "gelu" => Ok(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            "silu" | "swish" => Ok(Activation::Silu),
+            other => Err(format!("unsupported activation '{other}'")),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::GeluErf if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op1_no_bwd(&FastGeluErf)
+            }
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+        }
+    }
+}
+
+/// A LayerNorm under `vb`, reading `weight`/`bias` or the legacy `gamma`/`beta`.
+pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    let (w, b) = if vb.contains_tensor("gamma") && !vb.contains_tensor("weight") {
+        ("gamma", "beta")
+    } else {
+        ("weight", "bias")
+    };
+    // The hints only matter for random weights (a VarMap): identity scale, zero shift.
+    let weight = vb.get_with_hints(size, w, candle_nn::Init::Const(1.0))?;
+    let bias = vb.get_with_hints(size, b, candle_nn::Init::Const(0.0))?;
+    Ok(LayerNorm::new(weight, bias, eps))
+}
+
+/// Split a fused `(batch, seq, 3h)` projection into its three `(batch, seq, h)` parts.
+pub fn split3(x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let h = x.dim(D::Minus1)? / 3;
+    Ok((
+        x.narrow(D::Minus1, 0, h)?,
+        x.narrow(D::Minus1, h, h)?,
+        x.narrow(D::Minus1, 2 * h, h)?,
+    ))
+}
+
+/// Turn a (batch, seq) 0/1 attention mask into the additive bias (batch, 1, 1, seq) that
+/// transformers uses: 0 where attended, the dtype's minimum where masked.
+pub fn additive_mask(mask: &Tensor) -> Result<Tensor> {
+    let (b, s) = mask.dims2()?;
+    let mask = mask.to_dtype(DType::F32)?;
+    let bias = ((mask.ones_like()? - &mask)? * f32::MIN as f64)?;
+    bias.reshape((b, 1, 1, s))
+}
+
+/// Additive causal mask `(1, 1, seq, past + seq)` for `seq` new queries after `past` cached
+/// positions: 0 where a query may see a key (key position <= query position), the dtype's
+/// minimum elsewhere.
+pub fn causal_bias(seq: usize, past: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let keys = past + seq;
+    let bias: Vec<f32> = (0..seq)
+        .flat_map(|q| (0..keys).map(move |k| if k > past + q { f32::MIN } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(bias, (1, 1, seq, keys), device)
+}
+
+/// Keys and values of the positions seen so far, per layer, so that generation runs each new
+/// token alone instead of re-running the whole sequence.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Positions already in the cache.
+    pub len: usize,
+}
+
+impl KvCache {
+    /// Append this step's `(batch, heads, seq, head_dim)` keys and values for layer `i`;
+    /// return everything cached for it.
+    pub fn extend(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        if self.layers.len() <= i {
+            self.layers.resize(i + 1, None);
+        }
+        let kv = match self.layers[i].take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        self.layers[i] = Some(kv.clone());
+        Ok(kv)
+    }
+}
+
+/// Scaled dot-product attention over already projected q, k, v of shape (batch, seq, hidden),
+/// with optional additive biases of shape broadcastable to (batch, heads, seq, seq).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask_bias: &Tensor,
+    position_bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, s, hidden) = q.dims3()?;
+    let head_dim = hidden / heads;
+    let heads_first =
+        |t: &Tensor| -> Result<Tensor> { t.reshape((b, s, heads, head_dim))?.transpose(1, 2) };
+    // The scale is applied while the query heads are copied into place (the copy was needed
+    // anyway): one pass fewer over the scores than scaling them afterwards.
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let q = (heads_first(q)? * scale)?;
+    let (k, v) = (heads_first(k)?.contiguous()?, heads_first(v)?.contiguous()?);
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(pb) = position_bias {
+        scores = scores.broadcast_add(pb)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask_bias)?)?;
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, hidden))
+}
+
+/// Self-attention from a fused `(batch, seq, 3 * hidden)` query/key/value projection and the
+/// padding bias `(batch, 1, 1, seq)`; the context `(batch, seq, hidden)`. On the CPU in f32
+/// this is one kernel ([`FusedAttention`]); elsewhere the generic [`attention`].
+pub fn self_attention(qkv: &Tensor, heads: usize, mask_bias: &Tensor) -> Result<Tensor> {
+    let (b, s, _) = qkv.dims3()?;
+    if qkv.device().is_cpu() && qkv.dtype() == DType::F32 && mask_bias.dims() == [b, 1, 1, s] {
+        return qkv
+            .contiguous()?
+            .apply_op2_no_bwd(&mask_bias.contiguous()?, &FusedAttention { heads });
+    }
+    let (q, k, v) = split3(qkv)?;
+    attention(&q, &k, &v, heads, mask_bias, None)
+}
+
+/// Mean of `hidden` (batch, seq, h) over positions where `mask` (batch, seq) is 1.
+pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let m = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+    let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+    let counts = m.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+    summed.broadcast_div(&counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::linear::tests::matrix;
+    use candle_core::Device;
+
+    #[test]
+    fn fast_gelu_matches_the_exact_erf_gelu() {
+        let max_abs_diff = |x: &Tensor| {
+            let got = Activation::GeluErf.forward(x).unwrap();
+            (got - x.gelu_erf().unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let x = (matrix(300, 300, 9) * 8.0).unwrap();
+        let diff = max_abs_diff(&x);
+        assert!(diff < 2e-6, "{diff}");
+        // A transposed (non-contiguous) input gives the transposed result.
+        let diff = max_abs_diff(&x.t().unwrap());
+        assert!(diff < 2e-6, "{diff}");
+    }
+
+    #[test]
+    fn fused_attention_matches_the_generic_path() {
+        for (b, s, heads, d) in [(1, 5, 2, 4), (3, 33, 12, 8)] {
+            let h = heads * d;
+            let qkv = matrix(b * s, 3 * h, 21).reshape((b, s, 3 * h)).unwrap();
+            let mask: Vec<u32> = (0..b * s).map(|i| u32::from(i % s < s - i / s)).collect();
+            let bias =
+                additive_mask(&Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap()).unwrap();
+            let (q, k, v) = split3(&qkv).unwrap();
+            let want = attention(&q, &k, &v, heads, &bias, None).unwrap();
+            let got = self_attention(&qkv, heads, &bias).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "{b}x{s}x{heads}: {diff}");
+        }
+    }
+
+    #[test]
+    fn causal_bias_after_cached_positions_sees_the_past() {
+        let b = causal_bias(2, 3, &Device::Cpu).unwrap();
+        let rows = b
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(rows[0][..4], [0.0; 4]);
+        assert_eq!(rows[0][4], f32::MIN);
+        assert_eq!(rows[1], vec![0.0; 5]);
+    }
+}
