@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::GgmlDType;
 use reports::{
     Cell, CheckpointInfo, Mode, ModelSummary, ProbeInfo, Results, RunSettings, TaskResult,
 };
@@ -21,8 +20,9 @@ use tasks::{DataSource, Dataset, Prediction, TaskKind};
 
 use crate::hub_data;
 use crate::labels::map_head_labels;
+use crate::models::loader::{self, Family, ModelSpec};
 use crate::models::resolve::{self, checkpoint_for, ModelRef};
-use crate::models::{Backend, EncoderBackend, LoadOptions, TextInput};
+use crate::models::{Backend, TextInput};
 use crate::plan::{PlannedTask, RunPlan};
 use crate::profile::{self, energy::EnergyMeter, RequestKind};
 
@@ -138,6 +138,7 @@ pub(crate) fn checkpoint_key(r: &ModelRef) -> String {
             format!("{repo}@{}", revision.as_deref().unwrap_or("main"))
         }
         ModelRef::Alias(a) => a.clone(),
+        ModelRef::Mock(spec) => format!("mock:{spec}"),
     }
 }
 
@@ -241,6 +242,7 @@ fn inputs(ds: &Dataset) -> Vec<TextInput<'_>> {
 /// Pooled features of each example: the embedding, or SentEval pair features for pairs.
 fn probe_features(
     backend: &dyn Backend,
+    task: &str,
     ds: &Dataset,
     batch_size: usize,
 ) -> Result<(Vec<Vec<f32>>, usize)> {
@@ -255,7 +257,7 @@ fn probe_features(
             .chain(e.text_b.as_deref().map(|b| TextInput { a: b, b: None }))
         })
         .collect();
-    let emb = backend.embeddings(&singles, batch_size)?;
+    let emb = backend.embed(task, &singles, batch_size)?;
     let mut rows = emb.rows.into_iter();
     let feats = ds
         .examples
@@ -291,7 +293,7 @@ pub fn score_cell(
             let mapping = map_head_labels(labels, task)
                 .map_err(|e| anyhow::anyhow!("{} on {}: {e}", backend.info().id, task.name()))?;
             for (split, ds) in &pt.splits {
-                let out = backend.logits(&inputs(ds), bs)?;
+                let out = backend.classify(task.name(), &inputs(ds), bs)?;
                 n_truncated += out.n_truncated;
                 let preds: Vec<Prediction> = out
                     .rows
@@ -324,7 +326,7 @@ pub fn score_cell(
                 return Ok(Err(format!("{} needs a regression head", task.name())));
             }
             for (split, ds) in &pt.splits {
-                let (feats, trunc) = probe_features(backend, ds, bs)?;
+                let (feats, trunc) = probe_features(backend, task.name(), ds, bs)?;
                 n_truncated += trunc;
                 let dim = feats.first().map_or(0, |f| f.len() / 4);
                 let preds: Vec<Prediction> = feats
@@ -349,7 +351,7 @@ pub fn score_cell(
                 examples: rows.iter().map(|&i| train.examples[i].clone()).collect(),
                 origin: train.origin.clone(),
             };
-            let (x, _) = probe_features(backend, &sample, bs)?;
+            let (x, _) = probe_features(backend, task.name(), &sample, bs)?;
             let y: Vec<usize> = sample
                 .examples
                 .iter()
@@ -366,7 +368,7 @@ pub fn score_cell(
                 },
             });
             for (split, ds) in &pt.splits {
-                let (feats, trunc) = probe_features(backend, ds, bs)?;
+                let (feats, trunc) = probe_features(backend, task.name(), ds, bs)?;
                 n_truncated += trunc;
                 let preds: Vec<Prediction> = feats
                     .iter()
@@ -398,20 +400,6 @@ pub fn score_cell(
         },
         predictions,
     }))
-}
-
-/// Load the checkpoint a reference points to (downloading from the Hub when needed).
-fn load_backend(ckpt: &ModelRef, plan: &RunPlan) -> Result<EncoderBackend> {
-    let opts = LoadOptions {
-        device: plan.device.clone(),
-        max_length: plan.max_length,
-    };
-    let (id, dir, resolved) = resolve::local_snapshot(ckpt)?;
-    let mut b = EncoderBackend::load(&id, &dir, &opts)?;
-    if let Some(r) = resolved {
-        b.set_resolved(r);
-    }
-    Ok(b)
 }
 
 fn write_predictions(
@@ -521,35 +509,27 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
         }
     }
 
-    // Load every checkpoint that has work before computing anything, so a bad or unreachable
-    // model fails the run before any cell is written. A quantized student is its own model.
-    type Loaded = ((ModelRef, Option<GgmlDType>), EncoderBackend, Option<u64>);
-    let mut backends: Vec<Loaded> = Vec::new();
-    let spec = |role: Role, ckpt: &ModelRef| {
-        let q = match role {
+    // Each model is loaded for its own cells and dropped before the next one loads, so that
+    // its peak RSS and load memory are its own (optimum-benchmark runs a process per benchmark
+    // for the same reason). Every model is checked first, so that a bad one fails the run
+    // before any cell is computed. A quantized student is a model of its own.
+    let spec = |role: Role, ckpt: &ModelRef| ModelSpec {
+        ckpt: ckpt.clone(),
+        family: Family::Encoder,
+        quantize: match role {
             Role::Student => plan.student_quantize,
             Role::Teacher => None,
-        };
-        (ckpt.clone(), q)
+        },
+        dequantize: false,
     };
+    let mut specs: Vec<ModelSpec> = Vec::new();
     for (role, _, ckpt, _) in &todo {
-        let want = spec(*role, ckpt);
-        if !backends.iter().any(|(r, _, _)| *r == want) {
-            let started = Instant::now();
-            let rss_before = profile::memory::rss_bytes();
-            let mut b = load_backend(ckpt, plan)?;
-            if let Some(q) = want.1 {
-                b.quantize(q)
-                    .with_context(|| format!("{}: cannot quantize to {q:?}", b.info().id))?;
-            }
-            let load_rss = match (rss_before, profile::memory::rss_bytes()) {
-                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-                _ => None,
-            };
-            say(loaded_line(b.info(), started.elapsed().as_secs_f64()));
-            backends.push((want, b, load_rss));
+        let s = spec(*role, ckpt);
+        if !specs.contains(&s) {
+            specs.push(s);
         }
     }
+    loader::check_all(&specs, &plan.device, plan.max_length)?;
 
     let meter = plan
         .profile
@@ -561,42 +541,50 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     let cells_dir = plan.out.join("cells");
     std::fs::create_dir_all(&cells_dir)
         .with_context(|| format!("cannot create {}", cells_dir.display()))?;
-    for (role, ti, ckpt, key) in todo {
-        let pt = &plan.tasks[ti];
-        let want = spec(role, &ckpt);
-        let (_, backend, load_rss) = backends
-            .iter()
-            .find(|(r, _, _)| *r == want)
-            .expect("loaded above");
-        say(format!(
-            "{} {}: scoring {} examples with {}",
-            role.name(),
-            pt.task.name(),
-            pt.n_examples(),
-            backend.info().id
-        ));
-        match score_cell(backend, pt, plan, key)? {
-            Ok(mut cf) => {
-                if let Some(settings) = &plan.profile {
-                    let examples: Vec<TextInput> =
-                        pt.splits.iter().flat_map(|(_, ds)| inputs(ds)).collect();
-                    let kind = match cf.cell.mode {
-                        Mode::Head => RequestKind::Logits,
-                        Mode::Cosine | Mode::Probe => RequestKind::Embeddings,
-                        Mode::LogLikelihood | Mode::Generate => {
-                            bail!("language-modelling cells are not scored here")
-                        }
-                    };
-                    let p = profile::profile_cell(
-                        backend,
-                        &examples,
-                        kind,
-                        plan.batch_size,
-                        settings,
-                        &meter,
-                        *load_rss,
-                    )?;
-                    say(format!(
+    for model in &specs {
+        let started = Instant::now();
+        let rss_before = profile::memory::rss_bytes();
+        let backend = loader::load(model, &plan.device, plan.max_length)?;
+        let load_rss = match (rss_before, profile::memory::rss_bytes()) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        say(loaded_line(backend.info(), started.elapsed().as_secs_f64()));
+        let backend = backend.as_ref();
+        let mine = todo.iter().filter(|(r, _, c, _)| spec(*r, c) == *model);
+        for (role, ti, _, key) in mine.cloned().collect::<Vec<_>>() {
+            let pt = &plan.tasks[ti];
+            let load_rss = &load_rss;
+            say(format!(
+                "{} {}: scoring {} examples with {}",
+                role.name(),
+                pt.task.name(),
+                pt.n_examples(),
+                backend.info().id
+            ));
+            match score_cell(backend, pt, plan, key)? {
+                Ok(mut cf) => {
+                    if let Some(settings) = &plan.profile {
+                        let examples: Vec<TextInput> =
+                            pt.splits.iter().flat_map(|(_, ds)| inputs(ds)).collect();
+                        let kind = match cf.cell.mode {
+                            Mode::Head => RequestKind::Classify,
+                            Mode::Cosine | Mode::Probe => RequestKind::Embed,
+                            Mode::LogLikelihood | Mode::Generate => {
+                                bail!("language-modelling cells are not scored here")
+                            }
+                        };
+                        let p = profile::profile_cell(
+                            backend,
+                            pt.task.name(),
+                            &examples,
+                            kind,
+                            plan.batch_size,
+                            settings,
+                            &meter,
+                            *load_rss,
+                        )?;
+                        say(format!(
                         "{} {}: batch-1 pass {:.1} s (p50 {:.2} ms, p99 {:.2} ms), {:.1} examples/s at batch {}, energy {} ({})",
                         role.name(),
                         pt.task.name(),
@@ -608,49 +596,50 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
                         p.energy_j_per_1k.map_or("n/a".into(), |j| format!("{j:.1} J/1k")),
                         p.energy_source
                     ));
-                    cf.cell.profile = Some(p);
+                        cf.cell.profile = Some(p);
+                    }
+                    say(format!(
+                        "{} {}: {} mode, {} = {:.4} ({:.1} s)",
+                        role.name(),
+                        pt.task.name(),
+                        cf.cell.mode.as_str(),
+                        pt.task.primary_metric(),
+                        cf.cell
+                            .metrics
+                            .get(pt.task.primary_metric())
+                            .copied()
+                            .unwrap_or(f64::NAN),
+                        cf.cell.elapsed_s
+                    ));
+                    reports::io::write_json_atomic(
+                        &cell_path(&plan.out, pt.task.name(), role.name()),
+                        &cf,
+                    )?;
+                    done.insert((ti, role), cf);
                 }
-                say(format!(
-                    "{} {}: {} mode, {} = {:.4} ({:.1} s)",
-                    role.name(),
-                    pt.task.name(),
-                    cf.cell.mode.as_str(),
-                    pt.task.primary_metric(),
-                    cf.cell
-                        .metrics
-                        .get(pt.task.primary_metric())
-                        .copied()
-                        .unwrap_or(f64::NAN),
-                    cf.cell.elapsed_s
-                ));
-                reports::io::write_json_atomic(
-                    &cell_path(&plan.out, pt.task.name(), role.name()),
-                    &cf,
-                )?;
-                done.insert((ti, role), cf);
+                Err(reason) => {
+                    say(format!(
+                        "{} {}: not scored: {reason}",
+                        role.name(),
+                        pt.task.name()
+                    ));
+                    results.skipped.insert(
+                        pt.task.name().to_string(),
+                        format!("{}: {reason}", role.name()),
+                    );
+                }
             }
-            Err(reason) => {
-                say(format!(
-                    "{} {}: not scored: {reason}",
-                    role.name(),
-                    pt.task.name()
-                ));
-                results.skipped.insert(
-                    pt.task.name().to_string(),
-                    format!("{}: {reason}", role.name()),
-                );
-            }
+            assemble(plan, &mut results, &done)?;
+            reports::io::write_json_atomic(&results_path, &results)
+                .with_context(|| format!("cannot write {}", results_path.display()))?;
         }
+    }
+    // Reused cells alone (nothing computed) still make a results file.
+    if !plan.tasks.is_empty() && specs.is_empty() {
         assemble(plan, &mut results, &done)?;
         reports::io::write_json_atomic(&results_path, &results)
             .with_context(|| format!("cannot write {}", results_path.display()))?;
     }
-    if !plan.tasks.is_empty() {
-        assemble(plan, &mut results, &done)?;
-        reports::io::write_json_atomic(&results_path, &results)
-            .with_context(|| format!("cannot write {}", results_path.display()))?;
-    }
-    drop(backends);
     crate::lm::run_lm_tasks(plan, &mut results, &results_path, &meter)?;
     if results.tasks.is_empty() {
         let reasons: Vec<String> = results

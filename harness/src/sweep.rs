@@ -37,6 +37,9 @@ fn load(arg: &str, aliases: &AliasTable, device: &candle_core::Device) -> Result
             let (dir, _) = resolve::download(base, None)?;
             EncoderBackend::load(base, &dir, &opts)
         }
+        ModelRef::Mock(spec) => {
+            bail!("mock:{spec}: `harness profile` times real encoders; a mock has no weights")
+        }
     }
 }
 

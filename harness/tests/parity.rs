@@ -57,10 +57,11 @@ fn check(name: &str, architecture: &str) {
             "{name}: token ids of {input:?}"
         );
     }
+    let backend: &dyn Backend = &model;
     for batch_size in [1, 2, 32] {
         let (got, want) = match (&expected.logits, &expected.embeddings) {
-            (Some(l), _) => (model.logits(&inputs, batch_size).unwrap(), l),
-            (None, Some(e)) => (model.embeddings(&inputs, batch_size).unwrap(), e),
+            (Some(l), _) => (backend.classify(name, &inputs, batch_size).unwrap(), l),
+            (None, Some(e)) => (backend.embed(name, &inputs, batch_size).unwrap(), e),
             _ => panic!("{name}: expected.json has no outputs"),
         };
         assert_eq!(got.rows.len(), want.len());

@@ -15,6 +15,7 @@ pub mod glue;
 pub mod metrics;
 pub mod probe_fit;
 pub mod registry;
+pub mod request;
 
 pub use data::{DataError, Dataset, Example, Gold};
 pub use registry::{find_any_task, find_task, task_names, AnyTask, REGISTRY};

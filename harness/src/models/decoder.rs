@@ -11,13 +11,15 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{Device, Tensor};
 use reports::CheckpointInfo;
+use tasks::request::{unsupported, Generation, Request, RequestKind, Response};
 use tokenizers::Tokenizer;
 
-use super::canonical;
+use super::backend::{loglikelihoods, rolling_loglikelihood};
 use super::gpt2::{Gpt2, Gpt2Config};
 use super::linear::Lin;
 use super::llama::{Llama, LlamaConfig};
 use super::nn::KvCache;
+use super::{canonical, Backend};
 
 /// The network of a decoder checkpoint.
 pub enum DecoderNet {
@@ -44,22 +46,6 @@ impl DecoderNet {
             DecoderNet::Llama(m) => m.linears_mut(),
         }
     }
-}
-
-/// One greedy continuation, timed.
-#[derive(Debug, Clone)]
-pub struct Continuation {
-    pub tokens: Vec<u32>,
-    pub text: String,
-    pub stopped_at_eos: bool,
-    /// Tokens of the prompt as the model saw it.
-    pub prompt_tokens: usize,
-    /// Tokenising the prompt, the prompt's forward pass and picking the first new token.
-    pub ttft_s: f64,
-    /// Every later token, one cached forward each.
-    pub decode_s: f64,
-    /// Model forward time alone (tokenisation and detokenisation excluded).
-    pub forward_s: f64,
 }
 
 /// A loaded causal LM with its tokenizer.
@@ -320,10 +306,6 @@ impl DecoderBackend {
         self.info.resolved = resolved;
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
     pub fn max_positions(&self) -> Option<usize> {
         self.max_positions
     }
@@ -373,7 +355,7 @@ impl DecoderBackend {
 
     /// Greedy decoding of up to `new_tokens` tokens after `prompt`, through the KV cache;
     /// stops early at the end-of-sequence token.
-    pub fn generate(&self, prompt: &str, new_tokens: usize) -> Result<Continuation> {
+    pub fn generate(&self, prompt: &str, new_tokens: usize) -> Result<Generation> {
         let started = Instant::now();
         let (ids, _) = self.encode(prompt)?;
         if ids.is_empty() {
@@ -389,15 +371,11 @@ impl DecoderBackend {
             }
         }
         let mut cache = KvCache::default();
-        let mut forward_s = 0.0;
-        let mut step = |input: &[u32], cache: &mut KvCache| -> Result<u32> {
-            let t0 = Instant::now();
+        let step = |input: &[u32], cache: &mut KvCache| -> Result<u32> {
             let t = Tensor::from_vec(input.to_vec(), (1, input.len()), &self.device)?;
             let logits = self.net.forward_cached(&t, cache)?;
             let last = logits.squeeze(0)?.get(input.len() - 1)?;
-            let next = last.argmax(0)?.to_scalar::<u32>()?;
-            forward_s += t0.elapsed().as_secs_f64();
-            Ok(next)
+            Ok(last.argmax(0)?.to_scalar::<u32>()?)
         };
         let mut tokens = Vec::with_capacity(new_tokens);
         let mut stopped_at_eos = false;
@@ -423,20 +401,94 @@ impl DecoderBackend {
             .tokenizer
             .decode(&tokens, true)
             .map_err(|e| anyhow::anyhow!("detokenization failed: {e}"))?;
-        Ok(Continuation {
+        Ok(Generation {
             tokens,
             text,
             stopped_at_eos,
             prompt_tokens: ids.len(),
             ttft_s,
             decode_s,
-            forward_s,
         })
     }
 
-    /// Whether two decoders tokenize identically (same vocabulary, same ids), which token-
-    /// level fidelity needs.
-    pub fn same_tokenizer(&self, other: &DecoderBackend) -> bool {
-        self.tokenizer.get_vocab(true) == other.tokenizer.get_vocab(true)
+    /// A hash of the vocabulary (token -> id, sorted), equal for two decoders that tokenize
+    /// identically, which token-level fidelity needs.
+    pub fn vocabulary_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut vocab: Vec<(String, u32)> = self.tokenizer.get_vocab(true).into_iter().collect();
+        vocab.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        vocab.hash(&mut h);
+        h.finish()
     }
+}
+
+impl Backend for DecoderBackend {
+    fn info(&self) -> &CheckpointInfo {
+        &self.info
+    }
+    fn answers(&self) -> &'static [RequestKind] {
+        &[
+            RequestKind::LogLikelihood,
+            RequestKind::LogLikelihoodRolling,
+            RequestKind::Generate,
+        ]
+    }
+    fn run(&self, task: &str, request: Request) -> Result<Response> {
+        match request {
+            Request::LogLikelihood { pairs } => {
+                Ok(Response::LogLikelihoods(loglikelihoods(self, pairs)?))
+            }
+            Request::LogLikelihoodRolling { text, window } => Ok(Response::Rolling(
+                rolling_loglikelihood(self, text, window)?,
+            )),
+            Request::Generate {
+                prompts,
+                max_new_tokens,
+            } => Ok(Response::Generations(
+                prompts
+                    .iter()
+                    .map(|p| self.generate(p, max_new_tokens))
+                    .collect::<Result<_>>()?,
+            )),
+            other => bail!(unsupported(
+                other.kind(),
+                task,
+                &self.info.id,
+                self.answers()
+            )),
+        }
+    }
+    fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>)> {
+        self.encode(text)
+    }
+    fn window_logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        DecoderBackend::window_logits(self, ids)
+    }
+    fn max_positions(&self) -> Option<usize> {
+        self.max_positions
+    }
+    fn vocabulary_id(&self) -> Option<u64> {
+        Some(self.vocabulary_hash())
+    }
+    fn flops_per_token(&self) -> f64 {
+        DecoderBackend::flops_per_token(self)
+    }
+}
+
+/// The hard position limit of a decoder at `path`, read from its `config.json` without loading
+/// weights (GPT-2's `n_positions`; Llama and GGUF files: none), so that both models of a pair
+/// can agree on a context length before either is loaded.
+pub fn peek_max_positions(path: &Path) -> Result<Option<usize>> {
+    if gguf_path(path)?.is_some() {
+        return Ok(None);
+    }
+    let raw: serde_json::Value = super::read_json(&path.join("config.json"))?;
+    Ok(match raw.get("model_type").and_then(|v| v.as_str()) {
+        Some("gpt2") => raw
+            .get("n_positions")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize),
+        _ => None,
+    })
 }

@@ -1,16 +1,28 @@
 //! A backend that needs no weights: deterministic outputs derived from the text, so the run
-//! loop, label mapping and result writing can be tested without loading a model.
+//! loop, label mapping, caching and result writing can be tested end to end without loading a
+//! model. It answers every request kind, as an encoder and as a causal LM.
+//!
+//! On the command line it is `mock:NAME`, optionally with `:labels=a,b` (a classification head
+//! with those labels) and `:sharpness=X` (how peaked its next-token distributions are, so a
+//! "student" can differ from a "teacher"), e.g. `--teacher mock:t --student mock:s:sharpness=2`.
 
 use anyhow::{bail, Result};
 use reports::CheckpointInfo;
+use tasks::request::{Generation, Request, RequestKind, Response};
 
+use super::backend::{loglikelihoods, rolling_loglikelihood};
 use super::{Backend, Batched, TextInput};
 
+/// Size of the mock vocabulary.
+const VOCAB: usize = 64;
+
 /// Embeddings are letter counts (so similar texts get similar vectors); logits favour label
-/// `len(text) % labels`.
+/// `len(text) % labels`. As a causal LM a word is a token (id from its letters), and the
+/// next-token logits peak at the current id + 1.
 pub struct MockBackend {
     info: CheckpointInfo,
     labels: Option<Vec<String>>,
+    sharpness: f32,
 }
 
 impl MockBackend {
@@ -19,7 +31,7 @@ impl MockBackend {
             info: CheckpointInfo {
                 id: id.into(),
                 resolved: format!("mock:{id}"),
-                architecture: "bert".into(),
+                architecture: "mock".into(),
                 parameters: 1000,
                 bytes_on_disk: 4000,
                 head_labels: labels.clone(),
@@ -29,7 +41,31 @@ impl MockBackend {
                 kernels: Default::default(),
             },
             labels,
+            sharpness: 1.0,
         }
+    }
+
+    /// From the part of a `mock:` argument after the colon (`NAME[:labels=a,b][:sharpness=X]`).
+    pub fn from_spec(spec: &str) -> Result<Self> {
+        let mut parts = spec.split(':');
+        let name = parts.next().filter(|n| !n.is_empty()).unwrap_or("mock");
+        let mut mock = MockBackend::new(&format!("mock:{spec}"), None);
+        mock.info.resolved = format!("mock model {name}");
+        for part in parts {
+            match part.split_once('=') {
+                Some(("labels", l)) => {
+                    let labels: Vec<String> = l.split(',').map(str::to_string).collect();
+                    mock.info.head_labels = Some(labels.clone());
+                    mock.labels = Some(labels);
+                }
+                Some(("sharpness", x)) => match x.parse::<f32>() {
+                    Ok(v) if v > 0.0 && v.is_finite() => mock.sharpness = v,
+                    _ => bail!("mock:{spec}: sharpness must be a positive number, got '{x}'"),
+                },
+                _ => bail!("mock:{spec}: unknown option '{part}' (labels=a,b or sharpness=X)"),
+            }
+        }
+        Ok(mock)
     }
 
     fn text(input: &TextInput) -> String {
@@ -48,18 +84,10 @@ impl MockBackend {
             forward_s: 0.0,
         }
     }
-}
 
-impl Backend for MockBackend {
-    fn info(&self) -> &CheckpointInfo {
-        &self.info
-    }
-    fn head_labels(&self) -> Option<&[String]> {
-        self.labels.as_deref()
-    }
-    fn logits(&self, inputs: &[TextInput], _batch_size: usize) -> Result<Batched> {
+    fn logits(&self, task: &str, inputs: &[TextInput]) -> Result<Batched> {
         let Some(labels) = &self.labels else {
-            bail!("mock model has no head");
+            bail!("task {task}: mock model {} has no head", self.info.id);
         };
         let rows = inputs
             .iter()
@@ -72,10 +100,8 @@ impl Backend for MockBackend {
             .collect();
         Ok(Self::batched(inputs, rows))
     }
-    fn dims(&self) -> Option<crate::profile::flops::EncoderDims> {
-        None
-    }
-    fn embeddings(&self, inputs: &[TextInput], _batch_size: usize) -> Result<Batched> {
+
+    fn embeddings(&self, inputs: &[TextInput]) -> Batched {
         let rows = inputs
             .iter()
             .map(|i| {
@@ -86,6 +112,154 @@ impl Backend for MockBackend {
                 v
             })
             .collect();
-        Ok(Self::batched(inputs, rows))
+        Self::batched(inputs, rows)
+    }
+
+    /// A word's token id: the sum of its bytes, in 1..VOCAB.
+    fn token_of(word: &str) -> u32 {
+        1 + (word.bytes().map(u32::from).sum::<u32>() % (VOCAB as u32 - 1))
+    }
+
+    fn generate(&self, prompt: &str, max_new_tokens: usize) -> Result<Generation> {
+        let (ids, _) = self.tokenize(prompt)?;
+        let Some(&last) = ids.last() else {
+            bail!("the prompt '{prompt}' has no tokens");
+        };
+        let tokens: Vec<u32> = (1..=max_new_tokens as u32)
+            .map(|i| (last + i) % VOCAB as u32)
+            .collect();
+        Ok(Generation {
+            text: tokens
+                .iter()
+                .map(|t| format!("w{t}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            tokens,
+            stopped_at_eos: false,
+            prompt_tokens: ids.len(),
+            ttft_s: 0.0,
+            decode_s: 0.0,
+        })
+    }
+}
+
+impl Backend for MockBackend {
+    fn info(&self) -> &CheckpointInfo {
+        &self.info
+    }
+    fn answers(&self) -> &'static [RequestKind] {
+        &[
+            RequestKind::Classify,
+            RequestKind::Embed,
+            RequestKind::LogLikelihood,
+            RequestKind::LogLikelihoodRolling,
+            RequestKind::Generate,
+        ]
+    }
+    fn head_labels(&self) -> Option<&[String]> {
+        self.labels.as_deref()
+    }
+    fn run(&self, task: &str, request: Request) -> Result<Response> {
+        Ok(match request {
+            Request::Classify { inputs, .. } => Response::Rows(self.logits(task, inputs)?),
+            Request::Embed { inputs, .. } => Response::Rows(self.embeddings(inputs)),
+            Request::LogLikelihood { pairs } => {
+                Response::LogLikelihoods(loglikelihoods(self, pairs)?)
+            }
+            Request::LogLikelihoodRolling { text, window } => {
+                Response::Rolling(rolling_loglikelihood(self, text, window)?)
+            }
+            Request::Generate {
+                prompts,
+                max_new_tokens,
+            } => Response::Generations(
+                prompts
+                    .iter()
+                    .map(|p| self.generate(p, max_new_tokens))
+                    .collect::<Result<_>>()?,
+            ),
+        })
+    }
+    fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>)> {
+        let (mut ids, mut ends) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        for word in text.split_whitespace() {
+            let start = at + text[at..].find(word).expect("a word of the text");
+            at = start + word.len();
+            ids.push(Self::token_of(word));
+            ends.push(at);
+        }
+        Ok((ids, ends))
+    }
+    fn window_logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        Ok(ids
+            .iter()
+            .map(|&id| {
+                let next = (id as usize + 1) % VOCAB;
+                (0..VOCAB)
+                    .map(|k| -self.sharpness * (k as f32 - next as f32).abs())
+                    .collect()
+            })
+            .collect())
+    }
+    fn vocabulary_id(&self) -> Option<u64> {
+        Some(VOCAB as u64)
+    }
+    fn flops_per_token(&self) -> f64 {
+        2000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tasks::request::ContextContinuation;
+
+    #[test]
+    fn a_spec_sets_labels_and_sharpness_and_bad_options_are_named() {
+        let m = MockBackend::from_spec("t:labels=neg,pos:sharpness=2").unwrap();
+        assert_eq!(m.head_labels().unwrap(), ["neg", "pos"]);
+        assert_eq!(m.sharpness, 2.0);
+        let e = MockBackend::from_spec("t:colour=red")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("unknown option 'colour=red'"), "{e}");
+        let e = MockBackend::from_spec("t:sharpness=-1")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("sharpness must be a positive number"), "{e}");
+    }
+
+    #[test]
+    fn loglikelihood_sums_the_continuations_log_softmax_and_knows_greedy() {
+        let m = MockBackend::new("m", None);
+        // "a" is token 1 + 97 % 63 = 35; the mock predicts 36 next, most likely.
+        let (ids, ends) = m.tokenize("a  bb").unwrap();
+        assert_eq!(ids, [35, 1 + (196 % 63)]);
+        assert_eq!(ends, [1, 5]);
+        let backend: &dyn Backend = &m;
+        let out = backend
+            .run(
+                "t",
+                Request::LogLikelihood {
+                    pairs: &[ContextContinuation {
+                        context: "a".into(),
+                        continuation: " bb".into(),
+                    }],
+                },
+            )
+            .unwrap()
+            .into_loglikelihoods()
+            .unwrap();
+        // Row for "a": logits -|k - 36|; log softmax at bb's id (8), by hand in f64.
+        let row: Vec<f64> = (0..64).map(|k| -((k as f64) - 36.0).abs()).collect();
+        let z: f64 = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+        let want = row[8] - z;
+        assert_eq!(out.len(), 1);
+        assert!((out[0].logprob - want).abs() < 1e-9, "{out:?} vs {want}");
+        assert!(!out[0].is_greedy);
+        assert_eq!(out[0].tokens, 1);
     }
 }

@@ -66,11 +66,19 @@ pub enum ModelRef {
         revision: Option<String>,
     },
     Local(PathBuf),
+    /// `mock:SPEC`: the weightless [`MockBackend`](super::mock::MockBackend), for tests and
+    /// dry runs of the pipeline.
+    Mock(String),
 }
 
 impl ModelRef {
     /// Classify a command-line model argument. Cheap: no network, no weights.
     pub fn parse(arg: &str, aliases: &AliasTable) -> Result<Self> {
+        if let Some(spec) = arg.strip_prefix("mock:") {
+            // Checked here so that a bad option fails before anything runs.
+            super::mock::MockBackend::from_spec(spec)?;
+            return Ok(ModelRef::Mock(spec.to_string()));
+        }
         let path = Path::new(arg);
         if path.exists() {
             let gguf = path
@@ -111,6 +119,7 @@ impl ModelRef {
             ModelRef::Alias(_) => "alias",
             ModelRef::Hub { .. } => "hub",
             ModelRef::Local(_) => "local",
+            ModelRef::Mock(_) => "mock",
         }
     }
 }
@@ -131,8 +140,6 @@ fn parse_hub_id(arg: &str) -> Option<(String, Option<String>)> {
     (ok(org) && ok(name)).then(|| (repo.to_string(), revision))
 }
 
-/// The checkpoint to load for `model` on `task`: the alias's fine-tuned checkpoint for that task
-/// when it has one, its base checkpoint otherwise; a Hub id or folder as it is.
 /// A checkpoint as a local folder: `(id, folder, resolved)`, where `resolved` is
 /// `repo@commit` for a Hub model (downloaded, or found in the cache when offline) and `None` for
 /// a local one, whose canonical path the loader records.
@@ -144,9 +151,12 @@ pub fn local_snapshot(ckpt: &ModelRef) -> Result<(String, PathBuf, Option<String
             Ok((repo.clone(), dir, Some(format!("{repo}@{sha}"))))
         }
         ModelRef::Alias(a) => bail!("alias '{a}' must be resolved per task"),
+        ModelRef::Mock(spec) => bail!("mock:{spec} has no files"),
     }
 }
 
+/// The checkpoint to load for `model` on `task`: the alias's fine-tuned checkpoint for that task
+/// when it has one, its base checkpoint otherwise; a Hub id or folder as it is.
 pub fn checkpoint_for(model: &ModelRef, task: &str, aliases: &AliasTable) -> ModelRef {
     match model {
         ModelRef::Alias(name) => {

@@ -22,6 +22,7 @@ use anyhow::{Context, Result};
 use reports::Profile;
 
 use crate::models::{Backend, Batched, TextInput};
+pub use tasks::request::RequestKind;
 
 /// How hard to measure. [`ProfileSettings::full`] is the default; `--quick` is for smoke runs.
 #[derive(Debug, Clone)]
@@ -88,24 +89,17 @@ pub fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar 
     bar
 }
 
-/// What the model is asked for each example.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestKind {
-    /// Head outputs for the example (a pair stays one input).
-    Logits,
-    /// Sentence embeddings (a pair becomes two single-text inputs).
-    Embeddings,
-}
-
+/// Ask the model for each example once: head outputs (a pair stays one input) or sentence
+/// embeddings (a pair becomes two single-text inputs).
 fn call(
     backend: &dyn Backend,
+    task: &str,
     kind: RequestKind,
     examples: &[TextInput],
     batch_size: usize,
 ) -> Result<Batched> {
     match kind {
-        RequestKind::Logits => backend.logits(examples, batch_size),
-        RequestKind::Embeddings => {
+        RequestKind::Embed => {
             let singles: Vec<TextInput> = examples
                 .iter()
                 .flat_map(|e| {
@@ -113,14 +107,16 @@ fn call(
                         .chain(e.b.map(|b| TextInput { a: b, b: None }))
                 })
                 .collect();
-            backend.embeddings(&singles, batch_size)
+            backend.embed(task, &singles, batch_size)
         }
+        _ => backend.classify(task, examples, batch_size),
     }
 }
 
 /// Measure one model on one task's examples.
 pub fn profile_cell(
     backend: &dyn Backend,
+    task: &str,
     examples: &[TextInput],
     kind: RequestKind,
     batch_size: usize,
@@ -137,7 +133,7 @@ pub fn profile_cell(
 
     // Batch-1 pass (DistilBERT protocol), warm-up excluded.
     for ex in examples.iter().cycle().take(settings.warmup) {
-        call(backend, kind, std::slice::from_ref(ex), 1)?;
+        call(backend, task, kind, std::slice::from_ref(ex), 1)?;
     }
     let n1 = settings
         .batch1_limit
@@ -150,7 +146,7 @@ pub fn profile_cell(
     for ex in &examples[..n1] {
         bar.inc(1);
         let started = Instant::now();
-        let out = call(backend, kind, std::slice::from_ref(ex), 1)?;
+        let out = call(backend, task, kind, std::slice::from_ref(ex), 1)?;
         e2e_ms.push(started.elapsed().as_secs_f64() * 1e3);
         fwd_ms.push(out.forward_s * 1e3);
         tokens += out.token_counts.iter().sum::<usize>();
@@ -173,7 +169,7 @@ pub fn profile_cell(
         .cycle()
         .take(settings.warmup.min(batches.len()))
     {
-        call(backend, kind, b, bs)?;
+        call(backend, task, kind, b, bs)?;
     }
     let energy_start = meter.start();
     let started = Instant::now();
@@ -195,7 +191,7 @@ pub fn profile_cell(
         });
         let pass = (|| -> Result<()> {
             for b in batches.iter().cycle() {
-                let out = call(backend, kind, b, bs)?;
+                let out = call(backend, task, kind, b, bs)?;
                 iterations += 1;
                 done += b.len();
                 done_tokens += out.token_counts.iter().sum::<usize>();
@@ -259,8 +255,9 @@ mod tests {
         };
         let p = profile_cell(
             &backend,
+            "sst2",
             &examples,
-            RequestKind::Logits,
+            RequestKind::Classify,
             2,
             &s,
             &meter,
@@ -287,8 +284,9 @@ mod tests {
         let meter = energy::EnergyMeter::detect(std::path::Path::new("/nonexistent"), 5.0);
         let p = profile_cell(
             &backend,
+            "sst2",
             &examples,
-            RequestKind::Embeddings,
+            RequestKind::Embed,
             8,
             &ProfileSettings::quick(),
             &meter,

@@ -1,0 +1,202 @@
+//! The one trait the run loop asks of a model. A backend answers the request kinds of
+//! [`tasks::request`] it supports (encoders: classify and embed; decoders: log-likelihoods
+//! and generation; the mock: all of them) and refuses the others with an error naming the
+//! task and the model.
+//!
+//! Causal LMs also expose their tokenizer and per-position logits ([`Backend::tokenize`],
+//! [`Backend::window_logits`]): token-level fidelity between teacher and student needs both
+//! models' full next-token distributions at the same positions, which no task-level request
+//! carries. [`rolling_loglikelihood`] and [`loglikelihoods`] build the two log-likelihood
+//! kinds on those two, once for every decoder.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use reports::CheckpointInfo;
+use tasks::generation::perplexity::{sliding_window_nll, WindowSettings};
+use tasks::request::{
+    Batched, ContextContinuation, LogLikelihood, Request, RequestKind, Response,
+    RollingLogLikelihood, TextInput,
+};
+
+use crate::profile::flops::EncoderDims;
+
+/// A loaded model.
+pub trait Backend {
+    fn info(&self) -> &CheckpointInfo;
+    /// The request kinds this backend answers.
+    fn answers(&self) -> &'static [RequestKind];
+    /// Answer one batch of requests of one kind for `task` (named in errors).
+    fn run(&self, task: &str, request: Request) -> Result<Response>;
+    /// Label names of the classification head (one entry for a regression head), if any.
+    fn head_labels(&self) -> Option<&[String]> {
+        None
+    }
+    /// Layer sizes for analytic FLOPs of an encoder, when known.
+    fn dims(&self) -> Option<EncoderDims> {
+        None
+    }
+    /// A causal LM's token ids of a text (special tokens as its tokenizer adds them), with
+    /// the byte offset where each token ends.
+    fn tokenize(&self, _text: &str) -> Result<(Vec<u32>, Vec<usize>)> {
+        bail!("{} is not a causal language model", self.info().id)
+    }
+    /// A causal LM's next-token logits at every position of one window: row `j` predicts
+    /// the token at `j + 1`.
+    fn window_logits(&self, _ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        bail!("{} is not a causal language model", self.info().id)
+    }
+    /// Longest sequence the model takes, when it has a hard limit.
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
+    /// Identifies a causal LM's vocabulary: two models with the same value tokenize alike.
+    fn vocabulary_id(&self) -> Option<u64> {
+        None
+    }
+    /// Approximate forward FLOPs per token of a causal LM (2 x the parameters that multiply).
+    fn flops_per_token(&self) -> f64 {
+        0.0
+    }
+}
+
+impl dyn Backend + '_ {
+    /// Head logits for each input (a Classify request).
+    pub fn classify(&self, task: &str, inputs: &[TextInput], batch_size: usize) -> Result<Batched> {
+        self.run(task, Request::Classify { inputs, batch_size })?
+            .into_rows()
+            .map_err(|e| anyhow!("{}: {e}", self.info().id))
+    }
+
+    /// Pooled embeddings for each input (an Embed request).
+    pub fn embed(&self, task: &str, inputs: &[TextInput], batch_size: usize) -> Result<Batched> {
+        self.run(task, Request::Embed { inputs, batch_size })?
+            .into_rows()
+            .map_err(|e| anyhow!("{}: {e}", self.info().id))
+    }
+}
+
+/// A whole text's log-likelihood in sliding windows (the Hugging Face perplexity guide's
+/// protocol), timing each window.
+pub fn rolling_loglikelihood(
+    model: &dyn Backend,
+    text: &str,
+    window: WindowSettings,
+) -> Result<RollingLogLikelihood> {
+    let (ids, _) = model.tokenize(text)?;
+    let (mut tokens_run, mut window_ms) = (0usize, Vec::new());
+    let nll = sliding_window_nll(&ids, window, |w| {
+        let t0 = Instant::now();
+        let rows = model.window_logits(w).map_err(|e| format!("{e:#}"))?;
+        window_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        tokens_run += w.len();
+        Ok(rows)
+    })
+    .map_err(anyhow::Error::msg)?;
+    Ok(RollingLogLikelihood {
+        nll,
+        tokens_run,
+        window_ms,
+    })
+}
+
+/// log softmax of `row` at `target`, in f64.
+fn log_prob(row: &[f32], target: u32) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    row[target as usize] as f64 - max - sum.ln()
+}
+
+/// lm-evaluation-harness's `loglikelihood` on token ids: the summed log-probability of
+/// `continuation` after `context` (at least one token), and whether each continuation token
+/// is the most likely one. Context beyond `max_positions` is cut from the left.
+pub fn loglikelihood_of_ids(
+    model: &dyn Backend,
+    context: &[u32],
+    continuation: &[u32],
+) -> Result<LogLikelihood> {
+    if context.is_empty() || continuation.is_empty() {
+        bail!("a log-likelihood request needs a context and a continuation of at least one token each");
+    }
+    let mut whole: Vec<u32> = context.iter().chain(continuation).copied().collect();
+    // The last token is only ever a target.
+    whole.pop();
+    if let Some(max) = model.max_positions() {
+        if continuation.len() > max {
+            bail!(
+                "{}: a continuation of {} tokens exceeds the model's {max} positions",
+                model.info().id,
+                continuation.len()
+            );
+        }
+        let cut = whole.len().saturating_sub(max);
+        whole.drain(..cut);
+    }
+    let rows = model.window_logits(&whole)?;
+    let first = rows.len() + 1 - continuation.len();
+    let (mut logprob, mut is_greedy) = (0.0, true);
+    for (row, &target) in rows[first - 1..].iter().zip(continuation) {
+        if target as usize >= row.len() {
+            bail!(
+                "token id {target} is outside the model's {} logits",
+                row.len()
+            );
+        }
+        logprob += log_prob(row, target);
+        let best = row
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0;
+        is_greedy &= best == target as usize;
+    }
+    Ok(LogLikelihood {
+        logprob,
+        is_greedy,
+        tokens: continuation.len(),
+    })
+}
+
+/// [`loglikelihood_of_ids`] on texts, tokenized as lm-evaluation-harness does: trailing spaces
+/// of the context move to the continuation, then the continuation's tokens are those of
+/// `tokenize(context + continuation)` past as many tokens as `tokenize(context)` has, scored
+/// after the context's own tokens.
+pub fn loglikelihoods(
+    model: &dyn Backend,
+    pairs: &[ContextContinuation],
+) -> Result<Vec<LogLikelihood>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let context = p.context.trim_end_matches(' ');
+            let continuation = format!("{}{}", &p.context[context.len()..], p.continuation);
+            let (ctx, _) = model.tokenize(context)?;
+            let (whole, _) = model.tokenize(&format!("{context}{continuation}"))?;
+            if ctx.is_empty() {
+                bail!(
+                    "{}: the context {:?} has no tokens; a log-likelihood needs one",
+                    model.info().id,
+                    p.context
+                );
+            }
+            let cont = whole.get(ctx.len()..).unwrap_or_default();
+            loglikelihood_of_ids(model, &ctx, cont)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_prob_is_log_softmax() {
+        let row = [1.0f32, 2.0, 3.0];
+        let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).sum();
+        assert!((log_prob(&row, 2) - (3f64.exp() / z).ln()).abs() < 1e-12);
+        assert!((log_prob(&row, 0) - (1f64.exp() / z).ln()).abs() < 1e-12);
+    }
+}
