@@ -225,3 +225,48 @@ fn llama_from_gguf_kept_in_llama_cpp_layout_with_interleaved_rope_matches_transf
     check_batches(&model, &exp);
     check_cached(&model, &exp);
 }
+
+#[test]
+fn loglikelihood_requests_sum_transformers_log_probabilities() {
+    // lm-evaluation-harness's loglikelihood on the first fixture sequence, split after 4
+    // tokens: our summed log-probability of the last 7 tokens against the same sum taken from
+    // transformers' logits (f64 log-softmax), and greedy-ness against their argmax.
+    use harness::models::backend::loglikelihood_of_ids;
+    use harness::models::decoder::DecoderBackend;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny");
+    let model = DecoderBackend::load("gpt2-tiny", &dir, &Device::Cpu, false).unwrap();
+    let (_, _, exp) = fixture("gpt2-tiny");
+    let (ids, logits) = (&exp.input_ids[0], &exp.logits[0]);
+    for split in [1, 4, ids.len() - 1] {
+        let (context, continuation) = ids.split_at(split);
+        let got = loglikelihood_of_ids(&model, context, continuation).unwrap();
+        let (mut want, mut greedy) = (0f64, true);
+        for (pos, &target) in continuation.iter().enumerate() {
+            let row = &logits[split + pos - 1];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z = row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
+            want += row[target as usize] as f64 - z;
+            let best = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap();
+            greedy &= best == target as usize;
+        }
+        assert_eq!(got.tokens, continuation.len());
+        // Each logit within 1e-4 of the reference: the sum of 7 log-probs within 1e-3.
+        assert!(
+            (got.logprob - want).abs() <= 1e-3,
+            "split {split}: {} vs {want}",
+            got.logprob
+        );
+        assert_eq!(got.is_greedy, greedy, "split {split}");
+    }
+    let err = loglikelihood_of_ids(&model, &[], &ids[..2])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs a context and a continuation"), "{err}");
+}

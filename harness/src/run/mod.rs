@@ -10,21 +10,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use reports::{
-    Cell, CheckpointInfo, Mode, ModelSummary, ProbeInfo, Results, RunSettings, TaskResult,
-};
+use reports::{Cell, CheckpointInfo, Mode, ModelSummary, Results, RunSettings, TaskResult};
 use serde::{Deserialize, Serialize};
-use tasks::data::DataError;
-use tasks::probe_fit::{pair_features, sample_rows, LogisticProbe};
-use tasks::{DataSource, Dataset, Prediction, TaskKind};
+use tasks::Prediction;
 
-use crate::hub_data;
-use crate::labels::map_head_labels;
 use crate::models::loader::{self, Family, ModelSpec};
-use crate::models::resolve::{self, checkpoint_for, ModelRef};
-use crate::models::{Backend, TextInput};
+use crate::models::resolve::{checkpoint_for, ModelRef};
+use crate::models::TextInput;
 use crate::plan::{PlannedTask, RunPlan};
 use crate::profile::{self, energy::EnergyMeter, RequestKind};
+
+mod score;
+use score::inputs;
+pub use score::{hub_glue_source, score_cell};
 
 /// Teacher or student.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,63 +51,6 @@ pub struct CellFile {
 pub struct RunOutcome {
     pub results: Results,
     pub results_path: PathBuf,
-}
-
-/// The Hub's GLUE evaluation splits for `task_names`, read from parquet.
-pub fn hub_glue_source(task_names: &[&str]) -> Result<DataSource> {
-    let mut splits: BTreeMap<String, Vec<BTreeMap<String, serde_json::Value>>> = BTreeMap::new();
-    for name in task_names {
-        let task = tasks::find_task(name).map_err(anyhow::Error::msg)?;
-        let glue = glue_config(name);
-        for split in task.eval_splits() {
-            let file = hub_data::parquet_file(glue, split.hub_split);
-            let paths =
-                resolve::fetch_dataset_files(hub_data::GLUE_REPO, std::slice::from_ref(&file))?;
-            splits.insert(
-                split.hub_split.to_string(),
-                hub_data::read_parquet_rows(&paths[0])?,
-            );
-        }
-    }
-    Ok(DataSource::Records(splits))
-}
-
-/// The config name of a task in `nyu-mll/glue`.
-fn glue_config(task: &str) -> &'static str {
-    tasks::glue::ALL
-        .iter()
-        .find(|t| t.name == task)
-        .map(|t| t.hub_config)
-        .unwrap_or("")
-}
-
-/// The train split of a task, or why there is none.
-fn load_train(plan: &RunPlan, pt: &PlannedTask) -> Result<std::result::Result<Dataset, String>> {
-    let task = pt.task;
-    let Some(split) = task.train_split() else {
-        return Ok(Err(format!(
-            "{} has no train split to fit a probe on",
-            task.name()
-        )));
-    };
-    match &plan.data {
-        DataSource::GlueDir(_) => match task.load(&plan.data, &split) {
-            Ok(d) => Ok(Ok(d)),
-            Err(DataError::MissingFile { path, .. }) => Ok(Err(format!(
-                "the checkpoint has no {} head, and a probe needs the train split, which is not in --data-dir ({} is missing); add it or use a fine-tuned checkpoint",
-                task.name(),
-                path.display()
-            ))),
-            Err(e) => Err(e.into()),
-        },
-        DataSource::Records(_) => {
-            let file = hub_data::parquet_file(glue_config(task.name()), split.hub_split);
-            let paths = resolve::fetch_dataset_files(hub_data::GLUE_REPO, &[file])?;
-            let mut rows = BTreeMap::new();
-            rows.insert(split.hub_split.to_string(), hub_data::read_parquet_rows(&paths[0])?);
-            Ok(Ok(task.load(&DataSource::Records(rows), &split)?))
-        }
-    }
 }
 
 /// A stable description of a checkpoint reference, for cache keys. Local folders include the
@@ -196,210 +137,6 @@ pub(crate) fn loaded_line(info: &CheckpointInfo, seconds: f64) -> String {
             .as_deref()
             .map_or(String::new(), |q| format!(", {q}")),
     )
-}
-
-fn softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
-
-fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 {
-                (i, x)
-            } else {
-                best
-            }
-        })
-        .0
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na * nb)
-    }
-}
-
-fn inputs(ds: &Dataset) -> Vec<TextInput<'_>> {
-    ds.examples
-        .iter()
-        .map(|e| TextInput {
-            a: &e.text_a,
-            b: e.text_b.as_deref(),
-        })
-        .collect()
-}
-
-/// Pooled features of each example: the embedding, or SentEval pair features for pairs.
-fn probe_features(
-    backend: &dyn Backend,
-    task: &str,
-    ds: &Dataset,
-    batch_size: usize,
-) -> Result<(Vec<Vec<f32>>, usize)> {
-    let singles: Vec<TextInput> = ds
-        .examples
-        .iter()
-        .flat_map(|e| {
-            std::iter::once(TextInput {
-                a: &e.text_a,
-                b: None,
-            })
-            .chain(e.text_b.as_deref().map(|b| TextInput { a: b, b: None }))
-        })
-        .collect();
-    let emb = backend.embed(task, &singles, batch_size)?;
-    let mut rows = emb.rows.into_iter();
-    let feats = ds
-        .examples
-        .iter()
-        .map(|e| {
-            let u = rows.next().unwrap_or_default();
-            match e.text_b {
-                Some(_) => pair_features(&u, &rows.next().unwrap_or_default()),
-                None => u,
-            }
-        })
-        .collect();
-    Ok((feats, emb.n_truncated))
-}
-
-/// Score one model on one task. `Ok(Err(reason))` means the cell cannot be scored here (for
-/// example no head and no train split); real failures are errors.
-pub fn score_cell(
-    backend: &dyn Backend,
-    pt: &PlannedTask,
-    plan: &RunPlan,
-    cache_key: String,
-) -> Result<std::result::Result<CellFile, String>> {
-    let task = pt.task;
-    let started = Instant::now();
-    let bs = plan.batch_size;
-    let mut metrics = BTreeMap::new();
-    let mut predictions = Vec::new();
-    let mut n_truncated = 0;
-    let mut probe_info = None;
-    let mode = match (backend.head_labels(), task.kind()) {
-        (Some(labels), _) => {
-            let mapping = map_head_labels(labels, task)
-                .map_err(|e| anyhow::anyhow!("{} on {}: {e}", backend.info().id, task.name()))?;
-            for (split, ds) in &pt.splits {
-                let out = backend.classify(task.name(), &inputs(ds), bs)?;
-                n_truncated += out.n_truncated;
-                let preds: Vec<Prediction> = out
-                    .rows
-                    .iter()
-                    .map(|row| match task.kind() {
-                        TaskKind::Regression => Prediction::Score {
-                            value: row[0] as f64,
-                        },
-                        TaskKind::Classification => {
-                            let p = softmax(row);
-                            let mut probs = vec![0.0; task.labels().len()];
-                            for (k, &t) in mapping.iter().enumerate() {
-                                probs[t] = p[k];
-                            }
-                            Prediction::Class {
-                                label: argmax(&probs),
-                                probs,
-                            }
-                        }
-                    })
-                    .collect();
-                let gold: Vec<_> = ds.examples.iter().map(|e| e.gold).collect();
-                metrics.extend(task.score(&preds, &gold, split.suffix));
-                predictions.push(preds);
-            }
-            Mode::Head
-        }
-        (None, TaskKind::Regression) => {
-            if !task.is_pair() {
-                return Ok(Err(format!("{} needs a regression head", task.name())));
-            }
-            for (split, ds) in &pt.splits {
-                let (feats, trunc) = probe_features(backend, task.name(), ds, bs)?;
-                n_truncated += trunc;
-                let dim = feats.first().map_or(0, |f| f.len() / 4);
-                let preds: Vec<Prediction> = feats
-                    .iter()
-                    .map(|f| Prediction::Score {
-                        value: cosine(&f[..dim], &f[dim..2 * dim]),
-                    })
-                    .collect();
-                let gold: Vec<_> = ds.examples.iter().map(|e| e.gold).collect();
-                metrics.extend(task.score(&preds, &gold, split.suffix));
-                predictions.push(preds);
-            }
-            Mode::Cosine
-        }
-        (None, TaskKind::Classification) => {
-            let train = match load_train(plan, pt)? {
-                Ok(t) => t,
-                Err(reason) => return Ok(Err(reason)),
-            };
-            let rows = sample_rows(train.examples.len(), plan.probe.train_rows, plan.probe.seed);
-            let sample = Dataset {
-                examples: rows.iter().map(|&i| train.examples[i].clone()).collect(),
-                origin: train.origin.clone(),
-            };
-            let (x, _) = probe_features(backend, task.name(), &sample, bs)?;
-            let y: Vec<usize> = sample
-                .examples
-                .iter()
-                .filter_map(|e| e.gold.class())
-                .collect();
-            let probe = LogisticProbe::fit(&x, &y, task.labels().len(), &plan.probe);
-            probe_info = Some(ProbeInfo {
-                train_origin: train.origin.clone(),
-                train_rows: sample.examples.len(),
-                features: if task.is_pair() {
-                    "[u, v, |u-v|, u*v]".into()
-                } else {
-                    "u".into()
-                },
-            });
-            for (split, ds) in &pt.splits {
-                let (feats, trunc) = probe_features(backend, task.name(), ds, bs)?;
-                n_truncated += trunc;
-                let preds: Vec<Prediction> = feats
-                    .iter()
-                    .map(|f| {
-                        let probs = probe.predict_proba(f);
-                        Prediction::Class {
-                            label: argmax(&probs),
-                            probs,
-                        }
-                    })
-                    .collect();
-                let gold: Vec<_> = ds.examples.iter().map(|e| e.gold).collect();
-                metrics.extend(task.score(&preds, &gold, split.suffix));
-                predictions.push(preds);
-            }
-            Mode::Probe
-        }
-    };
-    Ok(Ok(CellFile {
-        cell: Cell {
-            checkpoint: backend.info().clone(),
-            mode,
-            metrics,
-            n_truncated,
-            probe: probe_info,
-            elapsed_s: started.elapsed().as_secs_f64(),
-            cache_key,
-            profile: None,
-        },
-        predictions,
-    }))
 }
 
 fn write_predictions(

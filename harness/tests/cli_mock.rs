@@ -1,0 +1,196 @@
+//! `harness run` end to end on the weightless mock backend (`mock:NAME`): the one run loop with
+//! an encoder task and with decoder tasks, checked against values computed here by hand from
+//! the mock's documented rules, and the refusal of a request kind a backend does not answer.
+
+use std::path::Path;
+
+mod common;
+use common::{harness, write, Run};
+
+fn run(tmp: &Path, teacher: &str, student: &str, task: &str, extra: &[&str]) -> Run {
+    let data = tmp.join("data");
+    let out = tmp.join("out");
+    let mut args = vec![
+        "run",
+        "--quick",
+        "--teacher",
+        teacher,
+        "--student",
+        student,
+        "--task",
+        task,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Run {
+        output: harness(&args, &[]),
+        out,
+    }
+}
+
+const SST2: &[(&str, u32)] = &[
+    ("a good film .", 1),
+    ("bad .", 0),
+    ("it was fun", 1),
+    ("terrible and long", 0),
+    ("the best", 1),
+    ("not good at all", 0),
+];
+
+#[test]
+fn an_encoder_task_runs_on_the_mock_head_and_scores_what_the_mock_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dev = String::from("sentence\tlabel\n");
+    for (s, l) in SST2 {
+        dev += &format!("{s}\t{l}\n");
+    }
+    write(&tmp.path().join("data"), "SST-2/dev.tsv", &dev);
+    let r = run(
+        tmp.path(),
+        "mock:t:labels=negative,positive",
+        "mock:s:labels=positive,negative",
+        "sst2",
+        &[],
+    );
+    let res = r.checked_results();
+    let t = &res["tasks"]["sst2"];
+    assert_eq!(t["teacher"]["mode"], "head");
+    assert_eq!(t["student"]["checkpoint"]["architecture"], "mock");
+    // The mock's head picks its label (len(text) + 1) % 2 (a single text is "text "); the
+    // student's labels are in the other order, and the harness maps each by name.
+    let picks = |labels: [u32; 2]| -> f64 {
+        let right = SST2
+            .iter()
+            .filter(|(s, gold)| labels[(s.len() + 1) % 2] == *gold)
+            .count();
+        right as f64 / SST2.len() as f64
+    };
+    let teacher = t["teacher"]["metrics"]["accuracy"].as_f64().unwrap();
+    let student = t["student"]["metrics"]["accuracy"].as_f64().unwrap();
+    assert_eq!(teacher, picks([0, 1]));
+    assert_eq!(student, picks([1, 0]));
+    // Each model was measured on its own and its profile says so.
+    assert!(t["teacher"]["profile"]["batch1_examples"].as_u64() == Some(6));
+}
+
+/// The mock's token id of a word and its next-token logits, as `models/mock.rs` documents.
+fn mock_token(word: &str) -> usize {
+    1 + word.bytes().map(usize::from).sum::<usize>() % 63
+}
+fn mock_log_softmax(id: usize, sharpness: f64, target: usize) -> f64 {
+    let next = (id + 1) % 64;
+    let logit = |k: usize| -sharpness * (k as f64 - next as f64).abs();
+    let z = (0..64).map(|k| logit(k).exp()).sum::<f64>().ln();
+    logit(target) - z
+}
+
+#[test]
+fn decoder_tasks_run_on_the_mock_lm_with_perplexity_and_fidelity_computed_by_hand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = "the cat sat on the mat and then the dog sat on the cat";
+    write(&tmp.path().join("data"), "wikitext-2/wiki.test.raw", text);
+    let r = run(
+        tmp.path(),
+        "mock:t",
+        "mock:s:sharpness=2",
+        "wikitext2,generate",
+        &[
+            "--context-length",
+            "64",
+            "--stride",
+            "64",
+            "--max-new-tokens",
+            "3",
+        ],
+    );
+    let res = r.checked_results();
+    let ids: Vec<usize> = text.split_whitespace().map(mock_token).collect();
+    // One window holds the whole text: every token after the first is scored once.
+    let nll = |sharpness: f64| -> f64 {
+        ids.windows(2)
+            .map(|w| -mock_log_softmax(w[0], sharpness, w[1]))
+            .sum::<f64>()
+    };
+    let wiki = &res["tasks"]["wikitext2"];
+    let n = (ids.len() - 1) as f64;
+    for (role, sharpness) in [("teacher", 1.0), ("student", 2.0)] {
+        let m = &wiki[role]["metrics"];
+        assert_eq!(m["tokens_scored"].as_f64().unwrap(), n);
+        let ppl = m["perplexity"].as_f64().unwrap();
+        let want = (nll(sharpness) / n).exp();
+        assert!((ppl - want).abs() < 1e-9 * want, "{role}: {ppl} vs {want}");
+    }
+    // Fidelity from the teacher's spilled logits against the student's, by hand.
+    let f = &wiki["fidelity"];
+    assert_eq!(f["same_tokenizer"], true);
+    assert_eq!(f["positions"].as_u64().unwrap() as usize, ids.len());
+    let kl: f64 = ids
+        .iter()
+        .map(|&id| {
+            (0..64)
+                .map(|k| {
+                    let (lt, ls) = (mock_log_softmax(id, 1.0, k), mock_log_softmax(id, 2.0, k));
+                    lt.exp() * (lt - ls)
+                })
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / ids.len() as f64;
+    let got = f["kl"].as_f64().unwrap();
+    assert!((got - kl).abs() < 1e-5, "KL {got} vs {kl}");
+    assert_eq!(f["top1_agreement"].as_f64(), Some(1.0));
+    assert!(
+        !r.out.join("cells/wikitext2.teacher-logits.tmp").exists(),
+        "the spilled logits are removed"
+    );
+    // Generation: both mocks continue with the ids after the prompt's last, so they agree.
+    let g = &res["tasks"]["generate"];
+    assert_eq!(g["fidelity"]["greedy_exact_match"].as_f64(), Some(1.0));
+    assert_eq!(
+        g["teacher"]["metrics"]["new_tokens_mean"].as_f64(),
+        Some(3.0)
+    );
+}
+
+#[test]
+fn a_request_kind_the_model_does_not_answer_names_task_and_model() {
+    use harness::models::{Backend, EncoderBackend, LoadOptions};
+    use tasks::request::{ContextContinuation, Request};
+    let dir = common::fixture("bert-encoder-tiny");
+    let opts = LoadOptions {
+        device: candle_core::Device::Cpu,
+        max_length: None,
+    };
+    let model = EncoderBackend::load("bert-tiny", Path::new(&dir), &opts).unwrap();
+    let pairs = [ContextContinuation {
+        context: "a".into(),
+        continuation: " b".into(),
+    }];
+    let err = model
+        .run("arc_easy", Request::LogLikelihood { pairs: &pairs })
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "task arc_easy needs loglikelihood requests, which model bert-tiny does not answer \
+         (it answers: classify, embed)"
+    );
+}
+
+#[test]
+fn a_bad_mock_option_is_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        &tmp.path().join("data"),
+        "SST-2/dev.tsv",
+        "sentence\tlabel\nok\t1\n",
+    );
+    let r = run(tmp.path(), "mock:t:colour=red", "mock:s", "sst2", &[]);
+    assert_eq!(r.output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&r.output.stderr).to_string();
+    assert!(err.contains("unknown option 'colour=red'"), "{err}");
+    assert!(!r.out.join("results.json").exists());
+}
