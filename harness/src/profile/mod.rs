@@ -113,17 +113,28 @@ fn call(
     }
 }
 
+/// What a cell's profile runs: one task's examples, asked as one kind of request.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload<'a> {
+    pub task: &'a str,
+    pub examples: &'a [TextInput<'a>],
+    pub kind: RequestKind,
+}
+
 /// Measure one model on one task's examples.
 pub fn profile_cell(
     backend: &dyn Backend,
-    task: &str,
-    examples: &[TextInput],
-    kind: RequestKind,
+    work: Workload,
     batch_size: usize,
     settings: &ProfileSettings,
     meter: &energy::EnergyMeter,
     load_rss_bytes: Option<u64>,
 ) -> Result<Profile> {
+    let Workload {
+        task,
+        examples,
+        kind,
+    } = work;
     anyhow::ensure!(!examples.is_empty(), "nothing to profile");
     let peak_scope = if memory::reset_peak() {
         "phase"
@@ -255,9 +266,11 @@ mod tests {
         };
         let p = profile_cell(
             &backend,
-            "sst2",
-            &examples,
-            RequestKind::Classify,
+            Workload {
+                task: "sst2",
+                examples: &examples,
+                kind: RequestKind::Classify,
+            },
             2,
             &s,
             &meter,
@@ -284,9 +297,11 @@ mod tests {
         let meter = energy::EnergyMeter::detect(std::path::Path::new("/nonexistent"), 5.0);
         let p = profile_cell(
             &backend,
-            "sst2",
-            &examples,
-            RequestKind::Embed,
+            Workload {
+                task: "sst2",
+                examples: &examples,
+                kind: RequestKind::Embed,
+            },
             8,
             &ProfileSettings::quick(),
             &meter,

@@ -313,9 +313,11 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
                         };
                         let p = profile::profile_cell(
                             backend,
-                            pt.task.name(),
-                            &examples,
-                            kind,
+                            profile::Workload {
+                                task: pt.task.name(),
+                                examples: &examples,
+                                kind,
+                            },
                             plan.batch_size,
                             settings,
                             &meter,
