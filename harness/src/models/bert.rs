@@ -13,9 +13,12 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use super::checkpoint::head_label_names;
+use super::encoder::{BuildError, Built, EncoderArch};
 use super::linear;
 use super::nn::{self, Activation};
 use super::EncoderNet;
+use crate::profile::flops::EncoderDims;
 
 fn default_act() -> String {
     "gelu".into()
@@ -244,4 +247,27 @@ impl EncoderNet for Bert {
         let pooled = pooler.forward(&first)?.tanh()?;
         classifier.forward(&pooled)
     }
+}
+
+/// This port's row in [`ENCODERS`](super::encoder::ENCODERS).
+pub const ARCH: EncoderArch = EncoderArch {
+    model_type: "bert",
+    build,
+};
+
+fn build(raw: &serde_json::Value, vb: VarBuilder) -> std::result::Result<Built, BuildError> {
+    let cfg: BertConfig = serde_json::from_value(raw.clone())?;
+    let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+    Ok(Built {
+        net: Box::new(Bert::load(vb, &cfg, labels.len())?),
+        vocab_size: cfg.vocab_size,
+        max_positions: cfg.max_position_embeddings,
+        labels,
+        default_pad: 0,
+        dims: EncoderDims {
+            layers: cfg.num_hidden_layers,
+            hidden: cfg.hidden_size,
+            intermediate: cfg.intermediate_size,
+        },
+    })
 }

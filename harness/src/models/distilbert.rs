@@ -12,9 +12,12 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use super::checkpoint::head_label_names;
+use super::encoder::{BuildError, Built, EncoderArch};
 use super::linear;
 use super::nn::{self, Activation};
 use super::EncoderNet;
+use crate::profile::flops::EncoderDims;
 
 fn default_act() -> String {
     "gelu".into()
@@ -170,4 +173,27 @@ impl EncoderNet for DistilBert {
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         classifier.forward(&pre.forward(&first)?.relu()?)
     }
+}
+
+/// This port's row in [`ENCODERS`](super::encoder::ENCODERS).
+pub const ARCH: EncoderArch = EncoderArch {
+    model_type: "distilbert",
+    build,
+};
+
+fn build(raw: &serde_json::Value, vb: VarBuilder) -> std::result::Result<Built, BuildError> {
+    let cfg: DistilBertConfig = serde_json::from_value(raw.clone())?;
+    let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+    Ok(Built {
+        net: Box::new(DistilBert::load(vb, &cfg, labels.len())?),
+        vocab_size: cfg.vocab_size,
+        max_positions: cfg.max_position_embeddings,
+        labels,
+        default_pad: 0,
+        dims: EncoderDims {
+            layers: cfg.n_layers,
+            hidden: cfg.dim,
+            intermediate: cfg.hidden_dim,
+        },
+    })
 }

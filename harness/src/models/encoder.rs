@@ -13,8 +13,7 @@ use tasks::request::{unsupported, Request, RequestKind, Response};
 use tokenizers::{EncodeInput, Tokenizer};
 
 use super::checkpoint::{
-    canonical, check_tokenizer_fits, head_label_names, open_weights, pooling_settings, read_json,
-    OpenedWeights,
+    canonical, check_tokenizer_fits, open_weights, pooling_settings, read_json, OpenedWeights,
 };
 use super::{bert, distilbert, linear, mpnet, nn, tokenizer, Backend, Batched, TextInput};
 use crate::profile::flops::EncoderDims;
@@ -44,129 +43,84 @@ pub enum Pooling {
     MeanSqrtLen,
 }
 
-/// The architectures the harness can run, detected from `config.json`'s `model_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Architecture {
-    Bert,
-    DistilBert,
-    Mpnet,
+/// An encoder architecture: its `model_type` in `config.json` and how to build its network
+/// from that config and a VarBuilder (checkpoint weights, or random ones from a VarMap).
+/// Adding an architecture is its port's file plus one row in [`ENCODERS`].
+pub struct EncoderArch {
+    pub model_type: &'static str,
+    pub build: fn(&serde_json::Value, VarBuilder) -> std::result::Result<Built, BuildError>,
 }
 
-impl Architecture {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Architecture::Bert => "bert",
-            Architecture::DistilBert => "distilbert",
-            Architecture::Mpnet => "mpnet",
-        }
+/// Every encoder architecture, found by `model_type`.
+pub static ENCODERS: &[EncoderArch] = &[bert::ARCH, distilbert::ARCH, mpnet::ARCH];
+
+/// What an architecture's builder hands back.
+pub struct Built {
+    pub net: Box<dyn EncoderNet>,
+    pub vocab_size: usize,
+    /// Longest input the position embeddings allow.
+    pub max_positions: usize,
+    /// Label names of the head (empty without one).
+    pub labels: Vec<String>,
+    pub default_pad: u32,
+    pub dims: EncoderDims,
+}
+
+/// Why a network could not be built.
+pub enum BuildError {
+    /// `config.json` lacks a field or has a wrong one.
+    Config(serde_json::Error),
+    /// The weights do not have the tensors the config implies.
+    Weights(candle_core::Error),
+}
+
+impl From<serde_json::Error> for BuildError {
+    fn from(e: serde_json::Error) -> Self {
+        BuildError::Config(e)
     }
+}
 
-    fn from_model_type(t: &str) -> Option<Self> {
-        match t {
-            "bert" => Some(Architecture::Bert),
-            "distilbert" => Some(Architecture::DistilBert),
-            "mpnet" => Some(Architecture::Mpnet),
-            _ => None,
-        }
+impl From<candle_core::Error> for BuildError {
+    fn from(e: candle_core::Error) -> Self {
+        BuildError::Weights(e)
     }
 }
 
-/// What each architecture's loader hands back.
-struct Built {
-    net: Box<dyn EncoderNet>,
-    vocab_size: usize,
-    max_positions: usize,
-    labels: Vec<String>,
-    default_pad: u32,
-    dims: EncoderDims,
-}
-
-/// Build an architecture's network from its parsed config and a VarBuilder (checkpoint
-/// weights, or random ones from a VarMap).
+/// Build an architecture's network, with errors that name the file at fault.
 fn build_net(
-    arch: Architecture,
+    arch: &EncoderArch,
     raw: &serde_json::Value,
     config_path: &Path,
     vb: VarBuilder,
     weights_name: &str,
 ) -> Result<Built> {
-    let bad_config = |e: serde_json::Error| {
-        anyhow::anyhow!(
+    (arch.build)(raw, vb).map_err(|e| match e {
+        BuildError::Config(e) => anyhow::anyhow!(
             "{}: missing or invalid field for {}: {e}",
             config_path.display(),
-            arch.name()
-        )
-    };
-    let wrap = |e: candle_core::Error| {
-        anyhow::anyhow!("{}: weights do not match config.json ({e})", weights_name)
-    };
-    Ok(match arch {
-        Architecture::Bert => {
-            let cfg: bert::BertConfig = serde_json::from_value(raw.clone()).map_err(bad_config)?;
-            let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-            Built {
-                net: Box::new(bert::Bert::load(vb, &cfg, labels.len()).map_err(wrap)?),
-                vocab_size: cfg.vocab_size,
-                max_positions: cfg.max_position_embeddings,
-                labels,
-                default_pad: 0,
-                dims: EncoderDims {
-                    layers: cfg.num_hidden_layers,
-                    hidden: cfg.hidden_size,
-                    intermediate: cfg.intermediate_size,
-                },
-            }
-        }
-        Architecture::DistilBert => {
-            let cfg: distilbert::DistilBertConfig =
-                serde_json::from_value(raw.clone()).map_err(bad_config)?;
-            let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-            Built {
-                net: Box::new(distilbert::DistilBert::load(vb, &cfg, labels.len()).map_err(wrap)?),
-                vocab_size: cfg.vocab_size,
-                max_positions: cfg.max_position_embeddings,
-                labels,
-                default_pad: 0,
-                dims: EncoderDims {
-                    layers: cfg.n_layers,
-                    hidden: cfg.dim,
-                    intermediate: cfg.hidden_dim,
-                },
-            }
-        }
-        Architecture::Mpnet => {
-            let cfg: mpnet::MpnetConfig =
-                serde_json::from_value(raw.clone()).map_err(bad_config)?;
-            let labels = head_label_names(&cfg.id2label, cfg.num_labels);
-            Built {
-                net: Box::new(mpnet::Mpnet::load(vb, &cfg, labels.len()).map_err(wrap)?),
-                vocab_size: cfg.vocab_size,
-                // Positions start after the padding index, as in RoBERTa.
-                max_positions: cfg
-                    .max_position_embeddings
-                    .saturating_sub(cfg.pad_token_id as usize + 1),
-                labels,
-                default_pad: cfg.pad_token_id,
-                dims: EncoderDims {
-                    layers: cfg.num_hidden_layers,
-                    hidden: cfg.hidden_size,
-                    intermediate: cfg.intermediate_size,
-                },
-            }
+            arch.model_type
+        ),
+        BuildError::Weights(e) => {
+            anyhow::anyhow!("{}: weights do not match config.json ({e})", weights_name)
         }
     })
 }
 
 /// Read `config.json` and find its architecture.
-fn read_config(config_path: &Path) -> Result<(serde_json::Value, Architecture)> {
+fn read_config(config_path: &Path) -> Result<(serde_json::Value, &'static EncoderArch)> {
     let raw: serde_json::Value = read_json(config_path)?;
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-    let arch = Architecture::from_model_type(model_type).with_context(|| {
-        format!(
-            "{}: unsupported architecture model_type '{model_type}' (supported: bert, distilbert, mpnet)",
-            config_path.display()
-        )
-    })?;
+    let arch = ENCODERS
+        .iter()
+        .find(|a| a.model_type == model_type)
+        .with_context(|| {
+            let known: Vec<&str> = ENCODERS.iter().map(|a| a.model_type).collect();
+            format!(
+                "{}: unsupported architecture model_type '{model_type}' (supported: {})",
+                config_path.display(),
+                known.join(", ")
+            )
+        })?;
     Ok((raw, arch))
 }
 
@@ -248,7 +202,7 @@ impl EncoderBackend {
             info: CheckpointInfo {
                 id: id.to_string(),
                 resolved: canonical(dir),
-                architecture: arch.name().to_string(),
+                architecture: arch.model_type.to_string(),
                 parameters,
                 bytes_on_disk,
                 head_labels: head_labels.clone(),
@@ -292,7 +246,7 @@ impl EncoderBackend {
             info: CheckpointInfo {
                 id: config_path.display().to_string(),
                 resolved: format!("random weights from {}", config_path.display()),
-                architecture: arch.name().to_string(),
+                architecture: arch.model_type.to_string(),
                 parameters,
                 bytes_on_disk: 0,
                 head_labels: None,
@@ -515,5 +469,20 @@ impl Backend for EncoderBackend {
                 self.answers()
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_model_type_is_registered_once() {
+        let mut names: Vec<&str> = ENCODERS.iter().map(|a| a.model_type).collect();
+        names.sort();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n, "a model_type is registered twice");
+        assert_eq!(names, ["bert", "distilbert", "mpnet"]);
     }
 }

@@ -31,5 +31,5 @@ pub mod tokenizer;
 pub use backend::Backend;
 pub(crate) use checkpoint::{canonical, check_tokenizer_fits, open_weights, OpenedWeights};
 pub use checkpoint::{find_weights, read_json, WeightFile};
-pub use encoder::{Architecture, EncoderBackend, EncoderNet, LoadOptions, Pooling};
+pub use encoder::{EncoderArch, EncoderBackend, EncoderNet, LoadOptions, Pooling, ENCODERS};
 pub use tasks::request::{Batched, TextInput};

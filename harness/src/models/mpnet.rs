@@ -10,9 +10,12 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use super::checkpoint::head_label_names;
+use super::encoder::{BuildError, Built, EncoderArch};
 use super::linear;
 use super::nn::{self, Activation};
 use super::EncoderNet;
+use crate::profile::flops::EncoderDims;
 
 fn default_act() -> String {
     "gelu".into()
@@ -254,6 +257,31 @@ impl EncoderNet for Mpnet {
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         out_proj.forward(&dense.forward(&first)?.tanh()?)
     }
+}
+
+/// This port's row in [`ENCODERS`](super::encoder::ENCODERS).
+pub const ARCH: EncoderArch = EncoderArch {
+    model_type: "mpnet",
+    build,
+};
+
+fn build(raw: &serde_json::Value, vb: VarBuilder) -> std::result::Result<Built, BuildError> {
+    let cfg: MpnetConfig = serde_json::from_value(raw.clone())?;
+    let labels = head_label_names(&cfg.id2label, cfg.num_labels);
+    Ok(Built {
+        net: Box::new(Mpnet::load(vb, &cfg, labels.len())?),
+        vocab_size: cfg.vocab_size,
+        max_positions: // Positions start after the padding index, as in RoBERTa.
+        cfg.max_position_embeddings
+            .saturating_sub(cfg.pad_token_id as usize + 1),
+        labels,
+        default_pad: cfg.pad_token_id,
+        dims: EncoderDims {
+            layers: cfg.num_hidden_layers,
+            hidden: cfg.hidden_size,
+            intermediate: cfg.intermediate_size,
+        },
+    })
 }
 
 #[cfg(test)]
