@@ -21,3 +21,16 @@ pub fn tune_for_inference() {
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// Give the heap's free memory back to the system (glibc's `malloc_trim`), after a model is
+/// dropped: [`tune_for_inference`] never trims on its own, so without this the next model's
+/// resident memory, and so its peak RSS and load figures, would include the last model's
+/// freed pages.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages to the kernel; live allocations are
+    // untouched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -9,8 +9,8 @@ use reports::stats::{
 use reports::{Calibration, Comparison, Disagreement};
 use tasks::{Gold, Prediction, TaskKind};
 
+use crate::cells::CellFile;
 use crate::plan::PlannedTask;
-use crate::run::CellFile;
 
 /// Bootstrap resamples (criterion uses 100,000 for its own statistics; 1,000 keeps a run fast
 /// and the 95% interval stable to about a tenth of a point).

@@ -72,3 +72,42 @@ pub fn text_rows(
 pub fn parquet_file(config: &str, split: &str) -> String {
     format!("{config}/{split}-00000-of-00001.parquet")
 }
+
+/// The Hub's GLUE evaluation splits for `task_names`, read from parquet.
+pub fn hub_glue_source(task_names: &[&str]) -> Result<tasks::DataSource> {
+    let mut splits: BTreeMap<String, Vec<BTreeMap<String, serde_json::Value>>> = BTreeMap::new();
+    for name in task_names {
+        let task = tasks::find_task(name).map_err(anyhow::Error::msg)?;
+        let glue = glue_config(name);
+        for split in task.eval_splits() {
+            let file = parquet_file(glue, split.hub_split);
+            let paths = crate::models::resolve::fetch_dataset_files(
+                GLUE_REPO,
+                std::slice::from_ref(&file),
+            )?;
+            splits.insert(split.hub_split.to_string(), read_parquet_rows(&paths[0])?);
+        }
+    }
+    Ok(tasks::DataSource::Records(splits))
+}
+
+/// The config name of a task in `nyu-mll/glue`.
+fn glue_config(task: &str) -> &'static str {
+    tasks::glue::ALL
+        .iter()
+        .find(|t| t.name == task)
+        .map(|t| t.hub_config)
+        .unwrap_or("")
+}
+
+/// One split of a GLUE task from the Hub (a probe's train split), keyed by its split name.
+pub fn glue_split(
+    task: &str,
+    hub_split: &str,
+) -> Result<BTreeMap<String, Vec<BTreeMap<String, Value>>>> {
+    let file = parquet_file(glue_config(task), hub_split);
+    let paths = crate::models::resolve::fetch_dataset_files(GLUE_REPO, &[file])?;
+    let mut rows = BTreeMap::new();
+    rows.insert(hub_split.to_string(), read_parquet_rows(&paths[0])?);
+    Ok(rows)
+}

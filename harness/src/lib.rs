@@ -6,6 +6,7 @@
 //! [`models`], runs tasks from the `tasks` crate and writes results with the `reports` crate.
 
 pub mod alloc;
+pub mod cells;
 pub mod cli;
 pub mod error;
 pub mod fidelity;

@@ -14,6 +14,12 @@ use tasks::{AnyTask, DataSource, Dataset, EvalSplit, Task};
 use crate::cli::RunArgs;
 use crate::models::resolve::{AliasTable, ModelRef};
 
+/// One language-modelling task with its loaded data.
+pub struct PlannedLmTask {
+    pub task: &'static dyn tasks::generation::tasks::LmTask,
+    pub data: tasks::generation::tasks::LmData,
+}
+
 /// One task with its loaded evaluation splits.
 pub struct PlannedTask {
     pub task: &'static dyn Task,
@@ -35,7 +41,7 @@ pub struct RunPlan {
     pub aliases: AliasTable,
     pub tasks: Vec<PlannedTask>,
     /// Perplexity and generation tasks (causal LMs).
-    pub lm_tasks: Vec<crate::lm::PlannedLmTask>,
+    pub lm_tasks: Vec<PlannedLmTask>,
     pub lm: reports::LmSettings,
     pub student_quantize: Option<GgmlDType>,
     pub dequantize_teacher: bool,
@@ -179,7 +185,7 @@ impl RunPlan {
                 let source = if names.is_empty() {
                     DataSource::Records(Default::default())
                 } else {
-                    crate::run::hub_glue_source(&names)?
+                    crate::hub_data::hub_glue_source(&names)?
                 };
                 let origin = if names.is_empty() {
                     "hub"
@@ -201,7 +207,7 @@ impl RunPlan {
                     },
                 },
             };
-            lm_tasks.push(crate::lm::PlannedLmTask {
+            lm_tasks.push(PlannedLmTask {
                 task,
                 data: task.load(&source)?,
             });

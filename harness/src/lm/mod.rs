@@ -18,22 +18,16 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use reports::{LmSettings, Results, TaskResult, TokenFidelity};
 use tasks::generation::perplexity::WindowSettings;
-use tasks::generation::tasks::{LmData, LmKind, LmTask};
+use tasks::generation::tasks::{LmData, LmKind};
 use tasks::generation::wikitext::RawText;
 
+use crate::cells::{cell_path, checkpoint_key, loaded_line, read_cached, Role};
 use crate::models::loader::{self, Family, ModelSpec};
 use crate::models::resolve::{self, checkpoint_for, ModelRef};
 use crate::models::Backend;
-use crate::plan::RunPlan;
+use crate::plan::{PlannedLmTask, RunPlan};
 use crate::profile::energy::EnergyMeter;
-use crate::run::{cell_path, read_cached, Role};
 use cells::{FidelityFile, LmCellFile, TeacherLogits};
-
-/// One language-modelling task with its loaded data.
-pub struct PlannedLmTask {
-    pub task: &'static dyn LmTask,
-    pub data: LmData,
-}
 
 /// The model specs of both roles for a task.
 fn specs(plan: &RunPlan, task: &str) -> [(Role, ModelSpec); 2] {
@@ -59,7 +53,7 @@ fn specs(plan: &RunPlan, task: &str) -> [(Role, ModelSpec); 2] {
 fn spec_key(spec: &ModelSpec) -> String {
     format!(
         "{};dequantize={};quantize={:?}",
-        crate::run::checkpoint_key(&spec.ckpt),
+        checkpoint_key(&spec.ckpt),
         spec.dequantize,
         spec.quantize
     )
@@ -244,12 +238,9 @@ pub fn run_lm_tasks(
         }
         for spec in &models {
             let started = Instant::now();
-            let model = loader::load(spec, &plan.device, plan.max_length)?;
-            let model = model.as_ref();
-            say(crate::run::loaded_line(
-                model.info(),
-                started.elapsed().as_secs_f64(),
-            ));
+            let loaded = loader::load(spec, &plan.device, plan.max_length)?;
+            let model = loaded.as_ref();
+            say(loaded_line(model.info(), started.elapsed().as_secs_f64()));
             for &i in &todo {
                 let pt = &plan.lm_tasks[i];
                 let name = pt.task.name();
@@ -353,7 +344,9 @@ pub fn run_lm_tasks(
                     }
                 }
             }
-            // The model is dropped here, before the next one loads.
+            // Dropped before the next model loads, its memory given back.
+            drop(loaded);
+            crate::alloc::release_free_memory();
         }
     }
     for (i, pt) in plan.lm_tasks.iter().enumerate() {

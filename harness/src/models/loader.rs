@@ -42,6 +42,7 @@ pub fn check_all(specs: &[ModelSpec], device: &Device, max_length: Option<usize>
     }
     for spec in specs.iter().skip(1) {
         drop(load(spec, device, max_length)?);
+        crate::alloc::release_free_memory();
     }
     Ok(())
 }

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use reports::{Cell, CheckpointInfo, Mode, ModelSummary, Results, RunSettings, TaskResult};
-use serde::{Deserialize, Serialize};
-use tasks::Prediction;
+use reports::{CheckpointInfo, Mode, ModelSummary, Results, RunSettings, TaskResult};
 
 use crate::models::loader::{self, Family, ModelSpec};
 use crate::models::resolve::{checkpoint_for, ModelRef};
@@ -21,66 +19,15 @@ use crate::plan::{PlannedTask, RunPlan};
 use crate::profile::{self, energy::EnergyMeter, RequestKind};
 
 mod score;
+use crate::cells::{cell_path, checkpoint_key, loaded_line, read_cached};
+pub use crate::cells::{CellFile, Role};
 use score::inputs;
-pub use score::{hub_glue_source, score_cell};
-
-/// Teacher or student.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Teacher,
-    Student,
-}
-
-impl Role {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Role::Teacher => "teacher",
-            Role::Student => "student",
-        }
-    }
-}
-
-/// A finished cell as saved on disk: its summary and every prediction, per evaluation split.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CellFile {
-    pub cell: Cell,
-    pub predictions: Vec<Vec<Prediction>>,
-}
+pub use score::score_cell;
 
 /// What `execute` produced.
 pub struct RunOutcome {
     pub results: Results,
     pub results_path: PathBuf,
-}
-
-/// A stable description of a checkpoint reference, for cache keys. Local folders include the
-/// weight file's size and modification time, so replaced weights are recomputed.
-pub(crate) fn checkpoint_key(r: &ModelRef) -> String {
-    match r {
-        ModelRef::Local(dir) => {
-            let weights = match crate::models::decoder::gguf_path(dir) {
-                Ok(Some(gguf)) => Some(gguf),
-                _ => crate::models::find_weights(dir).ok().map(|w| w.path),
-            };
-            let stamp = weights
-                .and_then(|w| std::fs::metadata(w).ok())
-                .map(|m| {
-                    let mtime = m
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_secs());
-                    format!("{}b@{mtime}", m.len())
-                })
-                .unwrap_or_default();
-            format!("{}#{stamp}", crate::models::canonical(dir))
-        }
-        ModelRef::Hub { repo, revision } => {
-            format!("{repo}@{}", revision.as_deref().unwrap_or("main"))
-        }
-        ModelRef::Alias(a) => a.clone(),
-        ModelRef::Mock(spec) => format!("mock:{spec}"),
-    }
 }
 
 fn cache_key(plan: &RunPlan, ckpt: &ModelRef, role: Role, pt: &PlannedTask) -> String {
@@ -106,36 +53,6 @@ fn cache_key(plan: &RunPlan, ckpt: &ModelRef, role: Role, pt: &PlannedTask) -> S
             s.key(),
             plan.batch_size
         ))
-    )
-}
-
-/// `OUT/cells/<task>.<what>.json`: a role's cell (`teacher`, `student`) or a pair's file.
-pub(crate) fn cell_path(out: &Path, task: &str, what: &str) -> PathBuf {
-    out.join("cells").join(format!("{task}.{what}.json"))
-}
-
-/// A cached file whose cache key (read by `key_of`) is `key`; `None` when absent, unreadable
-/// or computed with other settings.
-pub(crate) fn read_cached<T: for<'de> Deserialize<'de>>(
-    path: &Path,
-    key: &str,
-    key_of: fn(&T) -> &str,
-) -> Option<T> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: T = serde_json::from_str(&text).ok()?;
-    (key_of(&v) == key).then_some(v)
-}
-
-/// The progress line for a loaded model.
-pub(crate) fn loaded_line(info: &CheckpointInfo, seconds: f64) -> String {
-    format!(
-        "loaded {} ({}, {:.1}M parameters{}) in {seconds:.1} s",
-        info.id,
-        info.architecture,
-        info.parameters as f64 / 1e6,
-        info.quantization
-            .as_deref()
-            .map_or(String::new(), |q| format!(", {q}")),
     )
 }
 
@@ -281,13 +198,13 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     for model in &specs {
         let started = Instant::now();
         let rss_before = profile::memory::rss_bytes();
-        let backend = loader::load(model, &plan.device, plan.max_length)?;
+        let loaded = loader::load(model, &plan.device, plan.max_length)?;
         let load_rss = match (rss_before, profile::memory::rss_bytes()) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         };
+        let backend = loaded.as_ref();
         say(loaded_line(backend.info(), started.elapsed().as_secs_f64()));
-        let backend = backend.as_ref();
         let mine = todo.iter().filter(|(r, _, c, _)| spec(*r, c) == *model);
         for (role, ti, _, key) in mine.cloned().collect::<Vec<_>>() {
             let pt = &plan.tasks[ti];
@@ -372,6 +289,9 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
             reports::io::write_json_atomic(&results_path, &results)
                 .with_context(|| format!("cannot write {}", results_path.display()))?;
         }
+        // Dropped before the next model loads, its memory given back.
+        drop(loaded);
+        crate::alloc::release_free_memory();
     }
     // Reused cells alone (nothing computed) still make a results file.
     if !plan.tasks.is_empty() && specs.is_empty() {

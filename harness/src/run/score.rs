@@ -11,40 +11,11 @@ use tasks::data::DataError;
 use tasks::probe_fit::{pair_features, sample_rows, LogisticProbe};
 use tasks::{DataSource, Dataset, Prediction, TaskKind};
 
-use super::CellFile;
+use crate::cells::CellFile;
 use crate::hub_data;
 use crate::labels::map_head_labels;
-use crate::models::resolve;
 use crate::models::{Backend, TextInput};
 use crate::plan::{PlannedTask, RunPlan};
-
-/// The Hub's GLUE evaluation splits for `task_names`, read from parquet.
-pub fn hub_glue_source(task_names: &[&str]) -> Result<DataSource> {
-    let mut splits: BTreeMap<String, Vec<BTreeMap<String, serde_json::Value>>> = BTreeMap::new();
-    for name in task_names {
-        let task = tasks::find_task(name).map_err(anyhow::Error::msg)?;
-        let glue = glue_config(name);
-        for split in task.eval_splits() {
-            let file = hub_data::parquet_file(glue, split.hub_split);
-            let paths =
-                resolve::fetch_dataset_files(hub_data::GLUE_REPO, std::slice::from_ref(&file))?;
-            splits.insert(
-                split.hub_split.to_string(),
-                hub_data::read_parquet_rows(&paths[0])?,
-            );
-        }
-    }
-    Ok(DataSource::Records(splits))
-}
-
-/// The config name of a task in `nyu-mll/glue`.
-fn glue_config(task: &str) -> &'static str {
-    tasks::glue::ALL
-        .iter()
-        .find(|t| t.name == task)
-        .map(|t| t.hub_config)
-        .unwrap_or("")
-}
 
 /// The train split of a task, or why there is none.
 fn load_train(plan: &RunPlan, pt: &PlannedTask) -> Result<std::result::Result<Dataset, String>> {
@@ -66,10 +37,7 @@ fn load_train(plan: &RunPlan, pt: &PlannedTask) -> Result<std::result::Result<Da
             Err(e) => Err(e.into()),
         },
         DataSource::Records(_) => {
-            let file = hub_data::parquet_file(glue_config(task.name()), split.hub_split);
-            let paths = resolve::fetch_dataset_files(hub_data::GLUE_REPO, &[file])?;
-            let mut rows = BTreeMap::new();
-            rows.insert(split.hub_split.to_string(), hub_data::read_parquet_rows(&paths[0])?);
+            let rows = hub_data::glue_split(task.name(), split.hub_split)?;
             Ok(Ok(task.load(&DataSource::Records(rows), &split)?))
         }
     }

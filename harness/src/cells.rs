@@ -1,0 +1,94 @@
+//! The cell files every run loop shares: teacher and student roles, a finished cell as saved
+//! on disk, its path, the cache key of a checkpoint reference, and reading a cached file back
+//! only when its key matches today's settings.
+
+use std::path::{Path, PathBuf};
+
+use reports::{Cell, CheckpointInfo};
+use serde::{Deserialize, Serialize};
+use tasks::Prediction;
+
+use crate::models::resolve::ModelRef;
+
+/// Teacher or student.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Teacher,
+    Student,
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Teacher => "teacher",
+            Role::Student => "student",
+        }
+    }
+}
+
+/// A finished cell as saved on disk: its summary and every prediction, per evaluation split.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellFile {
+    pub cell: Cell,
+    pub predictions: Vec<Vec<Prediction>>,
+}
+
+/// A stable description of a checkpoint reference, for cache keys. Local folders include the
+/// weight file's size and modification time, so replaced weights are recomputed.
+pub fn checkpoint_key(r: &ModelRef) -> String {
+    match r {
+        ModelRef::Local(dir) => {
+            let weights = match crate::models::decoder::gguf_path(dir) {
+                Ok(Some(gguf)) => Some(gguf),
+                _ => crate::models::find_weights(dir).ok().map(|w| w.path),
+            };
+            let stamp = weights
+                .and_then(|w| std::fs::metadata(w).ok())
+                .map(|m| {
+                    let mtime = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    format!("{}b@{mtime}", m.len())
+                })
+                .unwrap_or_default();
+            format!("{}#{stamp}", crate::models::canonical(dir))
+        }
+        ModelRef::Hub { repo, revision } => {
+            format!("{repo}@{}", revision.as_deref().unwrap_or("main"))
+        }
+        ModelRef::Alias(a) => a.clone(),
+        ModelRef::Mock(spec) => format!("mock:{spec}"),
+    }
+}
+
+/// `OUT/cells/<task>.<what>.json`: a role's cell (`teacher`, `student`) or a pair's file.
+pub fn cell_path(out: &Path, task: &str, what: &str) -> PathBuf {
+    out.join("cells").join(format!("{task}.{what}.json"))
+}
+
+/// A cached file whose cache key (read by `key_of`) is `key`; `None` when absent, unreadable
+/// or computed with other settings.
+pub fn read_cached<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    key: &str,
+    key_of: fn(&T) -> &str,
+) -> Option<T> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: T = serde_json::from_str(&text).ok()?;
+    (key_of(&v) == key).then_some(v)
+}
+
+/// The progress line for a loaded model.
+pub fn loaded_line(info: &CheckpointInfo, seconds: f64) -> String {
+    format!(
+        "loaded {} ({}, {:.1}M parameters{}) in {seconds:.1} s",
+        info.id,
+        info.architecture,
+        info.parameters as f64 / 1e6,
+        info.quantization
+            .as_deref()
+            .map_or(String::new(), |q| format!(", {q}")),
+    )
+}
