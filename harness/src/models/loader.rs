@@ -72,35 +72,63 @@ pub fn load(
         return Ok(Box::new(MockBackend::from_spec(s)?));
     }
     let (id, dir, resolved) = resolve::local_snapshot(&spec.ckpt)?;
-    let quantized = |e: anyhow::Error, id: &str, q: GgmlDType| {
-        e.context(format!("{id}: cannot quantize to {q:?}"))
-    };
-    Ok(match spec.family {
+    match spec.family {
         Family::Encoder => {
             let opts = LoadOptions {
                 device: device.clone(),
                 max_length,
             };
-            let mut b = EncoderBackend::load(&id, &dir, &opts)?;
-            if let Some(r) = resolved {
-                b.set_resolved(r);
-            }
-            if let Some(q) = spec.quantize {
-                b.quantize(q)
-                    .map_err(|e| quantized(e, &b.info().id.clone(), q))?;
-            }
-            Box::new(b)
+            finish(
+                EncoderBackend::load(&id, &dir, &opts)?,
+                resolved,
+                spec.quantize,
+            )
         }
-        Family::Decoder => {
-            let mut b = DecoderBackend::load(&id, &dir, device, spec.dequantize)?;
-            if let Some(r) = resolved {
-                b.set_resolved(r);
-            }
-            if let Some(q) = spec.quantize {
-                b.quantize(q)
-                    .map_err(|e| quantized(e, &b.info().id.clone(), q))?;
-            }
-            Box::new(b)
-        }
-    })
+        Family::Decoder => finish(
+            DecoderBackend::load(&id, &dir, device, spec.dequantize)?,
+            resolved,
+            spec.quantize,
+        ),
+    }
+}
+
+/// What the loader does to a loaded checkpoint of either family.
+trait Loaded: Backend + 'static {
+    fn set_resolved(&mut self, resolved: String);
+    fn quantize(&mut self, dtype: GgmlDType) -> Result<()>;
+}
+
+impl Loaded for EncoderBackend {
+    fn set_resolved(&mut self, resolved: String) {
+        EncoderBackend::set_resolved(self, resolved)
+    }
+    fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
+        EncoderBackend::quantize(self, dtype)
+    }
+}
+
+impl Loaded for DecoderBackend {
+    fn set_resolved(&mut self, resolved: String) {
+        DecoderBackend::set_resolved(self, resolved)
+    }
+    fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
+        DecoderBackend::quantize(self, dtype)
+    }
+}
+
+/// Record where a Hub checkpoint came from and quantize it when asked.
+fn finish<B: Loaded>(
+    mut b: B,
+    resolved: Option<String>,
+    quantize: Option<GgmlDType>,
+) -> Result<Box<dyn Backend>> {
+    if let Some(r) = resolved {
+        b.set_resolved(r);
+    }
+    if let Some(q) = quantize {
+        let id = b.info().id.clone();
+        b.quantize(q)
+            .map_err(|e| e.context(format!("{id}: cannot quantize to {q:?}")))?;
+    }
+    Ok(Box::new(b))
 }
