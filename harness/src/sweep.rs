@@ -12,7 +12,8 @@ use reports::{ProfileSweep, SweepModel, SweepPoint, SweepSettings};
 use crate::cli::ProfileArgs;
 use crate::models::resolve::{self, AliasTable, ModelRef};
 use crate::models::{Backend, EncoderBackend, LoadOptions};
-use crate::profile::{flops, latency, memory};
+use crate::profile::probe::{PeakRssProbe, Probe};
+use crate::profile::{flops, latency};
 
 fn load(arg: &str, aliases: &AliasTable, device: &candle_core::Device) -> Result<EncoderBackend> {
     let path = Path::new(arg);
@@ -80,7 +81,7 @@ pub fn run(args: &ProfileArgs) -> Result<ProfileSweep> {
                 for i in 0..warmup {
                     model.forward_synthetic(bs, seq, i as u64)?;
                 }
-                memory::reset_peak();
+                let peak = PeakRssProbe.start();
                 let mut times = Vec::new();
                 let started = Instant::now();
                 while times.len() < min_iter || started.elapsed().as_secs_f64() < min_time {
@@ -97,7 +98,7 @@ pub fn run(args: &ProfileArgs) -> Result<ProfileSweep> {
                     tokens_per_s: (bs * seq * times.len()) as f64 / total_s,
                     flops_per_sequence: per_seq,
                     gflops_per_s: per_seq * (bs * times.len()) as f64 / total_s / 1e9,
-                    peak_rss_bytes: memory::peak_rss_bytes(),
+                    peak_rss_bytes: PeakRssProbe.stop(peak).value.map(|b| b as u64),
                 };
                 if !args.quiet {
                     eprintln!(

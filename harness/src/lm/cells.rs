@@ -16,7 +16,8 @@ use tasks::request::Request;
 
 use crate::models::Backend;
 use crate::plan::RunPlan;
-use crate::profile::{self, energy::EnergyMeter, latency, memory};
+use crate::profile::probe::{Region, RegionFigures};
+use crate::profile::{energy::EnergyMeter, latency};
 
 /// A finished language-modelling cell as saved on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,34 +45,23 @@ pub(super) struct FidelityFile {
 
 pub(super) struct Timed {
     latencies_ms: Vec<f64>,
-    total_s: f64,
-    peak_scope: &'static str,
-    energy: profile::energy::EnergyReading,
+    figures: RegionFigures,
 }
 
-/// Run `f` under the memory and energy probes.
+/// Run `f` under the profiler's probes (time, peak memory, energy).
 pub(super) fn measured<T>(
     meter: &EnergyMeter,
     f: impl FnOnce(&mut Vec<f64>) -> Result<T>,
 ) -> Result<(T, Timed)> {
-    let peak_scope = if memory::reset_peak() {
-        "phase"
-    } else {
-        "process"
-    };
     let mut latencies_ms = Vec::new();
-    let start = meter.start();
-    let started = Instant::now();
+    let region = Region::start(meter);
     let out = f(&mut latencies_ms)?;
-    let total_s = started.elapsed().as_secs_f64();
-    let energy = meter.stop(start);
+    let figures = region.stop();
     Ok((
         out,
         Timed {
             latencies_ms,
-            total_s,
-            peak_scope,
-            energy,
+            figures,
         },
     ))
 }
@@ -83,27 +73,29 @@ pub(super) fn profile_of(
     flops_per_item: f64,
 ) -> Result<Profile> {
     let lat = latency::summarise(&t.latencies_ms).context("nothing was timed")?;
-    let per_item = t.energy.joules.map(|j| j / items as f64);
+    let total_s = t.figures.seconds;
+    let energy = &t.figures.energy;
+    let per_item = energy.value.map(|j| j / items as f64);
     Ok(Profile {
-        batch1_pass_s: t.total_s,
+        batch1_pass_s: total_s,
         batch1_examples: items,
         latency_ms: lat.clone(),
         forward_latency_ms: lat,
         throughput_batch_size: 1,
-        throughput_per_s: items as f64 / t.total_s,
-        tokens_per_s: tokens as f64 / t.total_s,
+        throughput_per_s: items as f64 / total_s,
+        tokens_per_s: tokens as f64 / total_s,
         throughput_iterations: items,
-        throughput_s: t.total_s,
+        throughput_s: total_s,
         warmup_iterations: 1,
-        peak_rss_bytes: memory::peak_rss_bytes(),
-        peak_rss_scope: t.peak_scope.into(),
+        peak_rss_bytes: t.figures.peak_rss.value.map(|b| b as u64),
+        peak_rss_scope: t.figures.peak_rss.detail.clone(),
         peak_device_memory_bytes: None,
         load_rss_bytes: None,
-        energy_j: t.energy.joules,
+        energy_j: energy.value,
         energy_j_per_example: per_item,
         energy_j_per_1k: per_item.map(|j| j * 1000.0),
-        energy_source: t.energy.source.clone(),
-        energy_detail: t.energy.detail.clone(),
+        energy_source: energy.source.label().to_string(),
+        energy_detail: energy.detail.clone(),
         flops_per_example: flops_per_item,
         mean_tokens_per_example: tokens as f64 / items as f64,
         ttft_ms: None,

@@ -14,6 +14,7 @@ pub mod fingerprint;
 pub mod flops;
 pub mod latency;
 pub mod memory;
+pub mod probe;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,6 +23,7 @@ use anyhow::{Context, Result};
 use reports::Profile;
 
 use crate::models::{Backend, Batched, TextInput};
+use probe::Probe as _;
 pub use tasks::request::RequestKind;
 
 /// How hard to measure. [`ProfileSettings::full`] is the default; `--quick` is for smoke runs.
@@ -136,11 +138,8 @@ pub fn profile_cell(
         kind,
     } = work;
     anyhow::ensure!(!examples.is_empty(), "nothing to profile");
-    let peak_scope = if memory::reset_peak() {
-        "phase"
-    } else {
-        "process"
-    };
+    // Peak memory over both passes; time and energy over the throughput pass.
+    let peak = probe::PeakRssProbe.start();
 
     // Batch-1 pass (DistilBERT protocol), warm-up excluded.
     for ex in examples.iter().cycle().take(settings.warmup) {
@@ -182,7 +181,7 @@ pub fn profile_cell(
     {
         call(backend, task, kind, b, bs)?;
     }
-    let energy_start = meter.start();
+    let energy_start = probe::Probe::start(meter);
     let started = Instant::now();
     let (mut iterations, mut done, mut done_tokens) = (0usize, 0usize, 0usize);
     // On a GPU, a sampling thread polls NVML for the peak device memory of the pass; on the
@@ -219,8 +218,9 @@ pub fn profile_cell(
     });
     pass?;
     let throughput_s = started.elapsed().as_secs_f64();
-    let energy = meter.stop(energy_start);
-    let per_example = energy.joules.map(|j| j / done as f64);
+    let energy = probe::Probe::stop(meter, energy_start);
+    let peak = probe::PeakRssProbe.stop(peak);
+    let per_example = energy.value.map(|j| j / done as f64);
 
     Ok(Profile {
         batch1_pass_s,
@@ -233,14 +233,14 @@ pub fn profile_cell(
         throughput_iterations: iterations,
         throughput_s,
         warmup_iterations: settings.warmup,
-        peak_rss_bytes: memory::peak_rss_bytes(),
-        peak_rss_scope: peak_scope.into(),
+        peak_rss_bytes: peak.value.map(|b| b as u64),
+        peak_rss_scope: peak.detail,
         peak_device_memory_bytes: peak_device,
         load_rss_bytes,
-        energy_j: energy.joules,
+        energy_j: energy.value,
         energy_j_per_example: per_example,
         energy_j_per_1k: per_example.map(|j| j * 1000.0),
-        energy_source: energy.source,
+        energy_source: energy.source.label().to_string(),
         energy_detail: energy.detail,
         flops_per_example: flops / n1 as f64,
         mean_tokens_per_example: tokens as f64 / n1 as f64,
