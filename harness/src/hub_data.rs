@@ -1,6 +1,7 @@
-//! GLUE from the Hub dataset `nyu-mll/glue`: its parquet files (one folder per task config,
-//! `validation-00000-of-00001.parquet` and so on), fetched through hf-hub like models and read
-//! into rows of column name to JSON value for the task to pick its fields from.
+//! Task data from the Hub: the parquet files of the dataset a task declares (one folder per
+//! config, `validation-00000-of-00001.parquet` and so on), fetched through hf-hub like models
+//! and read into rows of column name to JSON value for the task to pick its fields from. Which
+//! repository, config and split is the task's business, never this module's.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,9 +10,6 @@ use anyhow::{Context, Result};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::Value;
-
-/// The dataset repository.
-pub const GLUE_REPO: &str = "nyu-mll/glue";
 
 /// Rows of one parquet file.
 pub fn read_parquet_rows(path: &Path) -> Result<Vec<BTreeMap<String, Value>>> {
@@ -53,7 +51,7 @@ pub fn text_rows(
     config: &str,
     split: &str,
 ) -> Result<tasks::generation::tasks::LmSource> {
-    let file = parquet_file(config, split);
+    let file = tasks::parquet_file(config, split);
     let paths = crate::models::resolve::fetch_dataset_files(repo, std::slice::from_ref(&file))?;
     let rows = read_parquet_rows(&paths[0])?
         .into_iter()
@@ -68,45 +66,30 @@ pub fn text_rows(
     })
 }
 
-/// Parquet file name of a split inside a config folder of `nyu-mll/glue`.
-pub fn parquet_file(config: &str, split: &str) -> String {
-    format!("{config}/{split}-00000-of-00001.parquet")
-}
-
-/// The Hub's GLUE evaluation splits for `task_names`, read from parquet.
+/// The Hub's evaluation splits of the text tasks `task_names`, from the parquet files of the
+/// dataset each task declares ([`tasks::Task::hub_dataset`]).
 pub fn hub_glue_source(task_names: &[&str]) -> Result<tasks::DataSource> {
-    let mut splits: BTreeMap<String, Vec<BTreeMap<String, serde_json::Value>>> = BTreeMap::new();
+    let mut splits: BTreeMap<String, Vec<BTreeMap<String, Value>>> = BTreeMap::new();
     for name in task_names {
         let task = tasks::find_task(name).map_err(anyhow::Error::msg)?;
-        let glue = glue_config(name);
         for split in task.eval_splits() {
-            let file = parquet_file(glue, split.hub_split);
-            let paths = crate::models::resolve::fetch_dataset_files(
-                GLUE_REPO,
-                std::slice::from_ref(&file),
-            )?;
-            splits.insert(split.hub_split.to_string(), read_parquet_rows(&paths[0])?);
+            splits.extend(hub_split(task, split.hub_split)?);
         }
     }
     Ok(tasks::DataSource::Records(splits))
 }
 
-/// The config name of a task in `nyu-mll/glue`.
-fn glue_config(task: &str) -> &'static str {
-    tasks::glue::ALL
-        .iter()
-        .find(|t| t.name == task)
-        .map(|t| t.hub_config)
-        .unwrap_or("")
-}
-
-/// One split of a GLUE task from the Hub (a probe's train split), keyed by its split name.
-pub fn glue_split(
-    task: &str,
+/// One split of a text task from the Hub (an evaluation split, or a probe's train split),
+/// keyed by its split name.
+pub fn hub_split(
+    task: &dyn tasks::Task,
     hub_split: &str,
 ) -> Result<BTreeMap<String, Vec<BTreeMap<String, Value>>>> {
-    let file = parquet_file(glue_config(task), hub_split);
-    let paths = crate::models::resolve::fetch_dataset_files(GLUE_REPO, &[file])?;
+    let Some(hub) = task.hub_dataset() else {
+        anyhow::bail!("{} has no Hub dataset; pass --data-dir", task.name());
+    };
+    let file = hub.parquet_file(hub_split);
+    let paths = crate::models::resolve::fetch_dataset_files(hub.repo, &[file])?;
     let mut rows = BTreeMap::new();
     rows.insert(hub_split.to_string(), read_parquet_rows(&paths[0])?);
     Ok(rows)

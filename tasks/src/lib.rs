@@ -54,6 +54,26 @@ pub enum DataSource {
     Records(BTreeMap<String, Vec<BTreeMap<String, serde_json::Value>>>),
 }
 
+/// A dataset on the Hugging Face Hub in the parquet layout `datasets` writes: one folder per
+/// config, one `SPLIT-00000-of-00001.parquet` file per split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubDataset {
+    pub repo: &'static str,
+    pub config: &'static str,
+}
+
+impl HubDataset {
+    /// The parquet file of one split inside the repository.
+    pub fn parquet_file(&self, split: &str) -> String {
+        parquet_file(self.config, split)
+    }
+}
+
+/// The parquet file of a split inside a config folder of a Hub dataset.
+pub fn parquet_file(config: &str, split: &str) -> String {
+    format!("{config}/{split}-00000-of-00001.parquet")
+}
+
 /// One evaluation split of a task (MNLI has two: matched and mismatched).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EvalSplit {
@@ -84,6 +104,10 @@ pub trait Task: Sync + Send {
     fn eval_splits(&self) -> &'static [EvalSplit];
     /// The split a probe is trained on, when the task has one.
     fn train_split(&self) -> Option<EvalSplit>;
+    /// Where the task's data lives on the Hugging Face Hub, when it does.
+    fn hub_dataset(&self) -> Option<HubDataset> {
+        None
+    }
     /// Load one split. Errors name the file and line.
     fn load(&self, source: &DataSource, split: &EvalSplit) -> Result<Dataset, DataError>;
     /// Score predictions of one split against its gold labels with the official metric.

@@ -37,7 +37,7 @@ fn load_train(plan: &RunPlan, pt: &PlannedTask) -> Result<std::result::Result<Da
             Err(e) => Err(e.into()),
         },
         DataSource::Records(_) => {
-            let rows = hub_data::glue_split(task.name(), split.hub_split)?;
+            let rows = hub_data::hub_split(task, split.hub_split)?;
             Ok(Ok(task.load(&DataSource::Records(rows), &split)?))
         }
     }

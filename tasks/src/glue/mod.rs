@@ -53,8 +53,8 @@ pub struct GlueTask {
     pub train: Option<EvalSplit>,
 }
 
-/// Every GLUE task, for lookups by config name.
-pub static ALL: &[&GlueTask] = &[&COLA, &SST2, &MRPC, &STSB, &QQP, &MNLI, &QNLI, &RTE, &WNLI];
+/// The Hub dataset all GLUE tasks are configs of.
+pub const HUB_REPO: &str = "nyu-mll/glue";
 
 const DEV: &[EvalSplit] = &[EvalSplit {
     suffix: "",
@@ -352,7 +352,7 @@ impl GlueTask {
         splits: &BTreeMap<String, Vec<BTreeMap<String, serde_json::Value>>>,
         split: &EvalSplit,
     ) -> Result<Dataset, DataError> {
-        let origin = format!("nyu-mll/glue/{}/{}", self.hub_config, split.hub_split);
+        let origin = format!("{HUB_REPO}/{}/{}", self.hub_config, split.hub_split);
         let rows = splits
             .get(split.hub_split)
             .ok_or_else(|| DataError::Other(format!("{origin}: split not downloaded")))?;
@@ -405,6 +405,12 @@ impl GlueTask {
 impl Task for GlueTask {
     fn name(&self) -> &'static str {
         self.name
+    }
+    fn hub_dataset(&self) -> Option<crate::HubDataset> {
+        Some(crate::HubDataset {
+            repo: HUB_REPO,
+            config: self.hub_config,
+        })
     }
     fn version(&self) -> u32 {
         self.version
