@@ -1,4 +1,4 @@
-//! The language-modelling half of `harness run`: perplexity (`wikitext2`, `wikitext103`) and
+//! The language-modelling cells of `harness run`: perplexity (`wikitext2`, `wikitext103`) and
 //! generation (`generate`) with causal LM teachers and students, and how closely the student
 //! follows the teacher token by token.
 //!
@@ -13,7 +13,6 @@ mod cells;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use reports::{LmSettings, Results, TaskResult, TokenFidelity};
@@ -21,8 +20,8 @@ use tasks::generation::perplexity::WindowSettings;
 use tasks::generation::tasks::{LmData, LmKind};
 use tasks::generation::wikitext::RawText;
 
-use crate::cells::{cell_path, checkpoint_key, loaded_line, read_cached, Role};
-use crate::models::loader::{self, Family, ModelSpec};
+use crate::cells::{cell_path, checkpoint_key, read_cached, Role};
+use crate::models::loader::{Family, ModelSpec};
 use crate::models::resolve::{self, checkpoint_for, ModelRef};
 use crate::models::Backend;
 use crate::plan::{PlannedLmTask, RunPlan};
@@ -166,248 +165,255 @@ fn check_prompts_fit(model: &dyn Backend, prompts: &[String], lm: &LmSettings) -
     Ok(())
 }
 
-/// Score every language-modelling task of the plan and put its result in `results`, writing
-/// the results file after each task.
-pub fn run_lm_tasks(
-    plan: &RunPlan,
-    results: &mut Results,
-    results_path: &Path,
-    meter: &EnergyMeter,
-) -> Result<()> {
-    let say = |msg: String| {
-        if !plan.quiet {
-            eprintln!("{msg}");
-        }
-    };
+/// A task's context length: the run's, capped by what both of its models take.
+fn window_for(plan: &RunPlan, task: &str) -> Result<WindowSettings> {
     let lm = &plan.lm;
-    // Each task's cells from an earlier run, read once; the others are computed.
-    let mut reused: Vec<_> = plan.lm_tasks.iter().map(|pt| cached(plan, pt)).collect();
-    let todo: Vec<usize> = (0..plan.lm_tasks.len())
-        .filter(|&i| reused[i].is_none())
-        .collect();
-    let mut pending: BTreeMap<usize, Pending> = BTreeMap::new();
-    if !todo.is_empty() {
-        // Every model is checked before any cell is computed; then the context length both
-        // models of a task can take.
-        let mut all: Vec<ModelSpec> = Vec::new();
-        for role in [Role::Teacher, Role::Student] {
-            for &i in &todo {
-                let spec = specs(plan, plan.lm_tasks[i].task.name())[role as usize]
-                    .1
-                    .clone();
-                if !all.contains(&spec) {
-                    all.push(spec);
-                }
-            }
-        }
-        loader::check_all(&all, &plan.device, plan.max_length)?;
-        for &i in &todo {
-            let [(_, t), (_, s)] = specs(plan, plan.lm_tasks[i].task.name());
-            let context = [
-                Some(lm.context_length),
-                peek_max_positions(&t)?,
-                peek_max_positions(&s)?,
-            ]
+    let [(_, t), (_, s)] = specs(plan, task);
+    let context = [
+        Some(lm.context_length),
+        peek_max_positions(&t)?,
+        peek_max_positions(&s)?,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(lm.context_length);
+    Ok(WindowSettings {
+        context,
+        stride: lm.stride.min(context),
+    })
+}
+
+/// The language-modelling cells of a run.
+pub struct LmCells {
+    /// Each task's cells and comparison from an earlier run, when all three are reusable.
+    reused: Vec<Option<(LmCellFile, LmCellFile, TokenFidelity)>>,
+    /// Tasks to compute, by index.
+    todo: Vec<usize>,
+    pending: BTreeMap<usize, Pending>,
+}
+
+impl LmCells {
+    /// Read back each task's finished cells; the other tasks are to do.
+    pub fn new(plan: &RunPlan) -> Result<Self> {
+        let reused: Vec<_> = plan.lm_tasks.iter().map(|pt| cached(plan, pt)).collect();
+        let todo = (0..plan.lm_tasks.len())
+            .filter(|&i| reused[i].is_none())
+            .collect();
+        Ok(LmCells {
+            reused,
+            todo,
+            pending: BTreeMap::new(),
+        })
+    }
+
+    /// The model of each cell to compute, teacher cells first (the student's fidelity needs
+    /// the teacher's pass).
+    pub fn jobs(&self, plan: &RunPlan) -> Vec<ModelSpec> {
+        [Role::Teacher, Role::Student]
             .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(lm.context_length);
-            pending.insert(
-                i,
-                Pending {
-                    window: Some(WindowSettings {
-                        context,
-                        stride: lm.stride.min(context),
-                    }),
-                    ..Default::default()
-                },
+            .flat_map(|role| {
+                self.todo.iter().map(move |&i| {
+                    specs(plan, plan.lm_tasks[i].task.name())[role as usize]
+                        .1
+                        .clone()
+                })
+            })
+            .collect()
+    }
+
+    /// Compute every cell that `spec` serves (teacher cells before student cells), with the
+    /// model loaded for them.
+    pub fn run_model(
+        &mut self,
+        plan: &RunPlan,
+        spec: &ModelSpec,
+        model: &dyn Backend,
+        meter: &EnergyMeter,
+        say: &dyn Fn(String),
+    ) -> Result<()> {
+        let lm = &plan.lm;
+        let mine = |role: Role| -> Vec<usize> {
+            self.todo
+                .iter()
+                .copied()
+                .filter(|&i| specs(plan, plan.lm_tasks[i].task.name())[role as usize].1 == *spec)
+                .collect()
+        };
+        let jobs: Vec<(Role, usize)> = [Role::Teacher, Role::Student]
+            .into_iter()
+            .flat_map(|role| mine(role).into_iter().map(move |i| (role, i)))
+            .collect();
+        for &(_, i) in &jobs {
+            if let LmData::Prompts(prompts) = &plan.lm_tasks[i].data {
+                check_prompts_fit(model, prompts, lm)?;
+            }
+        }
+        for (role, i) in jobs {
+            let pt = &plan.lm_tasks[i];
+            let name = pt.task.name();
+            let k = keys(plan, pt);
+            let key = match role {
+                Role::Teacher => k.teacher.clone(),
+                Role::Student => k.student.clone(),
+            };
+            let p = self.pending.entry(i).or_default();
+            let cf = match (&pt.data, pt.task.kind()) {
+                (LmData::Text(text), LmKind::Perplexity) => {
+                    if role == Role::Teacher {
+                        p.span = Some(eval_span(text, model, lm)?);
+                    }
+                    if p.window.is_none() {
+                        p.window = Some(window_for(plan, name)?);
+                    }
+                    let span = p.span.as_ref().expect("the teacher's span");
+                    let window = p.window.expect("window");
+                    say(format!(
+                        "{} {name}: perplexity over {} words in windows of {} tokens (stride {})",
+                        role.name(),
+                        span.words,
+                        window.context,
+                        window.stride
+                    ));
+                    let cf = cells::perplexity_cell(model, name, span, window, plan, meter, key)?;
+                    say(format!(
+                        "{} {name}: perplexity {:.3}, word perplexity {:.3}, bits per byte {:.4} ({:.1} s)",
+                        role.name(),
+                        cf.cell.metrics["perplexity"],
+                        cf.cell.metrics["word_perplexity"],
+                        cf.cell.metrics["bits_per_byte"],
+                        cf.cell.elapsed_s
+                    ));
+                    match role {
+                        Role::Teacher => {
+                            p.teacher_logits = Some(TeacherLogits::spill(
+                                model,
+                                span,
+                                window.context,
+                                lm.fidelity_tokens,
+                                cells::spill_path(&plan.out, name),
+                            )?)
+                        }
+                        Role::Student => {
+                            let t = p.teacher_logits.take().expect("the teacher's logits");
+                            p.fidelity = Some(t.compare(model)?);
+                        }
+                    }
+                    cf
+                }
+                (LmData::Prompts(prompts), LmKind::Generate) => {
+                    let cf = cells::generate_cell(model, name, prompts, plan, meter, key)?;
+                    if let Some(prof) = &cf.cell.profile {
+                        say(format!(
+                            "{} {name}: {} prompts, time to first token {:.1} ms, {:.1} decode tokens/s",
+                            role.name(),
+                            prompts.len(),
+                            prof.ttft_ms.unwrap_or(f64::NAN),
+                            prof.decode_tokens_per_s.unwrap_or(f64::NAN)
+                        ));
+                    }
+                    match role {
+                        Role::Teacher => p.teacher_vocabulary = model.vocabulary_id(),
+                        Role::Student => {
+                            let same = p.teacher_vocabulary.is_some()
+                                && p.teacher_vocabulary == model.vocabulary_id();
+                            let t = p.teacher.as_ref().expect("the teacher's cell");
+                            p.fidelity = Some(cells::generate_fidelity(same, t, &cf));
+                        }
+                    }
+                    cf
+                }
+                _ => bail!("{name}: its data does not match its kind"),
+            };
+            reports::io::write_json_atomic(&cell_path(&plan.out, name, role.name()), &cf)?;
+            match role {
+                Role::Teacher => p.teacher = Some(cf),
+                Role::Student => {
+                    p.student = Some(cf);
+                    // Only a computed comparison is written; a reused one is on disk.
+                    reports::io::write_json_atomic(
+                        &cell_path(&plan.out, name, "fidelity"),
+                        &FidelityFile {
+                            cache_key: k.pair.clone(),
+                            fidelity: p.fidelity.clone().expect("fidelity"),
+                        },
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Put every task's result into `results`, writing the results file after each.
+    pub fn finish(
+        &mut self,
+        plan: &RunPlan,
+        results: &mut Results,
+        results_path: &Path,
+        say: &dyn Fn(String),
+    ) -> Result<()> {
+        for (i, pt) in plan.lm_tasks.iter().enumerate() {
+            let name = pt.task.name();
+            let (t, s, fidelity) = match self.reused[i].take() {
+                Some(done) => {
+                    say(format!(
+                        "{name}: reusing the finished cells in {}",
+                        plan.out.display()
+                    ));
+                    done
+                }
+                None => {
+                    let p = self.pending.remove(&i).expect("computed");
+                    (
+                        p.teacher.context("teacher cell")?,
+                        p.student.context("student cell")?,
+                        p.fidelity.context("fidelity")?,
+                    )
+                }
+            };
+            if pt.task.kind() == LmKind::Generate {
+                cells::write_continuations(&plan.out, name, &t, &s)?;
+            }
+            let n = match &pt.data {
+                LmData::Text(_) => {
+                    t.cell.metrics.get("tokens_scored").copied().unwrap_or(0.0) as usize
+                }
+                LmData::Prompts(p) => p.len(),
+            };
+            let mut tr = TaskResult::new(
+                pt.task.version(),
+                pt.task.primary_metric(),
+                n,
+                t.cell,
+                s.cell,
             );
-        }
-        std::fs::create_dir_all(plan.out.join("cells"))?;
-    }
-    for role in [Role::Teacher, Role::Student] {
-        // The distinct models of this role, in task order (an alias may name one per task).
-        let mut models: Vec<ModelSpec> = Vec::new();
-        for &i in &todo {
-            let spec = specs(plan, plan.lm_tasks[i].task.name())[role as usize]
-                .1
-                .clone();
-            if !models.contains(&spec) {
-                models.push(spec);
+            if pt.task.lower_is_better() {
+                tr = tr.lower_is_better();
             }
-        }
-        for spec in &models {
-            let started = Instant::now();
-            let loaded = loader::load(spec, &plan.device, plan.max_length)?;
-            let model = loaded.as_ref();
-            say(loaded_line(model.info(), started.elapsed().as_secs_f64()));
-            for &i in &todo {
-                let pt = &plan.lm_tasks[i];
-                let name = pt.task.name();
-                if specs(plan, name)[role as usize].1 != *spec {
-                    continue;
-                }
-                if let LmData::Prompts(prompts) = &pt.data {
-                    check_prompts_fit(model, prompts, lm)?;
-                }
-            }
-            for &i in &todo {
-                let pt = &plan.lm_tasks[i];
-                let name = pt.task.name();
-                if specs(plan, name)[role as usize].1 != *spec {
-                    continue;
-                }
-                let k = keys(plan, pt);
-                let key = match role {
-                    Role::Teacher => k.teacher.clone(),
-                    Role::Student => k.student.clone(),
-                };
-                let p = pending.get_mut(&i).expect("pending task");
-                let cf = match (&pt.data, pt.task.kind()) {
-                    (LmData::Text(text), LmKind::Perplexity) => {
-                        if role == Role::Teacher {
-                            p.span = Some(eval_span(text, model, lm)?);
-                        }
-                        let span = p.span.as_ref().expect("the teacher's span");
-                        let window = p.window.expect("window");
-                        say(format!(
-                            "{} {name}: perplexity over {} words in windows of {} tokens (stride {})",
-                            role.name(),
-                            span.words,
-                            window.context,
-                            window.stride
-                        ));
-                        let cf =
-                            cells::perplexity_cell(model, name, span, window, plan, meter, key)?;
-                        say(format!(
-                            "{} {name}: perplexity {:.3}, word perplexity {:.3}, bits per byte {:.4} ({:.1} s)",
-                            role.name(),
-                            cf.cell.metrics["perplexity"],
-                            cf.cell.metrics["word_perplexity"],
-                            cf.cell.metrics["bits_per_byte"],
-                            cf.cell.elapsed_s
-                        ));
-                        match role {
-                            Role::Teacher => {
-                                p.teacher_logits = Some(TeacherLogits::spill(
-                                    model,
-                                    span,
-                                    window.context,
-                                    lm.fidelity_tokens,
-                                    cells::spill_path(&plan.out, name),
-                                )?)
-                            }
-                            Role::Student => {
-                                let t = p.teacher_logits.take().expect("the teacher's logits");
-                                p.fidelity = Some(t.compare(model)?);
-                            }
-                        }
-                        cf
-                    }
-                    (LmData::Prompts(prompts), LmKind::Generate) => {
-                        let cf = cells::generate_cell(model, name, prompts, plan, meter, key)?;
-                        if let Some(prof) = &cf.cell.profile {
-                            say(format!(
-                                "{} {name}: {} prompts, time to first token {:.1} ms, {:.1} decode tokens/s",
-                                role.name(),
-                                prompts.len(),
-                                prof.ttft_ms.unwrap_or(f64::NAN),
-                                prof.decode_tokens_per_s.unwrap_or(f64::NAN)
-                            ));
-                        }
-                        match role {
-                            Role::Teacher => p.teacher_vocabulary = model.vocabulary_id(),
-                            Role::Student => {
-                                let same = p.teacher_vocabulary.is_some()
-                                    && p.teacher_vocabulary == model.vocabulary_id();
-                                let t = p.teacher.as_ref().expect("the teacher's cell");
-                                p.fidelity = Some(cells::generate_fidelity(same, t, &cf));
-                            }
-                        }
-                        cf
-                    }
-                    _ => bail!("{name}: its data does not match its kind"),
-                };
-                reports::io::write_json_atomic(&cell_path(&plan.out, name, role.name()), &cf)?;
-                match role {
-                    Role::Teacher => p.teacher = Some(cf),
-                    Role::Student => {
-                        p.student = Some(cf);
-                        // Only a computed comparison is written; a reused one is on disk.
-                        reports::io::write_json_atomic(
-                            &cell_path(&plan.out, name, "fidelity"),
-                            &FidelityFile {
-                                cache_key: k.pair.clone(),
-                                fidelity: p.fidelity.clone().expect("fidelity"),
-                            },
-                        )?;
-                    }
-                }
-            }
-            // Dropped before the next model loads, its memory given back.
-            drop(loaded);
-            crate::alloc::release_free_memory();
-        }
-    }
-    for (i, pt) in plan.lm_tasks.iter().enumerate() {
-        let name = pt.task.name();
-        let (t, s, fidelity) = match reused[i].take() {
-            Some(done) => {
+            if let (Some(kl), Some(top1)) = (fidelity.kl, fidelity.top1_agreement) {
                 say(format!(
-                    "{name}: reusing the finished cells in {}",
-                    plan.out.display()
+                    "{name}: mean KL(teacher || student) {kl:.5} nats, top-1 agreement {:.2}% over {} positions",
+                    top1 * 100.0,
+                    fidelity.positions
                 ));
-                done
             }
-            None => {
-                let p = pending.remove(&i).expect("computed");
-                (
-                    p.teacher.context("teacher cell")?,
-                    p.student.context("student cell")?,
-                    p.fidelity.context("fidelity")?,
-                )
+            tr.fidelity = Some(fidelity);
+            if pt.task.kind() == LmKind::Generate {
+                // New tokens per prompt describe the run; the student does not "keep" them.
+                tr.retention = None;
             }
-        };
-        if pt.task.kind() == LmKind::Generate {
-            cells::write_continuations(&plan.out, name, &t, &s)?;
+            if results.teacher.checkpoint.is_none() {
+                results.teacher.checkpoint = Some(tr.teacher.checkpoint.clone());
+            }
+            if results.student.checkpoint.is_none() {
+                results.student.checkpoint = Some(tr.student.checkpoint.clone());
+            }
+            results.note_kernels();
+            results.tasks.insert(name.to_string(), tr);
+            results.update_macro();
+            reports::io::write_json_atomic(results_path, results)
+                .with_context(|| format!("cannot write {}", results_path.display()))?;
         }
-        let n = match &pt.data {
-            LmData::Text(_) => t.cell.metrics.get("tokens_scored").copied().unwrap_or(0.0) as usize,
-            LmData::Prompts(p) => p.len(),
-        };
-        let mut tr = TaskResult::new(
-            pt.task.version(),
-            pt.task.primary_metric(),
-            n,
-            t.cell,
-            s.cell,
-        );
-        if pt.task.lower_is_better() {
-            tr = tr.lower_is_better();
-        }
-        if let (Some(kl), Some(top1)) = (fidelity.kl, fidelity.top1_agreement) {
-            say(format!(
-                "{name}: mean KL(teacher || student) {kl:.5} nats, top-1 agreement {:.2}% over {} positions",
-                top1 * 100.0,
-                fidelity.positions
-            ));
-        }
-        tr.fidelity = Some(fidelity);
-        if pt.task.kind() == LmKind::Generate {
-            // New tokens per prompt describe the run; the student does not "keep" them.
-            tr.retention = None;
-        }
-        if results.teacher.checkpoint.is_none() {
-            results.teacher.checkpoint = Some(tr.teacher.checkpoint.clone());
-        }
-        if results.student.checkpoint.is_none() {
-            results.student.checkpoint = Some(tr.student.checkpoint.clone());
-        }
-        results.note_kernels();
-        results.tasks.insert(name.to_string(), tr);
-        results.update_macro();
-        reports::io::write_json_atomic(results_path, results)
-            .with_context(|| format!("cannot write {}", results_path.display()))?;
+        Ok(())
     }
-    Ok(())
 }

@@ -6,85 +6,28 @@
 //! of recomputing, so an interrupted run resumes and loses nothing already finished.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use reports::{CheckpointInfo, Mode, ModelSummary, Results, RunSettings, TaskResult};
+use reports::{ModelSummary, Results, RunSettings};
 
-use crate::models::loader::{self, Family, ModelSpec};
-use crate::models::resolve::{checkpoint_for, ModelRef};
-use crate::models::TextInput;
-use crate::plan::{PlannedTask, RunPlan};
-use crate::profile::{self, energy::EnergyMeter, RequestKind};
+use crate::models::loader::{self, ModelSpec};
+use crate::plan::RunPlan;
+use crate::profile::{self, energy::EnergyMeter};
 
 mod score;
-use crate::cells::{cell_path, checkpoint_key, loaded_line, read_cached};
+mod text;
+use crate::cells::loaded_line;
 pub use crate::cells::{CellFile, Role};
-use score::inputs;
+use crate::lm::LmCells;
 pub use score::score_cell;
+use text::TextCells;
 
 /// What `execute` produced.
 pub struct RunOutcome {
     pub results: Results,
     pub results_path: PathBuf,
-}
-
-fn cache_key(plan: &RunPlan, ckpt: &ModelRef, role: Role, pt: &PlannedTask) -> String {
-    let p = &plan.probe;
-    let quantize = match role {
-        Role::Student => plan.student_quantize,
-        Role::Teacher => None,
-    };
-    format!(
-        "task={}@v{};model={};quantize={quantize:?};max_length={:?};probe={}/{}/{}/{};data={};dtype=f32;profile={}",
-        pt.task.name(),
-        pt.task.version(),
-        checkpoint_key(ckpt),
-        plan.max_length,
-        p.train_rows,
-        p.seed,
-        p.l2,
-        p.iterations,
-        plan.data_origin,
-        // Metrics do not depend on the batch size, but throughput does.
-        plan.profile.as_ref().map_or("off".to_string(), |s| format!(
-            "{}@bs{}",
-            s.key(),
-            plan.batch_size
-        ))
-    )
-}
-
-fn write_predictions(
-    out: &Path,
-    pt: &PlannedTask,
-    teacher: &CellFile,
-    student: &CellFile,
-) -> Result<()> {
-    let dir = out.join("predictions");
-    std::fs::create_dir_all(&dir)?;
-    let mut text = String::new();
-    for (s, (split, ds)) in pt.splits.iter().enumerate() {
-        for (i, ex) in ds.examples.iter().enumerate() {
-            let line = serde_json::json!({
-                "id": ex.id,
-                "split": if split.suffix.is_empty() { "dev" } else { split.suffix.trim_start_matches('_') },
-                "text_a": ex.text_a,
-                "text_b": ex.text_b,
-                "gold": ex.gold,
-                "teacher": teacher.predictions[s][i],
-                "student": student.predictions[s][i],
-            });
-            text.push_str(&line.to_string());
-            text.push('\n');
-        }
-    }
-    reports::io::write_atomic(
-        &dir.join(format!("{}.jsonl", pt.task.name())),
-        text.as_bytes(),
-    )
-    .with_context(|| format!("cannot write predictions in {}", dir.display()))
 }
 
 fn git_commit() -> Option<String> {
@@ -100,10 +43,6 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
             eprintln!("{msg}");
         }
     };
-    let roles = [
-        (Role::Teacher, &plan.teacher, &plan.teacher_arg),
-        (Role::Student, &plan.student, &plan.student_arg),
-    ];
     let mut results = Results {
         schema_version: reports::SCHEMA_VERSION,
         harness_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -140,166 +79,56 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     };
     let results_path = plan.out.join("results.json");
 
-    // Which cells need work, and which can be reused from an earlier run.
-    let mut done: BTreeMap<(usize, Role), CellFile> = BTreeMap::new();
-    let mut todo: Vec<(Role, usize, ModelRef, String)> = Vec::new();
-    for (role, model, _) in roles {
-        for (ti, pt) in plan.tasks.iter().enumerate() {
-            let ckpt = checkpoint_for(model, pt.task.name(), &plan.aliases);
-            let key = cache_key(plan, &ckpt, role, pt);
-            let path = cell_path(&plan.out, pt.task.name(), role.name());
-            match read_cached::<CellFile>(&path, &key, |c| &c.cell.cache_key) {
-                Some(cf) => {
-                    say(format!(
-                        "{} {}: reusing the finished cell in {}",
-                        role.name(),
-                        pt.task.name(),
-                        plan.out.display()
-                    ));
-                    done.insert((ti, role), cf);
-                }
-                None => todo.push((role, ti, ckpt, key)),
-            }
+    // The one run loop. Every cell to compute, text tasks and language-modelling tasks alike,
+    // names its model; each distinct model is loaded once, in the order of first need
+    // (teacher cells first), runs all its cells and is dropped, its memory given back, before
+    // the next loads: each model is measured alone (optimum-benchmark runs a process per
+    // benchmark for the same reason). Every model is checked first, so that a bad one fails
+    // the run before any cell is computed. A quantized student is a model of its own.
+    let mut text = TextCells::new(plan, &say);
+    let mut lm = LmCells::new(plan)?;
+    let mut models: Vec<ModelSpec> = Vec::new();
+    for spec in text.jobs(plan).into_iter().chain(lm.jobs(plan)) {
+        if !models.contains(&spec) {
+            models.push(spec);
         }
     }
-
-    // Each model is loaded for its own cells and dropped before the next one loads, so that
-    // its peak RSS and load memory are its own (optimum-benchmark runs a process per benchmark
-    // for the same reason). Every model is checked first, so that a bad one fails the run
-    // before any cell is computed. A quantized student is a model of its own.
-    let spec = |role: Role, ckpt: &ModelRef| ModelSpec {
-        ckpt: ckpt.clone(),
-        family: Family::Encoder,
-        quantize: match role {
-            Role::Student => plan.student_quantize,
-            Role::Teacher => None,
-        },
-        dequantize: false,
-    };
-    let mut specs: Vec<ModelSpec> = Vec::new();
-    for (role, _, ckpt, _) in &todo {
-        let s = spec(*role, ckpt);
-        if !specs.contains(&s) {
-            specs.push(s);
-        }
-    }
-    loader::check_all(&specs, &plan.device, plan.max_length)?;
-
+    loader::check_all(&models, &plan.device, plan.max_length)?;
     let meter = plan
         .profile
         .as_ref()
         .map_or(EnergyMeter::Unavailable("profiling is off".into()), |s| {
             EnergyMeter::for_device(&plan.device_name, &s.powercap_root, s.watts_per_core)
         });
-
     let cells_dir = plan.out.join("cells");
     std::fs::create_dir_all(&cells_dir)
         .with_context(|| format!("cannot create {}", cells_dir.display()))?;
-    for model in &specs {
+    for spec in &models {
         let started = Instant::now();
         let rss_before = profile::memory::rss_bytes();
-        let loaded = loader::load(model, &plan.device, plan.max_length)?;
+        let loaded = loader::load(spec, &plan.device, plan.max_length)?;
         let load_rss = match (rss_before, profile::memory::rss_bytes()) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         };
-        let backend = loaded.as_ref();
-        say(loaded_line(backend.info(), started.elapsed().as_secs_f64()));
-        let mine = todo.iter().filter(|(r, _, c, _)| spec(*r, c) == *model);
-        for (role, ti, _, key) in mine.cloned().collect::<Vec<_>>() {
-            let pt = &plan.tasks[ti];
-            let load_rss = &load_rss;
-            say(format!(
-                "{} {}: scoring {} examples with {}",
-                role.name(),
-                pt.task.name(),
-                pt.n_examples(),
-                backend.info().id
-            ));
-            match score_cell(backend, pt, plan, key)? {
-                Ok(mut cf) => {
-                    if let Some(settings) = &plan.profile {
-                        let examples: Vec<TextInput> =
-                            pt.splits.iter().flat_map(|(_, ds)| inputs(ds)).collect();
-                        let kind = match cf.cell.mode {
-                            Mode::Head => RequestKind::Classify,
-                            Mode::Cosine | Mode::Probe => RequestKind::Embed,
-                            Mode::LogLikelihood | Mode::Generate => {
-                                bail!("language-modelling cells are not scored here")
-                            }
-                        };
-                        let p = profile::profile_cell(
-                            backend,
-                            profile::Workload {
-                                task: pt.task.name(),
-                                examples: &examples,
-                                kind,
-                            },
-                            plan.batch_size,
-                            settings,
-                            &meter,
-                            *load_rss,
-                        )?;
-                        say(format!(
-                        "{} {}: batch-1 pass {:.1} s (p50 {:.2} ms, p99 {:.2} ms), {:.1} examples/s at batch {}, energy {} ({})",
-                        role.name(),
-                        pt.task.name(),
-                        p.batch1_pass_s,
-                        p.latency_ms.p50,
-                        p.latency_ms.p99,
-                        p.throughput_per_s,
-                        p.throughput_batch_size,
-                        p.energy_j_per_1k.map_or("n/a".into(), |j| format!("{j:.1} J/1k")),
-                        p.energy_source
-                    ));
-                        cf.cell.profile = Some(p);
-                    }
-                    say(format!(
-                        "{} {}: {} mode, {} = {:.4} ({:.1} s)",
-                        role.name(),
-                        pt.task.name(),
-                        cf.cell.mode.as_str(),
-                        pt.task.primary_metric(),
-                        cf.cell
-                            .metrics
-                            .get(pt.task.primary_metric())
-                            .copied()
-                            .unwrap_or(f64::NAN),
-                        cf.cell.elapsed_s
-                    ));
-                    reports::io::write_json_atomic(
-                        &cell_path(&plan.out, pt.task.name(), role.name()),
-                        &cf,
-                    )?;
-                    done.insert((ti, role), cf);
-                }
-                Err(reason) => {
-                    say(format!(
-                        "{} {}: not scored: {reason}",
-                        role.name(),
-                        pt.task.name()
-                    ));
-                    results.skipped.insert(
-                        pt.task.name().to_string(),
-                        format!("{}: {reason}", role.name()),
-                    );
-                }
-            }
-            assemble(plan, &mut results, &done)?;
-            reports::io::write_json_atomic(&results_path, &results)
-                .with_context(|| format!("cannot write {}", results_path.display()))?;
-        }
-        // Dropped before the next model loads, its memory given back.
+        let model = loaded.as_ref();
+        say(loaded_line(model.info(), started.elapsed().as_secs_f64()));
+        text.run_model(
+            plan,
+            spec,
+            model,
+            load_rss,
+            &meter,
+            &mut results,
+            &results_path,
+            &say,
+        )?;
+        lm.run_model(plan, spec, model, &meter, &say)?;
         drop(loaded);
         crate::alloc::release_free_memory();
     }
-    // Reused cells alone (nothing computed) still make a results file.
-    if !plan.tasks.is_empty() && specs.is_empty() {
-        assemble(plan, &mut results, &done)?;
-        reports::io::write_json_atomic(&results_path, &results)
-            .with_context(|| format!("cannot write {}", results_path.display()))?;
-    }
-    crate::lm::run_lm_tasks(plan, &mut results, &results_path, &meter)?;
+    text.finish(plan, &mut results, &results_path)?;
+    lm.finish(plan, &mut results, &results_path, &say)?;
     if results.tasks.is_empty() {
         let reasons: Vec<String> = results
             .skipped
@@ -312,42 +141,4 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
         results,
         results_path,
     })
-}
-
-/// Fill in task results for every task whose two cells are done, and the summaries.
-fn assemble(
-    plan: &RunPlan,
-    results: &mut Results,
-    done: &BTreeMap<(usize, Role), CellFile>,
-) -> Result<()> {
-    let first = |role: Role| -> Option<CheckpointInfo> {
-        (0..plan.tasks.len())
-            .find_map(|ti| done.get(&(ti, role)).map(|c| c.cell.checkpoint.clone()))
-    };
-    results.teacher.checkpoint = first(Role::Teacher);
-    results.student.checkpoint = first(Role::Student);
-    results.note_kernels();
-    for (ti, pt) in plan.tasks.iter().enumerate() {
-        let name = pt.task.name();
-        if results.tasks.contains_key(name) {
-            continue;
-        }
-        if let (Some(t), Some(s)) = (
-            done.get(&(ti, Role::Teacher)),
-            done.get(&(ti, Role::Student)),
-        ) {
-            write_predictions(&plan.out, pt, t, s)?;
-            let mut tr = TaskResult::new(
-                pt.task.version(),
-                pt.task.primary_metric(),
-                pt.n_examples(),
-                t.cell.clone(),
-                s.cell.clone(),
-            );
-            tr.comparison = Some(crate::fidelity::compare_cells(pt, t, s));
-            results.tasks.insert(name.to_string(), tr);
-        }
-    }
-    results.update_macro();
-    Ok(())
 }

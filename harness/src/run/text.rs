@@ -1,0 +1,282 @@
+//! The cells of text tasks (encoders): which are reused from `OUT/cells/`, which are
+//! computed, and computing them one model at a time (scoring, then the profiler).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use reports::{CheckpointInfo, Mode, Results, TaskResult};
+
+use super::score::{inputs, score_cell};
+use crate::cells::{cell_path, checkpoint_key, read_cached, CellFile, Role};
+use crate::models::loader::{Family, ModelSpec};
+use crate::models::resolve::{checkpoint_for, ModelRef};
+use crate::models::{Backend, TextInput};
+use crate::plan::{PlannedTask, RunPlan};
+use crate::profile::{self, energy::EnergyMeter, RequestKind};
+
+fn cache_key(plan: &RunPlan, ckpt: &ModelRef, role: Role, pt: &PlannedTask) -> String {
+    let p = &plan.probe;
+    let quantize = match role {
+        Role::Student => plan.student_quantize,
+        Role::Teacher => None,
+    };
+    format!(
+        "task={}@v{};model={};quantize={quantize:?};max_length={:?};probe={}/{}/{}/{};data={};dtype=f32;profile={}",
+        pt.task.name(),
+        pt.task.version(),
+        checkpoint_key(ckpt),
+        plan.max_length,
+        p.train_rows,
+        p.seed,
+        p.l2,
+        p.iterations,
+        plan.data_origin,
+        // Metrics do not depend on the batch size, but throughput does.
+        plan.profile.as_ref().map_or("off".to_string(), |s| format!(
+            "{}@bs{}",
+            s.key(),
+            plan.batch_size
+        ))
+    )
+}
+
+fn write_predictions(
+    out: &Path,
+    pt: &PlannedTask,
+    teacher: &CellFile,
+    student: &CellFile,
+) -> Result<()> {
+    let dir = out.join("predictions");
+    std::fs::create_dir_all(&dir)?;
+    let mut text = String::new();
+    for (s, (split, ds)) in pt.splits.iter().enumerate() {
+        for (i, ex) in ds.examples.iter().enumerate() {
+            let line = serde_json::json!({
+                "id": ex.id,
+                "split": if split.suffix.is_empty() { "dev" } else { split.suffix.trim_start_matches('_') },
+                "text_a": ex.text_a,
+                "text_b": ex.text_b,
+                "gold": ex.gold,
+                "teacher": teacher.predictions[s][i],
+                "student": student.predictions[s][i],
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+    }
+    reports::io::write_atomic(
+        &dir.join(format!("{}.jsonl", pt.task.name())),
+        text.as_bytes(),
+    )
+    .with_context(|| format!("cannot write predictions in {}", dir.display()))
+}
+
+/// The text-task cells of a run.
+pub(super) struct TextCells {
+    done: BTreeMap<(usize, Role), CellFile>,
+    /// Cells to compute: role, task index, checkpoint, cache key.
+    todo: Vec<(Role, usize, ModelRef, String)>,
+}
+
+impl TextCells {
+    /// Read back every finished cell whose cache key matches; the others are to do.
+    pub fn new(plan: &RunPlan, say: &dyn Fn(String)) -> Self {
+        let mut done = BTreeMap::new();
+        let mut todo = Vec::new();
+        for (role, model) in [
+            (Role::Teacher, &plan.teacher),
+            (Role::Student, &plan.student),
+        ] {
+            for (ti, pt) in plan.tasks.iter().enumerate() {
+                let ckpt = checkpoint_for(model, pt.task.name(), &plan.aliases);
+                let key = cache_key(plan, &ckpt, role, pt);
+                let path = cell_path(&plan.out, pt.task.name(), role.name());
+                match read_cached::<CellFile>(&path, &key, |c| &c.cell.cache_key) {
+                    Some(cf) => {
+                        say(format!(
+                            "{} {}: reusing the finished cell in {}",
+                            role.name(),
+                            pt.task.name(),
+                            plan.out.display()
+                        ));
+                        done.insert((ti, role), cf);
+                    }
+                    None => todo.push((role, ti, ckpt, key)),
+                }
+            }
+        }
+        TextCells { done, todo }
+    }
+
+    fn spec(plan: &RunPlan, role: Role, ckpt: &ModelRef) -> ModelSpec {
+        ModelSpec {
+            ckpt: ckpt.clone(),
+            family: Family::Encoder,
+            quantize: match role {
+                Role::Student => plan.student_quantize,
+                Role::Teacher => None,
+            },
+            dequantize: false,
+        }
+    }
+
+    /// The model of each cell to compute, teacher cells first.
+    pub fn jobs(&self, plan: &RunPlan) -> Vec<ModelSpec> {
+        self.todo
+            .iter()
+            .map(|(role, _, ckpt, _)| Self::spec(plan, *role, ckpt))
+            .collect()
+    }
+
+    /// Compute every cell that `spec` serves, with the model loaded for them; the results
+    /// file is rewritten after each cell, so an interrupted run loses nothing finished.
+    #[allow(clippy::too_many_arguments)] // the run's state, passed down rather than shared
+    pub fn run_model(
+        &mut self,
+        plan: &RunPlan,
+        spec: &ModelSpec,
+        backend: &dyn Backend,
+        load_rss: Option<u64>,
+        meter: &EnergyMeter,
+        results: &mut Results,
+        results_path: &Path,
+        say: &dyn Fn(String),
+    ) -> Result<()> {
+        let mine: Vec<(Role, usize, String)> = self
+            .todo
+            .iter()
+            .filter(|(r, _, c, _)| Self::spec(plan, *r, c) == *spec)
+            .map(|(r, ti, _, key)| (*r, *ti, key.clone()))
+            .collect();
+        for (role, ti, key) in mine {
+            let pt = &plan.tasks[ti];
+            let load_rss = &load_rss;
+            say(format!(
+                "{} {}: scoring {} examples with {}",
+                role.name(),
+                pt.task.name(),
+                pt.n_examples(),
+                backend.info().id
+            ));
+            match score_cell(backend, pt, plan, key)? {
+                Ok(mut cf) => {
+                    if let Some(settings) = &plan.profile {
+                        let examples: Vec<TextInput> =
+                            pt.splits.iter().flat_map(|(_, ds)| inputs(ds)).collect();
+                        let kind = match cf.cell.mode {
+                            Mode::Head => RequestKind::Classify,
+                            Mode::Cosine | Mode::Probe => RequestKind::Embed,
+                            Mode::LogLikelihood | Mode::Generate => {
+                                bail!("language-modelling cells are not scored here")
+                            }
+                        };
+                        let p = profile::profile_cell(
+                            backend,
+                            profile::Workload {
+                                task: pt.task.name(),
+                                examples: &examples,
+                                kind,
+                            },
+                            plan.batch_size,
+                            settings,
+                            meter,
+                            *load_rss,
+                        )?;
+                        say(format!(
+                        "{} {}: batch-1 pass {:.1} s (p50 {:.2} ms, p99 {:.2} ms), {:.1} examples/s at batch {}, energy {} ({})",
+                        role.name(),
+                        pt.task.name(),
+                        p.batch1_pass_s,
+                        p.latency_ms.p50,
+                        p.latency_ms.p99,
+                        p.throughput_per_s,
+                        p.throughput_batch_size,
+                        p.energy_j_per_1k.map_or("n/a".into(), |j| format!("{j:.1} J/1k")),
+                        p.energy_source
+                    ));
+                        cf.cell.profile = Some(p);
+                    }
+                    say(format!(
+                        "{} {}: {} mode, {} = {:.4} ({:.1} s)",
+                        role.name(),
+                        pt.task.name(),
+                        cf.cell.mode.as_str(),
+                        pt.task.primary_metric(),
+                        cf.cell
+                            .metrics
+                            .get(pt.task.primary_metric())
+                            .copied()
+                            .unwrap_or(f64::NAN),
+                        cf.cell.elapsed_s
+                    ));
+                    reports::io::write_json_atomic(
+                        &cell_path(&plan.out, pt.task.name(), role.name()),
+                        &cf,
+                    )?;
+                    self.done.insert((ti, role), cf);
+                }
+                Err(reason) => {
+                    say(format!(
+                        "{} {}: not scored: {reason}",
+                        role.name(),
+                        pt.task.name()
+                    ));
+                    results.skipped.insert(
+                        pt.task.name().to_string(),
+                        format!("{}: {reason}", role.name()),
+                    );
+                }
+            }
+            self.assemble(plan, results)?;
+            reports::io::write_json_atomic(results_path, results)
+                .with_context(|| format!("cannot write {}", results_path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Put every finished task into `results` (reused cells alone still make a results file).
+    pub fn finish(&self, plan: &RunPlan, results: &mut Results, results_path: &Path) -> Result<()> {
+        if !plan.tasks.is_empty() && self.todo.is_empty() {
+            self.assemble(plan, results)?;
+            reports::io::write_json_atomic(results_path, results)
+                .with_context(|| format!("cannot write {}", results_path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Fill in task results for every task whose two cells are done, and the summaries.
+    fn assemble(&self, plan: &RunPlan, results: &mut Results) -> Result<()> {
+        let done = &self.done;
+        let first = |role: Role| -> Option<CheckpointInfo> {
+            (0..plan.tasks.len())
+                .find_map(|ti| done.get(&(ti, role)).map(|c| c.cell.checkpoint.clone()))
+        };
+        results.teacher.checkpoint = first(Role::Teacher);
+        results.student.checkpoint = first(Role::Student);
+        results.note_kernels();
+        for (ti, pt) in plan.tasks.iter().enumerate() {
+            let name = pt.task.name();
+            if results.tasks.contains_key(name) {
+                continue;
+            }
+            if let (Some(t), Some(s)) = (
+                done.get(&(ti, Role::Teacher)),
+                done.get(&(ti, Role::Student)),
+            ) {
+                write_predictions(&plan.out, pt, t, s)?;
+                let mut tr = TaskResult::new(
+                    pt.task.version(),
+                    pt.task.primary_metric(),
+                    pt.n_examples(),
+                    t.cell.clone(),
+                    s.cell.clone(),
+                );
+                tr.comparison = Some(crate::fidelity::compare_cells(pt, t, s));
+                results.tasks.insert(name.to_string(), tr);
+            }
+        }
+        results.update_macro();
+        Ok(())
+    }
+}
