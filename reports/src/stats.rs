@@ -4,10 +4,16 @@
 //!
 //! All resampling is seeded (SplitMix64), so a report is reproducible to the digit.
 
-/// SplitMix64: small, fast, well-mixed, and the same generator as the probe's sampler.
+/// SplitMix64: small, fast, well-mixed; the workspace's one pseudo-random generator (the
+/// bootstrap here, the probe's row sample, synthetic inputs and test data).
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
+    /// A uniform value in [-1, 1) with 24 random bits (test data, synthetic weights).
+    pub fn next_signed_unit_f32(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

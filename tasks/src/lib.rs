@@ -13,6 +13,7 @@ pub mod data;
 pub mod generation;
 pub mod glue;
 pub mod metrics;
+pub mod numeric;
 pub mod probe_fit;
 pub mod registry;
 pub mod request;

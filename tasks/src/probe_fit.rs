@@ -43,18 +43,6 @@ pub struct LogisticProbe {
     weights: Vec<Vec<f64>>,
 }
 
-/// SplitMix64, the generator behind the fixed-seed sample (small, well known, no dependency).
-struct SplitMix64(u64);
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// Indices of `wanted` rows out of `total`, chosen by a seeded Fisher-Yates shuffle and returned
 /// in ascending order. All rows when `wanted >= total`.
 pub fn sample_rows(total: usize, wanted: usize, seed: u64) -> Vec<usize> {
@@ -62,9 +50,10 @@ pub fn sample_rows(total: usize, wanted: usize, seed: u64) -> Vec<usize> {
     if wanted >= total {
         return idx;
     }
-    let mut rng = SplitMix64(seed);
+    // The workspace's one generator (the bootstrap's too).
+    let mut rng = reports::stats::SplitMix64(seed);
     for i in (1..total).rev() {
-        let j = (rng.next() % (i as u64 + 1)) as usize;
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         idx.swap(i, j);
     }
     idx.truncate(wanted);

@@ -546,18 +546,11 @@ unsafe fn kernel<const R: usize>(_: &Tile) {
     unreachable!("PackedWeight::supported() is false off x86-64")
 }
 
-/// `len` pseudo-random values in [-1, 1) from `seed` (an LCG): the GEMM tests' inputs.
+/// `len` pseudo-random values in [-1, 1) from `seed`: the GEMM tests' inputs.
 #[cfg(test)]
-pub(super) fn test_values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = reports::stats::SplitMix64(seed);
+    (0..len).map(|_| rng.next_signed_unit_f32()).collect()
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use reports::CheckpointInfo;
 use tasks::generation::perplexity::{sliding_window_nll, WindowSettings};
+use tasks::numeric::{argmax_f32, log_prob};
 use tasks::request::{
     Batched, ContextContinuation, LogLikelihood, Request, RequestKind, Response,
     RollingLogLikelihood, TextInput,
@@ -100,13 +101,6 @@ pub fn rolling_loglikelihood(
     })
 }
 
-/// log softmax of `row` at `target`, in f64.
-fn log_prob(row: &[f32], target: u32) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    row[target as usize] as f64 - max - sum.ln()
-}
-
 /// lm-evaluation-harness's `loglikelihood` on token ids: the summed log-probability of
 /// `continuation` after `context` (at least one token), and whether each continuation token
 /// is the most likely one. Context beyond `max_positions` is cut from the left.
@@ -143,15 +137,7 @@ pub fn loglikelihood_of_ids(
             );
         }
         logprob += log_prob(row, target);
-        let best = row
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0;
-        is_greedy &= best == target as usize;
+        is_greedy &= argmax_f32(row) == target as usize;
     }
     Ok(LogLikelihood {
         logprob,
@@ -186,17 +172,4 @@ pub fn loglikelihoods(
             loglikelihood_of_ids(model, &ctx, cont)
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_prob_is_log_softmax() {
-        let row = [1.0f32, 2.0, 3.0];
-        let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).sum();
-        assert!((log_prob(&row, 2) - (3f64.exp() / z).ln()).abs() < 1e-12);
-        assert!((log_prob(&row, 0) - (1f64.exp() / z).ln()).abs() < 1e-12);
-    }
 }

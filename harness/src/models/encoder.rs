@@ -291,18 +291,11 @@ impl EncoderBackend {
     /// One forward pass over `batch` random sequences of exactly `seq` tokens (no padding),
     /// returning the seconds it took. Token ids avoid the low ids where special tokens live.
     pub fn forward_synthetic(&self, batch: usize, seq: usize, seed: u64) -> Result<f64> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        let mut rng = reports::stats::SplitMix64(seed);
         let lo = 1000.min(self.vocab_size / 2) as u64;
         let span = (self.vocab_size as u64).saturating_sub(lo).max(1);
         let ids: Vec<u32> = (0..batch * seq)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (lo + (state >> 33) % span) as u32
-            })
+            .map(|_| (lo + rng.next_u64() % span) as u32)
             .collect();
         let started = std::time::Instant::now();
         let ids = Tensor::from_vec(ids, (batch, seq), &self.device)?;

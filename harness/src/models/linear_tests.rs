@@ -5,15 +5,7 @@ use candle_core::Device;
 
 /// A deterministic pseudo-random matrix with entries in [-1, 1).
 pub(crate) fn matrix(rows: usize, cols: usize, seed: u64) -> Tensor {
-    let mut s = seed;
-    let v: Vec<f32> = (0..rows * cols)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
+    let v = crate::kernels::sgemm::test_values(rows * cols, seed);
     Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
 }
 

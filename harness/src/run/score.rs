@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use reports::{Cell, Mode, ProbeInfo};
 use tasks::data::DataError;
+use tasks::numeric::{argmax, softmax};
 use tasks::probe_fit::{pair_features, sample_rows, LogisticProbe};
 use tasks::{DataSource, Dataset, Prediction, TaskKind};
 
@@ -41,26 +42,6 @@ fn load_train(plan: &RunPlan, pt: &PlannedTask) -> Result<std::result::Result<Da
             Ok(Ok(task.load(&DataSource::Records(rows), &split)?))
         }
     }
-}
-
-fn softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
-
-fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 {
-                (i, x)
-            } else {
-                best
-            }
-        })
-        .0
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {

@@ -11,18 +11,8 @@ pub struct TokenFidelity {
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let lse = super::log_sum_exp(logits);
+    let lse = crate::numeric::log_sum_exp(logits);
     logits.iter().map(|&l| l as f64 - lse).collect()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
 }
 
 impl TokenFidelity {
@@ -41,7 +31,8 @@ impl TokenFidelity {
             .zip(&ls)
             .map(|(a, b)| a.exp() * (a - b))
             .sum::<f64>();
-        self.agree += usize::from(argmax(teacher) == argmax(student));
+        self.agree +=
+            usize::from(crate::numeric::argmax_f32(teacher) == crate::numeric::argmax_f32(student));
         self.positions += 1;
         Ok(())
     }

@@ -42,11 +42,6 @@ impl NllSum {
     }
 }
 
-/// log softmax of one row of logits, at index `target`.
-fn log_prob(logits: &[f32], target: u32) -> f64 {
-    logits[target as usize] as f64 - super::log_sum_exp(logits)
-}
-
 /// Run the sliding windows over `ids`. `logits(window)` returns one row of logits per position
 /// of the window: row `j` predicts the token at `j + 1`.
 pub fn sliding_window_nll<F>(
@@ -105,7 +100,7 @@ where
                     row.len()
                 ));
             }
-            total.nll -= log_prob(row, target);
+            total.nll -= crate::numeric::log_prob(row, target);
             total.tokens_scored += 1;
         }
         total.windows += 1;
