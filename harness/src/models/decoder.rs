@@ -10,47 +10,56 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
 use reports::CheckpointInfo;
 use tasks::request::{unsupported, Generation, Request, RequestKind, Response};
 use tokenizers::Tokenizer;
 
 use super::backend::{loglikelihoods, rolling_loglikelihood};
-use super::gpt2::{Gpt2, Gpt2Config};
+use super::encoder::BuildError;
 use super::linear::Lin;
-use super::llama::{Llama, LlamaConfig};
 use super::nn::KvCache;
 use super::{canonical, Backend};
 
-/// The network of a decoder checkpoint.
-pub enum DecoderNet {
-    Gpt2(Gpt2),
-    Llama(Llama),
+/// The tensor-level interface each causal-LM port implements.
+pub trait DecoderNet: Send + Sync {
+    /// Logits of every position (batch, seq, vocab) for a right-padded batch.
+    fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor>;
+    /// Logits of the new positions, attending to everything in `cache`, which they extend.
+    fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor>;
+    /// Every linear layer, for `--student-quantize`.
+    fn linears_mut(&mut self) -> Vec<&mut Lin>;
 }
 
-impl DecoderNet {
-    fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            DecoderNet::Gpt2(m) => m.forward(ids, mask),
-            DecoderNet::Llama(m) => m.forward(ids, mask),
-        }
-    }
-    fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
-        match self {
-            DecoderNet::Gpt2(m) => m.forward_cached(ids, cache),
-            DecoderNet::Llama(m) => m.forward_cached(ids, cache),
-        }
-    }
-    fn linears_mut(&mut self) -> Vec<&mut Lin> {
-        match self {
-            DecoderNet::Gpt2(m) => m.linears_mut(),
-            DecoderNet::Llama(m) => m.linears_mut(),
-        }
-    }
+/// A decoder architecture: its `model_type` in `config.json` and how to build it. Adding one
+/// is its port's file plus one row in [`DECODERS`].
+pub struct DecoderArch {
+    pub model_type: &'static str,
+    pub build: fn(&serde_json::Value, VarBuilder) -> std::result::Result<BuiltDecoder, BuildError>,
+    /// The hard position limit its config sets, if any (read without loading weights).
+    pub max_positions: fn(&serde_json::Value) -> Option<usize>,
+}
+
+/// Every decoder architecture of checkpoint folders, found by `model_type` (GGUF files are
+/// Llama-family and read by `gguf.rs`).
+pub static DECODERS: &[DecoderArch] = &[super::gpt2::ARCH, super::llama::ARCH];
+
+/// What a decoder architecture's builder hands back.
+pub struct BuiltDecoder {
+    pub net: Box<dyn DecoderNet>,
+    pub max_positions: Option<usize>,
+    pub vocab_size: usize,
+    pub hidden: usize,
+}
+
+fn decoder_arch(raw: &serde_json::Value) -> Option<&'static DecoderArch> {
+    let model_type = raw.get("model_type").and_then(|v| v.as_str())?;
+    DECODERS.iter().find(|a| a.model_type == model_type)
 }
 
 /// A loaded causal LM with its tokenizer.
 pub struct DecoderBackend {
-    net: DecoderNet,
+    net: Box<dyn DecoderNet>,
     tokenizer: Tokenizer,
     info: CheckpointInfo,
     device: Device,
@@ -107,10 +116,7 @@ pub fn is_decoder(path: &Path) -> Result<bool> {
         return Ok(false);
     }
     let raw: serde_json::Value = super::read_json(&config)?;
-    Ok(matches!(
-        raw.get("model_type").and_then(|v| v.as_str()),
-        Some("gpt2" | "llama")
-    ))
+    Ok(decoder_arch(&raw).is_some())
 }
 
 impl DecoderBackend {
@@ -200,7 +206,7 @@ impl DecoderBackend {
                 tokenizer: Some(tokenizer_source.into()),
                 kernels: Default::default(),
             },
-            net: DecoderNet::Llama(model),
+            net: Box::new(model),
             max_positions: None,
             tokenizer,
             device: device.clone(),
@@ -238,27 +244,23 @@ impl DecoderBackend {
                 weights.path.display()
             )
         };
-        let (net, max_positions, vocab, hidden) = match model_type.as_str() {
-            "gpt2" => {
-                let cfg: Gpt2Config = serde_json::from_value(raw.clone()).map_err(bad_config)?;
-                let m = Gpt2::load(vb, &cfg).map_err(wrap)?;
-                (
-                    DecoderNet::Gpt2(m),
-                    Some(cfg.n_positions),
-                    cfg.vocab_size,
-                    cfg.n_embd,
-                )
-            }
-            "llama" => {
-                let cfg: LlamaConfig = serde_json::from_value(raw.clone()).map_err(bad_config)?;
-                let m = Llama::load(vb, &cfg).map_err(wrap)?;
-                (DecoderNet::Llama(m), None, cfg.vocab_size, cfg.hidden_size)
-            }
-            other => bail!(
-                "{}: model_type '{other}' is not a supported decoder (gpt2, llama, or a .gguf file)",
-                config_path.display()
-            ),
+        let Some(arch) = decoder_arch(&raw) else {
+            let known: Vec<&str> = DECODERS.iter().map(|a| a.model_type).collect();
+            bail!(
+                "{}: model_type '{model_type}' is not a supported decoder ({}, or a .gguf file)",
+                config_path.display(),
+                known.join(", ")
+            );
         };
+        let BuiltDecoder {
+            net,
+            max_positions,
+            vocab_size: vocab,
+            hidden,
+        } = (arch.build)(&raw, vb).map_err(|e| match e {
+            BuildError::Config(e) => bad_config(e),
+            BuildError::Weights(e) => wrap(e),
+        })?;
         let json = dir.join("tokenizer.json");
         if !json.exists() {
             bail!(
@@ -484,11 +486,27 @@ pub fn peek_max_positions(path: &Path) -> Result<Option<usize>> {
         return Ok(None);
     }
     let raw: serde_json::Value = super::read_json(&path.join("config.json"))?;
-    Ok(match raw.get("model_type").and_then(|v| v.as_str()) {
-        Some("gpt2") => raw
-            .get("n_positions")
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize),
-        _ => None,
-    })
+    Ok(decoder_arch(&raw).and_then(|a| (a.max_positions)(&raw)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_decoder_model_type_is_registered_once_and_peeks_its_limit() {
+        let names: Vec<&str> = DECODERS.iter().map(|a| a.model_type).collect();
+        assert_eq!(names, ["gpt2", "llama"]);
+        let gpt2 = serde_json::json!({"model_type": "gpt2", "n_positions": 1024});
+        assert_eq!(
+            decoder_arch(&gpt2).and_then(|a| (a.max_positions)(&gpt2)),
+            Some(1024)
+        );
+        let llama = serde_json::json!({"model_type": "llama"});
+        assert_eq!(
+            decoder_arch(&llama).and_then(|a| (a.max_positions)(&llama)),
+            None
+        );
+        assert!(decoder_arch(&serde_json::json!({"model_type": "bert"})).is_none());
+    }
 }

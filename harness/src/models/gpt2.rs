@@ -11,6 +11,8 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use super::decoder::{BuiltDecoder, DecoderArch, DecoderNet};
+use super::encoder::BuildError;
 use super::linear::Lin;
 use super::nn::{self, Activation, KvCache};
 
@@ -213,5 +215,38 @@ impl Gpt2 {
             .forward(&x.reshape((b * s, h))?)?
             .reshape((b, s, ()))?
             .to_dtype(DType::F32)
+    }
+}
+
+/// This port's row in [`DECODERS`](super::decoder::DECODERS).
+pub const ARCH: DecoderArch = DecoderArch {
+    model_type: "gpt2",
+    build,
+    max_positions: |raw| {
+        raw.get("n_positions")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+    },
+};
+
+fn build(raw: &serde_json::Value, vb: VarBuilder) -> std::result::Result<BuiltDecoder, BuildError> {
+    let cfg: Gpt2Config = serde_json::from_value(raw.clone())?;
+    Ok(BuiltDecoder {
+        net: Box::new(Gpt2::load(vb, &cfg)?),
+        max_positions: Some(cfg.n_positions),
+        vocab_size: cfg.vocab_size,
+        hidden: cfg.n_embd,
+    })
+}
+
+impl DecoderNet for Gpt2 {
+    fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        Gpt2::forward(self, ids, mask)
+    }
+    fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Gpt2::forward_cached(self, ids, cache)
+    }
+    fn linears_mut(&mut self) -> Vec<&mut Lin> {
+        Gpt2::linears_mut(self)
     }
 }

@@ -5,6 +5,8 @@
 //! the SwiGLU feed-forward. Unlike candle-transformers' `llama`, `forward` returns the logits of
 //! every position, which perplexity and per-token KL need.
 
+use super::decoder::{BuiltDecoder, DecoderArch, DecoderNet};
+use super::encoder::BuildError;
 use super::linear::Lin;
 use super::nn::KvCache;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
@@ -400,5 +402,34 @@ impl Llama {
             .forward(&x.reshape((b * s, h))?)?
             .reshape((b, s, ()))?
             .to_dtype(DType::F32)
+    }
+}
+
+/// This port's row in [`DECODERS`](super::decoder::DECODERS).
+pub const ARCH: DecoderArch = DecoderArch {
+    model_type: "llama",
+    build,
+    max_positions: |_| None,
+};
+
+fn build(raw: &serde_json::Value, vb: VarBuilder) -> std::result::Result<BuiltDecoder, BuildError> {
+    let cfg: LlamaConfig = serde_json::from_value(raw.clone())?;
+    Ok(BuiltDecoder {
+        net: Box::new(Llama::load(vb, &cfg)?),
+        max_positions: None,
+        vocab_size: cfg.vocab_size,
+        hidden: cfg.hidden_size,
+    })
+}
+
+impl DecoderNet for Llama {
+    fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        Llama::forward(self, ids, mask)
+    }
+    fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Llama::forward_cached(self, ids, cache)
+    }
+    fn linears_mut(&mut self) -> Vec<&mut Lin> {
+        Llama::linears_mut(self)
     }
 }
