@@ -108,16 +108,25 @@ pub struct Profile {
     pub batch1_examples: usize,
     /// Per-example end-to-end latency at batch size 1.
     pub latency_ms: LatencySummary,
-    /// Per-example model-forward latency at batch size 1 (tokenisation excluded).
-    pub forward_latency_ms: LatencySummary,
-    /// Batch size of the throughput pass (the run's `--batch-size`).
-    pub throughput_batch_size: usize,
-    /// Examples per second in the throughput pass, end to end.
+    /// Per-example model-forward latency at batch size 1 (tokenisation excluded). Text tasks;
+    /// absent for language-modelling cells, whose one pass is timed end to end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_latency_ms: Option<LatencySummary>,
+    /// Batch size of the throughput pass (the run's `--batch-size`). Text tasks only: a
+    /// language-modelling cell has no separate throughput pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_batch_size: Option<usize>,
+    /// Examples per second in the throughput pass, end to end (language modelling: windows or
+    /// prompts per second of its pass).
     pub throughput_per_s: f64,
-    /// Tokens per second in the throughput pass.
+    /// Tokens per second in the throughput pass (language modelling: of its pass).
     pub tokens_per_s: f64,
-    pub throughput_iterations: usize,
-    pub throughput_s: f64,
+    /// Text tasks only, as `throughput_batch_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_iterations: Option<usize>,
+    /// Text tasks only, as `throughput_batch_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_s: Option<f64>,
     pub warmup_iterations: usize,
     /// Peak resident memory while this cell was profiled.
     pub peak_rss_bytes: Option<u64>,
@@ -597,12 +606,12 @@ pub(crate) mod tests {
                     batch1_pass_s: 10.0 * scale,
                     batch1_examples: 100,
                     latency_ms: lat(10.0 * scale),
-                    forward_latency_ms: lat(9.0 * scale),
-                    throughput_batch_size: 32,
+                    forward_latency_ms: Some(lat(9.0 * scale)),
+                    throughput_batch_size: Some(32),
                     throughput_per_s: 100.0 / scale,
                     tokens_per_s: 2000.0 / scale,
-                    throughput_iterations: 10,
-                    throughput_s: 10.0,
+                    throughput_iterations: Some(10),
+                    throughput_s: Some(10.0),
                     warmup_iterations: 3,
                     peak_rss_bytes: Some((100 << 20) * scale as u64),
                     peak_rss_scope: "phase".into(),

@@ -226,12 +226,12 @@ pub fn profile_cell(
         batch1_pass_s,
         batch1_examples: n1,
         latency_ms: latency::summarise(&e2e_ms).context("no batch-1 latencies")?,
-        forward_latency_ms: latency::summarise(&fwd_ms).context("no forward latencies")?,
-        throughput_batch_size: bs,
+        forward_latency_ms: Some(latency::summarise(&fwd_ms).context("no forward latencies")?),
+        throughput_batch_size: Some(bs),
         throughput_per_s: done as f64 / throughput_s,
         tokens_per_s: done_tokens as f64 / throughput_s,
-        throughput_iterations: iterations,
-        throughput_s,
+        throughput_iterations: Some(iterations),
+        throughput_s: Some(throughput_s),
         warmup_iterations: settings.warmup,
         peak_rss_bytes: peak.value.map(|b| b as u64),
         peak_rss_scope: peak.detail,
@@ -279,8 +279,8 @@ mod tests {
         .unwrap();
         assert_eq!(p.batch1_examples, 3);
         assert_eq!(p.latency_ms.n, 3);
-        assert_eq!(p.throughput_iterations, 7);
-        assert_eq!(p.throughput_batch_size, 2);
+        assert_eq!(p.throughput_iterations, Some(7));
+        assert_eq!(p.throughput_batch_size, Some(2));
         assert_eq!(p.energy_source, "estimated");
         // The mock counts words + 2 special tokens: (4 + 5 + 3) / 3.
         assert!((p.mean_tokens_per_example - 4.0).abs() < 1e-12);

@@ -191,7 +191,7 @@ impl TextCells {
                         p.latency_ms.p50,
                         p.latency_ms.p99,
                         p.throughput_per_s,
-                        p.throughput_batch_size,
+                        plan.batch_size,
                         p.energy_j_per_1k.map_or("n/a".into(), |j| format!("{j:.1} J/1k")),
                         p.energy_source
                     ));
