@@ -94,3 +94,31 @@ pub fn hub_split(
     rows.insert(hub_split.to_string(), read_parquet_rows(&paths[0])?);
     Ok(rows)
 }
+
+/// Fetch the data of every task of `plan` that comes from the Hub (a plan made without
+/// `--data-dir`), after the plan is validated and before any model loads.
+pub fn fetch_planned(plan: &mut crate::plan::RunPlan) -> Result<()> {
+    use crate::plan::{PlannedLmTask, PlannedTask};
+    use tasks::generation::tasks::LmSource;
+    let Some(pending) = plan.hub_pending.take() else {
+        return Ok(());
+    };
+    if !pending.text.is_empty() {
+        let names: Vec<&str> = pending.text.iter().map(|t| t.name()).collect();
+        plan.data = hub_glue_source(&names)?;
+        for task in pending.text {
+            plan.tasks.push(PlannedTask::load(task, &plan.data)?);
+        }
+    }
+    for task in pending.lm {
+        let source = match task.hub_dataset() {
+            Some((repo, config, split)) => text_rows(repo, config, split)?,
+            None => LmSource::HubRows {
+                origin: "built in".into(),
+                rows: Vec::new(),
+            },
+        };
+        plan.lm_tasks.push(PlannedLmTask::load(task, &source)?);
+    }
+    Ok(())
+}

@@ -16,10 +16,12 @@ use reports::export::{Exporter, MarkdownReport};
 
 fn run(args: &RunArgs) -> anyhow::Result<()> {
     // 1. Validate every input cheaply: tasks, models, data files, output folder.
-    let plan = RunPlan::from_args(args)?;
-    // 2. Load models and score every (model, task) cell, writing results as cells finish.
+    let mut plan = RunPlan::from_args(args)?;
+    // 2. Fetch the data that is on the Hub (no --data-dir).
+    harness::hub_data::fetch_planned(&mut plan)?;
+    // 3. Load models and score every (model, task) cell, writing results as cells finish.
     let outcome = harness::run::execute(&plan)?;
-    // 3. Reports beside the results, and the summary on stdout.
+    // 4. Reports beside the results, and the summary on stdout.
     harness::report::write_reports(&outcome.results, &plan.out, &["md", "html", "csv"])?;
     print!("{}", MarkdownReport.render(&outcome.results));
     for (task, reason) in &outcome.results.skipped {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
-use tasks::generation::tasks::LmSource;
+use tasks::generation::tasks::{LmSource, LmTask};
 use tasks::{AnyTask, DataSource, Dataset, EvalSplit, Task};
 
 use crate::cli::RunArgs;
@@ -16,8 +16,24 @@ use crate::models::resolve::{AliasTable, ModelRef};
 
 /// One language-modelling task with its loaded data.
 pub struct PlannedLmTask {
-    pub task: &'static dyn tasks::generation::tasks::LmTask,
+    pub task: &'static dyn LmTask,
     pub data: tasks::generation::tasks::LmData,
+}
+
+/// Tasks of a plan whose data comes from the Hub.
+pub struct HubPending {
+    pub text: Vec<&'static dyn Task>,
+    pub lm: Vec<&'static dyn LmTask>,
+}
+
+impl PlannedLmTask {
+    /// The task with its data read from `source`.
+    pub fn load(task: &'static dyn LmTask, source: &LmSource) -> Result<Self> {
+        Ok(PlannedLmTask {
+            task,
+            data: task.load(source)?,
+        })
+    }
 }
 
 /// One task with its loaded evaluation splits.
@@ -27,6 +43,15 @@ pub struct PlannedTask {
 }
 
 impl PlannedTask {
+    /// The task with every evaluation split read from `data`.
+    pub fn load(task: &'static dyn Task, data: &DataSource) -> Result<Self> {
+        let mut splits = Vec::new();
+        for split in task.eval_splits() {
+            splits.push((*split, task.load(data, split)?));
+        }
+        Ok(PlannedTask { task, splits })
+    }
+
     pub fn n_examples(&self) -> usize {
         self.splits.iter().map(|(_, d)| d.examples.len()).sum()
     }
@@ -42,6 +67,9 @@ pub struct RunPlan {
     pub tasks: Vec<PlannedTask>,
     /// Perplexity and generation tasks (causal LMs).
     pub lm_tasks: Vec<PlannedLmTask>,
+    /// Tasks whose data is still to be fetched from the Hub (no `--data-dir`); empty once
+    /// [`crate::hub_data::fetch_planned`] has run.
+    pub hub_pending: Option<HubPending>,
     pub lm: reports::LmSettings,
     pub student_quantize: Option<GgmlDType>,
     pub dequantize_teacher: bool,
@@ -169,7 +197,10 @@ impl RunPlan {
         }
         let device = parse_device(&args.models.device)?;
 
-        let (data, data_origin) = match &args.data_dir {
+        // Local data is read and checked here (cheap, and a malformed row should fail before
+        // any model loads); data on the Hub is fetched by `hub_data::fetch_planned` after the
+        // plan is made, so that making a plan never downloads.
+        let (data, data_origin, hub_pending) = match &args.data_dir {
             Some(dir) => {
                 if !dir.is_dir() {
                     bail!("--data-dir {}: folder not found", dir.display());
@@ -178,47 +209,32 @@ impl RunPlan {
                 (
                     DataSource::GlueDir(dir.clone()),
                     canon.display().to_string(),
+                    None,
                 )
             }
-            None => {
-                let names: Vec<&str> = picked.iter().map(|t| t.name()).collect();
-                let source = if names.is_empty() {
-                    DataSource::Records(Default::default())
-                } else {
-                    crate::hub_data::hub_glue_source(&names)?
-                };
-                let origin = if names.is_empty() {
+            None => (
+                DataSource::Records(Default::default()),
+                if picked.is_empty() {
                     "hub"
                 } else {
                     "hub:nyu-mll/glue"
-                };
-                (source, origin.to_string())
-            }
+                }
+                .to_string(),
+                Some(HubPending {
+                    text: std::mem::take(&mut picked),
+                    lm: std::mem::take(&mut picked_lm),
+                }),
+            ),
         };
         let mut lm_tasks = Vec::new();
-        for task in picked_lm {
-            let source = match &args.data_dir {
-                Some(dir) => LmSource::Dir(dir.clone()),
-                None => match task.hub_dataset() {
-                    Some((repo, config, split)) => crate::hub_data::text_rows(repo, config, split)?,
-                    None => LmSource::HubRows {
-                        origin: "built in".into(),
-                        rows: Vec::new(),
-                    },
-                },
-            };
-            lm_tasks.push(PlannedLmTask {
-                task,
-                data: task.load(&source)?,
-            });
+        if let Some(dir) = &args.data_dir {
+            for task in picked_lm {
+                lm_tasks.push(PlannedLmTask::load(task, &LmSource::Dir(dir.clone()))?);
+            }
         }
         let mut planned = Vec::new();
         for task in picked {
-            let mut splits = Vec::new();
-            for split in task.eval_splits() {
-                splits.push((*split, task.load(&data, split)?));
-            }
-            planned.push(PlannedTask { task, splits });
+            planned.push(PlannedTask::load(task, &data)?);
         }
         let profile = if args.no_profile {
             None
@@ -255,6 +271,7 @@ impl RunPlan {
             aliases,
             tasks: planned,
             lm_tasks,
+            hub_pending,
             lm: reports::LmSettings {
                 context_length: args.context_length,
                 stride: args.stride,
