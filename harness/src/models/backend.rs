@@ -146,8 +146,8 @@ pub fn loglikelihood_of_ids(
     })
 }
 
-/// [`loglikelihood_of_ids`] on texts, tokenized as lm-evaluation-harness does: trailing spaces
-/// of the context move to the continuation, then the continuation's tokens are those of
+/// [`loglikelihood_of_ids`] on texts, tokenized as lm-evaluation-harness does: trailing
+/// whitespace of the context moves to the continuation (its `rstrip`), then the continuation's tokens are those of
 /// `tokenize(context + continuation)` past as many tokens as `tokenize(context)` has, scored
 /// after the context's own tokens.
 pub fn loglikelihoods(
@@ -157,7 +157,7 @@ pub fn loglikelihoods(
     pairs
         .iter()
         .map(|p| {
-            let context = p.context.trim_end_matches(' ');
+            let context = p.context.trim_end();
             let continuation = format!("{}{}", &p.context[context.len()..], p.continuation);
             let (ctx, _) = model.tokenize(context)?;
             let (whole, _) = model.tokenize(&format!("{context}{continuation}"))?;
