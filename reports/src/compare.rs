@@ -10,6 +10,12 @@
 //!   deviation and count) rejects "no slower" at `alpha` (one-sided, normal approximation,
 //!   fine for the hundreds of examples a dev set has).
 //! - Memory: peak RSS growth beyond `max_memory_growth` percent.
+//!
+//! Honesty rules: a baseline of other models or of settings that change the numbers is
+//! refused (exit 2), and absolute speed is gated only when both files were measured on the
+//! same kind of machine (CPU model, cores and threads, build profile, kernels); otherwise the
+//! latency rows are shown with why they were not gated, and only the machine-independent
+//! figures (metrics, memory) can fail the gate.
 
 use crate::export::table::{markdown_table, Align};
 use crate::{Cell, Results};
@@ -61,6 +67,107 @@ pub enum CompareError {
     SchemaMismatch { baseline: u32, current: u32 },
     #[error("no common tasks: baseline has [{baseline}], current has [{current}]")]
     NoCommonTasks { baseline: String, current: String },
+    #[error("the baseline is of other models: its {role} is '{baseline}', the current run's is '{current}'; compare runs of the same pair")]
+    DifferentModels {
+        role: &'static str,
+        baseline: String,
+        current: String,
+    },
+    #[error("the baseline was run with other settings: {field} is {baseline} there and {current} here; rerun the baseline with the same settings")]
+    DifferentSettings {
+        field: &'static str,
+        baseline: String,
+        current: String,
+    },
+}
+
+/// Why absolute speed of the two files cannot be compared, if it cannot: they were measured on
+/// different kinds of machine, or one does not say where it was measured.
+pub fn speed_not_comparable(baseline: &Results, current: &Results) -> Option<String> {
+    let (b, c) = match (&baseline.environment, &current.environment) {
+        (Some(b), Some(c)) => (b, c),
+        (None, None) => return None,
+        _ => return Some("one file does not record its machine".into()),
+    };
+    let fields: [(&str, String, String); 5] = [
+        ("CPU", b.cpu_model.clone(), c.cpu_model.clone()),
+        (
+            "cores",
+            b.logical_cores.to_string(),
+            c.logical_cores.to_string(),
+        ),
+        (
+            "threads",
+            b.threads_used.to_string(),
+            c.threads_used.to_string(),
+        ),
+        ("build", b.build_profile.clone(), c.build_profile.clone()),
+        ("device", b.device.clone(), c.device.clone()),
+    ];
+    for (what, bv, cv) in fields {
+        if bv != cv {
+            return Some(format!(
+                "measured on another machine ({what}: '{bv}' vs '{cv}')"
+            ));
+        }
+    }
+    // Kernels are recorded since schema 1's environment.kernels; a file without them (older)
+    // is not held against a newer one.
+    if !b.kernels.is_empty() && !c.kernels.is_empty() && b.kernels != c.kernels {
+        return Some("measured with other kernels (environment.kernels differ)".into());
+    }
+    None
+}
+
+/// Refuse a baseline of other models or of settings that change the numbers.
+fn check_same_run(baseline: &Results, current: &Results) -> Result<(), CompareError> {
+    for (role, b, c) in [
+        ("teacher", &baseline.teacher.id, &current.teacher.id),
+        ("student", &baseline.student.id, &current.student.id),
+    ] {
+        if b != c {
+            return Err(CompareError::DifferentModels {
+                role,
+                baseline: b.clone(),
+                current: c.clone(),
+            });
+        }
+    }
+    let (b, c) = (&baseline.settings, &current.settings);
+    let fields: [(&'static str, String, String); 6] = [
+        (
+            "max_length",
+            format!("{:?}", b.max_length),
+            format!("{:?}", c.max_length),
+        ),
+        ("dtype", b.dtype.clone(), c.dtype.clone()),
+        (
+            "probe_train_rows",
+            b.probe_train_rows.to_string(),
+            c.probe_train_rows.to_string(),
+        ),
+        (
+            "probe_seed",
+            b.probe_seed.to_string(),
+            c.probe_seed.to_string(),
+        ),
+        ("probe_l2", b.probe_l2.to_string(), c.probe_l2.to_string()),
+        (
+            "probe_iterations",
+            b.probe_iterations.to_string(),
+            c.probe_iterations.to_string(),
+        ),
+    ];
+    for (field, bv, cv) in fields {
+        if bv != cv {
+            return Err(CompareError::DifferentSettings {
+                field,
+                baseline: bv,
+                current: cv,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Standard normal CDF (Abramowitz and Stegun 7.1.26 erf, |error| < 1.5e-7).
@@ -113,6 +220,8 @@ pub fn compare(
             current: current.schema_version,
         });
     }
+    check_same_run(baseline, current)?;
+    let speed_skipped = speed_not_comparable(baseline, current);
     let common: Vec<&String> = baseline
         .tasks
         .keys()
@@ -173,8 +282,13 @@ pub fn compare(
                     baseline: bl.mean,
                     current: cl.mean,
                     change: slowdown,
-                    note: format!("p = {p:.3}"),
-                    regression: slowdown > th.max_slowdown && p < th.alpha,
+                    note: match &speed_skipped {
+                        None => format!("p = {p:.3}"),
+                        Some(why) => format!("not gated: {why}"),
+                    },
+                    regression: speed_skipped.is_none()
+                        && slowdown > th.max_slowdown
+                        && p < th.alpha,
                     in_points: false,
                 });
                 if let (Some(bm), Some(cm)) = (bp.peak_rss_bytes, cp.peak_rss_bytes) {
@@ -438,6 +552,74 @@ mod tests {
         p.peak_rss_bytes = p.peak_rss_bytes.map(|b| b * 2);
         let f = compare(&base, &cur, &Thresholds::default()).unwrap();
         assert!(f.iter().any(|f| f.regression && f.what.contains("RSS")));
+    }
+
+    #[test]
+    fn speed_on_another_machine_is_shown_but_not_gated() {
+        let mut base = profiled();
+        base.environment = Some(crate::Environment {
+            cpu_model: "Test CPU".into(),
+            cpu_flags: vec!["avx2".into()],
+            logical_cores: 2,
+            threads_used: 2,
+            memory_bytes: None,
+            os: "linux".into(),
+            candle_version: "0.11.1".into(),
+            build_profile: "release".into(),
+            target_features: Vec::new(),
+            git_commit: None,
+            device: "cpu".into(),
+            kernels: Default::default(),
+        });
+        let mut cur = base.clone();
+        for t in cur.tasks.values_mut() {
+            let p = t.student.profile.as_mut().unwrap();
+            p.latency_ms.mean *= 3.0;
+        }
+        let f = compare(&base, &cur, &Thresholds::default()).unwrap();
+        assert!(f.iter().any(|f| f.regression), "same machine: gated");
+        cur.environment.as_mut().unwrap().cpu_model = "Other CPU".into();
+        let f = compare(&base, &cur, &Thresholds::default()).unwrap();
+        let lat: Vec<&Finding> = f.iter().filter(|f| f.what.contains("latency")).collect();
+        assert!(
+            !lat.is_empty() && lat.iter().all(|f| !f.regression),
+            "{lat:?}"
+        );
+        assert!(
+            lat[0]
+                .note
+                .contains("not gated: measured on another machine (CPU:"),
+            "{}",
+            lat[0].note
+        );
+    }
+
+    #[test]
+    fn a_baseline_of_other_models_or_settings_is_refused() {
+        let base = profiled();
+        let mut cur = base.clone();
+        cur.student.id = "someone-else".into();
+        let err = compare(&base, &cur, &Thresholds::default()).unwrap_err();
+        assert!(matches!(
+            err,
+            CompareError::DifferentModels {
+                role: "student",
+                ..
+            }
+        ));
+        assert!(
+            err.to_string().contains("compare runs of the same pair"),
+            "{err}"
+        );
+        let mut cur = base.clone();
+        cur.settings.probe_train_rows += 1;
+        let err = compare(&base, &cur, &Thresholds::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("probe_train_rows is 2000 there and 2001 here"),
+            "{err}"
+        );
     }
 
     #[test]
