@@ -134,12 +134,9 @@ fn check_same_run(baseline: &Results, current: &Results) -> Result<(), CompareEr
         }
     }
     let (b, c) = (&baseline.settings, &current.settings);
-    let fields: [(&'static str, String, String); 6] = [
-        (
-            "max_length",
-            format!("{:?}", b.max_length),
-            format!("{:?}", c.max_length),
-        ),
+    // `max_length` is left out on purpose: `SEED_REGRESSION=1 scripts/nightly.sh` cuts inputs
+    // with it to prove that the gate trips on a real quality loss.
+    let fields: [(&'static str, String, String); 5] = [
         ("dtype", b.dtype.clone(), c.dtype.clone()),
         (
             "probe_train_rows",
