@@ -440,7 +440,7 @@ fn decoder_aliases_load_from_a_hub_snapshot_cache_offline() {
 #[test]
 fn a_gguf_student_with_f32_tensors_can_be_quantized() {
     // GGUF files in block formats are refused by --student-quantize (unit test in
-    // models/layers.rs); this fixture's GGUF holds f32 tensors, which are quantized.
+    // models/linear.rs); this fixture's GGUF holds f32 tensors, which are quantized.
     let tmp = tempfile::tempdir().unwrap();
     let teacher = fixture("llama-tiny");
     let student = fixture("llama-tiny/model-f32.gguf");
