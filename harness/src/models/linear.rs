@@ -179,15 +179,22 @@ impl Lin {
 
     /// The weight's format as run (`f32`, `q8_0`, `q4k`, ...).
     pub fn format_name(&self) -> String {
+        ggml_name(self.weight_dtype())
+    }
+
+    /// The weight's format as a ggml type (dense tensors as F32, F16 or BF16).
+    fn weight_dtype(&self) -> GgmlDType {
         match &self.weight {
-            Weight::Candle(QMatMul::QTensor(q)) => ggml_name(q.dtype()),
-            Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
-                format!("{:?}", t.dtype()).to_ascii_lowercase()
-            }
-            Weight::Packed(..) => "f32".into(),
+            Weight::Candle(QMatMul::QTensor(q)) => q.dtype(),
+            Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => match t.dtype() {
+                DType::F16 => GgmlDType::F16,
+                DType::BF16 => GgmlDType::BF16,
+                _ => GgmlDType::F32,
+            },
+            Weight::Packed(..) => GgmlDType::F32,
             Weight::Int8(w, _) => match w.format() {
-                BlockFormat::Q8_0 => "q8_0".into(),
-                BlockFormat::Q4_0 => "q4_0".into(),
+                BlockFormat::Q8_0 => GgmlDType::Q8_0,
+                BlockFormat::Q4_0 => GgmlDType::Q4_0,
             },
         }
     }
@@ -387,15 +394,9 @@ pub fn quantize_linears(
 pub fn kernels_of(linears: Vec<&mut Lin>) -> std::collections::BTreeMap<String, String> {
     let mut by_format: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for l in linears {
-        let format = l.format_name();
-        let dtype = match &l.weight {
-            Weight::Candle(QMatMul::QTensor(q)) => q.dtype(),
-            Weight::Int8(w, _) if w.format() == BlockFormat::Q4_0 => GgmlDType::Q4_0,
-            Weight::Int8(..) => GgmlDType::Q8_0,
-            _ => GgmlDType::F32,
-        };
+        let dtype = l.weight_dtype();
         let described = dispatch::describe(dtype, |rows| l.kernel_at(rows));
-        let seen = by_format.entry(format).or_default();
+        let seen = by_format.entry(ggml_name(dtype)).or_default();
         if !seen.contains(&described) {
             seen.push(described);
         }
