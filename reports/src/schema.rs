@@ -516,21 +516,24 @@ impl Results {
         let Some(env) = self.environment.as_mut() else {
             return;
         };
-        let mut all: BTreeMap<String, String> = BTreeMap::new();
+        let mut by_format: BTreeMap<&String, Vec<(&str, &String)>> = BTreeMap::new();
         for (role, summary) in [("teacher", &self.teacher), ("student", &self.student)] {
-            let Some(ckpt) = &summary.checkpoint else {
-                continue;
-            };
-            for (format, kernel) in &ckpt.kernels {
-                match all.get_mut(format) {
-                    None => {
-                        all.insert(format.clone(), kernel.clone());
-                    }
-                    Some(have) if have == kernel || have.contains(&format!("{role}: ")) => {}
-                    Some(have) => *have = format!("teacher: {have} / {role}: {kernel}"),
-                }
+            for (format, kernel) in summary.checkpoint.iter().flat_map(|c| &c.kernels) {
+                by_format.entry(format).or_default().push((role, kernel));
             }
         }
+        let all = by_format
+            .into_iter()
+            .map(|(format, ks)| {
+                let line = if ks.iter().all(|(_, k)| *k == ks[0].1) {
+                    ks[0].1.clone()
+                } else {
+                    let parts: Vec<String> = ks.iter().map(|(r, k)| format!("{r}: {k}")).collect();
+                    parts.join(" / ")
+                };
+                (format.clone(), line)
+            })
+            .collect();
         env.kernels = all;
     }
 
@@ -722,5 +725,40 @@ pub(crate) mod tests {
         let text = serde_json::to_string(&r).unwrap();
         let back: Results = serde_json::from_str(&text).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn kernels_of_both_models_go_into_the_environment() {
+        let mut r = sample();
+        r.environment = Some(Environment {
+            cpu_model: "cpu".into(),
+            cpu_flags: Vec::new(),
+            logical_cores: 1,
+            threads_used: 1,
+            memory_bytes: None,
+            os: "linux".into(),
+            candle_version: "0.11.1".into(),
+            build_profile: "release".into(),
+            target_features: Vec::new(),
+            git_commit: None,
+            device: "cpu".into(),
+            kernels: BTreeMap::new(),
+        });
+        let ckpt = |kernels: &[(&str, &str)]| {
+            let mut c = r.tasks["stsb"].teacher.checkpoint.clone();
+            c.kernels = kernels
+                .iter()
+                .map(|(f, k)| (f.to_string(), k.to_string()))
+                .collect();
+            c
+        };
+        let teacher = ckpt(&[("f32", "sgemm"), ("q8_0", "qgemm")]);
+        let student = ckpt(&[("f32", "sgemm"), ("q8_0", "candle")]);
+        r.teacher.checkpoint = Some(teacher);
+        r.student.checkpoint = Some(student);
+        r.note_kernels();
+        let k = &r.environment.as_ref().unwrap().kernels;
+        assert_eq!(k["f32"], "sgemm");
+        assert_eq!(k["q8_0"], "teacher: qgemm / student: candle");
     }
 }
