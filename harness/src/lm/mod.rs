@@ -48,6 +48,15 @@ fn specs(plan: &RunPlan, task: &str) -> [(Role, ModelSpec); 2] {
     ]
 }
 
+/// The model of `role` for a task.
+fn spec_of(plan: &RunPlan, task: &str, role: Role) -> ModelSpec {
+    let [(_, teacher), (_, student)] = specs(plan, task);
+    match role {
+        Role::Teacher => teacher,
+        Role::Student => student,
+    }
+}
+
 /// Part of a cell's cache key: the checkpoint and how its weights are transformed.
 fn spec_key(spec: &ModelSpec) -> String {
     format!(
@@ -195,16 +204,16 @@ pub struct LmCells {
 
 impl LmCells {
     /// Read back each task's finished cells; the other tasks are to do.
-    pub fn new(plan: &RunPlan) -> Result<Self> {
+    pub fn new(plan: &RunPlan) -> Self {
         let reused: Vec<_> = plan.lm_tasks.iter().map(|pt| cached(plan, pt)).collect();
         let todo = (0..plan.lm_tasks.len())
             .filter(|&i| reused[i].is_none())
             .collect();
-        Ok(LmCells {
+        LmCells {
             reused,
             todo,
             pending: BTreeMap::new(),
-        })
+        }
     }
 
     /// The model of each cell to compute, teacher cells first (the student's fidelity needs
@@ -213,11 +222,9 @@ impl LmCells {
         [Role::Teacher, Role::Student]
             .into_iter()
             .flat_map(|role| {
-                self.todo.iter().map(move |&i| {
-                    specs(plan, plan.lm_tasks[i].task.name())[role as usize]
-                        .1
-                        .clone()
-                })
+                self.todo
+                    .iter()
+                    .map(move |&i| spec_of(plan, plan.lm_tasks[i].task.name(), role))
             })
             .collect()
     }
@@ -237,7 +244,7 @@ impl LmCells {
             self.todo
                 .iter()
                 .copied()
-                .filter(|&i| specs(plan, plan.lm_tasks[i].task.name())[role as usize].1 == *spec)
+                .filter(|&i| spec_of(plan, plan.lm_tasks[i].task.name(), role) == *spec)
                 .collect()
         };
         let jobs: Vec<(Role, usize)> = [Role::Teacher, Role::Student]
@@ -258,6 +265,12 @@ impl LmCells {
                 Role::Student => k.student.clone(),
             };
             let p = self.pending.entry(i).or_default();
+            if role == Role::Teacher {
+                p.teacher_vocabulary = model.vocabulary_id();
+            }
+            // Token-level comparisons need both models to tokenize alike.
+            let same_tokenizer =
+                p.teacher_vocabulary.is_some() && p.teacher_vocabulary == model.vocabulary_id();
             let cf = match (&pt.data, pt.task.kind()) {
                 (LmData::Text(text), LmKind::Perplexity) => {
                     if role == Role::Teacher {
@@ -296,7 +309,7 @@ impl LmCells {
                         }
                         Role::Student => {
                             let t = p.teacher_logits.take().expect("the teacher's logits");
-                            p.fidelity = Some(t.compare(model)?);
+                            p.fidelity = Some(t.compare(model, same_tokenizer)?);
                         }
                     }
                     cf
@@ -312,14 +325,9 @@ impl LmCells {
                             prof.decode_tokens_per_s.unwrap_or(f64::NAN)
                         ));
                     }
-                    match role {
-                        Role::Teacher => p.teacher_vocabulary = model.vocabulary_id(),
-                        Role::Student => {
-                            let same = p.teacher_vocabulary.is_some()
-                                && p.teacher_vocabulary == model.vocabulary_id();
-                            let t = p.teacher.as_ref().expect("the teacher's cell");
-                            p.fidelity = Some(cells::generate_fidelity(same, t, &cf));
-                        }
+                    if role == Role::Student {
+                        let t = p.teacher.as_ref().expect("the teacher's cell");
+                        p.fidelity = Some(cells::generate_fidelity(same_tokenizer, t, &cf));
                     }
                     cf
                 }

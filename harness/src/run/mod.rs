@@ -86,7 +86,7 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     // benchmark for the same reason). Every model is checked first, so that a bad one fails
     // the run before any cell is computed. A quantized student is a model of its own.
     let mut text = TextCells::new(plan, &say);
-    let mut lm = LmCells::new(plan)?;
+    let mut lm = LmCells::new(plan);
     let mut models: Vec<ModelSpec> = Vec::new();
     for spec in text.jobs(plan).into_iter().chain(lm.jobs(plan)) {
         if !models.contains(&spec) {
