@@ -160,20 +160,12 @@ pub fn candle_quantized_kernel(format: GgmlDType, rows: usize, n: usize, k: usiz
                 Kernel::CandleRepack(l)
             }
         }
+        // candle's ggml dot products take their AVX2 code on the same check as the packed
+        // GEMMs (AVX2 and FMA at run time).
         _ => Kernel::CandleGgmlDot {
-            avx2: cpu_has_avx2_fma(),
+            avx2: super::sgemm::PackedWeight::supported(),
         },
     }
-}
-
-/// Whether candle's ggml dot products take their AVX2 code (checked at run time by candle).
-fn cpu_has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// One format's kernels by row count, e.g. `candle-ggml-avx2 (1 row), candle-repack-avx2
