@@ -9,6 +9,7 @@
 //! backend turn each example into an [`Prediction`], then [`Task::score`] the predictions
 //! against the gold labels with the task's official metric.
 
+pub mod choice;
 pub mod data;
 pub mod generation;
 pub mod glue;

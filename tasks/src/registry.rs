@@ -1,6 +1,7 @@
 //! The one list of tasks. Adding a task means adding one line here. Classification and
 //! regression tasks (GLUE) and language-modelling tasks share one name space.
 
+use crate::choice;
 use crate::generation::tasks::{self as lm, LmTask};
 use crate::glue;
 use crate::Task;
@@ -19,7 +20,21 @@ pub static REGISTRY: &[&dyn Task] = &[
 ];
 
 /// Language-modelling tasks, for decoders.
-pub static LM_REGISTRY: &[&dyn LmTask] = &[&lm::WIKITEXT2, &lm::WIKITEXT103, &lm::GENERATE];
+pub static LM_REGISTRY: &[&dyn LmTask] = &[
+    &lm::WIKITEXT2,
+    &lm::WIKITEXT103,
+    &lm::GENERATE,
+    &choice::ARC_EASY,
+    &choice::ARC_CHALLENGE,
+    &choice::PIQA,
+    &choice::WINOGRANDE,
+    &choice::BOOLQ,
+    &choice::LAMBADA_OPENAI,
+    &choice::MMLU,
+    &choice::HELLASWAG,
+    &choice::OPENBOOKQA,
+    &choice::SCIQ,
+];
 
 /// A task of either kind.
 #[derive(Clone, Copy)]

@@ -17,6 +17,8 @@ pub enum LmKind {
     Perplexity,
     /// Greedy continuations of prompts.
     Generate,
+    /// Log-likelihoods of each choice of each example (multiple choice and cloze).
+    Choice,
 }
 
 /// Where a language-modelling task's data comes from.
@@ -26,6 +28,23 @@ pub enum LmSource {
     Dir(PathBuf),
     /// The `text` column of the Hub dataset's split, row by row.
     HubRows { origin: String, rows: Vec<String> },
+    /// Whole rows of the Hub dataset's split (column -> value), and of its few-shot split
+    /// when one was fetched.
+    HubRecords {
+        origin: String,
+        rows: Vec<std::collections::BTreeMap<String, serde_json::Value>>,
+        fewshot: Vec<std::collections::BTreeMap<String, serde_json::Value>>,
+    },
+}
+
+/// How much of a task to load and how to prompt it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The first N examples (`--limit`); MMLU takes the first N of each subject.
+    pub limit: Option<usize>,
+    /// Answered examples put before each question (`--num-fewshot`), for tasks with a
+    /// few-shot split.
+    pub num_fewshot: usize,
 }
 
 /// A loaded language-modelling data set.
@@ -33,6 +52,7 @@ pub enum LmSource {
 pub enum LmData {
     Text(RawText),
     Prompts(Vec<String>),
+    Choices(crate::choice::ChoiceSet),
 }
 
 /// A language-modelling task plugin.
@@ -48,7 +68,11 @@ pub trait LmTask: Sync + Send {
     fn lower_is_better(&self) -> bool;
     /// `(repository, config, split)` of the Hub dataset, when the task has one.
     fn hub_dataset(&self) -> Option<(&'static str, &'static str, &'static str)>;
-    fn load(&self, source: &LmSource) -> Result<LmData, DataError>;
+    fn load(&self, source: &LmSource, options: &LoadOptions) -> Result<LmData, DataError>;
+    /// The Hub split few-shot examples come from, when the task has one.
+    fn fewshot_split(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// WikiText perplexity on the raw test split.
@@ -111,7 +135,7 @@ impl LmTask for WikiTextTask {
     fn hub_dataset(&self) -> Option<(&'static str, &'static str, &'static str)> {
         Some(("Salesforce/wikitext", self.hub_config, "test"))
     }
-    fn load(&self, source: &LmSource) -> Result<LmData, DataError> {
+    fn load(&self, source: &LmSource, _options: &LoadOptions) -> Result<LmData, DataError> {
         match source {
             LmSource::Dir(dir) => Ok(LmData::Text(RawText::read(&find_raw(dir, self.folders))?)),
             // The Hub's rows are the raw file's lines with their line ends; joined with
@@ -119,6 +143,10 @@ impl LmTask for WikiTextTask {
             LmSource::HubRows { origin, rows } => {
                 Ok(LmData::Text(RawText::new(rows.join("\n\n"), origin)?))
             }
+            LmSource::HubRecords { origin, .. } => Err(DataError::Other(format!(
+                "{origin}: {} reads the Hub's text column, not whole rows",
+                self.name
+            ))),
         }
     }
 }
@@ -164,9 +192,10 @@ impl LmTask for GenerateTask {
     fn hub_dataset(&self) -> Option<(&'static str, &'static str, &'static str)> {
         None
     }
-    fn load(&self, _source: &LmSource) -> Result<LmData, DataError> {
+    fn load(&self, _source: &LmSource, options: &LoadOptions) -> Result<LmData, DataError> {
+        let n = options.limit.unwrap_or(PROMPTS.len()).max(1);
         Ok(LmData::Prompts(
-            PROMPTS.iter().map(|p| p.to_string()).collect(),
+            PROMPTS.iter().take(n).map(|p| p.to_string()).collect(),
         ))
     }
 }
@@ -255,24 +284,33 @@ mod tests {
             " = A = \n b c\n",
         )
         .unwrap();
-        let LmData::Text(t) = WIKITEXT2.load(&LmSource::Dir(dir.path().into())).unwrap() else {
+        let LmData::Text(t) = WIKITEXT2
+            .load(&LmSource::Dir(dir.path().into()), &LoadOptions::default())
+            .unwrap()
+        else {
             panic!("expected text")
         };
         assert_eq!(t.words, 5);
         // The folder itself works too.
         assert!(WIKITEXT2
-            .load(&LmSource::Dir(dir.path().join("wikitext-2")))
+            .load(
+                &LmSource::Dir(dir.path().join("wikitext-2")),
+                &LoadOptions::default()
+            )
             .is_ok());
         let err = WIKITEXT103
-            .load(&LmSource::Dir(dir.path().into()))
+            .load(&LmSource::Dir(dir.path().into()), &LoadOptions::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("wikitext-103/wiki.test.raw"), "{err}");
         let LmData::Text(t) = WIKITEXT2
-            .load(&LmSource::HubRows {
-                origin: "hub".into(),
-                rows: vec![" = A = \n".into(), " b c\n".into()],
-            })
+            .load(
+                &LmSource::HubRows {
+                    origin: "hub".into(),
+                    rows: vec![" = A = \n".into(), " b c\n".into()],
+                },
+                &LoadOptions::default(),
+            )
             .unwrap()
         else {
             panic!("expected text")
