@@ -151,6 +151,14 @@ pub struct RunArgs {
     /// Generate: new tokens per prompt (greedy).
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
+    /// Score only the first N examples of every task (MMLU: of every subject; generate: the
+    /// first N prompts), for smoke runs and CI. Recorded in the results.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Multiple-choice tasks with a few-shot split (MMLU's dev): answered examples put before
+    /// each question, lm-eval's first-N sampler.
+    #[arg(long, default_value_t = 0)]
+    pub num_fewshot: usize,
     /// Tasks, comma-separated (see `harness list tasks`).
     #[arg(long, value_delimiter = ',', required = true)]
     pub task: Vec<String>,

@@ -11,6 +11,34 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::Value;
 
+/// A parquet value as JSON: nested structs (ARC's `choices {text, label}`) become objects and
+/// lists (HellaSwag's `endings`, MMLU's `choices`) arrays, so tasks read Hub rows with the
+/// same field paths as their jsonl files.
+fn json_of(field: &Field) -> Value {
+    match field {
+        Field::Str(s) => Value::from(s.as_str()),
+        Field::Byte(i) => Value::from(*i),
+        Field::Short(i) => Value::from(*i),
+        Field::Int(i) => Value::from(*i),
+        Field::Long(i) => Value::from(*i),
+        Field::UByte(i) => Value::from(*i),
+        Field::UShort(i) => Value::from(*i),
+        Field::UInt(i) => Value::from(*i),
+        Field::ULong(i) => Value::from(*i),
+        Field::Float(f) => Value::from(*f as f64),
+        Field::Double(f) => Value::from(*f),
+        Field::Bool(b) => Value::from(*b),
+        Field::Null => Value::Null,
+        Field::Group(row) => Value::Object(
+            row.get_column_iter()
+                .map(|(k, v)| (k.clone(), json_of(v)))
+                .collect(),
+        ),
+        Field::ListInternal(list) => Value::Array(list.elements().iter().map(json_of).collect()),
+        other => Value::from(other.to_string()),
+    }
+}
+
 /// Rows of one parquet file.
 pub fn read_parquet_rows(path: &Path) -> Result<Vec<BTreeMap<String, Value>>> {
     let file =
@@ -25,19 +53,7 @@ pub fn read_parquet_rows(path: &Path) -> Result<Vec<BTreeMap<String, Value>>> {
         let row = row.with_context(|| format!("{}: corrupt row", path.display()))?;
         let map = row
             .get_column_iter()
-            .map(|(name, field)| {
-                let v = match field {
-                    Field::Str(s) => Value::from(s.as_str()),
-                    Field::Int(i) => Value::from(*i),
-                    Field::Long(i) => Value::from(*i),
-                    Field::Float(f) => Value::from(*f as f64),
-                    Field::Double(f) => Value::from(*f),
-                    Field::Bool(b) => Value::from(*b),
-                    Field::Null => Value::Null,
-                    other => Value::from(other.to_string()),
-                };
-                (name.clone(), v)
-            })
+            .map(|(name, field)| (name.clone(), json_of(field)))
             .collect();
         rows.push(map);
     }
@@ -63,6 +79,26 @@ pub fn text_rows(
     Ok(tasks::generation::tasks::LmSource::HubRows {
         origin: format!("hub:{repo}/{config}/{split}"),
         rows,
+    })
+}
+
+/// Whole rows of a Hub dataset's split (multiple-choice tasks), and of its few-shot split.
+pub fn record_rows(
+    repo: &str,
+    config: &str,
+    split: &str,
+    fewshot_split: Option<&str>,
+) -> Result<tasks::generation::tasks::LmSource> {
+    let mut files = vec![tasks::parquet_file(config, split)];
+    files.extend(fewshot_split.map(|s| tasks::parquet_file(config, s)));
+    let paths = crate::models::resolve::fetch_dataset_files(repo, &files)?;
+    Ok(tasks::generation::tasks::LmSource::HubRecords {
+        origin: format!("hub:{repo}/{config}/{split}"),
+        rows: read_parquet_rows(&paths[0])?,
+        fewshot: match paths.get(1) {
+            Some(p) => read_parquet_rows(p)?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -99,7 +135,7 @@ pub fn hub_split(
 /// `--data-dir`), after the plan is validated and before any model loads.
 pub fn fetch_planned(plan: &mut crate::plan::RunPlan) -> Result<()> {
     use crate::plan::{PlannedLmTask, PlannedTask};
-    use tasks::generation::tasks::LmSource;
+    use tasks::generation::tasks::{LmKind, LmSource};
     let Some(pending) = plan.hub_pending.take() else {
         return Ok(());
     };
@@ -107,18 +143,29 @@ pub fn fetch_planned(plan: &mut crate::plan::RunPlan) -> Result<()> {
         let names: Vec<&str> = pending.text.iter().map(|t| t.name()).collect();
         plan.data = hub_glue_source(&names)?;
         for task in pending.text {
-            plan.tasks.push(PlannedTask::load(task, &plan.data)?);
+            plan.tasks.push(PlannedTask::load(
+                task,
+                &plan.data,
+                plan.load_options.limit,
+            )?);
         }
     }
     for task in pending.lm {
         let source = match task.hub_dataset() {
+            Some((repo, config, split)) if task.kind() == LmKind::Choice => {
+                let fewshot = task
+                    .fewshot_split()
+                    .filter(|_| plan.load_options.num_fewshot > 0);
+                record_rows(repo, config, split, fewshot)?
+            }
             Some((repo, config, split)) => text_rows(repo, config, split)?,
             None => LmSource::HubRows {
                 origin: "built in".into(),
                 rows: Vec::new(),
             },
         };
-        plan.lm_tasks.push(PlannedLmTask::load(task, &source)?);
+        plan.lm_tasks
+            .push(PlannedLmTask::load(task, &source, &plan.load_options)?);
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
-use tasks::generation::tasks::{LmSource, LmTask};
+use tasks::generation::tasks::{LmSource, LmTask, LoadOptions};
 use tasks::{AnyTask, DataSource, Dataset, EvalSplit, Task};
 
 use crate::cli::RunArgs;
@@ -28,10 +28,14 @@ pub struct HubPending {
 
 impl PlannedLmTask {
     /// The task with its data read from `source`.
-    pub fn load(task: &'static dyn LmTask, source: &LmSource) -> Result<Self> {
+    pub fn load(
+        task: &'static dyn LmTask,
+        source: &LmSource,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         Ok(PlannedLmTask {
             task,
-            data: task.load(source)?,
+            data: task.load(source, options)?,
         })
     }
 }
@@ -44,10 +48,14 @@ pub struct PlannedTask {
 
 impl PlannedTask {
     /// The task with every evaluation split read from `data`.
-    pub fn load(task: &'static dyn Task, data: &DataSource) -> Result<Self> {
+    pub fn load(task: &'static dyn Task, data: &DataSource, limit: Option<usize>) -> Result<Self> {
         let mut splits = Vec::new();
         for split in task.eval_splits() {
-            splits.push((*split, task.load(data, split)?));
+            let mut ds = task.load(data, split)?;
+            if let Some(n) = limit {
+                ds.examples.truncate(n);
+            }
+            splits.push((*split, ds));
         }
         Ok(PlannedTask { task, splits })
     }
@@ -71,6 +79,8 @@ pub struct RunPlan {
     /// [`crate::hub_data::fetch_planned`] has run.
     pub hub_pending: Option<HubPending>,
     pub lm: reports::LmSettings,
+    /// `--limit` and `--num-fewshot`, as every task is loaded with them.
+    pub load_options: LoadOptions,
     pub student_quantize: Option<GgmlDType>,
     pub dequantize_teacher: bool,
     pub data: DataSource,
@@ -147,6 +157,13 @@ impl RunPlan {
         if args.max_new_tokens == 0 {
             bail!("--max-new-tokens must be at least 1");
         }
+        if args.limit == Some(0) {
+            bail!("--limit must be at least 1 example");
+        }
+        let load_options = LoadOptions {
+            limit: args.limit,
+            num_fewshot: args.num_fewshot,
+        };
         let student_quantize =
             crate::cli::parse_quant_flag(args.student_quantize.as_deref(), "--student-quantize")
                 .map_err(anyhow::Error::msg)?;
@@ -229,12 +246,16 @@ impl RunPlan {
         let mut lm_tasks = Vec::new();
         if let Some(dir) = &args.data_dir {
             for task in picked_lm {
-                lm_tasks.push(PlannedLmTask::load(task, &LmSource::Dir(dir.clone()))?);
+                lm_tasks.push(PlannedLmTask::load(
+                    task,
+                    &LmSource::Dir(dir.clone()),
+                    &load_options,
+                )?);
             }
         }
         let mut planned = Vec::new();
         for task in picked {
-            planned.push(PlannedTask::load(task, &data)?);
+            planned.push(PlannedTask::load(task, &data, args.limit)?);
         }
         let profile = if args.no_profile {
             None
@@ -278,7 +299,9 @@ impl RunPlan {
                 max_eval_tokens: args.max_eval_tokens,
                 fidelity_tokens: args.fidelity_tokens,
                 max_new_tokens: args.max_new_tokens,
+                num_fewshot: args.num_fewshot,
             },
+            load_options,
             student_quantize,
             dequantize_teacher: args.dequantize_teacher,
             data,

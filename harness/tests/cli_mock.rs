@@ -170,7 +170,13 @@ fn a_request_kind_the_model_does_not_answer_names_task_and_model() {
         continuation: " b".into(),
     }];
     let err = model
-        .run("arc_easy", Request::LogLikelihood { pairs: &pairs })
+        .run(
+            "arc_easy",
+            Request::LogLikelihood {
+                pairs: &pairs,
+                batch_size: 1,
+            },
+        )
         .unwrap_err()
         .to_string();
     assert_eq!(

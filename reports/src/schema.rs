@@ -46,6 +46,9 @@ pub struct RunSettings {
     /// Settings of the language-modelling tasks, when any ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lm: Option<LmSettings>,
+    /// `--limit`: only the first N examples of every task were scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
 }
 
 /// How perplexity and generation were run.
@@ -61,6 +64,9 @@ pub struct LmSettings {
     pub fidelity_tokens: usize,
     /// New tokens per prompt in `generate`.
     pub max_new_tokens: usize,
+    /// Answered examples before each multiple-choice question (`--num-fewshot`).
+    #[serde(default)]
+    pub num_fewshot: usize,
 }
 
 /// The machine and build a result was measured on.
@@ -658,6 +664,7 @@ pub(crate) mod tests {
                 probe_l2: 1e-3,
                 probe_iterations: 300,
                 lm: None,
+                limit: None,
             },
             environment: None,
             teacher: ModelSummary {

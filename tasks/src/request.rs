@@ -75,6 +75,9 @@ pub enum Request<'a> {
     },
     LogLikelihood {
         pairs: &'a [ContextContinuation],
+        /// Continuations of one shared context run together, at most this many at a time.
+        /// Scores do not depend on it beyond float rounding.
+        batch_size: usize,
     },
     LogLikelihoodRolling {
         text: &'a str,

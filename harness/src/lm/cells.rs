@@ -26,6 +26,10 @@ pub struct LmCellFile {
     /// `generate`: each prompt's continuation.
     #[serde(default)]
     pub continuations: Vec<SavedContinuation>,
+    /// Multiple-choice and cloze tasks: each example's log-likelihoods, for the paired
+    /// statistics and the predictions file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<tasks::choice::DocAnswer>,
 }
 
 /// One prompt's greedy continuation.
@@ -40,7 +44,12 @@ pub struct SavedContinuation {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct FidelityFile {
     pub cache_key: String,
-    pub fidelity: TokenFidelity,
+    /// Token-level fidelity (perplexity and generation tasks).
+    #[serde(default)]
+    pub fidelity: Option<TokenFidelity>,
+    /// Example-level comparison (multiple-choice and cloze tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<reports::Comparison>,
 }
 
 pub(super) struct Timed {
@@ -159,6 +168,7 @@ pub(super) fn perplexity_cell(
             profile,
         },
         continuations: Vec::new(),
+        answers: Vec::new(),
     })
 }
 
@@ -243,6 +253,7 @@ pub(super) fn generate_cell(
                 tokens: c.tokens,
             })
             .collect(),
+        answers: Vec::new(),
     })
 }
 

@@ -10,6 +10,7 @@
 //! piece is cached in `OUT/cells/` like the GLUE cells, so an interrupted run resumes.
 
 mod cells;
+mod choice;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -129,7 +130,7 @@ fn keys(plan: &RunPlan, pt: &PlannedLmTask) -> Keys {
 }
 
 /// The task's finished cells and comparison, when all three are cached with today's keys.
-fn cached(plan: &RunPlan, pt: &PlannedLmTask) -> Option<(LmCellFile, LmCellFile, TokenFidelity)> {
+fn cached(plan: &RunPlan, pt: &PlannedLmTask) -> Option<(LmCellFile, LmCellFile, FidelityFile)> {
     let k = keys(plan, pt);
     let name = pt.task.name();
     let t = read_cached::<LmCellFile>(&cell_path(&plan.out, name, "teacher"), &k.teacher, |c| {
@@ -141,7 +142,7 @@ fn cached(plan: &RunPlan, pt: &PlannedLmTask) -> Option<(LmCellFile, LmCellFile,
     let f = read_cached::<FidelityFile>(&cell_path(&plan.out, name, "fidelity"), &k.pair, |f| {
         &f.cache_key
     })?;
-    Some((t, s, f.fidelity))
+    Some((t, s, f))
 }
 
 /// A task being computed: what the teacher's pass leaves for the student's.
@@ -154,6 +155,7 @@ struct Pending {
     teacher_logits: Option<TeacherLogits>,
     teacher_vocabulary: Option<u64>,
     fidelity: Option<TokenFidelity>,
+    comparison: Option<reports::Comparison>,
 }
 
 /// Check that every prompt plus the new tokens fits the model.
@@ -196,7 +198,7 @@ fn window_for(plan: &RunPlan, task: &str) -> Result<WindowSettings> {
 /// The language-modelling cells of a run.
 pub struct LmCells {
     /// Each task's cells and comparison from an earlier run, when all three are reusable.
-    reused: Vec<Option<(LmCellFile, LmCellFile, TokenFidelity)>>,
+    reused: Vec<Option<(LmCellFile, LmCellFile, FidelityFile)>>,
     /// Tasks to compute, by index.
     todo: Vec<usize>,
     pending: BTreeMap<usize, Pending>,
@@ -331,6 +333,36 @@ impl LmCells {
                     }
                     cf
                 }
+                (LmData::Choices(set), LmKind::Choice) => {
+                    say(format!(
+                        "{} {name}: {} examples, {} log-likelihood requests",
+                        role.name(),
+                        set.docs.len(),
+                        set.docs.iter().map(|d| d.requests.len()).sum::<usize>()
+                    ));
+                    let cf =
+                        choice::choice_cell(model, name, set, plan, meter, key, role.name(), say)?;
+                    let m = &cf.cell.metrics;
+                    say(format!(
+                        "{} {name}: acc {:.2}% ± {:.2}{} ({:.1} s)",
+                        role.name(),
+                        m["acc"] * 100.0,
+                        m["acc_stderr"] * 100.0,
+                        m.get("acc_norm")
+                            .map_or(String::new(), |v| format!(", acc_norm {:.2}%", v * 100.0)),
+                        cf.cell.elapsed_s
+                    ));
+                    if role == Role::Student {
+                        let t = p.teacher.as_ref().expect("the teacher's cell");
+                        p.comparison = Some(choice::compare(
+                            set,
+                            pt.task.primary_metric(),
+                            &t.answers,
+                            &cf.answers,
+                        ));
+                    }
+                    cf
+                }
                 _ => bail!("{name}: its data does not match its kind"),
             };
             reports::io::write_json_atomic(&cell_path(&plan.out, name, role.name()), &cf)?;
@@ -343,7 +375,8 @@ impl LmCells {
                         &cell_path(&plan.out, name, "fidelity"),
                         &FidelityFile {
                             cache_key: k.pair.clone(),
-                            fidelity: p.fidelity.clone().expect("fidelity"),
+                            fidelity: p.fidelity.clone(),
+                            comparison: p.comparison.clone(),
                         },
                     )?;
                 }
@@ -362,7 +395,7 @@ impl LmCells {
     ) -> Result<()> {
         for (i, pt) in plan.lm_tasks.iter().enumerate() {
             let name = pt.task.name();
-            let (t, s, fidelity) = match self.reused[i].take() {
+            let (t, s, pair) = match self.reused[i].take() {
                 Some(done) => {
                     say(format!(
                         "{name}: reusing the finished cells in {}",
@@ -372,10 +405,15 @@ impl LmCells {
                 }
                 None => {
                     let p = self.pending.remove(&i).expect("computed");
+                    let k = keys(plan, pt);
                     (
                         p.teacher.context("teacher cell")?,
                         p.student.context("student cell")?,
-                        p.fidelity.context("fidelity")?,
+                        FidelityFile {
+                            cache_key: k.pair,
+                            fidelity: p.fidelity,
+                            comparison: p.comparison,
+                        },
                     )
                 }
             };
@@ -387,7 +425,11 @@ impl LmCells {
                     t.cell.metrics.get("tokens_scored").copied().unwrap_or(0.0) as usize
                 }
                 LmData::Prompts(p) => p.len(),
+                LmData::Choices(set) => set.docs.len(),
             };
+            if let LmData::Choices(set) = &pt.data {
+                choice::write_predictions(&plan.out, name, set, &t, &s)?;
+            }
             let mut tr = TaskResult::new(
                 pt.task.version(),
                 pt.task.primary_metric(),
@@ -398,14 +440,27 @@ impl LmCells {
             if pt.task.lower_is_better() {
                 tr = tr.lower_is_better();
             }
-            if let (Some(kl), Some(top1)) = (fidelity.kl, fidelity.top1_agreement) {
+            if let Some(f) = &pair.fidelity {
+                if let (Some(kl), Some(top1)) = (f.kl, f.top1_agreement) {
+                    say(format!(
+                        "{name}: mean KL(teacher || student) {kl:.5} nats, top-1 agreement {:.2}% over {} positions",
+                        top1 * 100.0,
+                        f.positions
+                    ));
+                }
+            }
+            if let Some(c) = &pair.comparison {
                 say(format!(
-                    "{name}: mean KL(teacher || student) {kl:.5} nats, top-1 agreement {:.2}% over {} positions",
-                    top1 * 100.0,
-                    fidelity.positions
+                    "{name}: student - teacher {:+.2} points (95% CI {:+.2} to {:+.2}), same answer on {:.1}%, McNemar p = {:.3}",
+                    c.primary_diff.estimate * 100.0,
+                    c.primary_diff.low * 100.0,
+                    c.primary_diff.high * 100.0,
+                    c.top1_agreement.unwrap_or(f64::NAN) * 100.0,
+                    c.mcnemar_p.unwrap_or(f64::NAN)
                 ));
             }
-            tr.fidelity = Some(fidelity);
+            tr.fidelity = pair.fidelity;
+            tr.comparison = pair.comparison;
             if pt.task.kind() == LmKind::Generate {
                 // New tokens per prompt describe the run; the student does not "keep" them.
                 tr.retention = None;

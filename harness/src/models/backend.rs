@@ -59,6 +59,17 @@ pub trait Backend {
     fn flops_per_token(&self) -> f64 {
         0.0
     }
+    /// Log-likelihoods of several continuations after one shared context (token ids), with
+    /// the context run once: `None` when the backend has no faster way than one window per
+    /// continuation ([`loglikelihood_of_ids`]), which the caller then takes.
+    fn shared_context_loglikelihoods(
+        &self,
+        _context: &[u32],
+        _continuations: &[Vec<u32>],
+        _batch_size: usize,
+    ) -> Result<Option<Vec<LogLikelihood>>> {
+        Ok(None)
+    }
 }
 
 impl dyn Backend + '_ {
@@ -128,8 +139,15 @@ pub fn loglikelihood_of_ids(
     }
     let rows = model.window_logits(&whole)?;
     let first = rows.len() + 1 - continuation.len();
+    score_rows(&rows[first - 1..], continuation)
+}
+
+/// The log-likelihood of `continuation` from the rows of logits that predict its tokens, one
+/// row per token.
+pub fn score_rows<R: AsRef<[f32]>>(rows: &[R], continuation: &[u32]) -> Result<LogLikelihood> {
     let (mut logprob, mut is_greedy) = (0.0, true);
-    for (row, &target) in rows[first - 1..].iter().zip(continuation) {
+    for (row, &target) in rows.iter().zip(continuation) {
+        let row = row.as_ref();
         if target as usize >= row.len() {
             bail!(
                 "token id {target} is outside the model's {} logits",
@@ -147,29 +165,54 @@ pub fn loglikelihood_of_ids(
 }
 
 /// [`loglikelihood_of_ids`] on texts, tokenized as lm-evaluation-harness does: trailing
-/// whitespace of the context moves to the continuation (its `rstrip`), then the continuation's tokens are those of
-/// `tokenize(context + continuation)` past as many tokens as `tokenize(context)` has, scored
-/// after the context's own tokens.
+/// whitespace of the context moves to the continuation (its `rstrip`), then the
+/// continuation's tokens are those of `tokenize(context + continuation)` past as many tokens
+/// as `tokenize(context)` has, scored after the context's own tokens.
+///
+/// Consecutive pairs with the same context (the choices of one question) share it: the
+/// context is tokenized once and, where the backend can
+/// ([`Backend::shared_context_loglikelihoods`]), run once with its continuations batched
+/// `batch_size` at a time.
 pub fn loglikelihoods(
     model: &dyn Backend,
     pairs: &[ContextContinuation],
+    batch_size: usize,
 ) -> Result<Vec<LogLikelihood>> {
-    pairs
-        .iter()
-        .map(|p| {
-            let context = p.context.trim_end();
-            let continuation = format!("{}{}", &p.context[context.len()..], p.continuation);
-            let (ctx, _) = model.tokenize(context)?;
-            let (whole, _) = model.tokenize(&format!("{context}{continuation}"))?;
-            if ctx.is_empty() {
-                bail!(
-                    "{}: the context {:?} has no tokens; a log-likelihood needs one",
-                    model.info().id,
-                    p.context
-                );
+    let mut out = Vec::with_capacity(pairs.len());
+    let mut start = 0;
+    while start < pairs.len() {
+        let end = start
+            + pairs[start..]
+                .iter()
+                .take_while(|p| p.context == pairs[start].context)
+                .count();
+        let group = &pairs[start..end];
+        let context = group[0].context.trim_end();
+        let moved = &group[0].context[context.len()..];
+        let (ctx, _) = model.tokenize(context)?;
+        if ctx.is_empty() {
+            bail!(
+                "{}: the context {:?} has no tokens; a log-likelihood needs one",
+                model.info().id,
+                group[0].context
+            );
+        }
+        let conts = group
+            .iter()
+            .map(|p| {
+                let (whole, _) = model.tokenize(&format!("{context}{moved}{}", p.continuation))?;
+                Ok(whole.get(ctx.len()..).unwrap_or_default().to_vec())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        match model.shared_context_loglikelihoods(&ctx, &conts, batch_size.max(1))? {
+            Some(lls) => out.extend(lls),
+            None => {
+                for c in &conts {
+                    out.push(loglikelihood_of_ids(model, &ctx, c)?);
+                }
             }
-            let cont = whole.get(ctx.len()..).unwrap_or_default();
-            loglikelihood_of_ids(model, &ctx, cont)
-        })
-        .collect()
+        }
+        start = end;
+    }
+    Ok(out)
 }

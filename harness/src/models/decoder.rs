@@ -12,10 +12,10 @@ use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use reports::CheckpointInfo;
-use tasks::request::{unsupported, Generation, Request, RequestKind, Response};
+use tasks::request::{unsupported, Generation, LogLikelihood, Request, RequestKind, Response};
 use tokenizers::Tokenizer;
 
-use super::backend::{loglikelihoods, rolling_loglikelihood};
+use super::backend::{loglikelihoods, rolling_loglikelihood, score_rows};
 use super::encoder::BuildError;
 use super::linear::Lin;
 use super::nn::KvCache;
@@ -27,6 +27,10 @@ pub trait DecoderNet: Send + Sync {
     fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor>;
     /// Logits of the new positions, attending to everything in `cache`, which they extend.
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor>;
+    /// [`DecoderNet::forward_cached`] giving the logits `(batch, 1, vocab)` of the last
+    /// position only.
+    fn forward_cached_last(&self, ids: &Tensor, cache: &mut KvCache)
+        -> candle_core::Result<Tensor>;
     /// Every linear layer, for `--student-quantize`.
     fn linears_mut(&mut self) -> Vec<&mut Lin>;
 }
@@ -413,6 +417,66 @@ impl DecoderBackend {
         })
     }
 
+    /// Continuations of one context with the context run once through the KV cache: its last
+    /// position's distribution scores every continuation's first token, and the rest of the
+    /// continuations run `batch_size` at a time, right-padded (a causal model never looks at
+    /// the padding after a token), against the cache repeated along the batch. `None` when a
+    /// continuation is empty or the whole would pass the position limit, where the one-window
+    /// path cuts the context from the left as lm-eval does.
+    fn prefix_cached_loglikelihoods(
+        &self,
+        context: &[u32],
+        continuations: &[Vec<u32>],
+        batch_size: usize,
+    ) -> Result<Option<Vec<LogLikelihood>>> {
+        let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
+        if context.is_empty() || continuations.iter().any(Vec::is_empty) {
+            return Ok(None);
+        }
+        if self
+            .max_positions
+            .is_some_and(|max| context.len() + longest - 1 > max)
+        {
+            return Ok(None);
+        }
+        let mut cache = KvCache::default();
+        let t = Tensor::from_vec(context.to_vec(), (1, context.len()), &self.device)?;
+        let last: Vec<f32> = self
+            .net
+            .forward_cached_last(&t, &mut cache)?
+            .flatten_all()?
+            .to_vec1()?;
+        // Rows predicting each continuation's tokens; the first row is the context's last.
+        let mut rows: Vec<Vec<Vec<f32>>> = vec![vec![last]; continuations.len()];
+        let mut rest: Vec<usize> = (0..continuations.len())
+            .filter(|&i| continuations[i].len() > 1)
+            .collect();
+        // Longest first, so that a batch pads little (lm-eval sorts the same way).
+        rest.sort_by_key(|&i| std::cmp::Reverse(continuations[i].len()));
+        for chunk in rest.chunks(batch_size.max(1)) {
+            let width = continuations[chunk[0]].len() - 1;
+            let mut ids = Vec::with_capacity(chunk.len() * width);
+            for &i in chunk {
+                let c = &continuations[i][..continuations[i].len() - 1];
+                ids.extend_from_slice(c);
+                ids.extend(std::iter::repeat_n(0u32, width - c.len()));
+            }
+            let t = Tensor::from_vec(ids, (chunk.len(), width), &self.device)?;
+            let mut batch_cache = cache.repeat_batch(chunk.len())?;
+            let logits: Vec<Vec<Vec<f32>>> =
+                self.net.forward_cached(&t, &mut batch_cache)?.to_vec3()?;
+            for (&i, seq) in chunk.iter().zip(logits) {
+                let n = continuations[i].len() - 1;
+                rows[i].extend(seq.into_iter().take(n));
+            }
+        }
+        rows.iter()
+            .zip(continuations)
+            .map(|(r, c)| score_rows(r, c))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// A hash of the vocabulary (token -> id, sorted), equal for two decoders that tokenize
     /// identically, which token-level fidelity needs.
     pub fn vocabulary_hash(&self) -> u64 {
@@ -438,9 +502,9 @@ impl Backend for DecoderBackend {
     }
     fn run(&self, task: &str, request: Request) -> Result<Response> {
         match request {
-            Request::LogLikelihood { pairs } => {
-                Ok(Response::LogLikelihoods(loglikelihoods(self, pairs)?))
-            }
+            Request::LogLikelihood { pairs, batch_size } => Ok(Response::LogLikelihoods(
+                loglikelihoods(self, pairs, batch_size)?,
+            )),
             Request::LogLikelihoodRolling { text, window } => Ok(Response::Rolling(
                 rolling_loglikelihood(self, text, window)?,
             )),
@@ -475,6 +539,14 @@ impl Backend for DecoderBackend {
     }
     fn flops_per_token(&self) -> f64 {
         DecoderBackend::flops_per_token(self)
+    }
+    fn shared_context_loglikelihoods(
+        &self,
+        context: &[u32],
+        continuations: &[Vec<u32>],
+        batch_size: usize,
+    ) -> Result<Option<Vec<LogLikelihood>>> {
+        self.prefix_cached_loglikelihoods(context, continuations, batch_size)
     }
 }
 

@@ -167,6 +167,15 @@ impl Gpt2 {
     /// Logits `(1, seq, vocab)` of `input_ids` `(1, seq)` placed after the positions already
     /// in `cache`, which is extended with them (one sequence, no padding).
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.cached(input_ids, cache, false)
+    }
+
+    /// [`Gpt2::forward_cached`] with the output head on the last position only.
+    pub fn forward_cached_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.cached(input_ids, cache, true)
+    }
+
+    fn cached(&self, input_ids: &Tensor, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
         let (_, seq) = input_ids.dims2()?;
         let past = cache.len;
         if past + seq > self.n_positions {
@@ -182,6 +191,9 @@ impl Gpt2 {
             x = block.forward(&x, &bias, Some((&mut *cache, i)))?;
         }
         cache.len += seq;
+        if last_only {
+            return self.head(&x.narrow(1, seq - 1, 1)?);
+        }
         self.head(&x)
     }
 
@@ -245,6 +257,9 @@ impl DecoderNet for Gpt2 {
     }
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         Gpt2::forward_cached(self, ids, cache)
+    }
+    fn forward_cached_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Gpt2::forward_cached_last(self, ids, cache)
     }
     fn linears_mut(&mut self) -> Vec<&mut Lin> {
         Gpt2::linears_mut(self)

@@ -163,8 +163,8 @@ impl Backend for MockBackend {
         Ok(match request {
             Request::Classify { inputs, .. } => Response::Rows(self.logits(task, inputs)?),
             Request::Embed { inputs, .. } => Response::Rows(self.embeddings(inputs)),
-            Request::LogLikelihood { pairs } => {
-                Response::LogLikelihoods(loglikelihoods(self, pairs)?)
+            Request::LogLikelihood { pairs, batch_size } => {
+                Response::LogLikelihoods(loglikelihoods(self, pairs, batch_size)?)
             }
             Request::LogLikelihoodRolling { text, window } => {
                 Response::Rolling(rolling_loglikelihood(self, text, window)?)
@@ -248,6 +248,7 @@ mod tests {
                         context: "a".into(),
                         continuation: " bb".into(),
                     }],
+                    batch_size: 1,
                 },
             )
             .unwrap()

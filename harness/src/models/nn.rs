@@ -96,6 +96,24 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// The same cache for a batch of `n` sequences that all continue it (each layer's keys
+    /// and values repeated along the batch axis), so several continuations of one shared
+    /// context run as one batch.
+    pub fn repeat_batch(&self, n: usize) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?))),
+                None => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            layers,
+            len: self.len,
+        })
+    }
+
     /// Append this step's `(batch, heads, seq, head_dim)` keys and values for layer `i`;
     /// return everything cached for it.
     pub fn extend(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {

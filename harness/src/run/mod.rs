@@ -61,6 +61,7 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
             probe_l2: plan.probe.l2,
             probe_iterations: plan.probe.iterations,
             lm: (!plan.lm_tasks.is_empty()).then(|| plan.lm.clone()),
+            limit: plan.load_options.limit,
         },
         environment: Some(profile::fingerprint::collect(&plan.device_name)),
         teacher: ModelSummary {

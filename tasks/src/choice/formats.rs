@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{ChoiceDoc, ChoiceSet};
+use super::{ChoiceDoc, ChoiceSet, Scoring};
 use crate::data::{read_utf8, DataError};
 use crate::request::ContextContinuation;
 
@@ -682,6 +682,7 @@ pub fn hub_records(origin: &str, rows: &[BTreeMap<String, Value>]) -> Vec<Record
 /// as lm-eval limits each subject task).
 pub fn build(
     layout: Layout,
+    scoring: Scoring,
     rows: &[Record],
     origin: &str,
     limit: Option<usize>,
@@ -709,6 +710,7 @@ pub fn build(
     Ok(ChoiceSet {
         docs,
         origin: origin.to_string(),
+        scoring,
     })
 }
 
@@ -901,7 +903,14 @@ mod tests {
         std::fs::write(dev.join("anatomy_dev.csv"), "Heart?,1,2,3,4,A\n").unwrap();
         let (rows, origin) = read_mmlu_dir(&test, "test", "h").unwrap();
         assert!(origin.ends_with("(2 subjects)"), "{origin}");
-        let set = build(Layout::Mmlu, &rows, &origin, None).unwrap();
+        let set = build(
+            Layout::Mmlu,
+            Scoring::MultipleChoice { normalised: false },
+            &rows,
+            &origin,
+            None,
+        )
+        .unwrap();
         assert_eq!(set.docs.len(), 3);
         let d = &set.docs[1];
         assert_eq!(d.group.as_deref(), Some("college_math"));
@@ -913,10 +922,16 @@ mod tests {
         assert_eq!((d.gold, d.requests[2].continuation.as_str()), (1, " C"));
         // --limit 1 keeps the first question of each subject.
         assert_eq!(
-            build(Layout::Mmlu, &rows, &origin, Some(1))
-                .unwrap()
-                .docs
-                .len(),
+            build(
+                Layout::Mmlu,
+                Scoring::MultipleChoice { normalised: false },
+                &rows,
+                &origin,
+                Some(1)
+            )
+            .unwrap()
+            .docs
+            .len(),
             2
         );
         let mut shot = set.clone();
@@ -960,7 +975,16 @@ mod tests {
         };
         let (rows, origin) = read_local(Layout::Piqa, dir.path(), &files).unwrap();
         assert_eq!(
-            build(Layout::Piqa, &rows, &origin, None).unwrap().docs[0].gold,
+            build(
+                Layout::Piqa,
+                Scoring::MultipleChoice { normalised: false },
+                &rows,
+                &origin,
+                None
+            )
+            .unwrap()
+            .docs[0]
+                .gold,
             1
         );
         std::fs::write(p.join("valid-labels.lst"), "1\n0\n").unwrap();
@@ -977,9 +1001,15 @@ mod tests {
         let f = dir.path().join("t.jsonl");
         std::fs::write(&f, "\n").unwrap();
         let rows = read_jsonl(&f, "h").unwrap();
-        let e = build(Layout::Boolq, &rows, "t.jsonl", None)
-            .unwrap_err()
-            .to_string();
+        let e = build(
+            Layout::Boolq,
+            Scoring::MultipleChoice { normalised: false },
+            &rows,
+            "t.jsonl",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(e, "t.jsonl: the data set is empty (no example rows)");
         std::fs::write(&f, "{\"text\": \"a b\"}\n{oops\n").unwrap();
         let e = read_jsonl(&f, "h").err().unwrap().to_string();

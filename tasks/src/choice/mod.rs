@@ -57,6 +57,7 @@ pub struct ChoiceSet {
     pub docs: Vec<ChoiceDoc>,
     /// The file(s) or Hub split the rows came from.
     pub origin: String,
+    pub scoring: Scoring,
 }
 
 /// How a task turns log-likelihoods into scores.
@@ -73,6 +74,9 @@ pub enum Scoring {
 pub struct DocAnswer {
     pub logprobs: Vec<f64>,
     pub greedy: Vec<bool>,
+    /// Tokens each continuation became.
+    #[serde(default)]
+    pub tokens: Vec<usize>,
 }
 
 impl DocAnswer {
@@ -80,6 +84,7 @@ impl DocAnswer {
         DocAnswer {
             logprobs: lls.iter().map(|l| l.logprob).collect(),
             greedy: lls.iter().map(|l| l.is_greedy).collect(),
+            tokens: lls.iter().map(|l| l.tokens).collect(),
         }
     }
 }
@@ -168,7 +173,7 @@ pub fn correct(
 /// subjects), `acc_<group>` for each and `acc_macro`, their unweighted mean.
 pub fn score(scoring: Scoring, docs: &[ChoiceDoc], answers: &[DocAnswer]) -> Metrics {
     let mut m = Metrics::new();
-    let mut put = |m: &mut Metrics, name: &str, values: &[f64]| {
+    let put = |m: &mut Metrics, name: &str, values: &[f64]| {
         let (mean, se) = mean_and_stderr(values);
         m.insert(name.to_string(), mean);
         m.insert(format!("{name}_stderr"), se);
@@ -325,7 +330,7 @@ impl crate::generation::tasks::LmTask for ChoiceTask {
                 )))
             }
         };
-        let mut set = formats::build(self.layout, &rows, &origin, options.limit)?;
+        let mut set = formats::build(self.layout, self.scoring, &rows, &origin, options.limit)?;
         if options.num_fewshot > 0 {
             formats::add_mmlu_fewshot(&mut set, &fewshot, options.num_fewshot)?;
             set.origin = format!("{} ({}-shot)", set.origin, options.num_fewshot);
@@ -521,6 +526,7 @@ mod tests {
         DocAnswer {
             logprobs: lls.to_vec(),
             greedy: vec![false; lls.len()],
+            tokens: vec![1; lls.len()],
         }
     }
 
@@ -590,10 +596,12 @@ mod tests {
             DocAnswer {
                 logprobs: vec![-1.0],
                 greedy: vec![true],
+                tokens: vec![1],
             },
             DocAnswer {
                 logprobs: vec![-3.0],
                 greedy: vec![false],
+                tokens: vec![1],
             },
         ];
         let m = score(Scoring::Cloze, &docs, &answers);

@@ -1,0 +1,262 @@
+//! One multiple-choice or cloze cell (a model's log-likelihood of every choice of every
+//! example, under the profiler's probes), and teacher against student on such a task: the
+//! paired bootstrap interval of the accuracy difference, McNemar's test, how often both pick
+//! the same choice, KL between their choice distributions, calibration, and the first
+//! examples they answer differently.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use reports::stats::{
+    brier_score, expected_calibration_error, kl_divergence, mcnemar_exact, paired_bootstrap,
+};
+use reports::{Calibration, Cell, Comparison, Disagreement, Mode};
+use tasks::choice::{self, ChoiceSet, DocAnswer, Scoring};
+use tasks::request::Request;
+
+use super::cells::{measured, profile_of, LmCellFile};
+use crate::fidelity::{RESAMPLES, SEED, SHOW_DISAGREEMENTS};
+use crate::models::Backend;
+use crate::plan::RunPlan;
+use crate::profile::energy::EnergyMeter;
+
+/// Every example's log-likelihoods by one model, one request batch per example (so each is
+/// timed), with a progress line every tenth of the set.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn choice_cell(
+    model: &dyn Backend,
+    task: &str,
+    set: &ChoiceSet,
+    plan: &RunPlan,
+    meter: &EnergyMeter,
+    key: String,
+    role: &str,
+    say: &dyn Fn(String),
+) -> Result<LmCellFile> {
+    let started = Instant::now();
+    let ask = |doc: &choice::ChoiceDoc| -> Result<DocAnswer> {
+        let lls = model
+            .run(
+                task,
+                Request::LogLikelihood {
+                    pairs: &doc.requests,
+                    batch_size: plan.batch_size,
+                },
+            )?
+            .into_loglikelihoods()
+            .map_err(anyhow::Error::msg)?;
+        if lls.len() != doc.requests.len() {
+            anyhow::bail!(
+                "{}: {} answers for {} requests",
+                model.info().id,
+                lls.len(),
+                doc.requests.len()
+            );
+        }
+        Ok(DocAnswer::from_loglikelihoods(&lls))
+    };
+    if plan.profile.is_some() {
+        ask(&set.docs[0])?;
+    }
+    let n = set.docs.len();
+    let step = (n / 10).max(1);
+    let (answers, timed) = measured(meter, |lat| {
+        let mut out = Vec::with_capacity(n);
+        for (i, doc) in set.docs.iter().enumerate() {
+            let t0 = Instant::now();
+            out.push(ask(doc).with_context(|| format!("{task}: example {}", doc.id))?);
+            lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            if (i + 1) % step == 0 && i + 1 < n {
+                say(format!(
+                    "{role} {task}: {}/{n} examples ({:.0} s)",
+                    i + 1,
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+        }
+        Ok(out)
+    })?;
+    let profile = match &plan.profile {
+        Some(_) => {
+            // Tokens each example runs: its context once and every continuation (counted
+            // after the timed pass, so tokenizing twice costs no measured time).
+            let mut tokens = 0usize;
+            for doc in &set.docs {
+                let mut contexts: Vec<&str> =
+                    doc.requests.iter().map(|r| r.context.as_str()).collect();
+                contexts.dedup();
+                for c in contexts {
+                    tokens += model.tokenize(c)?.0.len();
+                }
+            }
+            let tokens = tokens
+                + answers
+                    .iter()
+                    .map(|a| a.tokens.iter().sum::<usize>())
+                    .sum::<usize>();
+            Some(profile_of(
+                &timed,
+                n,
+                tokens,
+                model.flops_per_token() * tokens as f64 / n as f64,
+            )?)
+        }
+        None => None,
+    };
+    Ok(LmCellFile {
+        cell: Cell {
+            checkpoint: model.info().clone(),
+            mode: Mode::LogLikelihood,
+            metrics: choice::score(set.scoring, &set.docs, &answers),
+            n_truncated: 0,
+            probe: None,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            cache_key: key,
+            profile,
+        },
+        continuations: Vec::new(),
+        answers,
+    })
+}
+
+/// What a model picks for each example under `primary` (the choice index; a cloze task's
+/// "pick" is 1 when greedy decoding gives the target, else 0).
+fn picks(set: &ChoiceSet, answers: &[DocAnswer], primary: &str) -> Vec<usize> {
+    set.docs
+        .iter()
+        .zip(answers)
+        .map(|(d, a)| match set.scoring {
+            Scoring::Cloze => usize::from(a.greedy.first().copied().unwrap_or(false)),
+            Scoring::MultipleChoice { .. } => {
+                let p = choice::picks(d, a);
+                match primary {
+                    "acc_norm" => p.chars,
+                    "acc_bytes" => p.bytes,
+                    _ => p.raw,
+                }
+            }
+        })
+        .collect()
+}
+
+/// Teacher against student on one multiple-choice or cloze task, example by example.
+pub(super) fn compare(
+    set: &ChoiceSet,
+    primary: &str,
+    teacher: &[DocAnswer],
+    student: &[DocAnswer],
+) -> Comparison {
+    let metric = if primary.starts_with("acc") {
+        primary
+    } else {
+        "acc"
+    };
+    let tc = choice::correct(set.scoring, &set.docs, teacher, metric);
+    let sc = choice::correct(set.scoring, &set.docs, student, metric);
+    let n = tc.len();
+    let mean = |v: &[f64], idx: &[usize]| idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len() as f64;
+    let primary_diff = paired_bootstrap(n, RESAMPLES, 0.95, SEED, |idx| {
+        (mean(&tc, idx), mean(&sc, idx))
+    });
+    let (mut b, mut c) = (0u64, 0u64);
+    for (t, s) in tc.iter().zip(&sc) {
+        match (*t > 0.5, *s > 0.5) {
+            (true, false) => b += 1,
+            (false, true) => c += 1,
+            _ => {}
+        }
+    }
+    let (tp, sp) = (picks(set, teacher, metric), picks(set, student, metric));
+    let agree = tp.iter().zip(&sp).filter(|(a, b)| a == b).count();
+    let mut disagreements = Vec::new();
+    for (i, d) in set.docs.iter().enumerate() {
+        if tp[i] != sp[i] && disagreements.len() < SHOW_DISAGREEMENTS {
+            let name = |k: usize| match set.scoring {
+                Scoring::Cloze => if k == 1 { "greedy" } else { "not greedy" }.to_string(),
+                _ => d.choices.get(k).cloned().unwrap_or_default(),
+            };
+            disagreements.push(Disagreement {
+                id: d.id.clone(),
+                text_a: d.summary(),
+                text_b: None,
+                gold: match set.scoring {
+                    Scoring::Cloze => d.choices[0].clone(),
+                    _ => name(d.gold),
+                },
+                teacher: name(tp[i]),
+                student: name(sp[i]),
+            });
+        }
+    }
+    let multiple = matches!(set.scoring, Scoring::MultipleChoice { .. });
+    let probs = |answers: &[DocAnswer]| -> Vec<Vec<f64>> {
+        answers.iter().map(choice::choice_probs).collect()
+    };
+    let (pt, ps) = (probs(teacher), probs(student));
+    let gold: Vec<usize> = set.docs.iter().map(|d| d.gold).collect();
+    let calibration = |p: &[Vec<f64>], answers: &[DocAnswer]| {
+        let conf: Vec<f64> = p
+            .iter()
+            .map(|q| q.iter().cloned().fold(0.0, f64::max))
+            .collect();
+        let ok: Vec<bool> = set
+            .docs
+            .iter()
+            .zip(answers)
+            .map(|(d, a)| choice::picks(d, a).raw == d.gold)
+            .collect();
+        Calibration {
+            ece: expected_calibration_error(&conf, &ok, 15),
+            brier: brier_score(p, &gold),
+        }
+    };
+    Comparison {
+        primary_diff,
+        teacher_only_correct: Some(b),
+        student_only_correct: Some(c),
+        mcnemar_p: Some(mcnemar_exact(b, c)),
+        top1_agreement: Some(agree as f64 / n as f64),
+        mean_kl: multiple.then(|| {
+            pt.iter()
+                .zip(&ps)
+                .map(|(p, q)| kl_divergence(p, q))
+                .sum::<f64>()
+                / n as f64
+        }),
+        confusion: None,
+        disagreements,
+        teacher_calibration: multiple.then(|| calibration(&pt, teacher)),
+        student_calibration: multiple.then(|| calibration(&ps, student)),
+    }
+}
+
+/// `OUT/predictions/<task>.jsonl`: per example, the gold choice and each model's
+/// log-likelihoods and pick, so a user can look at where the two differ.
+pub(super) fn write_predictions(
+    out: &std::path::Path,
+    task: &str,
+    set: &ChoiceSet,
+    teacher: &LmCellFile,
+    student: &LmCellFile,
+) -> Result<()> {
+    let dir = out.join("predictions");
+    std::fs::create_dir_all(&dir)?;
+    let mut text = String::new();
+    for (i, d) in set.docs.iter().enumerate() {
+        let (Some(t), Some(s)) = (teacher.answers.get(i), student.answers.get(i)) else {
+            break;
+        };
+        let line = serde_json::json!({
+            "id": d.id,
+            "gold": d.gold,
+            "teacher_logprobs": t.logprobs,
+            "student_logprobs": s.logprobs,
+            "teacher_pick": choice::picks(d, t).raw,
+            "student_pick": choice::picks(d, s).raw,
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    reports::io::write_atomic(&dir.join(format!("{task}.jsonl")), text.as_bytes())
+        .with_context(|| format!("cannot write predictions in {}", dir.display()))
+}
