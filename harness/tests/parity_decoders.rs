@@ -270,3 +270,54 @@ fn loglikelihood_requests_sum_transformers_log_probabilities() {
         .to_string();
     assert!(err.contains("needs a context and a continuation"), "{err}");
 }
+
+#[test]
+fn a_shared_context_run_once_scores_as_one_window_per_choice_at_any_batch_size() {
+    // Multiple-choice scoring runs the context once through the KV cache and the choices'
+    // continuations batched (right-padded) after it. Each choice's log-likelihood must equal
+    // the one-window path's (which the test above ties to transformers) within 1e-4, at
+    // batch size 1 and 8, for both architectures, for continuations of 1 to 6 tokens.
+    use harness::models::backend::loglikelihood_of_ids;
+    use harness::models::decoder::DecoderBackend;
+    use harness::models::Backend;
+    for name in ["gpt2-tiny", "llama-tiny"] {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name);
+        let model = DecoderBackend::load(name, &dir, &Device::Cpu, false).unwrap();
+        let (_, _, exp) = fixture(name);
+        let ids = &exp.input_ids[0];
+        let context = &ids[..3];
+        // Continuations of 1 to 6 tokens cut from the fixture's sequences (from the longest
+        // one where the others are too short), so that a batch of them needs padding.
+        let continuations: Vec<Vec<u32>> = (1..=6)
+            .map(|n| {
+                let seq = exp
+                    .input_ids
+                    .iter()
+                    .find(|s| s.len() >= n + 3 && s.len() % 2 == n % 2)
+                    .unwrap_or(ids);
+                seq[3..3 + n].to_vec()
+            })
+            .collect();
+        let want: Vec<f64> = continuations
+            .iter()
+            .map(|c| loglikelihood_of_ids(&model, context, c).unwrap().logprob)
+            .collect();
+        for batch in [1, 8] {
+            let got = model
+                .shared_context_loglikelihoods(context, &continuations, batch)
+                .unwrap()
+                .expect("decoders run a shared context once");
+            assert_eq!(got.len(), continuations.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.tokens, continuations[i].len());
+                assert!(
+                    (g.logprob - w).abs() <= 1e-4,
+                    "{name} batch {batch} choice {i}: {} vs {w}",
+                    g.logprob
+                );
+            }
+        }
+    }
+}

@@ -243,6 +243,13 @@ impl Exporter for HtmlReport {
                 esc(views::COST_NOTE)
             );
         }
+        if let Some(v) = views::llm_accuracy(r) {
+            out += &format!(
+                "<h2>LLM accuracy</h2>\n{}<p>{}</p>\n",
+                html_table(&v),
+                esc(views::LLM_ACCURACY_NOTE)
+            );
+        }
         if let Some(v) = views::language_modelling(r) {
             out += &format!("<h2>Language modelling</h2>\n{}", html_table(&v));
             if let Some(f) = views::token_fidelity(r) {

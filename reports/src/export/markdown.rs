@@ -49,6 +49,13 @@ impl Exporter for MarkdownReport {
         if let Some(v) = views::costs(r) {
             out += &format!("\n### Cost\n\n{}\n{}\n", table(&v), views::COST_NOTE);
         }
+        if let Some(v) = views::llm_accuracy(r) {
+            out += &format!(
+                "\n### LLM accuracy\n\n{}\n{}\n",
+                table(&v),
+                views::LLM_ACCURACY_NOTE
+            );
+        }
         if let Some(v) = views::language_modelling(r) {
             out += &format!("\n### Language modelling\n\n{}", table(&v));
             if let Some(f) = views::token_fidelity(r) {
@@ -93,6 +100,43 @@ mod tests {
 Teacher: not loaded. Student: not loaded. Quality scores are x100 (perplexities and token counts as they are); retention is student / teacher on the primary metric (teacher / student for perplexity).
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn snapshot_of_the_llm_accuracy_table() {
+        use crate::schema::tests::cell;
+        use crate::{Mode, TaskResult};
+        let mut r = crate::schema::tests::sample();
+        r.tasks.clear();
+        let choice = |acc: f64, norm: f64| {
+            let mut c = cell(Mode::LogLikelihood, "acc", acc);
+            c.metrics.insert("acc_stderr".into(), 0.01);
+            c.metrics.insert("acc_norm".into(), norm);
+            c.metrics.insert("acc_norm_stderr".into(), 0.02);
+            c
+        };
+        r.tasks.insert(
+            "arc_easy".into(),
+            TaskResult::new(1, "acc_norm", 2376, choice(0.6, 0.5), choice(0.57, 0.48)),
+        );
+        let mut boolq = TaskResult::new(1, "acc", 3270, choice(0.6, 0.0), choice(0.6, 0.0));
+        for c in [&mut boolq.teacher, &mut boolq.student] {
+            c.metrics.remove("acc_norm");
+            c.metrics.remove("acc_norm_stderr");
+        }
+        r.tasks.insert("boolq".into(), boolq);
+        let text = MarkdownReport.render(&r);
+        let table = &text[text.find("### LLM accuracy").expect("LLM accuracy section")..];
+        let expected = "\
+### LLM accuracy
+
+| task            |    n | primary  |  teacher acc |  student acc | teacher acc_norm | student acc_norm | retention |
+| --------------- | ---: | -------- | -----------: | -----------: | ---------------: | ---------------: | --------: |
+| arc_easy        | 2376 | acc_norm | 60.00 ± 1.00 | 57.00 ± 1.00 |     50.00 ± 2.00 |     48.00 ± 2.00 |     96.0% |
+| boolq           | 3270 | acc      | 60.00 ± 1.00 | 60.00 ± 1.00 |                  |                  |    100.0% |
+| macro (primary) |      |          |        55.00 |        54.00 |                  |                  |     98.2% |
+";
+        assert!(table.starts_with(expected), "\n{table}");
     }
 
     #[test]

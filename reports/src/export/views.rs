@@ -125,6 +125,75 @@ pub fn costs(r: &Results) -> Option<TableView> {
     })
 }
 
+/// The LLM accuracy table in the DistilBERT paper's style: per multiple-choice or cloze task
+/// (a task whose cells report `acc_stderr`), teacher and student `acc` and `acc_norm` x100
+/// with their standard errors and the retention on the primary metric, then the macro over
+/// those tasks; `None` when no such task ran.
+pub fn llm_accuracy(r: &Results) -> Option<TableView> {
+    let with_se = |m: &std::collections::BTreeMap<String, f64>, k: &str| match m.get(k) {
+        Some(v) => {
+            let se = m.get(&format!("{k}_stderr")).copied().unwrap_or(f64::NAN);
+            if se.is_finite() {
+                format!("{:.2} ± {:.2}", v * 100.0, se * 100.0)
+            } else {
+                format!("{:.2}", v * 100.0)
+            }
+        }
+        None => String::new(),
+    };
+    let mut rows = Vec::new();
+    let (mut tsum, mut ssum) = (0.0, 0.0);
+    for (name, t) in &r.tasks {
+        if !t.teacher.metrics.contains_key("acc_stderr") {
+            continue;
+        }
+        let (tp, sp) = t.primary();
+        tsum += tp;
+        ssum += sp;
+        rows.push(vec![
+            name.clone(),
+            t.n_examples.to_string(),
+            t.primary_metric.clone(),
+            with_se(&t.teacher.metrics, "acc"),
+            with_se(&t.student.metrics, "acc"),
+            with_se(&t.teacher.metrics, "acc_norm"),
+            with_se(&t.student.metrics, "acc_norm"),
+            percent(t.retention),
+        ]);
+    }
+    if rows.len() > 1 {
+        let n = rows.len() as f64;
+        rows.push(vec![
+            "macro (primary)".into(),
+            String::new(),
+            String::new(),
+            points(tsum / n),
+            points(ssum / n),
+            String::new(),
+            String::new(),
+            percent(crate::schema::retention(tsum / n, ssum / n)),
+        ]);
+    }
+    use Align::*;
+    (!rows.is_empty()).then(|| TableView {
+        headers: vec![
+            "task",
+            "n",
+            "primary",
+            "teacher acc",
+            "student acc",
+            "teacher acc_norm",
+            "student acc_norm",
+            "retention",
+        ],
+        align: vec![Left, Right, Left, Right, Right, Right, Right, Right],
+        rows,
+    })
+}
+
+/// Explains the LLM accuracy table.
+pub const LLM_ACCURACY_NOTE: &str = "Zero-shot log-likelihood scoring as lm-evaluation-harness defines it: acc picks the choice with the highest summed log-probability, acc_norm divides it by the choice's length in characters; ± is the standard error over examples. Retention is on the primary metric (acc_norm where the task defines it). The macro row averages the primary metrics of these tasks (the first table's macro is over every task).";
+
 /// Language modelling per task and model: perplexities, and generation speed; `None` when no
 /// language-modelling task ran.
 pub fn language_modelling(r: &Results) -> Option<TableView> {
