@@ -356,6 +356,45 @@ pub struct TokenFidelity {
     pub greedy_exact_match: Option<f64>,
     /// What was and was not compared.
     pub note: String,
+    /// The statistics of llama.cpp's `llama-perplexity --kl-divergence` over the same
+    /// positions (perplexity tasks with a shared tokenizer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_stats: Option<KlStats>,
+}
+
+/// Token fidelity as llama.cpp reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KlStats {
+    /// Mean KL(teacher || student) per position, nats, and its standard error.
+    pub kl_mean: f64,
+    pub kl_stderr: Option<f64>,
+    /// KL at max, 99.9%, 99%, 95%, 90%, median, 10%, 5%, 1%, 0.1% and min, in that order.
+    pub kl_percentiles: Vec<KlPercentile>,
+    /// Fraction of positions where both models' most likely next token is the same, and its
+    /// binomial standard error.
+    pub same_top: f64,
+    pub same_top_stderr: f64,
+    /// p_student - p_teacher of the actual next token (llama.cpp's Δp): mean, its standard
+    /// error, and RMS.
+    pub delta_p_target_mean: Option<f64>,
+    pub delta_p_target_stderr: Option<f64>,
+    pub delta_p_target_rms: Option<f64>,
+    /// p_student - p_teacher of the teacher's most likely token: mean and RMS.
+    pub delta_p_top_mean: f64,
+    pub delta_p_top_rms: f64,
+    /// Pearson correlation of the two models' ln PPL over windows.
+    pub ln_ppl_correlation: Option<f64>,
+    /// PPL(student) / PPL(teacher) over the same next tokens.
+    pub ppl_ratio: Option<f64>,
+    /// Windows the correlation is over.
+    pub windows: usize,
+}
+
+/// One KL percentile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KlPercentile {
+    pub label: String,
+    pub kl: f64,
 }
 
 /// Teacher and student compared example by example.

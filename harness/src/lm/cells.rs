@@ -306,6 +306,7 @@ impl TeacherLogits {
                 top1_agreement: None,
                 greedy_token_match: None,
                 greedy_exact_match: None,
+                kl_stats: None,
                 note: "the tokenizers differ: token-level figures are undefined; compare word perplexity and bits per byte".into(),
             });
         }
@@ -315,7 +316,7 @@ impl TeacherLogits {
         let mut sum = FidelitySum::default();
         let mut bytes = Vec::new();
         for chunk in self.ids.chunks(self.context) {
-            for s in student.window_logits(chunk)? {
+            for (j, s) in student.window_logits(chunk)?.into_iter().enumerate() {
                 bytes.resize(s.len() * 4, 0);
                 input.read_exact(&mut bytes).with_context(|| {
                     format!("{}: the teacher's logits end early", self.path.display())
@@ -324,9 +325,39 @@ impl TeacherLogits {
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect();
-                sum.add(&t, &s).map_err(anyhow::Error::msg)?;
+                sum.add_position(&t, &s, chunk.get(j + 1).copied())
+                    .map_err(anyhow::Error::msg)?;
             }
+            sum.end_window();
         }
+        let kl_stats = sum.stats().map(|k| reports::KlStats {
+            kl_mean: k.kl_mean,
+            kl_stderr: k.kl_stderr.is_finite().then_some(k.kl_stderr),
+            kl_percentiles: k
+                .kl_percentiles
+                .into_iter()
+                .map(|(label, kl)| reports::KlPercentile { label, kl })
+                .collect(),
+            same_top: k.same_top,
+            same_top_stderr: k.same_top_stderr,
+            delta_p_target_mean: k
+                .delta_p_target_mean
+                .is_finite()
+                .then_some(k.delta_p_target_mean),
+            delta_p_target_stderr: k
+                .delta_p_target_stderr
+                .is_finite()
+                .then_some(k.delta_p_target_stderr),
+            delta_p_target_rms: k
+                .delta_p_target_rms
+                .is_finite()
+                .then_some(k.delta_p_target_rms),
+            delta_p_top_mean: k.delta_p_top_mean,
+            delta_p_top_rms: k.delta_p_top_rms,
+            ln_ppl_correlation: k.ln_ppl_correlation,
+            ppl_ratio: k.ppl_ratio,
+            windows: k.windows,
+        });
         let _ = std::fs::remove_file(&self.path);
         Ok(TokenFidelity {
             same_tokenizer: true,
@@ -335,6 +366,7 @@ impl TeacherLogits {
             top1_agreement: Some(sum.top1_agreement()),
             greedy_token_match: None,
             greedy_exact_match: None,
+            kl_stats,
             note: format!(
                 "every position of the first {} tokens, in disjoint windows of {}",
                 sum.positions, self.context
@@ -369,6 +401,7 @@ pub(super) fn generate_fidelity(
             top1_agreement: None,
             greedy_token_match: Some(token / n),
             greedy_exact_match: Some(exact as f64 / n),
+            kl_stats: None,
             note: "greedy continuations compared token by token".into(),
         }
     } else {
@@ -380,6 +413,7 @@ pub(super) fn generate_fidelity(
             top1_agreement: None,
             greedy_token_match: None,
             greedy_exact_match: Some(exact as f64 / n),
+            kl_stats: None,
             note: "the tokenizers differ: continuations compared as text only".into(),
         }
     }

@@ -347,7 +347,7 @@ impl LmCells {
                         "{} {name}: acc {:.2}% ± {:.2}{} ({:.1} s)",
                         role.name(),
                         m["acc"] * 100.0,
-                        m["acc_stderr"] * 100.0,
+                        m.get("acc_stderr").copied().unwrap_or(f64::NAN) * 100.0,
                         m.get("acc_norm")
                             .map_or(String::new(), |v| format!(", acc_norm {:.2}%", v * 100.0)),
                         cf.cell.elapsed_s

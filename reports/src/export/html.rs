@@ -255,6 +255,9 @@ impl Exporter for HtmlReport {
             if let Some(f) = views::token_fidelity(r) {
                 out += &html_table(&f);
             }
+            if let Some(k) = views::kl_statistics(r) {
+                out += &format!("{}<p>{}</p>\n", html_table(&k), esc(views::KL_NOTE));
+            }
             out += &format!("<p>{}</p>\n", esc(views::LM_NOTE));
         }
         if let Some(v) = views::paired(r) {

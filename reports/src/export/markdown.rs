@@ -61,6 +61,9 @@ impl Exporter for MarkdownReport {
             if let Some(f) = views::token_fidelity(r) {
                 out += &format!("\n{}", table(&f));
             }
+            if let Some(k) = views::kl_statistics(r) {
+                out += &format!("\n{}\n{}\n", table(&k), views::KL_NOTE);
+            }
             out += &format!("\n{}\n", views::LM_NOTE);
         }
         if let Some(v) = views::paired(r) {

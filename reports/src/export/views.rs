@@ -144,7 +144,7 @@ pub fn llm_accuracy(r: &Results) -> Option<TableView> {
     let mut rows = Vec::new();
     let (mut tsum, mut ssum) = (0.0, 0.0);
     for (name, t) in &r.tasks {
-        if !t.teacher.metrics.contains_key("acc_stderr") {
+        if t.mode != "log_likelihood" || !t.teacher.metrics.contains_key("acc") {
             continue;
         }
         let (tp, sp) = t.primary();
@@ -274,6 +274,74 @@ pub fn token_fidelity(r: &Results) -> Option<TableView> {
         rows,
     })
 }
+
+/// Token fidelity as llama.cpp's `llama-perplexity --kl-divergence` reports it, per task that
+/// measured it; `None` when none did.
+pub fn kl_statistics(r: &Results) -> Option<TableView> {
+    let f = |v: f64, d: usize| format!("{v:.d$}");
+    let opt = |v: Option<f64>, d: usize| v.map_or("n/a".to_string(), |v| f(v, d));
+    let rows: Vec<Vec<String>> = r
+        .tasks
+        .iter()
+        .filter_map(|(name, t)| {
+            let k = t.fidelity.as_ref()?.kl_stats.as_ref()?;
+            let pct = |label: &str| {
+                k.kl_percentiles
+                    .iter()
+                    .find(|p| p.label == label)
+                    .map_or("n/a".to_string(), |p| f(p.kl, 5))
+            };
+            Some(vec![
+                name.clone(),
+                match k.kl_stderr {
+                    Some(se) => format!("{:.5} ± {:.5}", k.kl_mean, se),
+                    None => f(k.kl_mean, 5),
+                },
+                pct("median"),
+                pct("99%"),
+                pct("99.9%"),
+                pct("max"),
+                format!(
+                    "{:.2} ± {:.2}%",
+                    k.same_top * 100.0,
+                    k.same_top_stderr * 100.0
+                ),
+                match (k.delta_p_target_mean, k.delta_p_target_stderr) {
+                    (Some(m), Some(se)) => format!("{:+.3} ± {:.3}%", m * 100.0, se * 100.0),
+                    (Some(m), None) => format!("{:+.3}%", m * 100.0),
+                    _ => "n/a".into(),
+                },
+                k.delta_p_target_rms
+                    .map_or("n/a".into(), |v| format!("{:.3}%", v * 100.0)),
+                opt(k.ln_ppl_correlation, 4),
+                opt(k.ppl_ratio, 4),
+            ])
+        })
+        .collect();
+    use Align::*;
+    (!rows.is_empty()).then(|| TableView {
+        headers: vec![
+            "task",
+            "mean KL",
+            "median KL",
+            "KL 99%",
+            "KL 99.9%",
+            "max KL",
+            "same top p",
+            "mean Δp",
+            "RMS Δp",
+            "cor(ln PPL)",
+            "PPL(s)/PPL(t)",
+        ],
+        align: vec![
+            Left, Right, Right, Right, Right, Right, Right, Right, Right, Right, Right,
+        ],
+        rows,
+    })
+}
+
+/// Explains the llama.cpp-style table.
+pub const KL_NOTE: &str = "As llama-perplexity --kl-divergence reports it, over the same positions: KL(teacher || student) in nats with its standard error and percentiles (all eleven in results.json); same top p: both models' most likely next token agree (± binomial standard error); Δp: p_student - p_teacher of the actual next token; cor(ln PPL): correlation of the two models' per-window ln perplexity; PPL(s)/PPL(t) over the same next tokens.";
 
 /// Explains the language-modelling tables.
 pub const LM_NOTE: &str = "Perplexity: sliding windows over the text (settings.lm); word perplexity and bits per byte compare across tokenizers. TTFT: prompt tokenised, prompt forward and first token picked; decode tok/s: each later token through the KV cache. KL and top-1 agreement are measured at every position of the text's first settings.lm.fidelity_tokens tokens.";
