@@ -132,6 +132,20 @@ fn check_writable(out: &Path) -> Result<()> {
 }
 
 impl RunPlan {
+    /// The part of a cell's cache key that `--limit` and `--num-fewshot` add (empty without
+    /// them, so that the keys of earlier runs still match).
+    pub fn load_options_key(&self) -> String {
+        let o = &self.load_options;
+        let mut key = String::new();
+        if let Some(n) = o.limit {
+            key += &format!(";limit={n}");
+        }
+        if o.num_fewshot > 0 {
+            key += &format!(";fewshot={}", o.num_fewshot);
+        }
+        key
+    }
+
     pub fn from_args(args: &RunArgs) -> Result<Self> {
         if args.batch_size == 0 {
             bail!("--batch-size must be at least 1");

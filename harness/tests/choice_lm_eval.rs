@@ -41,8 +41,13 @@ fn arc_scores_match_lm_evaluation_harness_on_the_tiny_gpt2() {
         panic!("arc_easy loads choices")
     };
     assert_eq!(set.docs.len(), exp.docs.len());
-    let model =
-        DecoderBackend::load("gpt2-tiny", &fixtures.join("gpt2-tiny"), &Device::Cpu, false).unwrap();
+    let model = DecoderBackend::load(
+        "gpt2-tiny",
+        &fixtures.join("gpt2-tiny"),
+        &Device::Cpu,
+        false,
+    )
+    .unwrap();
     for batch_size in [1, 8] {
         let answers: Vec<DocAnswer> = set
             .docs
@@ -66,7 +71,10 @@ fn arc_scores_match_lm_evaluation_harness_on_the_tiny_gpt2() {
             assert_eq!(got.tokens, want.tokens, "doc {i}: continuation tokens");
             assert_eq!(got.greedy, want.greedy, "doc {i}: greedy");
             for (g, w) in got.logprobs.iter().zip(&want.logprobs) {
-                assert!((g - w).abs() <= 1e-4, "batch {batch_size} doc {i}: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 1e-4,
+                    "batch {batch_size} doc {i}: {g} vs {w}"
+                );
             }
         }
         let m = choice::score(set.scoring, &set.docs, &answers);

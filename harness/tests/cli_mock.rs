@@ -200,3 +200,94 @@ fn a_bad_mock_option_is_refused_before_anything_runs() {
     assert!(err.contains("unknown option 'colour=red'"), "{err}");
     assert!(!r.out.join("results.json").exists());
 }
+
+/// ARC-layout questions whose mock answers are known: after "Answer:" (token 53) the mock
+/// predicts token 54, which is the word "5"; "1" and "9" are 4 ids away, "0" is 5.
+const ARC: &str = r#"{"id": "a", "question": {"stem": "pick", "choices": [{"text": "1", "label": "A"}, {"text": "5", "label": "B"}, {"text": "0", "label": "C"}]}, "answerKey": "B"}
+{"id": "b", "question": {"stem": "pick", "choices": [{"text": "5", "label": "A"}, {"text": "1", "label": "B"}]}, "answerKey": "B"}
+{"id": "c", "question": {"stem": "pick", "choices": [{"text": "0", "label": "A"}, {"text": "9", "label": "B"}, {"text": "1", "label": "C"}]}, "answerKey": "A"}
+"#;
+
+#[test]
+fn a_multiple_choice_task_scores_the_mocks_picks_with_paired_statistics() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("data"), "arc/ARC-Easy-Test.jsonl", ARC);
+    let r = run(tmp.path(), "mock:t", "mock:s:sharpness=2", "arc_easy", &[]);
+    let res = r.checked_results();
+    let t = &res["tasks"]["arc_easy"];
+    // a: "5" is right; b: "5" is picked, "1" is gold; c: "9" and "1" tie and the first
+    // wins, "0" is gold. Sharpness scales the distances, not the order.
+    for role in ["teacher", "student"] {
+        assert_eq!(t[role]["metrics"]["acc"], 1.0 / 3.0, "{role}");
+        assert_eq!(t[role]["metrics"]["acc_norm"], 1.0 / 3.0, "{role}");
+    }
+    assert_eq!(t["primary_metric"], "acc_norm");
+    assert_eq!(t["n_examples"], 3);
+    assert_eq!(t["retention"], 1.0);
+    let c = &t["comparison"];
+    assert_eq!(c["top1_agreement"], 1.0);
+    assert_eq!(c["mcnemar_p"], 1.0);
+    assert_eq!(c["primary_diff"]["estimate"], 0.0);
+    // KL between the choice distributions: softmax of -d (teacher) and -2d (student) over
+    // each question's distances d from the predicted token.
+    let kl = |d: &[f64]| {
+        let soft = |s: f64| {
+            let e: Vec<f64> = d.iter().map(|x| (-s * x).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / z).collect::<Vec<_>>()
+        };
+        let (p, q) = (soft(1.0), soft(2.0));
+        p.iter().zip(&q).map(|(a, b)| a * (a / b).ln()).sum::<f64>()
+    };
+    let want = (kl(&[4.0, 0.0, 5.0]) + kl(&[0.0, 4.0]) + kl(&[5.0, 4.0, 4.0])) / 3.0;
+    let got = c["mean_kl"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+    let preds = std::fs::read_to_string(r.out.join("predictions/arc_easy.jsonl")).unwrap();
+    assert_eq!(preds.lines().count(), 3);
+    assert!(r.stdout().contains("### LLM accuracy"), "{}", r.stdout());
+
+    // --limit keeps the first examples; a rerun with another limit is a new cell.
+    let r = run(
+        tmp.path(),
+        "mock:t",
+        "mock:s:sharpness=2",
+        "arc_easy",
+        &["--limit", "1"],
+    );
+    let res = r.checked_results();
+    assert_eq!(res["tasks"]["arc_easy"]["n_examples"], 1);
+    assert_eq!(res["tasks"]["arc_easy"]["teacher"]["metrics"]["acc"], 1.0);
+    assert_eq!(res["settings"]["limit"], 1);
+}
+
+#[test]
+fn few_shot_on_a_task_without_a_few_shot_split_and_a_zero_limit_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("data"), "arc/ARC-Easy-Test.jsonl", ARC);
+    let r = run(
+        tmp.path(),
+        "mock:t",
+        "mock:s",
+        "arc_easy",
+        &["--num-fewshot", "2"],
+    );
+    assert_eq!(r.output.status.code(), Some(2));
+    assert!(
+        r.stderr().contains("arc_easy has no few-shot split"),
+        "{}",
+        r.stderr()
+    );
+    let r = run(
+        tmp.path(),
+        "mock:t",
+        "mock:s",
+        "arc_easy",
+        &["--limit", "0"],
+    );
+    assert_eq!(r.output.status.code(), Some(2));
+    assert!(
+        r.stderr().contains("--limit must be at least 1"),
+        "{}",
+        r.stderr()
+    );
+}

@@ -118,7 +118,7 @@ fn keys(plan: &RunPlan, pt: &PlannedLmTask) -> Keys {
             lm.max_eval_tokens,
             lm.max_new_tokens,
             plan.data_origin,
-        )
+        ) + &plan.load_options_key()
     };
     let (teacher, student) = (key_of(&tspec), key_of(&sspec));
     let pair = format!("{teacher}|{student}|fidelity={}", lm.fidelity_tokens);

@@ -38,7 +38,7 @@ fn cache_key(plan: &RunPlan, ckpt: &ModelRef, role: Role, pt: &PlannedTask) -> S
             s.key(),
             plan.batch_size
         ))
-    )
+    ) + &plan.load_options_key()
 }
 
 fn write_predictions(
