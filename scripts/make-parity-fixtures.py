@@ -448,6 +448,57 @@ def make_llama_lm():
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
 
 
+def make_qwen2_lm():
+    """Qwen2ForCausalLM (Qwen2 / Qwen2.5), tiny and random: Llama with biases on q, k, v;
+    grouped-query attention, tied embeddings as the small Qwen2.5 models have them."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    path = os.path.join(ROOT, "qwen2-tiny")
+    fresh(path)
+    cfg = Qwen2Config(
+        vocab_size=103, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, use_sliding_window=False,
+    )
+    cfg.architectures = ["Qwen2ForCausalLM"]
+    torch.manual_seed(SEED + 9)
+    model = Qwen2ForCausalLM(cfg).eval()
+    spread_weights(model)
+    assert model.model.layers[0].self_attn.q_proj.bias.abs().sum() > 0, "biases are random too"
+    model.save_pretrained(path, safe_serialization=True)
+    gen = torch.Generator().manual_seed(SEED + 10)
+    doc = decoder_reference(model, gen, 3, cfg.vocab_size, [12, 6, 9])
+    with open(os.path.join(path, "expected.json"), "w") as f:
+        json.dump(doc, f)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+
+
+def make_mistral_lm():
+    """MistralForCausalLM, tiny and random, with a sliding window longer than the test's
+    sequences (the harness caps sequences at the window)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    path = os.path.join(ROOT, "mistral-tiny")
+    fresh(path)
+    cfg = MistralConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+        rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=32, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    cfg.architectures = ["MistralForCausalLM"]
+    torch.manual_seed(SEED + 11)
+    model = MistralForCausalLM(cfg).eval()
+    spread_weights(model)
+    model.save_pretrained(path, safe_serialization=True)
+    gen = torch.Generator().manual_seed(SEED + 12)
+    doc = decoder_reference(model, gen, 3, cfg.vocab_size, [14, 4, 8])
+    with open(os.path.join(path, "expected.json"), "w") as f:
+        json.dump(doc, f)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+
+
 def write_llama_gguf(model, cfg, out):
     """The same tiny Llama as a GGUF file written the way llama.cpp's convert_hf_to_gguf.py
     writes it (tensor names, metadata, and the Q/K row permutation for its RoPE layout), in F32
@@ -548,13 +599,15 @@ def main():
     make_mpnet_classifier()
     make_gpt2_lm()
     make_llama_lm()
+    make_qwen2_lm()
+    make_mistral_lm()
     make_hub_glue_parquet()
     make_hub_wikitext_parquet()
     for name in sorted(n for n in os.listdir(ROOT) if not n.startswith("hub-")):
         with open(os.path.join(ROOT, name, "expected.json")) as f:
             ids = [t for row in json.load(f)["input_ids"] for t in row]
         unk = sum(1 for t in ids if t in (1, 3)) / len(ids)
-        assert name.startswith(("gpt2", "llama")) or unk < 0.2, f"{name}: {unk:.0%} of tokens are unknown or padding; the vocabulary did not load"
+        assert name.startswith(("gpt2", "llama", "qwen2", "mistral")) or unk < 0.2, f"{name}: {unk:.0%} of tokens are unknown or padding; the vocabulary did not load"
         size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(ROOT, name)) for f in fs)
         print(f"{name}: {size / 1024:.0f} KiB")
 

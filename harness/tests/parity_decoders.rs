@@ -147,6 +147,49 @@ fn llama_logits_match_transformers_in_a_padded_batch_and_one_by_one() {
     check_cached(&model, &exp);
 }
 
+#[test]
+fn qwen2_and_mistral_logits_match_transformers_through_the_llama_port() {
+    // Qwen2ForCausalLM (biases on q, k, v; tied embeddings) and MistralForCausalLM (a
+    // sliding window longer than the sequences): every position within 1e-4, in a padded
+    // batch, one sequence at a time and through the KV cache; and loaded by model_type as a
+    // user's folder is, where Mistral's window becomes the longest sequence it takes.
+    use harness::models::decoder::DecoderBackend;
+    use harness::models::Backend;
+    for (name, qkv_bias, window) in [
+        ("qwen2-tiny", true, None),
+        ("mistral-tiny", false, Some(32)),
+    ] {
+        let (dir, vb, exp) = fixture(name);
+        let mut cfg: LlamaConfig =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        cfg.qkv_bias = qkv_bias;
+        let model = Llama::load(vb, &cfg).unwrap();
+        check_batches(&model, &exp);
+        check_cached(&model, &exp);
+        let backend = DecoderBackend::load(name, &dir, &Device::Cpu, false).unwrap();
+        assert_eq!(backend.info().architecture, name.trim_end_matches("-tiny"));
+        assert_eq!(Backend::max_positions(&backend), window, "{name}");
+        for (ids, want) in exp.input_ids.iter().zip(&exp.logits) {
+            let got = backend.window_logits(ids).unwrap();
+            for (g, w) in got.iter().zip(want) {
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() <= 1e-4, "{name}: {a} vs {b}");
+                }
+            }
+        }
+    }
+    // Without its q/k/v biases the Qwen2 port would not match: the test sees them.
+    let (dir, vb, exp) = fixture("qwen2-tiny");
+    let mut cfg: LlamaConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    cfg.qkv_bias = false;
+    let unbiased = Llama::load(vb, &cfg).unwrap();
+    let batch: Vec<&Vec<u32>> = exp.input_ids.iter().collect();
+    let want: Vec<&Vec<Vec<f32>>> = exp.logits.iter().collect();
+    assert!(max_diff(&unbiased, &batch, &want) > 1e-2);
+}
+
 #[derive(Deserialize)]
 struct PerplexityRef {
     ids: Vec<u32>,

@@ -46,7 +46,12 @@ pub struct DecoderArch {
 
 /// Every decoder architecture of checkpoint folders, found by `model_type` (GGUF files are
 /// Llama-family and read by `gguf.rs`).
-pub static DECODERS: &[DecoderArch] = &[super::gpt2::ARCH, super::llama::ARCH];
+pub static DECODERS: &[DecoderArch] = &[
+    super::gpt2::ARCH,
+    super::llama::ARCH,
+    super::llama::QWEN2_ARCH,
+    super::llama::MISTRAL_ARCH,
+];
 
 /// What a decoder architecture's builder hands back.
 pub struct BuiltDecoder {
@@ -568,7 +573,18 @@ mod tests {
     #[test]
     fn every_decoder_model_type_is_registered_once_and_peeks_its_limit() {
         let names: Vec<&str> = DECODERS.iter().map(|a| a.model_type).collect();
-        assert_eq!(names, ["gpt2", "llama"]);
+        assert_eq!(names, ["gpt2", "llama", "qwen2", "mistral"]);
+        let mistral = serde_json::json!({"model_type": "mistral", "sliding_window": 4096});
+        assert_eq!(
+            decoder_arch(&mistral).and_then(|a| (a.max_positions)(&mistral)),
+            Some(4096)
+        );
+        // Qwen2 declares a window but leaves it off unless use_sliding_window.
+        let qwen = serde_json::json!({"model_type": "qwen2", "sliding_window": 4096});
+        assert_eq!(
+            decoder_arch(&qwen).and_then(|a| (a.max_positions)(&qwen)),
+            None
+        );
         let gpt2 = serde_json::json!({"model_type": "gpt2", "n_positions": 1024});
         assert_eq!(
             decoder_arch(&gpt2).and_then(|a| (a.max_positions)(&gpt2)),

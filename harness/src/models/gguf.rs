@@ -91,6 +91,10 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
         }),
         rope_scaling: None,
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        attention_bias: false,
+        sliding_window: None,
+        use_sliding_window: None,
+        qkv_bias: false,
     })
 }
 

@@ -1,6 +1,9 @@
-//! Llama-family decoders (Llama, SmolLM2, ...), ported from transformers'
-//! `models/llama/modeling_llama.py`
-//! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py):
+//! Llama-family decoders (Llama, SmolLM2, ...; Qwen2 / Qwen2.5 and Mistral share the port),
+//! ported from transformers' `models/llama/modeling_llama.py`
+//! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py;
+//! `models/qwen2/modeling_qwen2.py` differs only by biases on the q, k and v projections,
+//! `models/mistral/modeling_mistral.py` by its sliding attention window, which caps the
+//! sequence length here instead):
 //! RMSNorm, rotary position embeddings (the `rotate_half` layout), grouped-query attention and
 //! the SwiGLU feed-forward. Unlike candle-transformers' `llama`, `forward` returns the logits of
 //! every position, which perplexity and per-token KL need.
@@ -48,6 +51,17 @@ pub struct LlamaConfig {
     pub rope_scaling: Option<serde_json::Value>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Llama's `attention_bias`: biases on q, k, v and o.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Mistral's (and Qwen2's, with `use_sliding_window`) attention window.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    /// Biases on q, k and v only (Qwen2); set by the architecture, not read from config.json.
+    #[serde(skip)]
+    pub qkv_bias: bool,
 }
 
 impl LlamaConfig {
@@ -101,6 +115,14 @@ pub type Proj = Lin;
 
 fn proj(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Proj> {
     super::linear::linear_no_bias(in_dim, out_dim, vb)
+}
+
+fn biased(in_dim: usize, out_dim: usize, vb: VarBuilder, bias: bool) -> Result<Proj> {
+    if bias {
+        super::linear::linear(in_dim, out_dim, vb)
+    } else {
+        proj(in_dim, out_dim, vb)
+    }
 }
 
 /// How rotary embeddings pair the dimensions of a head.
@@ -174,12 +196,18 @@ impl Layer {
         let kv = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
         let attn = vb.pp("self_attn");
         let mlp = vb.pp("mlp");
+        let qkv_bias = cfg.qkv_bias || cfg.attention_bias;
         Ok(Layer {
             input_norm: RmsNorm::load(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            q: proj(h, cfg.num_attention_heads * d, attn.pp("q_proj"))?,
-            k: proj(h, kv * d, attn.pp("k_proj"))?,
-            v: proj(h, kv * d, attn.pp("v_proj"))?,
-            o: proj(cfg.num_attention_heads * d, h, attn.pp("o_proj"))?,
+            q: biased(h, cfg.num_attention_heads * d, attn.pp("q_proj"), qkv_bias)?,
+            k: biased(h, kv * d, attn.pp("k_proj"), qkv_bias)?,
+            v: biased(h, kv * d, attn.pp("v_proj"), qkv_bias)?,
+            o: biased(
+                cfg.num_attention_heads * d,
+                h,
+                attn.pp("o_proj"),
+                cfg.attention_bias,
+            )?,
             post_norm: RmsNorm::load(h, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
             gate: proj(h, cfg.intermediate_size, mlp.pp("gate_proj"))?,
             up: proj(h, cfg.intermediate_size, mlp.pp("up_proj"))?,
@@ -422,15 +450,48 @@ impl Llama {
 /// This port's row in [`DECODERS`](super::decoder::DECODERS).
 pub const ARCH: DecoderArch = DecoderArch {
     model_type: "llama",
-    build,
+    build: |raw, vb| build(raw, vb, false),
     max_positions: |_| None,
 };
 
-fn build(raw: &serde_json::Value, vb: VarBuilder) -> std::result::Result<BuiltDecoder, BuildError> {
-    let cfg: LlamaConfig = serde_json::from_value(raw.clone())?;
+/// Qwen2 and Qwen2.5 (`Qwen2ForCausalLM`): Llama with biases on q, k and v.
+pub const QWEN2_ARCH: DecoderArch = DecoderArch {
+    model_type: "qwen2",
+    build: |raw, vb| build(raw, vb, true),
+    max_positions: sliding_window,
+};
+
+/// Mistral (`MistralForCausalLM`): Llama with a sliding attention window.
+pub const MISTRAL_ARCH: DecoderArch = DecoderArch {
+    model_type: "mistral",
+    build: |raw, vb| build(raw, vb, false),
+    max_positions: sliding_window,
+};
+
+/// The attention window, when the config turns one on: attention is computed over every
+/// earlier position here, which equals the windowed model's only while a sequence fits the
+/// window, so the window becomes the longest sequence the model takes (windows and requests
+/// are cut to it, and say so).
+fn sliding_window(raw: &serde_json::Value) -> Option<usize> {
+    let window = raw.get("sliding_window").and_then(|v| v.as_u64())? as usize;
+    let qwen = raw.get("model_type").and_then(|v| v.as_str()) == Some("qwen2");
+    let on = raw
+        .get("use_sliding_window")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(!qwen);
+    on.then_some(window)
+}
+
+fn build(
+    raw: &serde_json::Value,
+    vb: VarBuilder,
+    qkv_bias: bool,
+) -> std::result::Result<BuiltDecoder, BuildError> {
+    let mut cfg: LlamaConfig = serde_json::from_value(raw.clone())?;
+    cfg.qkv_bias = qkv_bias;
     Ok(BuiltDecoder {
         net: Box::new(Llama::load(vb, &cfg)?),
-        max_positions: None,
+        max_positions: sliding_window(raw),
         vocab_size: cfg.vocab_size,
         hidden: cfg.hidden_size,
     })
