@@ -77,3 +77,60 @@ fn mmlu_has_57_subjects_and_limit_takes_the_first_of_each() {
         .to_string();
     assert!(e.contains("mmlu/dev"), "{e}");
 }
+
+#[test]
+fn hellaswag_openbookqa_and_sciq_read_their_release_layouts() {
+    // Not in ../shared: small files in each release's layout.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |rel: &str, text: &str| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write(
+        "hellaswag/hellaswag_val.jsonl",
+        r#"{"ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he", "ctx": "A man is sitting on a roof. he", "split": "val", "split_type": "indomain", "label": 3, "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.", "starts pulling up roofing on a roof."], "source_id": "activitynet~v_-JhWjGDPHMY"}"#,
+    );
+    write(
+        "openbookqa/Main/test.jsonl",
+        r#"{"id": "8-343", "question": {"stem": "A person wants to start saving money", "choices": [{"text": "make more phone calls", "label": "A"}, {"text": "quit eating lunch out", "label": "B"}]}, "answerKey": "B"}"#,
+    );
+    write(
+        "sciq/test.json",
+        r#"[{"question": "What is the process?", "distractor3": "d3", "distractor1": "d1", "distractor2": "d2", "correct_answer": "mitosis", "support": " Cells divide."}]"#,
+    );
+    let load = |task: &dyn LmTask| match task
+        .load(&LmSource::Dir(dir.path().into()), &LoadOptions::default())
+        .unwrap()
+    {
+        LmData::Choices(set) => set,
+        _ => panic!("choices"),
+    };
+    let h = load(&tasks::choice::HELLASWAG);
+    assert_eq!(
+        h.docs[0].requests[0].context,
+        "Roof shingle removal: A man is sitting on a roof. He"
+    );
+    assert_eq!((h.docs[0].gold, h.docs[0].id.as_str()), (3, "24"));
+    let o = load(&tasks::choice::OPENBOOKQA);
+    assert_eq!(o.docs[0].requests[1].context, "A person wants to start saving money");
+    assert_eq!(o.docs[0].requests[1].continuation, " quit eating lunch out");
+    assert_eq!(o.docs[0].gold, 1);
+    let s = load(&tasks::choice::SCIQ);
+    assert_eq!(
+        s.docs[0].requests[0].context,
+        "Cells divide.\nQuestion: What is the process?\nAnswer:"
+    );
+    assert_eq!(s.docs[0].choices, ["d1", "d2", "d3", "mitosis"]);
+    // A missing file says which file and what to pass instead.
+    let e = tasks::choice::HELLASWAG
+        .load(
+            &LmSource::Dir(dir.path().join("nowhere")),
+            &LoadOptions::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("hellaswag/hellaswag_val.jsonl: file not found"), "{e}");
+    assert!(e.contains("Rowan/hellaswag"), "{e}");
+}
