@@ -113,7 +113,10 @@ fn hellaswag_openbookqa_and_sciq_read_their_release_layouts() {
     );
     assert_eq!((h.docs[0].gold, h.docs[0].id.as_str()), (3, "24"));
     let o = load(&tasks::choice::OPENBOOKQA);
-    assert_eq!(o.docs[0].requests[1].context, "A person wants to start saving money");
+    assert_eq!(
+        o.docs[0].requests[1].context,
+        "A person wants to start saving money"
+    );
     assert_eq!(o.docs[0].requests[1].continuation, " quit eating lunch out");
     assert_eq!(o.docs[0].gold, 1);
     let s = load(&tasks::choice::SCIQ);
@@ -131,6 +134,9 @@ fn hellaswag_openbookqa_and_sciq_read_their_release_layouts() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("hellaswag/hellaswag_val.jsonl: file not found"), "{e}");
+    assert!(
+        e.contains("hellaswag/hellaswag_val.jsonl: file not found"),
+        "{e}"
+    );
     assert!(e.contains("Rowan/hellaswag"), "{e}");
 }
