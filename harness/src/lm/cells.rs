@@ -425,16 +425,32 @@ pub(super) fn write_continuations(
     t: &LmCellFile,
     s: &LmCellFile,
 ) -> Result<()> {
+    let lines = t
+        .continuations
+        .iter()
+        .zip(&s.continuations)
+        .enumerate()
+        .map(|(i, (a, b))| {
+            serde_json::json!({
+                "id": i.to_string(),
+                "prompt": a.prompt,
+                "teacher": a.text,
+                "student": b.text,
+            })
+        });
+    write_predictions_file(out, task, lines)
+}
+
+/// `OUT/predictions/<task>.jsonl`, one JSON object a line, written atomically.
+pub(super) fn write_predictions_file(
+    out: &Path,
+    task: &str,
+    lines: impl Iterator<Item = serde_json::Value>,
+) -> Result<()> {
     let dir = out.join("predictions");
     std::fs::create_dir_all(&dir)?;
     let mut text = String::new();
-    for (i, (a, b)) in t.continuations.iter().zip(&s.continuations).enumerate() {
-        let line = serde_json::json!({
-            "id": i.to_string(),
-            "prompt": a.prompt,
-            "teacher": a.text,
-            "student": b.text,
-        });
+    for line in lines {
         text.push_str(&line.to_string());
         text.push('\n');
     }

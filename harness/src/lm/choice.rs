@@ -239,24 +239,19 @@ pub(super) fn write_predictions(
     teacher: &LmCellFile,
     student: &LmCellFile,
 ) -> Result<()> {
-    let dir = out.join("predictions");
-    std::fs::create_dir_all(&dir)?;
-    let mut text = String::new();
-    for (i, d) in set.docs.iter().enumerate() {
-        let (Some(t), Some(s)) = (teacher.answers.get(i), student.answers.get(i)) else {
-            break;
-        };
-        let line = serde_json::json!({
-            "id": d.id,
-            "gold": d.gold,
-            "teacher_logprobs": t.logprobs,
-            "student_logprobs": s.logprobs,
-            "teacher_pick": choice::picks(d, t).raw,
-            "student_pick": choice::picks(d, s).raw,
+    let lines = set
+        .docs
+        .iter()
+        .zip(teacher.answers.iter().zip(&student.answers))
+        .map(|(d, (t, s))| {
+            serde_json::json!({
+                "id": d.id,
+                "gold": d.gold,
+                "teacher_logprobs": t.logprobs,
+                "student_logprobs": s.logprobs,
+                "teacher_pick": choice::picks(d, t).raw,
+                "student_pick": choice::picks(d, s).raw,
+            })
         });
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
-    reports::io::write_atomic(&dir.join(format!("{task}.jsonl")), text.as_bytes())
-        .with_context(|| format!("cannot write predictions in {}", dir.display()))
+    super::cells::write_predictions_file(out, task, lines)
 }
