@@ -472,6 +472,7 @@ def make_qwen2_lm():
     with open(os.path.join(path, "expected.json"), "w") as f:
         json.dump(doc, f)
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+    write_qwen2_gguf(model, cfg, os.path.join(path, "model-f32.gguf"))
 
 
 def make_mistral_lm():
@@ -541,6 +542,48 @@ def write_llama_gguf(model, cfg, out):
                 w = permute(w, cfg.num_attention_heads)
             elif module == "self_attn.k_proj":
                 w = permute(w, cfg.num_key_value_heads)
+        writer.add_tensor(gname, np.ascontiguousarray(w, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def write_qwen2_gguf(model, cfg, out):
+    """The tiny Qwen2 as a GGUF file the way convert_hf_to_gguf.py writes Qwen2: architecture
+    `qwen2`, `qwen2.*` metadata, no Q/K permutation (NEOX RoPE), the q/k/v biases as
+    `blk.N.attn_{q,k,v}.bias`, no `output.weight` when the embeddings are tied. F32."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(out, "qwen2")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    if not cfg.tie_word_embeddings:
+        names["lm_head.weight"] = "output.weight"
+    per_layer = {
+        "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        w = t.detach().float().numpy()
+        if name in names:
+            gname = names[name]
+        else:
+            parts = name.split(".")  # model.layers.N.<module...>.{weight,bias}
+            layer, module, kind = parts[2], ".".join(parts[3:-1]), parts[-1]
+            gname = f"blk.{layer}.{per_layer[module]}.{kind}"
         writer.add_tensor(gname, np.ascontiguousarray(w, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

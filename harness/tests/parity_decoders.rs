@@ -364,3 +364,23 @@ fn a_shared_context_run_once_scores_as_one_window_per_choice_at_any_batch_size()
         }
     }
 }
+
+#[test]
+fn a_qwen2_gguf_file_loads_and_matches_its_safetensors_twin() {
+    // The tiny Qwen2 written as llama.cpp's converter writes Qwen2 (qwen2.* metadata, q/k/v
+    // biases, Q/K rows unpermuted): dequantized and kept as stored, every position within
+    // 1e-4 of transformers' logits, in a batch and through the KV cache.
+    use harness::models::decoder::DecoderBackend;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen2-tiny");
+    let gguf = dir.join("model-f32.gguf");
+    let (_, _, exp) = fixture("qwen2-tiny");
+    let (deq, cfg) = harness::models::gguf::load_llama_dequantized(&gguf, &Device::Cpu).unwrap();
+    assert!(cfg.qkv_bias && cfg.tie_word_embeddings);
+    check_batches(&deq, &exp);
+    check_cached(&deq, &exp);
+    let (kept, _) = harness::models::gguf::load_llama_quantized(&gguf, &Device::Cpu).unwrap();
+    check_batches(&kept, &exp);
+    check_cached(&kept, &exp);
+    let backend = DecoderBackend::load("qwen2-gguf", &gguf, &Device::Cpu, false).unwrap();
+    assert_eq!(backend.info().architecture, "qwen2");
+}

@@ -183,6 +183,12 @@ impl DecoderBackend {
                 "gguf metadata",
             )
         };
+        let gguf_architecture = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| "llama".into());
         let eos = super::gguf_tokenizer::special_ids(&content)
             .get("eos")
             .copied();
@@ -202,7 +208,7 @@ impl DecoderBackend {
             info: CheckpointInfo {
                 id: id.to_string(),
                 resolved: canonical(file),
-                architecture: "llama".into(),
+                architecture: gguf_architecture,
                 parameters,
                 bytes_on_disk,
                 head_labels: None,

@@ -1,4 +1,6 @@
-//! GGUF files (llama.cpp's format) for Llama-family models, loaded *dequantized* to f32 into the
+//! GGUF files (llama.cpp's format) for Llama-family models (architectures `llama` and `qwen2`,
+//! the latter with q/k/v biases and unpermuted Q/K rows, as llama.cpp's converter writes
+//! Qwen2), loaded *dequantized* to f32 into the
 //! [`super::llama::Llama`] port: the teacher side of "quantized versus full precision".
 //!
 //! Two things differ from a Hugging Face checkpoint and are undone here: tensor names
@@ -29,7 +31,11 @@ fn hf_name(gguf: &str) -> Option<String> {
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, module) = rest.split_once('.')?;
-    let module = match module.strip_suffix(".weight")? {
+    let (module, kind) = module.rsplit_once('.')?;
+    if kind != "weight" && kind != "bias" {
+        return None;
+    }
+    let module = match module {
         "attn_norm" => "input_layernorm",
         "ffn_norm" => "post_attention_layernorm",
         "attn_q" => "self_attn.q_proj",
@@ -41,7 +47,7 @@ fn hf_name(gguf: &str) -> Option<String> {
         "ffn_down" => "mlp.down_proj",
         _ => return None,
     };
-    Some(format!("model.layers.{layer}.{module}.weight"))
+    Some(format!("model.layers.{layer}.{module}.{kind}"))
 }
 
 /// Undo the converter's permutation: rows were `(heads, 2, d/2)` and became `(heads, d/2, 2)`.
@@ -61,14 +67,14 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_default();
-    if arch != "llama" {
-        bail!("GGUF architecture '{arch}' is not supported (llama only)");
+    if arch != "llama" && arch != "qwen2" {
+        bail!("GGUF architecture '{arch}' is not supported (llama and qwen2)");
     }
     let get = |k: &str| {
         content
             .metadata
-            .get(&format!("llama.{k}"))
-            .with_context(|| format!("GGUF metadata lacks llama.{k}"))
+            .get(&format!("{arch}.{k}"))
+            .with_context(|| format!("GGUF metadata lacks {arch}.{k}"))
     };
     let u = |k: &str| -> Result<usize> { Ok(get(k)?.to_u32()? as usize) };
     let heads = u("attention.head_count")?;
@@ -94,7 +100,8 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
         attention_bias: false,
         sliding_window: None,
         use_sliding_window: None,
-        qkv_bias: false,
+        // llama.cpp's Qwen2: biases on q, k and v, and Q/K rows as transformers has them.
+        qkv_bias: arch == "qwen2",
     })
 }
 
@@ -118,6 +125,33 @@ fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, LlamaConfig)>
 /// order expects. Embeddings and norms are dequantized.
 pub fn load_llama_quantized(path: &Path, device: &Device) -> Result<(Llama, LlamaConfig)> {
     let (mut file, content, cfg) = open(path)?;
+    let bias = |name: &str, file: &mut std::fs::File| -> Result<Option<Tensor>> {
+        if !cfg.qkv_bias {
+            return Ok(None);
+        }
+        let t = content
+            .tensor(file, name, device)
+            .and_then(|q| q.dequantize(device))
+            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
+        Ok(Some(t.to_dtype(DType::F32)?))
+    };
+    let mut biased = |m: &str, i: usize| -> Result<Proj> {
+        let b = bias(&format!("blk.{i}.{m}.bias"), &mut file)?;
+        let w = content
+            .tensor(&mut file, &format!("blk.{i}.{m}.weight"), device)
+            .with_context(|| {
+                format!("{}: cannot read tensor blk.{i}.{m}.weight", path.display())
+            })?;
+        Ok(Proj::from_qtensor(w, b)?)
+    };
+    let mut qkv = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        qkv.push((
+            biased("attn_q", i)?,
+            biased("attn_k", i)?,
+            biased("attn_v", i)?,
+        ));
+    }
     let mut read = |name: &str| {
         content
             .tensor(&mut file, name, device)
@@ -125,13 +159,13 @@ pub fn load_llama_quantized(path: &Path, device: &Device) -> Result<(Llama, Llam
     };
     let mut quant = |name: &str| -> Result<Proj> { Ok(Proj::from_qtensor(read(name)?, None)?) };
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-    for i in 0..cfg.num_hidden_layers {
+    for (i, (q, k, v)) in qkv.into_iter().enumerate() {
         let n = |m: &str| format!("blk.{i}.{m}.weight");
         layers.push(LayerParts {
             input_norm: Tensor::new(&[0f32], device)?,
-            q: quant(&n("attn_q"))?,
-            k: quant(&n("attn_k"))?,
-            v: quant(&n("attn_v"))?,
+            q,
+            k,
+            v,
             o: quant(&n("attn_output"))?,
             post_norm: Tensor::new(&[0f32], device)?,
             gate: quant(&n("ffn_gate"))?,
@@ -163,7 +197,12 @@ pub fn load_llama_quantized(path: &Path, device: &Device) -> Result<(Llama, Llam
         layers,
         norm,
         lm_head,
-        RopeLayout::Interleaved,
+        // llama.cpp permutes Llama's Q/K rows for its interleaved RoPE; Qwen2's it leaves.
+        if cfg.qkv_bias {
+            RopeLayout::RotateHalf
+        } else {
+            RopeLayout::Interleaved
+        },
     )?;
     Ok((model, cfg))
 }
@@ -180,9 +219,10 @@ pub fn load_llama_dequantized(path: &Path, device: &Device) -> Result<(Llama, Ll
             .tensor(&mut file, &name, device)
             .and_then(|q| q.dequantize(device))
             .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
-        let t = if name.ends_with("attn_q.weight") {
+        let permuted = !cfg.qkv_bias;
+        let t = if permuted && name.ends_with("attn_q.weight") {
             unpermute(&t, cfg.num_attention_heads)?
-        } else if name.ends_with("attn_k.weight") {
+        } else if permuted && name.ends_with("attn_k.weight") {
             unpermute(&t, kv)?
         } else {
             t
