@@ -119,23 +119,12 @@ pub(super) fn choice_cell(
     })
 }
 
-/// What a model picks for each example under `primary` (the choice index; a cloze task's
-/// "pick" is 1 when greedy decoding gives the target, else 0).
-fn picks(set: &ChoiceSet, answers: &[DocAnswer], primary: &str) -> Vec<usize> {
+/// What a model picks for each example under `metric` ([`choice::pick`]).
+fn picks(set: &ChoiceSet, answers: &[DocAnswer], metric: &str) -> Vec<usize> {
     set.docs
         .iter()
         .zip(answers)
-        .map(|(d, a)| match set.scoring {
-            Scoring::Cloze => usize::from(a.greedy.first().copied().unwrap_or(false)),
-            Scoring::MultipleChoice { .. } => {
-                let p = choice::picks(d, a);
-                match primary {
-                    "acc_norm" => p.chars,
-                    "acc_bytes" => p.bytes,
-                    _ => p.raw,
-                }
-            }
-        })
+        .map(|(d, a)| choice::pick(set.scoring, d, a, metric))
         .collect()
 }
 

@@ -140,6 +140,23 @@ pub fn mean_and_stderr(values: &[f64]) -> (f64, f64) {
     (mean, (var / n).sqrt())
 }
 
+/// A model's answer to one example under the metric `metric` (`acc`, `acc_norm`,
+/// `acc_bytes`): the index of the choice it picks, or for a cloze task 1 when greedy decoding
+/// gives the target and 0 when not.
+pub fn pick(scoring: Scoring, doc: &ChoiceDoc, answer: &DocAnswer, metric: &str) -> usize {
+    match scoring {
+        Scoring::Cloze => usize::from(answer.greedy.first().copied().unwrap_or(false)),
+        Scoring::MultipleChoice { .. } => {
+            let p = picks(doc, answer);
+            match metric {
+                "acc_norm" => p.chars,
+                "acc_bytes" => p.bytes,
+                _ => p.raw,
+            }
+        }
+    }
+}
+
 /// Per-example correctness (1 or 0) under the metric `metric` (`acc`, `acc_norm`,
 /// `acc_bytes`), in doc order: what the paired statistics resample.
 pub fn correct(
@@ -148,22 +165,15 @@ pub fn correct(
     answers: &[DocAnswer],
     metric: &str,
 ) -> Vec<f64> {
+    // A cloze answer is right when its "pick" is 1 (greedy); a choice when it is the gold one.
     docs.iter()
         .zip(answers)
         .map(|(d, a)| {
-            let ok = match scoring {
-                Scoring::Cloze => a.greedy.first().copied().unwrap_or(false),
-                Scoring::MultipleChoice { .. } => {
-                    let p = picks(d, a);
-                    let pick = match metric {
-                        "acc_norm" => p.chars,
-                        "acc_bytes" => p.bytes,
-                        _ => p.raw,
-                    };
-                    pick == d.gold
-                }
+            let want = match scoring {
+                Scoring::Cloze => 1,
+                Scoring::MultipleChoice { .. } => d.gold,
             };
-            f64::from(u8::from(ok))
+            f64::from(u8::from(pick(scoring, d, a, metric) == want))
         })
         .collect()
 }
