@@ -125,72 +125,52 @@ fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, LlamaConfig)>
 /// order expects. Embeddings and norms are dequantized.
 pub fn load_llama_quantized(path: &Path, device: &Device) -> Result<(Llama, LlamaConfig)> {
     let (mut file, content, cfg) = open(path)?;
-    let bias = |name: &str, file: &mut std::fs::File| -> Result<Option<Tensor>> {
-        if !cfg.qkv_bias {
-            return Ok(None);
-        }
-        let t = content
-            .tensor(file, name, device)
-            .and_then(|q| q.dequantize(device))
-            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
-        Ok(Some(t.to_dtype(DType::F32)?))
-    };
-    let mut biased = |m: &str, i: usize| -> Result<Proj> {
-        let b = bias(&format!("blk.{i}.{m}.bias"), &mut file)?;
-        let w = content
-            .tensor(&mut file, &format!("blk.{i}.{m}.weight"), device)
-            .with_context(|| {
-                format!("{}: cannot read tensor blk.{i}.{m}.weight", path.display())
-            })?;
-        Ok(Proj::from_qtensor(w, b)?)
-    };
-    let mut qkv = Vec::with_capacity(cfg.num_hidden_layers);
-    for i in 0..cfg.num_hidden_layers {
-        qkv.push((
-            biased("attn_q", i)?,
-            biased("attn_k", i)?,
-            biased("attn_v", i)?,
-        ));
-    }
-    let mut read = |name: &str| {
+    let read = |file: &mut std::fs::File, name: &str| {
         content
-            .tensor(&mut file, name, device)
+            .tensor(file, name, device)
             .with_context(|| format!("{}: cannot read tensor {name}", path.display()))
     };
-    let mut quant = |name: &str| -> Result<Proj> { Ok(Proj::from_qtensor(read(name)?, None)?) };
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-    for (i, (q, k, v)) in qkv.into_iter().enumerate() {
-        let n = |m: &str| format!("blk.{i}.{m}.weight");
-        layers.push(LayerParts {
-            input_norm: Tensor::new(&[0f32], device)?,
-            q,
-            k,
-            v,
-            o: quant(&n("attn_output"))?,
-            post_norm: Tensor::new(&[0f32], device)?,
-            gate: quant(&n("ffn_gate"))?,
-            up: quant(&n("ffn_up"))?,
-            down: quant(&n("ffn_down"))?,
-        });
-    }
-    let lm_head = if cfg.tie_word_embeddings {
-        quant("token_embd.weight")?
-    } else {
-        quant("output.weight")?
-    };
-    let mut deq = |name: &str| -> Result<Tensor> {
-        let t = content
-            .tensor(&mut file, name, device)
-            .and_then(|q| q.dequantize(device))
+    let deq = |file: &mut std::fs::File, name: &str| -> Result<Tensor> {
+        let t = read(file, name)?
+            .dequantize(device)
             .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
         Ok(t.to_dtype(DType::F32)?)
     };
-    for (i, layer) in layers.iter_mut().enumerate() {
-        layer.input_norm = deq(&format!("blk.{i}.attn_norm.weight"))?;
-        layer.post_norm = deq(&format!("blk.{i}.ffn_norm.weight"))?;
+    // A layer's projection kept as stored, with its f32 bias when it has one (Qwen2's q/k/v).
+    let proj = |file: &mut std::fs::File, i: usize, m: &str, biased: bool| -> Result<Proj> {
+        let bias = if biased {
+            Some(deq(file, &format!("blk.{i}.{m}.bias"))?)
+        } else {
+            None
+        };
+        Ok(Proj::from_qtensor(
+            read(file, &format!("blk.{i}.{m}.weight"))?,
+            bias,
+        )?)
+    };
+    let f = &mut file;
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        layers.push(LayerParts {
+            input_norm: deq(f, &format!("blk.{i}.attn_norm.weight"))?,
+            q: proj(f, i, "attn_q", cfg.qkv_bias)?,
+            k: proj(f, i, "attn_k", cfg.qkv_bias)?,
+            v: proj(f, i, "attn_v", cfg.qkv_bias)?,
+            o: proj(f, i, "attn_output", false)?,
+            post_norm: deq(f, &format!("blk.{i}.ffn_norm.weight"))?,
+            gate: proj(f, i, "ffn_gate", false)?,
+            up: proj(f, i, "ffn_up", false)?,
+            down: proj(f, i, "ffn_down", false)?,
+        });
     }
-    let embeddings = deq("token_embd.weight")?;
-    let norm = deq("output_norm.weight")?;
+    let head = if cfg.tie_word_embeddings {
+        "token_embd.weight"
+    } else {
+        "output.weight"
+    };
+    let lm_head = Proj::from_qtensor(read(f, head)?, None)?;
+    let embeddings = deq(f, "token_embd.weight")?;
+    let norm = deq(f, "output_norm.weight")?;
     let model = Llama::from_parts(
         &cfg,
         embeddings,
