@@ -29,8 +29,22 @@ pub enum Command {
     Report(ReportArgs),
     /// Compare a results file against a baseline; exit 1 on a regression.
     Compare(CompareArgs),
-    /// Merge results files of separate runs of the same pair into one.
+    /// Merge the shards of one run (or runs of the same pair on other tasks) strictly.
     Merge(MergeArgs),
+    /// Print a run's cells and how `--shard I/N` splits them (for a CI matrix or job array).
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Number of shards to split the cells into.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// md (tables) or json (`{"count", "cells", "matrix": [{"shard": "I/N", ...}]}`).
+    #[arg(long, default_value = "md", value_parser = ["md", "json"])]
+    pub format: String,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -61,15 +75,32 @@ pub struct CompareArgs {
     /// Largest tolerated peak-memory increase, percent.
     #[arg(long, default_value_t = 10.0)]
     pub max_memory_growth: f64,
+    /// Significance level of the slowdown test (one-sided Welch).
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+    /// md (a table for a job summary) or json (the findings, for scripts).
+    #[arg(long, default_value = "md", value_parser = ["md", "json"])]
+    pub format: String,
 }
 
 #[derive(Debug, Args)]
 pub struct MergeArgs {
-    /// Results files to merge.
-    #[arg(required = true, num_args = 2..)]
-    pub files: Vec<PathBuf>,
+    /// Shard folders of one run (`run --shard I/N --out DIR`), or results files / folders of
+    /// runs of the same pair and settings on different tasks.
+    #[arg(required = true, num_args = 1..)]
+    pub inputs: Vec<PathBuf>,
+    /// Output folder (results.json, predictions/, reports), or a results file path ending in
+    /// .json.
     #[arg(long)]
     pub out: PathBuf,
+    /// Merge although some planned cells are in no input; their tasks are left out and the
+    /// results list the missing cells.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Merge inputs measured on different machines; the results then say that speed figures
+    /// come from several hosts.
+    #[arg(long)]
+    pub allow_mixed_env: bool,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +211,11 @@ pub struct RunArgs {
     pub probe_train_rows: usize,
     #[command(flatten)]
     pub models: ModelArgs,
+    /// Run only the I-th (from 0) of N cost-balanced slices of the plan's (model, task) cells,
+    /// for a CI matrix or a job array; `auto` reads SLURM_ARRAY_TASK_ID / _COUNT or
+    /// JOB_COMPLETION_INDEX with HARNESS_SHARD_COUNT. Join the shards with `harness merge`.
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,

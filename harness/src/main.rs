@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use harness::cli::{
-    Cli, Command, CompareArgs, ListArgs, ListWhat, MergeArgs, ProfileArgs, ReportArgs, RunArgs,
+    Cli, Command, CompareArgs, ListArgs, ListWhat, MergeArgs, PlanArgs, ProfileArgs, ReportArgs,
+    RunArgs,
 };
 use harness::error::{one_line, EXIT_ERROR, EXIT_OK, EXIT_REGRESSION};
 use harness::models::resolve::AliasTable;
@@ -28,6 +29,24 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         println!("\nNot scored: {task}: {reason}");
     }
     println!("\nResults: {}", outcome.results_path.display());
+    Ok(())
+}
+
+fn plan(args: &PlanArgs) -> anyhow::Result<()> {
+    if args.shards == 0 {
+        anyhow::bail!("--shards must be at least 1");
+    }
+    let mut plan = RunPlan::without_output(&args.run)?;
+    harness::hub_data::fetch_planned(&mut plan)?;
+    let cells = harness::shard::plan_cells(&plan, args.shards);
+    if args.format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&harness::shard::json(&cells, args.shards))?
+        );
+    } else {
+        print!("{}", harness::shard::markdown(&cells, args.shards));
+    }
     Ok(())
 }
 
@@ -89,26 +108,61 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
 fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
     let baseline = harness::report::read_results(&args.baseline)?;
     let current = harness::report::read_results(&args.current)?;
+    if !(args.alpha > 0.0 && args.alpha < 1.0) {
+        anyhow::bail!("--alpha must be between 0 and 1 (e.g. 0.05)");
+    }
     let th = reports::compare::Thresholds {
         max_metric_drop: args.max_metric_drop,
         max_slowdown: args.max_slowdown,
         max_memory_growth: args.max_memory_growth,
-        ..Default::default()
+        alpha: args.alpha,
     };
-    let findings = reports::compare::compare(&baseline, &current, &th)?;
-    print!("{}", reports::compare::markdown(&findings, &th));
-    Ok(findings.iter().any(|f| f.regression))
+    let report = reports::compare::compare_report(&baseline, &current, &th)?;
+    if args.format == "json" {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", reports::compare::report_markdown(&report));
+    }
+    Ok(report.regressions > 0)
 }
 
 fn merge(args: &MergeArgs) -> anyhow::Result<()> {
-    let mut files = Vec::new();
-    for f in &args.files {
-        files.push((f.display().to_string(), harness::report::read_results(f)?));
+    let opts = harness::merge::MergeOptions {
+        allow_partial: args.allow_partial,
+        allow_mixed_env: args.allow_mixed_env,
+    };
+    let merged = harness::merge::merge(&args.inputs, &args.out, opts)?;
+    let dir = if args.out.extension().is_some_and(|e| e == "json") {
+        args.out
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default()
+    } else {
+        args.out.clone()
+    };
+    harness::report::write_reports(&merged, &dir, &["md", "html", "csv"])?;
+    print!("{}", MarkdownReport.render(&merged));
+    if let Some(m) = &merged.merge {
+        if !m.missing_cells.is_empty() {
+            println!(
+                "\nMissing (--allow-partial): {}",
+                m.missing_cells.join(", ")
+            );
+        }
+        if let Some(why) = &m.mixed_environments {
+            println!("\nSpeed figures come from several machines (--allow-mixed-env): {why}");
+        }
     }
-    let merged = reports::compare::merge(&files).map_err(anyhow::Error::msg)?;
-    reports::io::write_json_atomic(&args.out, &merged)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display()))?;
-    println!("{}: {} tasks", args.out.display(), merged.tasks.len());
+    println!(
+        "\nMerged {} input(s), {} task(s): {}",
+        args.inputs.len(),
+        merged.tasks.len(),
+        if args.out.extension().is_some_and(|e| e == "json") {
+            args.out.display().to_string()
+        } else {
+            args.out.join("results.json").display().to_string()
+        }
+    );
     Ok(())
 }
 
@@ -121,6 +175,7 @@ fn main() -> ExitCode {
         Command::Profile(args) => profile(args),
         Command::Report(args) => report(args),
         Command::Merge(args) => merge(args),
+        Command::Plan(args) => plan(args),
         Command::Compare(args) => match compare(args) {
             Ok(true) => return ExitCode::from(EXIT_REGRESSION),
             Ok(false) => Ok(()),

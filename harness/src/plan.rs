@@ -94,6 +94,8 @@ pub struct RunPlan {
     pub quiet: bool,
     /// `None` with `--no-profile`.
     pub profile: Option<crate::profile::ProfileSettings>,
+    /// `--shard I/N`: run only this slice of the plan's cells.
+    pub shard: Option<crate::shard::ShardSpec>,
 }
 
 pub fn parse_device(name: &str) -> Result<Device> {
@@ -146,7 +148,15 @@ impl RunPlan {
         key
     }
 
+    /// The plan of `harness run`; checks that the output folder can be written.
     pub fn from_args(args: &RunArgs) -> Result<Self> {
+        let plan = Self::without_output(args)?;
+        check_writable(&args.out)?;
+        Ok(plan)
+    }
+
+    /// The plan without touching the output folder (`harness plan` only prints it).
+    pub fn without_output(args: &RunArgs) -> Result<Self> {
         if args.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
@@ -174,6 +184,11 @@ impl RunPlan {
         if args.limit == Some(0) {
             bail!("--limit must be at least 1 example");
         }
+        let shard = args
+            .shard
+            .as_deref()
+            .map(|s| crate::shard::ShardSpec::parse(s, &|k| std::env::var(k).ok()))
+            .transpose()?;
         let load_options = LoadOptions {
             limit: args.limit,
             num_fewshot: args.num_fewshot,
@@ -297,7 +312,6 @@ impl RunPlan {
             }
             Some(s)
         };
-        check_writable(&args.out)?;
         Ok(RunPlan {
             teacher_arg: args.teacher.clone(),
             student_arg,
@@ -331,6 +345,7 @@ impl RunPlan {
             device_name: args.models.device.clone(),
             quiet: args.quiet,
             profile,
+            shard,
         })
     }
 }

@@ -346,6 +346,7 @@ fn wikitext_comes_from_the_hub_parquet_file_without_data_dir() {
             out.to_str().unwrap(),
         ])
         .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HARNESS_HUB_RETRIES", "0")
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_HOME", home.to_str().unwrap())
         .output()

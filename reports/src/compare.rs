@@ -21,7 +21,7 @@ use crate::export::table::{markdown_table, Align};
 use crate::{Cell, Results};
 
 /// Gate settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Thresholds {
     /// Points (x100 of the metric).
     pub max_metric_drop: f64,
@@ -44,7 +44,7 @@ impl Default for Thresholds {
 }
 
 /// One compared figure.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Finding {
     pub task: String,
     pub role: &'static str,
@@ -67,6 +67,14 @@ pub enum CompareError {
     SchemaMismatch { baseline: u32, current: u32 },
     #[error("no common tasks: baseline has [{baseline}], current has [{current}]")]
     NoCommonTasks { baseline: String, current: String },
+    #[error("the current run lacks task(s) {missing} that the baseline has; run them, or compare against a baseline of the tasks run")]
+    MissingTasks { missing: String },
+    #[error("task '{task}' is version {baseline} in the baseline and {current} here (its data or scoring changed); rerun the baseline with this harness")]
+    DifferentTaskVersion {
+        task: String,
+        baseline: u32,
+        current: u32,
+    },
     #[error("the baseline is of other models: its {role} is '{baseline}', the current run's is '{current}'; compare runs of the same pair")]
     DifferentModels {
         role: &'static str,
@@ -136,7 +144,13 @@ fn check_same_run(baseline: &Results, current: &Results) -> Result<(), CompareEr
     let (b, c) = (&baseline.settings, &current.settings);
     // `max_length` is left out on purpose: `SEED_REGRESSION=1 scripts/nightly.sh` cuts inputs
     // with it to prove that the gate trips on a real quality loss.
-    let fields: [(&'static str, String, String); 5] = [
+    let fields: [(&'static str, String, String); 7] = [
+        ("limit", format!("{:?}", b.limit), format!("{:?}", c.limit)),
+        (
+            "lm",
+            serde_json::to_string(&b.lm).unwrap_or_default(),
+            serde_json::to_string(&c.lm).unwrap_or_default(),
+        ),
         ("dtype", b.dtype.clone(), c.dtype.clone()),
         (
             "probe_train_rows",
@@ -205,6 +219,39 @@ fn cells<'a>(r: &'a Results, task: &str) -> [(&'static str, &'a Cell); 2] {
     [("teacher", &t.teacher), ("student", &t.student)]
 }
 
+/// What `harness compare` found: every compared figure, why absolute speed was not gated if
+/// it was not, and the tasks only the current run has (not compared).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CompareReport {
+    pub regressions: usize,
+    pub thresholds: Thresholds,
+    /// `None`: both files come from the same kind of machine and absolute speed is gated.
+    pub speed_not_compared: Option<String>,
+    pub only_in_current: Vec<String>,
+    pub findings: Vec<Finding>,
+}
+
+/// Compare `current` against `baseline` ([`compare`]) with what the verdict rests on.
+pub fn compare_report(
+    baseline: &Results,
+    current: &Results,
+    th: &Thresholds,
+) -> Result<CompareReport, CompareError> {
+    let findings = compare(baseline, current, th)?;
+    Ok(CompareReport {
+        regressions: findings.iter().filter(|f| f.regression).count(),
+        thresholds: *th,
+        speed_not_compared: speed_not_comparable(baseline, current),
+        only_in_current: current
+            .tasks
+            .keys()
+            .filter(|k| !baseline.tasks.contains_key(*k))
+            .cloned()
+            .collect(),
+        findings,
+    })
+}
+
 /// Compare `current` against `baseline`.
 pub fn compare(
     baseline: &Results,
@@ -230,6 +277,30 @@ pub fn compare(
             baseline: names(baseline),
             current: names(current),
         });
+    }
+    let missing: Vec<&String> = baseline
+        .tasks
+        .keys()
+        .filter(|k| !current.tasks.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        return Err(CompareError::MissingTasks {
+            missing: missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    for task in &common {
+        let (b, c) = (&baseline.tasks[*task], &current.tasks[*task]);
+        if b.task_version != c.task_version {
+            return Err(CompareError::DifferentTaskVersion {
+                task: task.to_string(),
+                baseline: b.task_version,
+                current: c.task_version,
+            });
+        }
     }
     let mut out = Vec::new();
     for task in common {
@@ -297,15 +368,104 @@ pub fn compare(
                         baseline: bm as f64 / (1u64 << 20) as f64,
                         current: cm as f64 / (1u64 << 20) as f64,
                         change: growth,
-                        note: String::new(),
-                        regression: growth > th.max_memory_growth,
+                        note: match &speed_skipped {
+                            None => String::new(),
+                            Some(_) => "not gated: another machine (the ratio is)".into(),
+                        },
+                        regression: speed_skipped.is_none() && growth > th.max_memory_growth,
                         in_points: false,
                     });
                 }
             }
         }
+        if speed_skipped.is_some() {
+            out.extend(ratio_findings(task, baseline, current, th));
+        }
     }
     Ok(out)
+}
+
+/// Machine-independent cost figures of a task, gated when absolute speed and memory cannot
+/// be: the student's speedup over the teacher (batch-1 latency ratio) and its peak-memory
+/// ratio, each measured within one file, on one machine.
+fn ratio_findings(
+    task: &str,
+    baseline: &Results,
+    current: &Results,
+    th: &Thresholds,
+) -> Vec<Finding> {
+    let profiles = |r: &Results| {
+        let t = &r.tasks[task];
+        match (&t.teacher.profile, &t.student.profile) {
+            (Some(a), Some(b)) => Some((a.clone(), b.clone())),
+            _ => None,
+        }
+    };
+    let (Some((bt, bs)), Some((ct, cs))) = (profiles(baseline), profiles(current)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let (bsp, csp) = (
+        bt.latency_ms.mean / bs.latency_ms.mean,
+        ct.latency_ms.mean / cs.latency_ms.mean,
+    );
+    if bsp.is_finite() && csp.is_finite() {
+        let change = (csp / bsp - 1.0) * 100.0;
+        out.push(Finding {
+            task: task.to_string(),
+            role: "student",
+            what: "speedup over the teacher (x, batch-1 latency ratio)".into(),
+            baseline: bsp,
+            current: csp,
+            change,
+            note: "machine-independent; gated as a slowdown".into(),
+            regression: -change > th.max_slowdown,
+            in_points: false,
+        });
+    }
+    if let (Some(a), Some(b), Some(c), Some(d)) = (
+        bt.peak_rss_bytes,
+        bs.peak_rss_bytes,
+        ct.peak_rss_bytes,
+        cs.peak_rss_bytes,
+    ) {
+        let (br, cr) = (b as f64 / a as f64, d as f64 / c as f64);
+        let change = (cr / br - 1.0) * 100.0;
+        out.push(Finding {
+            task: task.to_string(),
+            role: "student",
+            what: "peak RSS / teacher's".into(),
+            baseline: br,
+            current: cr,
+            change,
+            note: "machine-independent".into(),
+            regression: change > th.max_memory_growth,
+            in_points: false,
+        });
+    }
+    out
+}
+
+/// The report as Markdown: the verdict, what was and was not gated, then the table.
+pub fn report_markdown(r: &CompareReport) -> String {
+    let mut out = markdown(&r.findings, &r.thresholds);
+    let mut notes = Vec::new();
+    if let Some(why) = &r.speed_not_compared {
+        notes.push(format!("Absolute speed and memory were not gated: {why}. Gated instead: metrics, retention, the student's speedup and memory ratios (machine-independent)."));
+    }
+    if !r.only_in_current.is_empty() {
+        notes.push(format!(
+            "Not in the baseline (not compared): {}.",
+            r.only_in_current.join(", ")
+        ));
+    }
+    if !notes.is_empty() {
+        out += "\n";
+        for n in notes {
+            out += &format!("{n}\n");
+        }
+    }
+    out
 }
 
 /// The findings as a Markdown diff table, regressions first marked.
@@ -368,57 +528,6 @@ pub fn markdown(findings: &[Finding], th: &Thresholds) -> String {
         &rows,
     );
     out
-}
-
-/// Merge results of separate runs (other tasks, e.g. a CI matrix) into one file. Refuses
-/// mismatched schema versions, different teacher or student, and conflicting cells (the same
-/// task with different numbers).
-pub fn merge(files: &[(String, Results)]) -> Result<Results, String> {
-    let Some((first_name, first)) = files.first() else {
-        return Err("nothing to merge".into());
-    };
-    let mut merged = first.clone();
-    for (name, r) in &files[1..] {
-        if r.schema_version != merged.schema_version {
-            return Err(format!(
-                "{name}: schema version {} differs from {first_name}'s {}",
-                r.schema_version, merged.schema_version
-            ));
-        }
-        for (role, a, b) in [
-            ("teacher", &merged.teacher.id, &r.teacher.id),
-            ("student", &merged.student.id, &r.student.id),
-        ] {
-            if a != b {
-                return Err(format!("{name}: {role} is '{b}' but {first_name}'s is '{a}'; only runs of the same pair can be merged"));
-            }
-        }
-        for (task, t) in &r.tasks {
-            match merged.tasks.get(task) {
-                Some(existing)
-                    if existing.teacher.metrics != t.teacher.metrics
-                        || existing.student.metrics != t.student.metrics =>
-                {
-                    return Err(format!("{name}: task '{task}' conflicts with an earlier file (different metrics for the same cell)"));
-                }
-                Some(_) => {}
-                None => {
-                    merged.tasks.insert(task.clone(), t.clone());
-                }
-            }
-        }
-        for (task, why) in &r.skipped {
-            if !merged.tasks.contains_key(task) {
-                merged
-                    .skipped
-                    .entry(task.clone())
-                    .or_insert_with(|| why.clone());
-            }
-        }
-    }
-    merged.skipped.retain(|t, _| !merged.tasks.contains_key(t));
-    merged.update_macro();
-    Ok(merged)
 }
 
 #[cfg(test)]
@@ -577,7 +686,10 @@ mod tests {
         assert!(f.iter().any(|f| f.regression), "same machine: gated");
         cur.environment.as_mut().unwrap().cpu_model = "Other CPU".into();
         let f = compare(&base, &cur, &Thresholds::default()).unwrap();
-        let lat: Vec<&Finding> = f.iter().filter(|f| f.what.contains("latency")).collect();
+        let lat: Vec<&Finding> = f
+            .iter()
+            .filter(|f| f.what.starts_with("batch-1 latency"))
+            .collect();
         assert!(
             !lat.is_empty() && lat.iter().all(|f| !f.regression),
             "{lat:?}"
@@ -589,6 +701,32 @@ mod tests {
             "{}",
             lat[0].note
         );
+        // The student's speedup over the teacher is measured within each file, so it is
+        // gated: a student 3x slower against the same teacher is a regression.
+        let speedup: Vec<&Finding> = f.iter().filter(|f| f.what.starts_with("speedup")).collect();
+        assert_eq!(speedup.len(), cur.tasks.len());
+        assert!(speedup.iter().all(|f| f.regression), "{speedup:?}");
+        assert!((speedup[0].change - (1.0 / 3.0 - 1.0) * 100.0).abs() < 1e-9);
+        // A machine 3x slower for both models: nothing to flag.
+        for t in cur.tasks.values_mut() {
+            let p = t.teacher.profile.as_mut().unwrap();
+            p.latency_ms.mean *= 3.0;
+        }
+        let report = compare_report(&base, &cur, &Thresholds::default()).unwrap();
+        assert_eq!(report.regressions, 0, "{:#?}", report.findings);
+        assert!(report
+            .speed_not_compared
+            .as_deref()
+            .unwrap()
+            .contains("CPU"));
+        let md = report_markdown(&report);
+        assert!(
+            md.contains("Absolute speed and memory were not gated: measured on another machine"),
+            "{md}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["regressions"], 0);
+        assert!(json["findings"].as_array().unwrap().len() > 2);
     }
 
     #[test]
@@ -637,40 +775,43 @@ mod tests {
     }
 
     #[test]
+    fn a_baseline_of_other_tasks_or_task_versions_is_refused() {
+        let base = profiled();
+        let mut cur = base.clone();
+        cur.tasks.remove("sst2");
+        let err = compare(&base, &cur, &Thresholds::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("lacks task(s) sst2 that the baseline has"),
+            "{err}"
+        );
+        let mut cur = base.clone();
+        cur.tasks.get_mut("stsb").unwrap().task_version += 1;
+        let err = compare(&base, &cur, &Thresholds::default()).unwrap_err();
+        assert!(
+            matches!(err, CompareError::DifferentTaskVersion { .. }),
+            "{err}"
+        );
+        let mut cur = base.clone();
+        cur.settings.limit = Some(5);
+        let err = compare(&base, &cur, &Thresholds::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("limit is None there and Some(5) here"),
+            "{err}"
+        );
+        // A task only the current run has is listed, not compared.
+        let mut more = base.clone();
+        more.tasks.remove("sst2");
+        let report = compare_report(&more, &base, &Thresholds::default()).unwrap();
+        assert_eq!(report.only_in_current, ["sst2"]);
+        assert!(report.findings.iter().all(|f| f.task == "stsb"));
+    }
+
+    #[test]
     fn normal_cdf_known_values() {
         assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
         assert!((normal_cdf(1.959964) - 0.975).abs() < 1e-6);
         assert!((normal_cdf(-1.0) - 0.158655).abs() < 1e-6);
-    }
-
-    #[test]
-    fn merge_combines_and_refuses_conflicts() {
-        let full = sample();
-        let mut a = full.clone();
-        a.tasks.remove("sst2");
-        let mut b = full.clone();
-        b.tasks.remove("stsb");
-        let m = merge(&[("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
-        assert_eq!(m.tasks.keys().collect::<Vec<_>>(), ["sst2", "stsb"]);
-        assert_eq!(m.macro_score, full.macro_score);
-        let mut c = b.clone();
-        c.tasks
-            .get_mut("sst2")
-            .unwrap()
-            .student
-            .metrics
-            .insert("accuracy".into(), 0.1);
-        let err = merge(&[("b".into(), b.clone()), ("c".into(), c)]).unwrap_err();
-        assert!(err.contains("task 'sst2' conflicts"), "{err}");
-        let mut d = b.clone();
-        d.schema_version = 2;
-        assert!(merge(&[("b".into(), b.clone()), ("d".into(), d)])
-            .unwrap_err()
-            .contains("schema version"));
-        let mut e = b;
-        e.teacher.id = "other".into();
-        assert!(merge(&[("a".into(), a), ("e".into(), e)])
-            .unwrap_err()
-            .contains("same pair"));
     }
 }

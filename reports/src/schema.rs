@@ -27,6 +27,75 @@ pub struct Results {
     pub skipped: BTreeMap<String, String>,
     /// Mean of each model's primary metrics over the tasks run; absent until a task finishes.
     pub macro_score: Option<MacroScore>,
+    /// Present when this file is one shard of a run (`harness run --shard I/N`): the plan's
+    /// cells, which shard each belongs to, and which this shard computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRecord>,
+    /// Present when this file was made by `harness merge`: what it was merged from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeRecord>,
+}
+
+/// One cell of a run's plan: a model's pass over a task, or both models' passes when the
+/// student's figures need the teacher's in the same process (`pair`: perplexity fidelity
+/// compares full next-token distributions, which are not kept).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PlannedCell {
+    pub task: String,
+    /// `teacher`, `student` or `pair`.
+    pub role: String,
+    /// The shard (0-based) the cell belongs to.
+    pub shard: usize,
+    /// The cost estimate the cells were balanced by (work units x model size; relative).
+    pub cost: u64,
+}
+
+impl PlannedCell {
+    /// `task.role`, as cell files are named.
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.task, self.role)
+    }
+}
+
+/// A shard's part of its run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardRecord {
+    /// 0-based.
+    pub index: usize,
+    pub count: usize,
+    /// Every cell of the run's plan, with its shard; the same list in every shard.
+    pub planned: Vec<PlannedCell>,
+    /// The cells this shard finished (`task.role`, `pair` cells by their task's result), each
+    /// with the cache key of its file in `cells/`, so that a merge never takes a stale file.
+    #[serde(default)]
+    pub finished: BTreeMap<String, String>,
+}
+
+/// What a merged file came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MergeRecord {
+    pub inputs: Vec<MergedInput>,
+    /// Cells of the plan that no input had (`--allow-partial`), as `task.role`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_cells: Vec<String>,
+    /// Set when the inputs were measured on different machines (`--allow-mixed-env`): speed
+    /// figures of different tasks or roles then come from different hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixed_environments: Option<String>,
+}
+
+/// One merged file or shard folder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MergedInput {
+    pub source: String,
+    /// `I/N` for a shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// The cells taken from it, as `task.role` (a whole task's result: `task`).
+    pub cells: Vec<String>,
+    /// Where it was measured, when the inputs differ in that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
 }
 
 /// Settings that change numbers. Batch size is recorded but does not change metrics.
@@ -721,6 +790,8 @@ pub(crate) mod tests {
                 .into_iter()
                 .collect(),
             macro_score: None,
+            shard: None,
+            merge: None,
         };
         r.tasks.insert(
             "stsb".into(),

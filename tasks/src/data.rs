@@ -30,7 +30,7 @@ impl Gold {
 }
 
 /// One example: one or two texts and the gold answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Example {
     /// Stable id: the row's own id column when it has one, else its 0-based row index.
     pub id: String,
@@ -40,7 +40,7 @@ pub struct Example {
 }
 
 /// The examples of one split, with a description of where they came from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Dataset {
     pub examples: Vec<Example>,
     /// The file or Hub split the rows came from, for messages and results.

@@ -56,7 +56,7 @@ impl RequestKind {
 }
 
 /// A context and the continuation whose log-probability is asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContextContinuation {
     pub context: String,
     pub continuation: String,

@@ -47,9 +47,6 @@ pub(super) struct FidelityFile {
     /// Token-level fidelity (perplexity and generation tasks).
     #[serde(default)]
     pub fidelity: Option<TokenFidelity>,
-    /// Example-level comparison (multiple-choice and cloze tasks).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comparison: Option<reports::Comparison>,
 }
 
 pub(super) struct Timed {

@@ -27,7 +27,8 @@ use crate::models::resolve::{self, checkpoint_for, ModelRef};
 use crate::models::Backend;
 use crate::plan::{PlannedLmTask, RunPlan};
 use crate::profile::energy::EnergyMeter;
-use cells::{FidelityFile, LmCellFile, TeacherLogits};
+pub use cells::LmCellFile;
+use cells::{FidelityFile, TeacherLogits};
 
 /// The model specs of both roles for a task.
 fn specs(plan: &RunPlan, task: &str) -> [(Role, ModelSpec); 2] {
@@ -50,7 +51,7 @@ fn specs(plan: &RunPlan, task: &str) -> [(Role, ModelSpec); 2] {
 }
 
 /// The model of `role` for a task.
-fn spec_of(plan: &RunPlan, task: &str, role: Role) -> ModelSpec {
+pub(crate) fn spec_of(plan: &RunPlan, task: &str, role: Role) -> ModelSpec {
     let [(_, teacher), (_, student)] = specs(plan, task);
     match role {
         Role::Teacher => teacher,
@@ -155,7 +156,6 @@ struct Pending {
     teacher_logits: Option<TeacherLogits>,
     teacher_vocabulary: Option<u64>,
     fidelity: Option<TokenFidelity>,
-    comparison: Option<reports::Comparison>,
 }
 
 /// Check that every prompt plus the new tokens fits the model.
@@ -199,22 +199,58 @@ fn window_for(plan: &RunPlan, task: &str) -> Result<WindowSettings> {
 pub struct LmCells {
     /// Each task's cells and comparison from an earlier run, when all three are reusable.
     reused: Vec<Option<(LmCellFile, LmCellFile, FidelityFile)>>,
-    /// Tasks to compute, by index.
-    todo: Vec<usize>,
+    /// Cells to compute: task index and role.
+    todo: Vec<(usize, Role)>,
     pending: BTreeMap<usize, Pending>,
 }
 
 impl LmCells {
-    /// Read back each task's finished cells; the other tasks are to do.
-    pub fn new(plan: &RunPlan) -> Self {
-        let reused: Vec<_> = plan.lm_tasks.iter().map(|pt| cached(plan, pt)).collect();
-        let todo = (0..plan.lm_tasks.len())
-            .filter(|&i| reused[i].is_none())
-            .collect();
+    /// Read back each task's finished cells; the others are to do. Only the roles `mine`
+    /// accepts are read or computed: a shard may have one role of a multiple-choice task (its
+    /// cells are independent) but has both or neither of a perplexity or generation task,
+    /// whose student figures need the teacher's pass in the same process.
+    pub fn new(plan: &RunPlan, mine: &dyn Fn(&str, Role) -> bool) -> Self {
+        let mut reused = Vec::new();
+        let mut todo = Vec::new();
+        let mut pending: BTreeMap<usize, Pending> = BTreeMap::new();
+        for (i, pt) in plan.lm_tasks.iter().enumerate() {
+            let name = pt.task.name();
+            let roles: Vec<Role> = [Role::Teacher, Role::Student]
+                .into_iter()
+                .filter(|&r| mine(name, r))
+                .collect();
+            let whole = roles.len() == 2;
+            let done = if whole { cached(plan, pt) } else { None };
+            if done.is_none() {
+                for &role in &roles {
+                    // A lone role of a multiple-choice task is reused on its own.
+                    let k = keys(plan, pt);
+                    let key = match role {
+                        Role::Teacher => k.teacher,
+                        Role::Student => k.student,
+                    };
+                    let path = cell_path(&plan.out, name, role.name());
+                    let reuse = (!whole)
+                        .then(|| read_cached::<LmCellFile>(&path, &key, |c| &c.cell.cache_key))
+                        .flatten();
+                    match reuse {
+                        Some(cf) => {
+                            let p = pending.entry(i).or_default();
+                            match role {
+                                Role::Teacher => p.teacher = Some(cf),
+                                Role::Student => p.student = Some(cf),
+                            }
+                        }
+                        None => todo.push((i, role)),
+                    }
+                }
+            }
+            reused.push(done);
+        }
         LmCells {
             reused,
             todo,
-            pending: BTreeMap::new(),
+            pending,
         }
     }
 
@@ -226,7 +262,8 @@ impl LmCells {
             .flat_map(|role| {
                 self.todo
                     .iter()
-                    .map(move |&i| spec_of(plan, plan.lm_tasks[i].task.name(), role))
+                    .filter(move |(_, r)| *r == role)
+                    .map(move |&(i, _)| spec_of(plan, plan.lm_tasks[i].task.name(), role))
             })
             .collect()
     }
@@ -245,8 +282,10 @@ impl LmCells {
         let mine = |role: Role| -> Vec<usize> {
             self.todo
                 .iter()
-                .copied()
-                .filter(|&i| spec_of(plan, plan.lm_tasks[i].task.name(), role) == *spec)
+                .filter(|&&(i, r)| {
+                    r == role && spec_of(plan, plan.lm_tasks[i].task.name(), role) == *spec
+                })
+                .map(|&(i, _)| i)
                 .collect()
         };
         let jobs: Vec<(Role, usize)> = [Role::Teacher, Role::Student]
@@ -352,15 +391,8 @@ impl LmCells {
                             .map_or(String::new(), |v| format!(", acc_norm {:.2}%", v * 100.0)),
                         cf.cell.elapsed_s
                     ));
-                    if role == Role::Student {
-                        let t = p.teacher.as_ref().expect("the teacher's cell");
-                        p.comparison = Some(choice::compare(
-                            set,
-                            pt.task.primary_metric(),
-                            &t.answers,
-                            &cf.answers,
-                        ));
-                    }
+                    // The paired statistics are computed when the task's result is put
+                    // together ([`lm_task_result`]), from both cells wherever they ran.
                     cf
                 }
                 _ => bail!("{name}: its data does not match its kind"),
@@ -368,6 +400,8 @@ impl LmCells {
             reports::io::write_json_atomic(&cell_path(&plan.out, name, role.name()), &cf)?;
             match role {
                 Role::Teacher => p.teacher = Some(cf),
+                // A lone student (another shard has the teacher) has no pair file.
+                Role::Student if p.teacher.is_none() => p.student = Some(cf),
                 Role::Student => {
                     p.student = Some(cf);
                     // Only a computed comparison is written; a reused one is on disk.
@@ -376,7 +410,6 @@ impl LmCells {
                         &FidelityFile {
                             cache_key: k.pair.clone(),
                             fidelity: p.fidelity.clone(),
-                            comparison: p.comparison.clone(),
                         },
                     )?;
                 }
@@ -385,7 +418,34 @@ impl LmCells {
         Ok(())
     }
 
-    /// Put every task's result into `results`, writing the results file after each.
+    /// The multiple-choice cells (`task.role`) that `mine` accepts and whose files hold
+    /// today's cache key, for a shard's record.
+    pub fn finished(
+        &self,
+        plan: &RunPlan,
+        mine: &dyn Fn(&str, Role) -> bool,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for pt in &plan.lm_tasks {
+            let name = pt.task.name();
+            if pt.task.kind() != LmKind::Choice {
+                continue;
+            }
+            let k = keys(plan, pt);
+            for (role, key) in [(Role::Teacher, k.teacher), (Role::Student, k.student)] {
+                let path = cell_path(&plan.out, name, role.name());
+                if mine(name, role)
+                    && read_cached::<LmCellFile>(&path, &key, |c| &c.cell.cache_key).is_some()
+                {
+                    out.push((format!("{name}.{}", role.name()), key));
+                }
+            }
+        }
+        out
+    }
+
+    /// Put every task whose two cells this process has into `results`, writing the results
+    /// file after each. (A shard may hold one cell of a task; `harness merge` joins it.)
     pub fn finish(
         &mut self,
         plan: &RunPlan,
@@ -404,67 +464,24 @@ impl LmCells {
                     done
                 }
                 None => {
-                    let p = self.pending.remove(&i).expect("computed");
+                    let Some(p) = self.pending.remove(&i) else {
+                        continue;
+                    };
+                    let (Some(t), Some(s)) = (p.teacher, p.student) else {
+                        continue;
+                    };
                     let k = keys(plan, pt);
                     (
-                        p.teacher.context("teacher cell")?,
-                        p.student.context("student cell")?,
+                        t,
+                        s,
                         FidelityFile {
                             cache_key: k.pair,
                             fidelity: p.fidelity,
-                            comparison: p.comparison,
                         },
                     )
                 }
             };
-            if pt.task.kind() == LmKind::Generate {
-                cells::write_continuations(&plan.out, name, &t, &s)?;
-            }
-            let n = match &pt.data {
-                LmData::Text(_) => {
-                    t.cell.metrics.get("tokens_scored").copied().unwrap_or(0.0) as usize
-                }
-                LmData::Prompts(p) => p.len(),
-                LmData::Choices(set) => set.docs.len(),
-            };
-            if let LmData::Choices(set) = &pt.data {
-                choice::write_predictions(&plan.out, name, set, &t, &s)?;
-            }
-            let mut tr = TaskResult::new(
-                pt.task.version(),
-                pt.task.primary_metric(),
-                n,
-                t.cell,
-                s.cell,
-            );
-            if pt.task.lower_is_better() {
-                tr = tr.lower_is_better();
-            }
-            if let Some(f) = &pair.fidelity {
-                if let (Some(kl), Some(top1)) = (f.kl, f.top1_agreement) {
-                    say(format!(
-                        "{name}: mean KL(teacher || student) {kl:.5} nats, top-1 agreement {:.2}% over {} positions",
-                        top1 * 100.0,
-                        f.positions
-                    ));
-                }
-            }
-            if let Some(c) = &pair.comparison {
-                say(format!(
-                    "{name}: student - teacher {:+.2} points (95% CI {:+.2} to {:+.2}), same answer on {:.1}%, McNemar p = {:.3}",
-                    c.primary_diff.estimate * 100.0,
-                    c.primary_diff.low * 100.0,
-                    c.primary_diff.high * 100.0,
-                    c.top1_agreement.unwrap_or(f64::NAN) * 100.0,
-                    c.mcnemar_p.unwrap_or(f64::NAN)
-                ));
-            }
-            tr.fidelity = pair.fidelity;
-            tr.comparison = pair.comparison;
-            if pt.task.kind() == LmKind::Generate {
-                // New tokens per prompt describe the run; the student does not "keep" them.
-                tr.retention = None;
-            }
+            let tr = lm_task_result(&plan.out, pt, t, s, pair.fidelity, say)?;
             if results.teacher.checkpoint.is_none() {
                 results.teacher.checkpoint = Some(tr.teacher.checkpoint.clone());
             }
@@ -479,4 +496,83 @@ impl LmCells {
         }
         Ok(())
     }
+}
+
+/// A language-modelling task's result from its two cells and the pair's token fidelity, with
+/// its predictions (or continuations) file in `out`: what `harness run` and `harness merge`
+/// both write. A multiple-choice task's paired statistics are computed here from the two
+/// cells' answers, so they are the same wherever each cell ran.
+pub fn lm_task_result(
+    out: &Path,
+    pt: &PlannedLmTask,
+    t: LmCellFile,
+    s: LmCellFile,
+    fidelity: Option<TokenFidelity>,
+    say: &dyn Fn(String),
+) -> Result<TaskResult> {
+    let name = pt.task.name();
+    if pt.task.kind() == LmKind::Generate {
+        cells::write_continuations(out, name, &t, &s)?;
+    }
+    let n = match &pt.data {
+        LmData::Text(_) => t.cell.metrics.get("tokens_scored").copied().unwrap_or(0.0) as usize,
+        LmData::Prompts(p) => p.len(),
+        LmData::Choices(set) => set.docs.len(),
+    };
+    let comparison = match &pt.data {
+        LmData::Choices(set) => {
+            if t.answers.len() != set.docs.len() || s.answers.len() != set.docs.len() {
+                bail!(
+                    "{name}: the cells answer {} and {} examples, the data has {}",
+                    t.answers.len(),
+                    s.answers.len(),
+                    set.docs.len()
+                );
+            }
+            choice::write_predictions(out, name, set, &t, &s)?;
+            Some(choice::compare(
+                set,
+                pt.task.primary_metric(),
+                &t.answers,
+                &s.answers,
+            ))
+        }
+        _ => None,
+    };
+    let mut tr = TaskResult::new(
+        pt.task.version(),
+        pt.task.primary_metric(),
+        n,
+        t.cell,
+        s.cell,
+    );
+    if pt.task.lower_is_better() {
+        tr = tr.lower_is_better();
+    }
+    if let Some(f) = &fidelity {
+        if let (Some(kl), Some(top1)) = (f.kl, f.top1_agreement) {
+            say(format!(
+                "{name}: mean KL(teacher || student) {kl:.5} nats, top-1 agreement {:.2}% over {} positions",
+                top1 * 100.0,
+                f.positions
+            ));
+        }
+    }
+    if let Some(c) = &comparison {
+        say(format!(
+            "{name}: student - teacher {:+.2} points (95% CI {:+.2} to {:+.2}), same answer on {:.1}%, McNemar p = {:.3}",
+            c.primary_diff.estimate * 100.0,
+            c.primary_diff.low * 100.0,
+            c.primary_diff.high * 100.0,
+            c.top1_agreement.unwrap_or(f64::NAN) * 100.0,
+            c.mcnemar_p.unwrap_or(f64::NAN)
+        ));
+    }
+    tr.fidelity = fidelity;
+    tr.comparison = comparison;
+    if pt.task.kind() == LmKind::Generate {
+        // New tokens per prompt describe the run; the student does not "keep" them.
+        tr.retention = None;
+    }
+    Ok(tr)
 }

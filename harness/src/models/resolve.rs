@@ -187,12 +187,52 @@ fn hub_cache() -> hf_hub::Cache {
 /// public Hub), for error messages.
 fn hub_client(cache: hf_hub::Cache) -> Result<(hf_hub::api::sync::Api, String)> {
     let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+    let env = |k: &str| std::env::var(k).ok();
+    // hf-hub reads only the token file of `huggingface-cli login`; CI runners pass a secret.
+    let token = hub_token(&env).or_else(|| cache.token());
     let api = hf_hub::api::sync::ApiBuilder::from_cache(cache)
         .with_progress(false)
         .with_endpoint(endpoint.clone())
+        .with_token(token)
+        .with_retries(hub_retries(&env))
         .build()
         .context("cannot set up the Hugging Face Hub client")?;
     Ok((api, endpoint))
+}
+
+/// The Hub token from the environment: `HF_TOKEN`, else the older `HUGGING_FACE_HUB_TOKEN`
+/// (the names `huggingface_hub` reads); empty values do not count.
+pub fn hub_token(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
+        .into_iter()
+        .filter_map(env)
+        .map(|t| t.trim().to_string())
+        .find(|t| !t.is_empty())
+}
+
+/// How often a failed download or Hub request is retried (`HARNESS_HUB_RETRIES`, default 3;
+/// hosted runners see transient 5xx and resets). Downloads resume where they stopped.
+pub fn hub_retries(env: &dyn Fn(&str) -> Option<String>) -> usize {
+    env("HARNESS_HUB_RETRIES")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(3)
+}
+
+/// `f` tried once and then up to `retries` more times, waiting 0.5 s, 1 s, 2 s ... (at most
+/// 10 s) between tries; the last error is returned.
+pub fn with_retries<T, E>(retries: usize, mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt >= retries => return Err(e),
+            Err(_) => {
+                let ms = (500u64 << attempt.min(5)).min(10_000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                attempt += 1;
+            }
+        }
+    }
 }
 
 /// Files a snapshot needs, in order of preference within each group.
@@ -237,7 +277,8 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)>
     }
     let (api, endpoint) = hub_client(cache)?;
     let api_repo = api.repo(hf_repo);
-    let info = api_repo.info().map_err(|e| {
+    let retries = hub_retries(&|k| std::env::var(k).ok());
+    let info = with_retries(retries, || api_repo.info()).map_err(|e| {
         anyhow::anyhow!(
             "cannot reach the Hugging Face Hub at {endpoint} to fetch '{repo}' ({e}); {}",
             offline_hint(repo)
@@ -297,6 +338,53 @@ pub fn fetch_dataset_files(repo: &str, files: &[String]) -> Result<Vec<PathBuf>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hub_token_and_retries_come_from_the_environment() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(hub_token(&env(&[])), None);
+        assert_eq!(
+            hub_token(&env(&[("HF_TOKEN", " hf_abc\n")])).as_deref(),
+            Some("hf_abc")
+        );
+        assert_eq!(
+            hub_token(&env(&[
+                ("HF_TOKEN", ""),
+                ("HUGGING_FACE_HUB_TOKEN", "hf_old")
+            ]))
+            .as_deref(),
+            Some("hf_old")
+        );
+        assert_eq!(hub_retries(&env(&[])), 3);
+        assert_eq!(hub_retries(&env(&[("HARNESS_HUB_RETRIES", "0")])), 0);
+        assert_eq!(hub_retries(&env(&[("HARNESS_HUB_RETRIES", "x")])), 3);
+    }
+
+    #[test]
+    fn retries_stop_at_success_or_after_the_last_try() {
+        let mut calls = 0;
+        let r: Result<u32, String> = with_retries(2, || {
+            calls += 1;
+            if calls < 2 {
+                Err(format!("fail {calls}"))
+            } else {
+                Ok(7)
+            }
+        });
+        assert_eq!((r, calls), (Ok(7), 2));
+        let mut calls = 0;
+        let r: Result<u32, String> = with_retries(1, || {
+            calls += 1;
+            Err(format!("fail {calls}"))
+        });
+        assert_eq!((r, calls), (Err("fail 2".to_string()), 2));
+    }
 
     #[test]
     fn builtin_aliases_cover_glue_for_both_teacher_and_student() {

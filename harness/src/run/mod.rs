@@ -23,6 +23,7 @@ pub use crate::cells::{CellFile, Role};
 use crate::lm::LmCells;
 pub use score::score_cell;
 use text::TextCells;
+pub use text::{text_spec, text_task_result};
 
 /// What `execute` produced.
 pub struct RunOutcome {
@@ -77,6 +78,8 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
         tasks: BTreeMap::new(),
         skipped: BTreeMap::new(),
         macro_score: None,
+        shard: None,
+        merge: None,
     };
     let results_path = plan.out.join("results.json");
 
@@ -86,8 +89,47 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     // the next loads: each model is measured alone (optimum-benchmark runs a process per
     // benchmark for the same reason). Every model is checked first, so that a bad one fails
     // the run before any cell is computed. A quantized student is a model of its own.
-    let mut text = TextCells::new(plan, &say);
-    let mut lm = LmCells::new(plan);
+    let cells_dir = plan.out.join("cells");
+    std::fs::create_dir_all(&cells_dir)
+        .with_context(|| format!("cannot create {}", cells_dir.display()))?;
+    // With --shard, only this shard's cells are read or computed.
+    let planned = plan.shard.map(|s| crate::shard::plan_cells(plan, s.count));
+    let mine = |task: &str, role: Role| -> bool {
+        let (Some(s), Some(cells)) = (&plan.shard, &planned) else {
+            return true;
+        };
+        cells.iter().any(|c| {
+            c.task == task && (c.role == role.name() || c.role == "pair") && c.shard == s.index
+        })
+    };
+    if let (Some(s), Some(cells)) = (&plan.shard, &planned) {
+        let ids: Vec<String> = cells
+            .iter()
+            .filter(|c| c.shard == s.index)
+            .map(reports::PlannedCell::id)
+            .collect();
+        say(format!(
+            "shard {s}: {} of the plan's {} cells ({})",
+            ids.len(),
+            cells.len(),
+            if ids.is_empty() {
+                "none".to_string()
+            } else {
+                ids.join(", ")
+            }
+        ));
+        results.shard = Some(reports::ShardRecord {
+            index: s.index,
+            count: s.count,
+            planned: cells.clone(),
+            finished: Default::default(),
+        });
+        crate::merge::write_task_data(plan, &mine)?;
+        reports::io::write_json_atomic(&results_path, &results)
+            .with_context(|| format!("cannot write {}", results_path.display()))?;
+    }
+    let mut text = TextCells::new(plan, &say, &mine);
+    let mut lm = LmCells::new(plan, &mine);
     let mut models: Vec<ModelSpec> = Vec::new();
     for spec in text.jobs(plan).into_iter().chain(lm.jobs(plan)) {
         if !models.contains(&spec) {
@@ -101,9 +143,6 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
         .map_or(EnergyMeter::Unavailable("profiling is off".into()), |s| {
             EnergyMeter::for_device(&plan.device_name, &s.powercap_root, s.watts_per_core)
         });
-    let cells_dir = plan.out.join("cells");
-    std::fs::create_dir_all(&cells_dir)
-        .with_context(|| format!("cannot create {}", cells_dir.display()))?;
     for spec in &models {
         let started = Instant::now();
         let rss_before = profile::memory::rss_bytes();
@@ -130,7 +169,19 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     }
     text.finish(plan, &mut results, &results_path)?;
     lm.finish(plan, &mut results, &results_path, &say)?;
-    if results.tasks.is_empty() {
+    if let Some(record) = results.shard.as_mut() {
+        // A shard's tasks may all be partial; its cells are what it leaves for the merge.
+        let mut finished = text.finished(plan);
+        finished.extend(lm.finished(plan, &mine));
+        for c in &record.planned {
+            if c.role == "pair" && c.shard == record.index && results.tasks.contains_key(&c.task) {
+                finished.push((c.id(), "result".into()));
+            }
+        }
+        record.finished = finished.into_iter().collect();
+        reports::io::write_json_atomic(&results_path, &results)
+            .with_context(|| format!("cannot write {}", results_path.display()))?;
+    } else if results.tasks.is_empty() {
         let reasons: Vec<String> = results
             .skipped
             .iter()

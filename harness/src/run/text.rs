@@ -80,8 +80,9 @@ pub(super) struct TextCells {
 }
 
 impl TextCells {
-    /// Read back every finished cell whose cache key matches; the others are to do.
-    pub fn new(plan: &RunPlan, say: &dyn Fn(String)) -> Self {
+    /// Read back every finished cell whose cache key matches; the others are to do. Only the
+    /// cells `mine` accepts (this shard's, or all) are read or computed.
+    pub fn new(plan: &RunPlan, say: &dyn Fn(String), mine: &dyn Fn(&str, Role) -> bool) -> Self {
         let mut done = BTreeMap::new();
         let mut todo = Vec::new();
         for (role, model) in [
@@ -89,6 +90,9 @@ impl TextCells {
             (Role::Student, &plan.student),
         ] {
             for (ti, pt) in plan.tasks.iter().enumerate() {
+                if !mine(pt.task.name(), role) {
+                    continue;
+                }
                 let ckpt = checkpoint_for(model, pt.task.name(), &plan.aliases);
                 let key = cache_key(plan, &ckpt, role, pt);
                 let path = cell_path(&plan.out, pt.task.name(), role.name());
@@ -235,6 +239,19 @@ impl TextCells {
         Ok(())
     }
 
+    /// Every finished cell (`task.role`) with its cache key, for a shard's record.
+    pub fn finished(&self, plan: &RunPlan) -> Vec<(String, String)> {
+        self.done
+            .iter()
+            .map(|((ti, role), cf)| {
+                (
+                    format!("{}.{}", plan.tasks[*ti].task.name(), role.name()),
+                    cf.cell.cache_key.clone(),
+                )
+            })
+            .collect()
+    }
+
     /// Put every finished task into `results` (reused cells alone still make a results file).
     pub fn finish(&self, plan: &RunPlan, results: &mut Results, results_path: &Path) -> Result<()> {
         if !plan.tasks.is_empty() && self.todo.is_empty() {
@@ -264,19 +281,41 @@ impl TextCells {
                 done.get(&(ti, Role::Teacher)),
                 done.get(&(ti, Role::Student)),
             ) {
-                write_predictions(&plan.out, pt, t, s)?;
-                let mut tr = TaskResult::new(
-                    pt.task.version(),
-                    pt.task.primary_metric(),
-                    pt.n_examples(),
-                    t.cell.clone(),
-                    s.cell.clone(),
-                );
-                tr.comparison = Some(crate::fidelity::compare_cells(pt, t, s));
-                results.tasks.insert(name.to_string(), tr);
+                results
+                    .tasks
+                    .insert(name.to_string(), text_task_result(&plan.out, pt, t, s)?);
             }
         }
         results.update_macro();
         Ok(())
     }
+}
+
+/// A text task's result from its two finished cells, with the paired statistics, and its
+/// predictions file in `out`: what `harness run` and `harness merge` both write.
+pub fn text_task_result(
+    out: &Path,
+    pt: &PlannedTask,
+    t: &CellFile,
+    s: &CellFile,
+) -> Result<TaskResult> {
+    write_predictions(out, pt, t, s)?;
+    let mut tr = TaskResult::new(
+        pt.task.version(),
+        pt.task.primary_metric(),
+        pt.n_examples(),
+        t.cell.clone(),
+        s.cell.clone(),
+    );
+    tr.comparison = Some(crate::fidelity::compare_cells(pt, t, s));
+    Ok(tr)
+}
+
+/// The model of a text task's cell of `role`.
+pub fn text_spec(plan: &RunPlan, role: Role, task: &str) -> ModelSpec {
+    let model = match role {
+        Role::Teacher => &plan.teacher,
+        Role::Student => &plan.student,
+    };
+    TextCells::spec(plan, role, &checkpoint_for(model, task, &plan.aliases))
 }

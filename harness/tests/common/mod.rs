@@ -21,6 +21,8 @@ pub fn harness(args: &[&str], envs: &[(&str, &str)]) -> Output {
     cmd.args(args);
     // Never reach for the network in tests: an unroutable endpoint fails at once.
     cmd.env("HF_ENDPOINT", "http://127.0.0.1:9");
+    // A refused connection is not worth the retries' backoff here.
+    cmd.env("HARNESS_HUB_RETRIES", "0");
     cmd.env_remove("HF_HUB_OFFLINE");
     for (k, v) in envs {
         cmd.env(k, v);

@@ -218,6 +218,9 @@ impl Exporter for HtmlReport {
         let mut out = format!(
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>distill-harness: {t} vs {s}</title><style>{STYLE}</style></head><body>\n<h1>distill-harness</h1>\n<p>Teacher <b>{t}</b>, student <b>{s}</b>. Scores x100; retention is student / teacher on each task's primary metric.</p>\n"
         );
+        if let Some(p) = views::provenance(r) {
+            out += &format!("<p class=\"note\">{}</p>\n", esc(&p));
+        }
         out += "<h2>Scores</h2>\n";
         out += &html_table(&views::scores(r, "macro"));
         let charts = [

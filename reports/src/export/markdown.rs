@@ -19,6 +19,9 @@ impl Exporter for MarkdownReport {
             "## distill-harness: {} (teacher) vs {} (student)\n\n",
             r.teacher.id, r.student.id
         );
+        if let Some(p) = views::provenance(r) {
+            out += &format!("{p}\n\n");
+        }
         out += &table(&views::scores(r, "**macro**"));
         let size = |c: &Option<crate::CheckpointInfo>| {
             c.as_ref()

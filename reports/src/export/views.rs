@@ -418,3 +418,32 @@ pub fn disagreements(r: &Results, per_task: usize) -> Vec<String> {
     }
     out
 }
+
+/// Where a merged file's figures come from, in sentences: its inputs, the cells no input had
+/// and, when the inputs ran on different machines, that speed figures mix hosts. `None` for
+/// the file of one run.
+pub fn provenance(r: &Results) -> Option<String> {
+    let m = r.merge.as_ref()?;
+    let shards: Vec<&str> = m.inputs.iter().filter_map(|i| i.shard.as_deref()).collect();
+    let mut out = if shards.is_empty() {
+        format!("Merged from {} runs.", m.inputs.len())
+    } else {
+        format!(
+            "Merged from {} shards ({}).",
+            m.inputs.len(),
+            shards.join(", ")
+        )
+    };
+    if !m.missing_cells.is_empty() {
+        out += &format!(
+            " Partial: no input had {} (their tasks are left out).",
+            m.missing_cells.join(", ")
+        );
+    }
+    if let Some(why) = &m.mixed_environments {
+        out += &format!(
+            " Speed figures were measured on several machines ({why}): compare them across tasks and roles with care."
+        );
+    }
+    Some(out)
+}

@@ -25,7 +25,7 @@ use crate::request::{ContextContinuation, LogLikelihood};
 use crate::Metrics;
 
 /// One example: the requests its choices make, and the gold choice.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChoiceDoc {
     /// The row's own id when it has one, else its 0-based position.
     pub id: String,
@@ -52,7 +52,7 @@ impl ChoiceDoc {
 }
 
 /// A loaded multiple-choice or cloze data set.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChoiceSet {
     pub docs: Vec<ChoiceDoc>,
     /// The file(s) or Hub split the rows came from.
@@ -60,8 +60,33 @@ pub struct ChoiceSet {
     pub scoring: Scoring,
 }
 
+impl ChoiceSet {
+    /// What the paired statistics and the predictions file read of the set, for a shard's
+    /// folder (`harness merge` recomputes them): each doc's id, choices, gold and group, and
+    /// its first context cut to [`ChoiceDoc::summary`] (a 5-shot MMLU's contexts would be
+    /// hundreds of megabytes, and no statistic reads them).
+    pub fn reference(&self) -> ChoiceSet {
+        let docs = self
+            .docs
+            .iter()
+            .map(|d| ChoiceDoc {
+                requests: vec![ContextContinuation {
+                    context: d.summary(),
+                    continuation: String::new(),
+                }],
+                ..d.clone()
+            })
+            .collect();
+        ChoiceSet {
+            docs,
+            origin: self.origin.clone(),
+            scoring: self.scoring,
+        }
+    }
+}
+
 /// How a task turns log-likelihoods into scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Scoring {
     /// Pick the most likely choice: `acc`, and `acc_norm` / `acc_bytes` when `normalised`.
     MultipleChoice { normalised: bool },
