@@ -452,21 +452,15 @@ fn merge_shards(
                 version,
                 splits,
             }) => {
-                let t = find_cell::<CellFile>(inputs, &name, Role::Teacher, |c| &c.cell.metrics)?;
-                let s = find_cell::<CellFile>(inputs, &name, Role::Student, |c| &c.cell.metrics)?;
-                let (t, s) = match (t, s) {
-                    (Some(t), Some(s)) => (t, s),
-                    (t, s) => {
-                        note_missing(inputs, &name, [t.is_none(), s.is_none()], missing);
-                        continue;
-                    }
+                let Some((t, s)) =
+                    find_pair::<CellFile>(inputs, &name, |c| &c.cell.metrics, missing)?
+                else {
+                    continue;
                 };
                 let Some(AnyTask::Text(def)) = tasks::find_any_task(&name).ok() else {
                     bail!("cannot merge: task '{name}' is not a text task of this harness");
                 };
-                if def.version() != version {
-                    bail!("cannot merge: task '{name}' is version {version} in the shards and {} in this harness", def.version());
-                }
+                same_version(&name, version, def.version())?;
                 if splits.len() != def.eval_splits().len() {
                     bail!("cannot merge: task '{name}' has {} evaluation splits in the shards' data and {} in this harness", splits.len(), def.eval_splits().len());
                 }
@@ -492,23 +486,17 @@ fn merge_shards(
                 version,
                 set,
             }) => {
-                let t = find_cell::<LmCellFile>(inputs, &name, Role::Teacher, |c| &c.cell.metrics)?;
-                let s = find_cell::<LmCellFile>(inputs, &name, Role::Student, |c| &c.cell.metrics)?;
-                let (t, s) = match (t, s) {
-                    (Some(t), Some(s)) => (t, s),
-                    (t, s) => {
-                        note_missing(inputs, &name, [t.is_none(), s.is_none()], missing);
-                        continue;
-                    }
+                let Some((t, s)) =
+                    find_pair::<LmCellFile>(inputs, &name, |c| &c.cell.metrics, missing)?
+                else {
+                    continue;
                 };
                 let Some(AnyTask::Lm(def)) = tasks::find_any_task(&name).ok() else {
                     bail!(
                         "cannot merge: task '{name}' is not a language-model task of this harness"
                     );
                 };
-                if def.version() != version {
-                    bail!("cannot merge: task '{name}' is version {version} in the shards and {} in this harness", def.version());
-                }
+                same_version(&name, version, def.version())?;
                 let pt = PlannedLmTask {
                     task: def,
                     data: LmData::Choices(set),
@@ -522,6 +510,32 @@ fn merge_shards(
         }
     }
     Ok(())
+}
+
+/// The shards' task code must be this harness's: the data and scoring are reread here.
+fn same_version(task: &str, shards: u32, here: u32) -> Result<()> {
+    if shards != here {
+        bail!("cannot merge: task '{task}' is version {shards} in the shards and {here} in this harness");
+    }
+    Ok(())
+}
+
+/// Both cells of a task, or `None` with the absent ones noted as missing.
+fn find_pair<T: for<'de> Deserialize<'de> + Serialize>(
+    inputs: &[Input],
+    task: &str,
+    metrics: fn(&T) -> &tasks::Metrics,
+    missing: &mut Vec<String>,
+) -> Result<Option<(Found<T>, Found<T>)>> {
+    let t = find_cell::<T>(inputs, task, Role::Teacher, metrics)?;
+    let s = find_cell::<T>(inputs, task, Role::Student, metrics)?;
+    Ok(match (t, s) {
+        (Some(t), Some(s)) => Some((t, s)),
+        (t, s) => {
+            note_missing(inputs, task, [t.is_none(), s.is_none()], missing);
+            None
+        }
+    })
 }
 
 fn skipped_anywhere(inputs: &[Input], task: &str) -> bool {
