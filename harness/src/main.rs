@@ -29,6 +29,19 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         println!("\nNot scored: {task}: {reason}");
     }
     println!("\nResults: {}", outcome.results_path.display());
+    if let Some(s) = &outcome.results.shard {
+        let cells: Vec<&str> = s.finished.keys().map(String::as_str).collect();
+        println!(
+            "Shard {}/{}: finished {}; join the shards with `harness merge SHARD_DIR... --out DIR`",
+            s.index,
+            s.count,
+            if cells.is_empty() {
+                "no cells".to_string()
+            } else {
+                cells.join(", ")
+            }
+        );
+    }
     Ok(())
 }
 
