@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
+
 use reports::{Cell, CheckpointInfo};
 use serde::{Deserialize, Serialize};
 use tasks::Prediction;
@@ -38,11 +40,7 @@ pub struct CellFile {
 pub fn checkpoint_key(r: &ModelRef) -> String {
     match r {
         ModelRef::Local(dir) => {
-            let weights = match crate::models::decoder::gguf_path(dir) {
-                Ok(Some(gguf)) => Some(gguf),
-                _ => crate::models::find_weights(dir).ok().map(|w| w.path),
-            };
-            let stamp = weights
+            let stamp = weights_file(dir)
                 .and_then(|w| std::fs::metadata(w).ok())
                 .map(|m| {
                     let mtime = m
@@ -60,6 +58,15 @@ pub fn checkpoint_key(r: &ModelRef) -> String {
         }
         ModelRef::Alias(a) => a.clone(),
         ModelRef::Mock(spec) => format!("mock:{spec}"),
+    }
+}
+
+/// The weight file of a local checkpoint (a `.gguf`, or the folder's safetensors or
+/// PyTorch file), when there is one.
+pub fn weights_file(dir: &Path) -> Option<PathBuf> {
+    match crate::models::decoder::gguf_path(dir) {
+        Ok(Some(gguf)) => Some(gguf),
+        _ => crate::models::find_weights(dir).ok().map(|w| w.path),
     }
 }
 
@@ -91,4 +98,21 @@ pub fn loaded_line(info: &CheckpointInfo, seconds: f64) -> String {
             .as_deref()
             .map_or(String::new(), |q| format!(", {q}")),
     )
+}
+
+/// `OUT/predictions/<task>.jsonl`, one JSON object a line, written atomically.
+pub fn write_predictions_file(
+    out: &Path,
+    task: &str,
+    lines: impl Iterator<Item = serde_json::Value>,
+) -> Result<()> {
+    let dir = out.join("predictions");
+    std::fs::create_dir_all(&dir)?;
+    let mut text = String::new();
+    for line in lines {
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    reports::io::write_atomic(&dir.join(format!("{task}.jsonl")), text.as_bytes())
+        .with_context(|| format!("cannot write predictions in {}", dir.display()))
 }

@@ -145,14 +145,7 @@ fn merge(args: &MergeArgs) -> anyhow::Result<()> {
         allow_mixed_env: args.allow_mixed_env,
     };
     let merged = harness::merge::merge(&args.inputs, &args.out, opts)?;
-    let dir = if args.out.extension().is_some_and(|e| e == "json") {
-        args.out
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_default()
-    } else {
-        args.out.clone()
-    };
+    let (dir, file) = harness::merge::output_paths(&args.out);
     harness::report::write_reports(&merged, &dir, &["md", "html", "csv"])?;
     print!("{}", MarkdownReport.render(&merged));
     if let Some(m) = &merged.merge {
@@ -170,11 +163,7 @@ fn merge(args: &MergeArgs) -> anyhow::Result<()> {
         "\nMerged {} input(s), {} task(s): {}",
         args.inputs.len(),
         merged.tasks.len(),
-        if args.out.extension().is_some_and(|e| e == "json") {
-            args.out.display().to_string()
-        } else {
-            args.out.join("results.json").display().to_string()
-        }
+        file.display()
     );
     Ok(())
 }

@@ -254,6 +254,19 @@ struct Found<T> {
     file: T,
 }
 
+/// The folder (predictions, reports) and the results file of `--out`: a folder, or a path
+/// ending in `.json` whose parent is the folder.
+pub fn output_paths(out: &Path) -> (PathBuf, PathBuf) {
+    if out.extension().is_some_and(|e| e == "json") {
+        (
+            out.parent().map(Path::to_path_buf).unwrap_or_default(),
+            out.to_path_buf(),
+        )
+    } else {
+        (out.to_path_buf(), out.join("results.json"))
+    }
+}
+
 /// Merge `paths` (results files or run folders) into `out` (a folder, or a `.json` file whose
 /// folder gets `predictions/`). Returns the merged results, already written.
 pub fn merge(paths: &[PathBuf], out: &Path, opts: MergeOptions) -> Result<Results> {
@@ -266,14 +279,7 @@ pub fn merge(paths: &[PathBuf], out: &Path, opts: MergeOptions) -> Result<Result
     if let (Some(why), false) = (&mixed, opts.allow_mixed_env) {
         bail!("cannot merge: the inputs were measured on different machines ({why}), so their speed figures do not belong in one table; pass --allow-mixed-env to merge anyway (the results then say so)");
     }
-    let (out_dir, out_file) = if out.extension().is_some_and(|e| e == "json") {
-        (
-            out.parent().map(Path::to_path_buf).unwrap_or_default(),
-            out.to_path_buf(),
-        )
-    } else {
-        (out.to_path_buf(), out.join("results.json"))
-    };
+    let (out_dir, out_file) = output_paths(out);
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
 
@@ -452,9 +458,7 @@ fn merge_shards(
                 version,
                 splits,
             }) => {
-                let Some((t, s)) =
-                    find_pair::<CellFile>(inputs, &name, |c| &c.cell.metrics, missing)?
-                else {
+                let Some((t, s)) = find_pair::<CellFile>(inputs, &name, missing)? else {
                     continue;
                 };
                 let Some(AnyTask::Text(def)) = tasks::find_any_task(&name).ok() else {
@@ -486,9 +490,7 @@ fn merge_shards(
                 version,
                 set,
             }) => {
-                let Some((t, s)) =
-                    find_pair::<LmCellFile>(inputs, &name, |c| &c.cell.metrics, missing)?
-                else {
+                let Some((t, s)) = find_pair::<LmCellFile>(inputs, &name, missing)? else {
                     continue;
                 };
                 let Some(AnyTask::Lm(def)) = tasks::find_any_task(&name).ok() else {
@@ -521,14 +523,13 @@ fn same_version(task: &str, shards: u32, here: u32) -> Result<()> {
 }
 
 /// Both cells of a task, or `None` with the absent ones noted as missing.
-fn find_pair<T: for<'de> Deserialize<'de> + Serialize>(
+fn find_pair<T: for<'de> Deserialize<'de>>(
     inputs: &[Input],
     task: &str,
-    metrics: fn(&T) -> &tasks::Metrics,
     missing: &mut Vec<String>,
 ) -> Result<Option<(Found<T>, Found<T>)>> {
-    let t = find_cell::<T>(inputs, task, Role::Teacher, metrics)?;
-    let s = find_cell::<T>(inputs, task, Role::Student, metrics)?;
+    let t = find_cell::<T>(inputs, task, Role::Teacher)?;
+    let s = find_cell::<T>(inputs, task, Role::Student)?;
     Ok(match (t, s) {
         (Some(t), Some(s)) => Some((t, s)),
         (t, s) => {
@@ -589,22 +590,22 @@ fn task_data(inputs: &[Input], task: &str) -> Result<Option<TaskData>> {
 }
 
 /// The cell of `role` from the inputs that finished it (its file must hold the key the shard
-/// recorded); two inputs with different copies are a conflict.
-fn find_cell<T: for<'de> Deserialize<'de> + Serialize>(
+/// recorded); two inputs with different copies (metrics or per-example outputs) are a
+/// conflict.
+fn find_cell<T: for<'de> Deserialize<'de>>(
     inputs: &[Input],
     task: &str,
     role: Role,
-    metrics: fn(&T) -> &tasks::Metrics,
 ) -> Result<Option<Found<T>>> {
     let id = format!("{task}.{}", role.name());
-    let mut found: Option<Found<T>> = None;
+    // The first copy, with the input it came from.
+    let mut first: Option<(usize, serde_json::Value)> = None;
     for (k, input) in inputs.iter().enumerate() {
         let Some(key) = finished_key(input, &id) else {
             continue;
         };
         let path = cell_path(&input.dir, task, role.name());
-        let file: T = read_json(&path)?;
-        let value = serde_json::to_value(&file)?;
+        let value: serde_json::Value = read_json(&path)?;
         if value.pointer("/cell/cache_key").and_then(|v| v.as_str()) != Some(key.as_str()) {
             bail!(
                 "cannot merge: {} is not the cell {} recorded as finished (it was overwritten by another run); rerun that shard",
@@ -612,22 +613,26 @@ fn find_cell<T: for<'de> Deserialize<'de> + Serialize>(
                 input.name
             );
         }
-        match &found {
-            Some(f) => {
-                let same = metrics(&f.file) == metrics(&file)
-                    && strip_timing(serde_json::to_value(&f.file)?) == strip_timing(value);
-                if !same {
+        match &first {
+            Some((j, v)) => {
+                if strip_timing(v.clone()) != strip_timing(value) {
                     bail!(
                         "cannot merge: cell {id} conflicts between {} and {} (different outputs for the same cell)",
-                        inputs[f.input].name,
+                        inputs[*j].name,
                         input.name
                     );
                 }
             }
-            None => found = Some(Found { input: k, file }),
+            None => first = Some((k, value)),
         }
     }
-    Ok(found)
+    first
+        .map(|(k, value)| {
+            let file = serde_json::from_value(value)
+                .with_context(|| format!("{}: cell {id} is unreadable", inputs[k].name))?;
+            Ok(Found { input: k, file })
+        })
+        .transpose()
 }
 
 /// A cell's per-example outputs and metrics without what differs between two runs of it.

@@ -101,11 +101,9 @@ fn weights_mb(r: &ModelRef) -> Option<u64> {
     let ModelRef::Local(dir) = r else {
         return None;
     };
-    let path = match crate::models::decoder::gguf_path(dir) {
-        Ok(Some(gguf)) => gguf,
-        _ => crate::models::find_weights(dir).ok()?.path,
-    };
-    let bytes = std::fs::metadata(path).ok()?.len();
+    let bytes = std::fs::metadata(crate::cells::weights_file(dir)?)
+        .ok()?
+        .len();
     Some((bytes / 1_000_000).max(1))
 }
 

@@ -18,7 +18,7 @@
 //! figures (metrics, memory) can fail the gate.
 
 use crate::export::table::{markdown_table, Align};
-use crate::{Cell, Results};
+use crate::{Cell, Profile, Results};
 
 /// Gate settings.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -231,33 +231,21 @@ pub struct CompareReport {
     pub findings: Vec<Finding>,
 }
 
-/// Compare `current` against `baseline` ([`compare`]) with what the verdict rests on.
-pub fn compare_report(
-    baseline: &Results,
-    current: &Results,
-    th: &Thresholds,
-) -> Result<CompareReport, CompareError> {
-    let findings = compare(baseline, current, th)?;
-    Ok(CompareReport {
-        regressions: findings.iter().filter(|f| f.regression).count(),
-        thresholds: *th,
-        speed_not_compared: speed_not_comparable(baseline, current),
-        only_in_current: current
-            .tasks
-            .keys()
-            .filter(|k| !baseline.tasks.contains_key(*k))
-            .cloned()
-            .collect(),
-        findings,
-    })
-}
-
-/// Compare `current` against `baseline`.
+/// Compare `current` against `baseline`: every compared figure.
 pub fn compare(
     baseline: &Results,
     current: &Results,
     th: &Thresholds,
 ) -> Result<Vec<Finding>, CompareError> {
+    compare_report(baseline, current, th).map(|r| r.findings)
+}
+
+/// Compare `current` against `baseline`, with what the verdict rests on.
+pub fn compare_report(
+    baseline: &Results,
+    current: &Results,
+    th: &Thresholds,
+) -> Result<CompareReport, CompareError> {
     if baseline.schema_version != current.schema_version {
         return Err(CompareError::SchemaMismatch {
             baseline: baseline.schema_version,
@@ -382,7 +370,18 @@ pub fn compare(
             out.extend(ratio_findings(task, baseline, current, th));
         }
     }
-    Ok(out)
+    Ok(CompareReport {
+        regressions: out.iter().filter(|f| f.regression).count(),
+        thresholds: *th,
+        speed_not_compared: speed_skipped,
+        only_in_current: current
+            .tasks
+            .keys()
+            .filter(|k| !baseline.tasks.contains_key(*k))
+            .cloned()
+            .collect(),
+        findings: out,
+    })
 }
 
 /// Machine-independent cost figures of a task, gated when absolute speed and memory cannot
@@ -394,14 +393,12 @@ fn ratio_findings(
     current: &Results,
     th: &Thresholds,
 ) -> Vec<Finding> {
-    let profiles = |r: &Results| {
+    fn profiles<'a>(r: &'a Results, task: &str) -> Option<(&'a Profile, &'a Profile)> {
         let t = &r.tasks[task];
-        match (&t.teacher.profile, &t.student.profile) {
-            (Some(a), Some(b)) => Some((a.clone(), b.clone())),
-            _ => None,
-        }
-    };
-    let (Some((bt, bs)), Some((ct, cs))) = (profiles(baseline), profiles(current)) else {
+        t.teacher.profile.as_ref().zip(t.student.profile.as_ref())
+    }
+    let (Some((bt, bs)), Some((ct, cs))) = (profiles(baseline, task), profiles(current, task))
+    else {
         return Vec::new();
     };
     let mut out = Vec::new();

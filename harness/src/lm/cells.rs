@@ -435,22 +435,5 @@ pub(super) fn write_continuations(
                 "student": b.text,
             })
         });
-    write_predictions_file(out, task, lines)
-}
-
-/// `OUT/predictions/<task>.jsonl`, one JSON object a line, written atomically.
-pub(super) fn write_predictions_file(
-    out: &Path,
-    task: &str,
-    lines: impl Iterator<Item = serde_json::Value>,
-) -> Result<()> {
-    let dir = out.join("predictions");
-    std::fs::create_dir_all(&dir)?;
-    let mut text = String::new();
-    for line in lines {
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
-    reports::io::write_atomic(&dir.join(format!("{task}.jsonl")), text.as_bytes())
-        .with_context(|| format!("cannot write predictions in {}", dir.display()))
+    crate::cells::write_predictions_file(out, task, lines)
 }

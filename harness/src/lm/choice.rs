@@ -242,5 +242,5 @@ pub(super) fn write_predictions(
                 "student_pick": choice::picks(d, s).raw,
             })
         });
-    super::cells::write_predictions_file(out, task, lines)
+    crate::cells::write_predictions_file(out, task, lines)
 }

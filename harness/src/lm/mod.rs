@@ -202,6 +202,9 @@ pub struct LmCells {
     /// Cells to compute: task index and role.
     todo: Vec<(usize, Role)>,
     pending: BTreeMap<usize, Pending>,
+    /// Multiple-choice cells reused or computed (`task.role`, cache key), for a shard's
+    /// record; perplexity and generation tasks are recorded by their task result.
+    finished: Vec<(String, String)>,
 }
 
 impl LmCells {
@@ -213,6 +216,7 @@ impl LmCells {
         let mut reused = Vec::new();
         let mut todo = Vec::new();
         let mut pending: BTreeMap<usize, Pending> = BTreeMap::new();
+        let mut finished = Vec::new();
         for (i, pt) in plan.lm_tasks.iter().enumerate() {
             let name = pt.task.name();
             let roles: Vec<Role> = [Role::Teacher, Role::Student]
@@ -221,28 +225,35 @@ impl LmCells {
                 .collect();
             let whole = roles.len() == 2;
             let done = if whole { cached(plan, pt) } else { None };
-            if done.is_none() {
-                for &role in &roles {
-                    // A lone role of a multiple-choice task is reused on its own.
-                    let k = keys(plan, pt);
-                    let key = match role {
-                        Role::Teacher => k.teacher,
-                        Role::Student => k.student,
-                    };
-                    let path = cell_path(&plan.out, name, role.name());
-                    let reuse = (!whole)
-                        .then(|| read_cached::<LmCellFile>(&path, &key, |c| &c.cell.cache_key))
-                        .flatten();
-                    match reuse {
-                        Some(cf) => {
-                            let p = pending.entry(i).or_default();
-                            match role {
-                                Role::Teacher => p.teacher = Some(cf),
-                                Role::Student => p.student = Some(cf),
-                            }
-                        }
-                        None => todo.push((i, role)),
+            let k = keys(plan, pt);
+            for &role in &roles {
+                let key = match role {
+                    Role::Teacher => &k.teacher,
+                    Role::Student => &k.student,
+                };
+                let cell = (format!("{name}.{}", role.name()), key.clone());
+                let choice = pt.task.kind() == LmKind::Choice;
+                if done.is_some() {
+                    if choice {
+                        finished.push(cell);
                     }
+                    continue;
+                }
+                // A lone role of a multiple-choice task is reused on its own.
+                let path = cell_path(&plan.out, name, role.name());
+                let reuse = (!whole)
+                    .then(|| read_cached::<LmCellFile>(&path, key, |c| &c.cell.cache_key))
+                    .flatten();
+                match reuse {
+                    Some(cf) => {
+                        let p = pending.entry(i).or_default();
+                        match role {
+                            Role::Teacher => p.teacher = Some(cf),
+                            Role::Student => p.student = Some(cf),
+                        }
+                        finished.push(cell);
+                    }
+                    None => todo.push((i, role)),
                 }
             }
             reused.push(done);
@@ -251,6 +262,7 @@ impl LmCells {
             reused,
             todo,
             pending,
+            finished,
         }
     }
 
@@ -398,6 +410,10 @@ impl LmCells {
                 _ => bail!("{name}: its data does not match its kind"),
             };
             reports::io::write_json_atomic(&cell_path(&plan.out, name, role.name()), &cf)?;
+            if pt.task.kind() == LmKind::Choice {
+                self.finished
+                    .push((format!("{name}.{}", role.name()), cf.cell.cache_key.clone()));
+            }
             match role {
                 Role::Teacher => p.teacher = Some(cf),
                 // A lone student (another shard has the teacher) has no pair file.
@@ -418,30 +434,10 @@ impl LmCells {
         Ok(())
     }
 
-    /// The multiple-choice cells (`task.role`) that `mine` accepts and whose files hold
-    /// today's cache key, for a shard's record.
-    pub fn finished(
-        &self,
-        plan: &RunPlan,
-        mine: &dyn Fn(&str, Role) -> bool,
-    ) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for pt in &plan.lm_tasks {
-            let name = pt.task.name();
-            if pt.task.kind() != LmKind::Choice {
-                continue;
-            }
-            let k = keys(plan, pt);
-            for (role, key) in [(Role::Teacher, k.teacher), (Role::Student, k.student)] {
-                let path = cell_path(&plan.out, name, role.name());
-                if mine(name, role)
-                    && read_cached::<LmCellFile>(&path, &key, |c| &c.cell.cache_key).is_some()
-                {
-                    out.push((format!("{name}.{}", role.name()), key));
-                }
-            }
-        }
-        out
+    /// The multiple-choice cells (`task.role`) reused or computed, with their cache keys,
+    /// for a shard's record.
+    pub fn finished(&self) -> &[(String, String)] {
+        &self.finished
     }
 
     /// Put every task whose two cells this process has into `results`, writing the results

@@ -172,7 +172,7 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
     if let Some(record) = results.shard.as_mut() {
         // A shard's tasks may all be partial; its cells are what it leaves for the merge.
         let mut finished = text.finished(plan);
-        finished.extend(lm.finished(plan, &mine));
+        finished.extend(lm.finished().iter().cloned());
         for c in &record.planned {
             if c.role == "pair" && c.shard == record.index && results.tasks.contains_key(&c.task) {
                 finished.push((c.id(), "result".into()));

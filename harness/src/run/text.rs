@@ -47,12 +47,9 @@ fn write_predictions(
     teacher: &CellFile,
     student: &CellFile,
 ) -> Result<()> {
-    let dir = out.join("predictions");
-    std::fs::create_dir_all(&dir)?;
-    let mut text = String::new();
-    for (s, (split, ds)) in pt.splits.iter().enumerate() {
-        for (i, ex) in ds.examples.iter().enumerate() {
-            let line = serde_json::json!({
+    let lines = pt.splits.iter().enumerate().flat_map(|(s, (split, ds))| {
+        ds.examples.iter().enumerate().map(move |(i, ex)| {
+            serde_json::json!({
                 "id": ex.id,
                 "split": if split.suffix.is_empty() { "dev" } else { split.suffix.trim_start_matches('_') },
                 "text_a": ex.text_a,
@@ -60,16 +57,10 @@ fn write_predictions(
                 "gold": ex.gold,
                 "teacher": teacher.predictions[s][i],
                 "student": student.predictions[s][i],
-            });
-            text.push_str(&line.to_string());
-            text.push('\n');
-        }
-    }
-    reports::io::write_atomic(
-        &dir.join(format!("{}.jsonl", pt.task.name())),
-        text.as_bytes(),
-    )
-    .with_context(|| format!("cannot write predictions in {}", dir.display()))
+            })
+        })
+    });
+    crate::cells::write_predictions_file(out, pt.task.name(), lines)
 }
 
 /// The text-task cells of a run.
