@@ -297,8 +297,6 @@ pub fn merge(paths: &[PathBuf], out: &Path, opts: MergeOptions) -> Result<Result
             .unwrap_or(0),
         ..first.clone()
     };
-    merged.teacher.checkpoint = None;
-    merged.student.checkpoint = None;
     let mut taken: Vec<Vec<String>> = vec![Vec::new(); inputs.len()];
     let mut missing = Vec::new();
     if first.shard.is_some() {
@@ -322,9 +320,12 @@ pub fn merge(paths: &[PathBuf], out: &Path, opts: MergeOptions) -> Result<Result
             }
         }
     }
-    if let Some(t) = merged.tasks.values().next() {
-        merged.teacher.checkpoint = Some(t.teacher.checkpoint.clone());
-        merged.student.checkpoint = Some(t.student.checkpoint.clone());
+    // The models' summaries as `harness run` gives them: the first task of the plan's (an
+    // alias may name a checkpoint per task). Whole runs keep the first input's.
+    if let Some(s) = &first.shard {
+        let lead = s.planned.iter().find_map(|c| merged.tasks.get(&c.task));
+        merged.teacher.checkpoint = lead.map(|t| t.teacher.checkpoint.clone());
+        merged.student.checkpoint = lead.map(|t| t.student.checkpoint.clone());
     }
     merged.note_kernels();
     merged.update_macro();
@@ -429,9 +430,18 @@ fn merge_shards(
                 }
                 continue;
             };
-            let t = &inputs[k].results.tasks[task];
+            // A hand-edited or truncated shard file may claim the cell without its result.
+            let result_of = |k: usize| {
+                inputs[k].results.tasks.get(task).with_context(|| {
+                    format!(
+                        "cannot merge: {} records {id} as finished but has no result for '{task}'; rerun that shard",
+                        inputs[k].name
+                    )
+                })
+            };
+            let t = result_of(k)?;
             for &other in &have[1..] {
-                if !same_numbers(t, &inputs[other].results.tasks[task]) {
+                if !same_numbers(t, result_of(other)?) {
                     bail!(
                         "cannot merge: cell {id} conflicts between {} and {} (different metrics)",
                         inputs[k].name,

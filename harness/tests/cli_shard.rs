@@ -150,6 +150,9 @@ fn shards_merge_to_the_unsharded_run_for_every_n_from_1_to_5() {
         }
         assert_eq!(merged["macro_score"], full["macro_score"], "n = {n}");
         assert_eq!(merged["settings"], full["settings"]);
+        for role in ["teacher", "student"] {
+            assert_eq!(merged[role], full[role], "n = {n}, {role}");
+        }
         assert_eq!(merged["merge"]["inputs"].as_array().unwrap().len(), n);
         for file in ["sst2.jsonl", "arc_easy.jsonl"] {
             let read =
