@@ -1,5 +1,6 @@
 //! The few numerical helpers every part of the harness shares, written once: a stable
-//! log-sum-exp, log-softmax at a target, softmax and argmax (first maximum wins).
+//! log-sum-exp, log-softmax at a target, softmax and argmax (first maximum wins), and the mean
+//! with its standard error.
 
 /// log(sum(exp(logits))), computed stably in f64: the normaliser of a log-softmax.
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
@@ -52,6 +53,22 @@ pub fn argmax_f32(v: &[f32]) -> usize {
             }
         })
         .0
+}
+
+/// Mean and its standard error (sample standard deviation with n - 1, over sqrt(n)): lm-eval's
+/// for accuracies, llama.cpp's for KL and Δp. NaN for what n does not allow (no values; one
+/// value has no standard error).
+pub fn mean_and_stderr(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 
 pub mod formats;
 
+use crate::numeric::mean_and_stderr;
 use crate::request::{ContextContinuation, LogLikelihood};
 use crate::Metrics;
 
@@ -148,21 +149,6 @@ pub fn picks(doc: &ChoiceDoc, answer: &DocAnswer) -> Picks {
         chars: per(|c| c.chars().count()),
         bytes: per(str::len),
     }
-}
-
-/// Mean of 0/1 values and lm-eval's standard error of it (sample standard deviation with
-/// n - 1, over sqrt(n)).
-pub fn mean_and_stderr(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    if values.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let mean = values.iter().sum::<f64>() / n;
-    if values.len() < 2 {
-        return (mean, f64::NAN);
-    }
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
 }
 
 /// A model's answer to one example under the metric `metric` (`acc`, `acc_norm`,

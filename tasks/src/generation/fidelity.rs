@@ -35,17 +35,6 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|&l| l as f64 - lse).collect()
 }
 
-/// Mean and standard error of the mean (sample standard deviation, n - 1).
-fn mean_se(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return (mean, f64::NAN);
-    }
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
-}
-
 /// The `q`-quantile (0..1) of sorted values, linearly interpolated (numpy's default).
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -158,13 +147,13 @@ impl TokenFidelity {
         if self.positions == 0 {
             return None;
         }
-        let (kl_mean, kl_stderr) = mean_se(&self.kls);
+        let (kl_mean, kl_stderr) = crate::numeric::mean_and_stderr(&self.kls);
         let mut sorted = self.kls.clone();
         sorted.sort_by(f64::total_cmp);
         let p = self.top1_agreement();
         let rms = |v: &[f64]| (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
-        let (dt_mean, dt_se) = mean_se(&self.delta_target);
-        let (dtop_mean, _) = mean_se(&self.delta_top);
+        let (dt_mean, dt_se) = crate::numeric::mean_and_stderr(&self.delta_target);
+        let (dtop_mean, _) = crate::numeric::mean_and_stderr(&self.delta_top);
         Some(KlSummary {
             kl_mean,
             kl_stderr,
