@@ -353,21 +353,34 @@ def decoder_reference(model, gen, low, vocab, lengths):
     }
 
 
+def decoder_fixture(name, model_cls, cfg, seed, low, lengths):
+    """A tiny random causal LM saved as `name`: weights drawn under torch seed `seed` and
+    spread, the reference logits of a right-padded batch (`lengths`, token ids from `low`)
+    drawn from a generator seeded `seed + 1`. Returns the folder, the model, the generator
+    (for more inputs) and the expected.json document, still to be saved."""
+    path = os.path.join(ROOT, name)
+    fresh(path)
+    cfg.architectures = [model_cls.__name__]
+    torch.manual_seed(seed)
+    model = model_cls(cfg).eval()
+    spread_weights(model)
+    model.save_pretrained(path, safe_serialization=True)
+    gen = torch.Generator().manual_seed(seed + 1)
+    return path, model, gen, decoder_reference(model, gen, low, cfg.vocab_size, lengths)
+
+
+def save_json(path, doc):
+    with open(os.path.join(path, "expected.json"), "w") as f:
+        json.dump(doc, f)
+
+
 def make_gpt2_lm():
     """GPT2LMHeadModel (DistilGPT-2 shares it), tiny and random, with the logits of every
     position for a right-padded batch of token ids (the tokenizer is exercised elsewhere)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    path = os.path.join(ROOT, "gpt2-tiny")
-    fresh(path)
     cfg = GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-    cfg.architectures = ["GPT2LMHeadModel"]
-    torch.manual_seed(SEED + 5)
-    model = GPT2LMHeadModel(cfg).eval()
-    spread_weights(model)
-    model.save_pretrained(path, safe_serialization=True)
-    gen = torch.Generator().manual_seed(SEED + 6)
-    doc = decoder_reference(model, gen, 0, cfg.vocab_size, [11, 7, 3])
+    path, model, gen, doc = decoder_fixture("gpt2-tiny", GPT2LMHeadModel, cfg, SEED + 5, 0, [11, 7, 3])
     # Sliding-window perplexity with the Hugging Face guide's windows (context, stride, each
     # window scoring the tokens after the previous window's end), summing each scored token's
     # log-probability directly. (The guide multiplies the mean loss by valid - 1 tokens, which
@@ -394,8 +407,7 @@ def make_gpt2_lm():
         "tokens_scored": n_tokens,
         "token_perplexity": float(torch.exp(torch.tensor(nll_sum / n_tokens))),
     }
-    with open(os.path.join(path, "expected.json"), "w") as f:
-        json.dump(doc, f)
+    save_json(path, doc)
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<|endoftext|>"])
 
 
@@ -427,23 +439,14 @@ def make_llama_lm():
     heads), RoPE and untied embeddings; logits of every position for a right-padded batch."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = os.path.join(ROOT, "llama-tiny")
-    fresh(path)
     cfg = LlamaConfig(
         vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
-    cfg.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(SEED + 7)
-    model = LlamaForCausalLM(cfg).eval()
-    spread_weights(model)
-    model.save_pretrained(path, safe_serialization=True)
-    gen = torch.Generator().manual_seed(SEED + 8)
-    doc = decoder_reference(model, gen, 3, cfg.vocab_size, [13, 5, 9])
-    with open(os.path.join(path, "expected.json"), "w") as f:
-        json.dump(doc, f)
+    path, model, _, doc = decoder_fixture("llama-tiny", LlamaForCausalLM, cfg, SEED + 7, 3, [13, 5, 9])
+    save_json(path, doc)
     write_llama_gguf(model, cfg, os.path.join(path, "model-f32.gguf"))
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
 
@@ -453,24 +456,15 @@ def make_qwen2_lm():
     grouped-query attention, tied embeddings as the small Qwen2.5 models have them."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    path = os.path.join(ROOT, "qwen2-tiny")
-    fresh(path)
     cfg = Qwen2Config(
         vocab_size=103, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, use_sliding_window=False,
     )
-    cfg.architectures = ["Qwen2ForCausalLM"]
-    torch.manual_seed(SEED + 9)
-    model = Qwen2ForCausalLM(cfg).eval()
-    spread_weights(model)
+    path, model, _, doc = decoder_fixture("qwen2-tiny", Qwen2ForCausalLM, cfg, SEED + 9, 3, [12, 6, 9])
     assert model.model.layers[0].self_attn.q_proj.bias.abs().sum() > 0, "biases are random too"
-    model.save_pretrained(path, safe_serialization=True)
-    gen = torch.Generator().manual_seed(SEED + 10)
-    doc = decoder_reference(model, gen, 3, cfg.vocab_size, [12, 6, 9])
-    with open(os.path.join(path, "expected.json"), "w") as f:
-        json.dump(doc, f)
+    save_json(path, doc)
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
     write_qwen2_gguf(model, cfg, os.path.join(path, "model-f32.gguf"))
 
@@ -480,23 +474,14 @@ def make_mistral_lm():
     sequences (the harness caps sequences at the window)."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    path = os.path.join(ROOT, "mistral-tiny")
-    fresh(path)
     cfg = MistralConfig(
         vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
         rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=32, tie_word_embeddings=False,
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
-    cfg.architectures = ["MistralForCausalLM"]
-    torch.manual_seed(SEED + 11)
-    model = MistralForCausalLM(cfg).eval()
-    spread_weights(model)
-    model.save_pretrained(path, safe_serialization=True)
-    gen = torch.Generator().manual_seed(SEED + 12)
-    doc = decoder_reference(model, gen, 3, cfg.vocab_size, [14, 4, 8])
-    with open(os.path.join(path, "expected.json"), "w") as f:
-        json.dump(doc, f)
+    path, _, _, doc = decoder_fixture("mistral-tiny", MistralForCausalLM, cfg, SEED + 11, 3, [14, 4, 8])
+    save_json(path, doc)
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
 
 
