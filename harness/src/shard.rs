@@ -154,11 +154,12 @@ struct Unplaced {
 pub fn plan_cells(plan: &RunPlan, count: usize) -> Vec<PlannedCell> {
     let mut cells = Vec::new();
     for (ti, pt) in plan.tasks.iter().enumerate() {
+        let work = text_work(plan, ti);
         for role in [Role::Teacher, Role::Student] {
             cells.push(Unplaced {
                 task: pt.task.name().to_string(),
                 role: role.name(),
-                cost_work: text_work(plan, ti),
+                cost_work: work,
                 models: vec![crate::run::text_spec(plan, role, pt.task.name())],
             });
         }

@@ -223,6 +223,11 @@ impl LmCells {
                 .into_iter()
                 .filter(|&r| mine(name, r))
                 .collect();
+            if roles.is_empty() {
+                // Another shard's task.
+                reused.push(None);
+                continue;
+            }
             let whole = roles.len() == 2;
             let done = if whole { cached(plan, pt) } else { None };
             let k = keys(plan, pt);
