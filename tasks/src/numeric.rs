@@ -26,19 +26,16 @@ pub fn softmax(row: &[f32]) -> Vec<f64> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-/// Index of the largest value, the first one on ties; 0 when none is above -inf (NaN never
-/// wins).
-pub fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 {
-                (i, x)
-            } else {
-                best
-            }
-        })
-        .0
+/// Index of the largest value, the first one on ties (`numpy.argmax`); 0 when none is above
+/// -inf (NaN never wins).
+pub fn argmax(values: impl IntoIterator<Item = f64>) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, v) in values.into_iter().enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
 }
 
 /// [`argmax`] of f32 values (logits).
@@ -88,8 +85,8 @@ mod tests {
 
     #[test]
     fn argmax_takes_the_first_maximum_and_skips_nan() {
-        assert_eq!(argmax(&[0.1, 0.7, 0.7, 0.2]), 1);
+        assert_eq!(argmax([0.1, 0.7, 0.7, 0.2]), 1);
         assert_eq!(argmax_f32(&[f32::NAN, -1.0, -0.5]), 2);
-        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax([]), 0);
     }
 }

@@ -135,7 +135,7 @@ pub fn score_cell(
                                 probs[t] = p[k];
                             }
                             Prediction::Class {
-                                label: argmax(&probs),
+                                label: argmax(probs.iter().copied()),
                                 probs,
                             }
                         }
@@ -201,7 +201,7 @@ pub fn score_cell(
                     .map(|f| {
                         let probs = probe.predict_proba(f);
                         Prediction::Class {
-                            label: argmax(&probs),
+                            label: argmax(probs.iter().copied()),
                             probs,
                         }
                     })

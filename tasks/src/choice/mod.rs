@@ -21,7 +21,7 @@
 
 pub mod formats;
 
-use crate::numeric::mean_and_stderr;
+use crate::numeric::{argmax, mean_and_stderr};
 use crate::request::{ContextContinuation, LogLikelihood};
 use crate::Metrics;
 
@@ -115,17 +115,6 @@ impl DocAnswer {
     }
 }
 
-/// `numpy.argmax`: the first index of the largest value (NaN never wins).
-pub fn first_argmax(values: impl IntoIterator<Item = f64>) -> usize {
-    let mut best = (0, f64::NEG_INFINITY);
-    for (i, v) in values.into_iter().enumerate() {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best.0
-}
-
 /// What a doc's answer picks under each rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Picks {
@@ -136,7 +125,7 @@ pub struct Picks {
 
 pub fn picks(doc: &ChoiceDoc, answer: &DocAnswer) -> Picks {
     let per = |len: fn(&str) -> usize| {
-        first_argmax(
+        argmax(
             answer
                 .logprobs
                 .iter()
@@ -145,7 +134,7 @@ pub fn picks(doc: &ChoiceDoc, answer: &DocAnswer) -> Picks {
         )
     };
     Picks {
-        raw: first_argmax(answer.logprobs.iter().copied()),
+        raw: argmax(answer.logprobs.iter().copied()),
         chars: per(|c| c.chars().count()),
         bytes: per(str::len),
     }
