@@ -18,10 +18,13 @@ pub fn log_prob(logits: &[f32], target: u32) -> f64 {
     logits[target as usize] as f64 - log_sum_exp(logits)
 }
 
-/// Softmax of a row of logits, in f64.
-pub fn softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+/// Softmax of a row of logits (f32) or log-likelihoods (f64), in f64.
+pub fn softmax<T: Copy + Into<f64>>(row: &[T]) -> Vec<f64> {
+    let max = row
+        .iter()
+        .map(|&v| v.into())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = row.iter().map(|&v| (v.into() - max).exp()).collect();
     let sum: f64 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
 }

@@ -235,14 +235,7 @@ pub fn score(scoring: Scoring, docs: &[ChoiceDoc], answers: &[DocAnswer]) -> Met
 /// The probability a model gives each choice: softmax of the log-likelihoods (lm-eval's
 /// `prob_norm`), for calibration and the KL between teacher and student answers.
 pub fn choice_probs(answer: &DocAnswer) -> Vec<f64> {
-    let max = answer
-        .logprobs
-        .iter()
-        .cloned()
-        .fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = answer.logprobs.iter().map(|l| (l - max).exp()).collect();
-    let z: f64 = e.iter().sum();
-    e.iter().map(|v| v / z).collect()
+    crate::numeric::softmax(&answer.logprobs)
 }
 
 /// A multiple-choice or cloze task, declared as data: its layout (reader and prompt), how it
