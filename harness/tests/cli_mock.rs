@@ -261,6 +261,34 @@ fn a_multiple_choice_task_scores_the_mocks_picks_with_paired_statistics() {
 }
 
 #[test]
+fn an_interrupted_multiple_choice_run_keeps_the_finished_teacher_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("data"), "arc/ARC-Easy-Test.jsonl", ARC);
+    let first = run(tmp.path(), "mock:t", "mock:s:sharpness=2", "arc_easy", &[]);
+    let want = first.checked_results();
+    // As if the run had stopped after the teacher's cell: the student's is not on disk.
+    std::fs::remove_file(first.out.join("cells/arc_easy.student.json")).unwrap();
+    let again = run(tmp.path(), "mock:t", "mock:s:sharpness=2", "arc_easy", &[]);
+    let got = again.checked_results();
+    let err = again.stderr();
+    assert!(
+        err.contains("teacher arc_easy: reusing the finished cell"),
+        "{err}"
+    );
+    assert!(err.contains("student arc_easy: 3 examples"), "{err}");
+    assert!(!err.contains("teacher arc_easy: 3 examples"), "{err}");
+    // The same numbers (speed figures aside, which every run measures anew).
+    let (g, w) = (&got["tasks"]["arc_easy"], &want["tasks"]["arc_easy"]);
+    for field in ["retention", "comparison", "n_examples"] {
+        assert_eq!(g[field], w[field], "{field}");
+    }
+    for role in ["teacher", "student"] {
+        assert_eq!(g[role]["metrics"], w[role]["metrics"], "{role}");
+        assert_eq!(g[role]["cache_key"], w[role]["cache_key"], "{role}");
+    }
+}
+
+#[test]
 fn few_shot_on_a_task_without_a_few_shot_split_and_a_zero_limit_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     write(&tmp.path().join("data"), "arc/ARC-Easy-Test.jsonl", ARC);

@@ -197,7 +197,8 @@ fn window_for(plan: &RunPlan, task: &str) -> Result<WindowSettings> {
 
 /// The language-modelling cells of a run.
 pub struct LmCells {
-    /// Each task's cells and comparison from an earlier run, when all three are reusable.
+    /// A perplexity or generation task's two cells and pair file from an earlier run, when
+    /// all three are reusable (multiple-choice cells are reused one by one, into `pending`).
     reused: Vec<Option<(LmCellFile, LmCellFile, FidelityFile)>>,
     /// Cells to compute: task index and role.
     todo: Vec<(usize, Role)>,
@@ -208,11 +209,13 @@ pub struct LmCells {
 }
 
 impl LmCells {
-    /// Read back each task's finished cells; the others are to do. Only the roles `mine`
-    /// accepts are read or computed: a shard may have one role of a multiple-choice task (its
-    /// cells are independent) but has both or neither of a perplexity or generation task,
-    /// whose student figures need the teacher's pass in the same process.
-    pub fn new(plan: &RunPlan, mine: &dyn Fn(&str, Role) -> bool) -> Self {
+    /// Read back each task's finished cells; the others are to do. A multiple-choice task's
+    /// cells are independent (its paired statistics are computed from both when the result is
+    /// put together), so each is reused on its own; a perplexity or generation task is reused
+    /// whole or recomputed whole, since the student's figures need the teacher's pass in the
+    /// same process. Only the roles `mine` accepts are read or computed: a shard may have one
+    /// role of a multiple-choice task but both or neither of the others.
+    pub fn new(plan: &RunPlan, say: &dyn Fn(String), mine: &dyn Fn(&str, Role) -> bool) -> Self {
         let mut reused = Vec::new();
         let mut todo = Vec::new();
         let mut pending: BTreeMap<usize, Pending> = BTreeMap::new();
@@ -223,45 +226,47 @@ impl LmCells {
                 .into_iter()
                 .filter(|&r| mine(name, r))
                 .collect();
-            if roles.is_empty() {
-                // Another shard's task.
-                reused.push(None);
+            if pt.task.kind() != LmKind::Choice {
+                let done = if roles.is_empty() {
+                    None
+                } else {
+                    cached(plan, pt)
+                };
+                if done.is_none() {
+                    todo.extend(roles.iter().map(|&r| (i, r)));
+                }
+                reused.push(done);
                 continue;
             }
-            let whole = roles.len() == 2;
-            let done = if whole { cached(plan, pt) } else { None };
+            reused.push(None);
+            if roles.is_empty() {
+                // Another shard's task.
+                continue;
+            }
             let k = keys(plan, pt);
-            for &role in &roles {
+            for role in roles {
                 let key = match role {
                     Role::Teacher => &k.teacher,
                     Role::Student => &k.student,
                 };
-                let cell = (format!("{name}.{}", role.name()), key.clone());
-                let choice = pt.task.kind() == LmKind::Choice;
-                if done.is_some() {
-                    if choice {
-                        finished.push(cell);
-                    }
-                    continue;
-                }
-                // A lone role of a multiple-choice task is reused on its own.
                 let path = cell_path(&plan.out, name, role.name());
-                let reuse = (!whole)
-                    .then(|| read_cached::<LmCellFile>(&path, key, |c| &c.cell.cache_key))
-                    .flatten();
-                match reuse {
+                match read_cached::<LmCellFile>(&path, key, |c| &c.cell.cache_key) {
                     Some(cf) => {
+                        say(format!(
+                            "{} {name}: reusing the finished cell in {}",
+                            role.name(),
+                            plan.out.display()
+                        ));
                         let p = pending.entry(i).or_default();
                         match role {
                             Role::Teacher => p.teacher = Some(cf),
                             Role::Student => p.student = Some(cf),
                         }
-                        finished.push(cell);
+                        finished.push((format!("{name}.{}", role.name()), key.clone()));
                     }
                     None => todo.push((i, role)),
                 }
             }
-            reused.push(done);
         }
         LmCells {
             reused,
@@ -421,8 +426,8 @@ impl LmCells {
             }
             match role {
                 Role::Teacher => p.teacher = Some(cf),
-                // A lone student (another shard has the teacher) has no pair file.
-                Role::Student if p.teacher.is_none() => p.student = Some(cf),
+                // A multiple-choice task has no pair file: its cells are reused one by one.
+                Role::Student if pt.task.kind() == LmKind::Choice => p.student = Some(cf),
                 Role::Student => {
                     p.student = Some(cf);
                     // Only a computed comparison is written; a reused one is on disk.

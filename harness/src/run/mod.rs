@@ -129,7 +129,7 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
             .with_context(|| format!("cannot write {}", results_path.display()))?;
     }
     let mut text = TextCells::new(plan, &say, &mine);
-    let mut lm = LmCells::new(plan, &mine);
+    let mut lm = LmCells::new(plan, &say, &mine);
     let mut models: Vec<ModelSpec> = Vec::new();
     for spec in text.jobs(plan).into_iter().chain(lm.jobs(plan)) {
         if !models.contains(&spec) {
