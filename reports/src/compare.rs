@@ -11,11 +11,12 @@
 //!   fine for the hundreds of examples a dev set has).
 //! - Memory: peak RSS growth beyond `max_memory_growth` percent.
 //!
-//! Honesty rules: a baseline of other models or of settings that change the numbers is
-//! refused (exit 2), and absolute speed is gated only when both files were measured on the
-//! same kind of machine (CPU model, cores and threads, build profile, kernels); otherwise the
-//! latency rows are shown with why they were not gated, and only the machine-independent
-//! figures (metrics, memory) can fail the gate.
+//! Honesty rules: a baseline of other models, of tasks the current run lacks, of other task
+//! versions or of settings that change the numbers is refused (exit 2), and absolute speed and
+//! memory are gated only when both files were measured on the same kind of machine (CPU model,
+//! cores and threads, build profile, kernels); otherwise those rows are shown with why they
+//! were not gated, and the machine-independent figures are gated instead: the metrics, and the
+//! student's speedup over the teacher and its memory ratio, each measured within one file.
 
 use crate::export::table::{markdown_table, Align};
 use crate::{Cell, Profile, Results};
