@@ -171,6 +171,11 @@ fn merge(args: &MergeArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     harness::alloc::tune_for_inference();
     let cli = Cli::parse();
+    // A bad kernel setting is refused before any work, not at the first product.
+    if let Err(e) = harness::kernels::isa::check_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
     let result = match &cli.command {
         Command::Run(args) => run(args),
         Command::List(args) => list(args),

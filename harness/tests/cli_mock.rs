@@ -201,6 +201,34 @@ fn a_bad_mock_option_is_refused_before_anything_runs() {
     assert!(!r.out.join("results.json").exists());
 }
 
+#[test]
+fn an_unknown_kernel_level_is_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = common::harness(
+        &[
+            "run",
+            "--teacher",
+            "mock:t",
+            "--student",
+            "mock:s",
+            "--task",
+            "sst2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[("HARNESS_KERNELS", "avx1024")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!out.exists());
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        err.contains("HARNESS_KERNELS=\"avx1024\" is not a kernel level: use `avx2`"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
 /// ARC-layout questions whose mock answers are known: after "Answer:" (token 53) the mock
 /// predicts token 54, which is the word "5"; "1" and "9" are 4 ids away, "0" is 5.
 const ARC: &str = r#"{"id": "a", "question": {"stem": "pick", "choices": [{"text": "1", "label": "A"}, {"text": "5", "label": "B"}, {"text": "0", "label": "C"}]}, "answerKey": "B"}

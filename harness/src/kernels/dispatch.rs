@@ -2,8 +2,9 @@
 //! what produced its numbers (issue 15).
 //!
 //! The harness's own kernels ([`sgemm`](super::sgemm) for f32, [`qgemm`](super::qgemm) for
-//! Q8_0 and Q4_0) run on every x86-64 CPU with AVX2 and FMA and sum in a fixed order, so they
-//! give the same numbers on every such host, AVX-512 or not. The other block formats run on
+//! Q8_0 and Q4_0) run on every x86-64 CPU with AVX2 and FMA, at the level [`super::isa`]
+//! picks (AVX2, AVX-512, VNNI), and sum in a fixed order, so they give the same numbers on
+//! every such host at every level. The other block formats run on
 //! candle's quantized kernels, which candle 0.11 chooses at run time by CPU features, format,
 //! shape and row count (`candle-core/src/quantized/repack_x86.rs`, `select` and `level`):
 //!
@@ -20,6 +21,8 @@
 //! A test pins the mirror to candle's behaviour on the host at hand.
 
 use candle_core::quantized::GgmlDType;
+
+use super::isa::{self, F32Level, IntLevel};
 
 /// candle's x86 tier for its repacked quantized kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +82,10 @@ fn cpu_has_amx_int8() -> bool {
 /// The kernel that multiplies a layer's weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
-    /// The harness's packed f32 GEMM ([`sgemm`](super::sgemm)).
-    HarnessSgemm,
-    /// The harness's integer GEMM for Q8_0 / Q4_0 ([`qgemm`](super::qgemm)).
-    HarnessQgemm,
+    /// The harness's packed f32 GEMM ([`sgemm`](super::sgemm)) at a level.
+    HarnessSgemm(F32Level),
+    /// The harness's integer GEMM for Q8_0 / Q4_0 ([`qgemm`](super::qgemm)) at a level.
+    HarnessQgemm(IntLevel),
     /// candle's f32 matmul (the `gemm` crate).
     CandleGemm,
     /// candle's repacked tiles at a tier.
@@ -103,8 +106,11 @@ impl Kernel {
     /// A stable name for results files.
     pub fn name(self) -> &'static str {
         match self {
-            Kernel::HarnessSgemm => "harness-sgemm-avx2",
-            Kernel::HarnessQgemm => "harness-qgemm-avx2",
+            Kernel::HarnessSgemm(F32Level::Avx2) => "harness-sgemm-avx2",
+            Kernel::HarnessSgemm(F32Level::Avx512) => "harness-sgemm-avx512",
+            Kernel::HarnessQgemm(IntLevel::Avx2) => "harness-qgemm-avx2",
+            Kernel::HarnessQgemm(IntLevel::AvxVnni) => "harness-qgemm-avxvnni",
+            Kernel::HarnessQgemm(IntLevel::Avx512Vnni) => "harness-qgemm-avx512vnni",
             Kernel::CandleGemm => "candle-gemm",
             Kernel::CandleRepack(CandleX86Level::Avx512Vnni) => "candle-repack-avx512vnni",
             Kernel::CandleRepack(CandleX86Level::AvxVnni) => "candle-repack-avxvnni",
@@ -112,10 +118,11 @@ impl Kernel {
             Kernel::CandleAmx => "candle-amx",
             Kernel::CandleGgmlDot { avx2: true } => "candle-ggml-avx2",
             Kernel::CandleGgmlDot { avx2: false } => "candle-ggml-generic",
-            Kernel::Dequantized if super::sgemm::PackedWeight::supported() => {
-                "dequantized+harness-sgemm-avx2"
-            }
-            Kernel::Dequantized => "dequantized+candle-gemm",
+            Kernel::Dequantized => match isa::f32_level() {
+                Some(F32Level::Avx2) => "dequantized+harness-sgemm-avx2",
+                Some(F32Level::Avx512) => "dequantized+harness-sgemm-avx512",
+                None => "dequantized+candle-gemm",
+            },
             Kernel::Device => "candle-device",
         }
     }
@@ -126,7 +133,7 @@ impl Kernel {
 pub fn activation_blocks(format: GgmlDType, kernel: Kernel) -> Option<&'static str> {
     use GgmlDType as D;
     match (kernel, format) {
-        (Kernel::HarnessSgemm | Kernel::CandleGemm | Kernel::Device, _) | (_, D::F32) => None,
+        (Kernel::HarnessSgemm(_) | Kernel::CandleGemm | Kernel::Device, _) | (_, D::F32) => None,
         (Kernel::CandleRepack(_) | Kernel::CandleAmx, _) => Some("q8k"),
         (_, D::Q4_1 | D::Q5_1) => Some("q8_1"),
         (_, D::Q8_0 | D::Q4_0 | D::Q5_0) => Some("q8_0"),
@@ -236,7 +243,7 @@ mod tests {
             )
         );
         assert_eq!(
-            describe(GgmlDType::F32, |_| Kernel::HarnessSgemm),
+            describe(GgmlDType::F32, |_| Kernel::HarnessSgemm(F32Level::Avx2)),
             "harness-sgemm-avx2"
         );
     }

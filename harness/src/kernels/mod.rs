@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod dispatch;
+pub mod isa;
 pub mod ops;
 pub mod qgemm;
 pub mod sgemm;

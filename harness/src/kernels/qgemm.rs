@@ -36,9 +36,22 @@
 //! weight traffic (a quarter), which is what one-row products (generation) are bound by
 //! (BENCHMARKS.md, "Integer GEMM").
 //!
+//! With VNNI (AVX-512 VNNI or AVX-VNNI, chosen at run time by [`super::isa`]) the weight is
+//! laid out with 4 `k` per column side by side instead and multiplied by `vpdpbusd` (u8 x s8,
+//! four products summed into i32, no saturation) in [`vnni`]: one instruction per 64 (zmm)
+//! or 32 (ymm) multiply-adds. One operand must be unsigned, so for Q8_0 the input values go
+//! in as `q + 128` and the kernel takes `128 · Σ q_w` (kept per block and column) back off;
+//! for Q4_0 the weights' nibbles are already unsigned (`q + 8`) and the 8s come off as
+//! above. The block sums are the same exact integers as the AVX2 kernel's and are scaled in
+//! the same order, so every level gives the same bits (tested): ggml's Q8_0 arithmetic is
+//! kept, not approximated.
+//!
 //! A row's result does not depend on its batch (tested bit for bit). Runs where the f32
 //! kernels run (AVX2 and FMA, checked at run time); elsewhere layers stay on candle.
 
+mod vnni;
+
+use super::isa::{self, IntLevel};
 use super::sgemm::{
     check_operands, run_jobs, split_jobs, Epilogue, Init, PackedGemm, PackedWeight, SendPtr, NR,
 };
@@ -115,28 +128,49 @@ pub struct Int8Weight {
     n: usize,
     k: usize,
     format: BlockFormat,
+    /// The kernels that multiply it (VNNI levels lay the values out 4 `k` a column).
+    level: IntLevel,
     /// Panel values, from `offset` on (64-byte aligned).
     quants: Vec<i8>,
     offset: usize,
     /// `d` per panel, block and column (zero past `n`).
     scales: Vec<f32>,
+    /// For Q8_0 at a VNNI level: `Σ q` of each block per panel, block and column (at most
+    /// 32 x 128 in magnitude), which the kernel takes back off 128 times.
+    sums: Vec<i16>,
 }
 
-/// Input rows rounded to Q8_0 blocks: the values (as i16), one scale per block and, for
-/// Q4_0 weights, each block's sum of values.
+/// Input rows rounded to Q8_0 blocks: the values (as i16 for the AVX2 kernel, as bytes for
+/// VNNI: `q + 128` against Q8_0 weights, `q` against Q4_0), one scale per block and, for Q4_0
+/// weights, each block's sum of values.
 struct QuantizedRows {
     q: Vec<i16>,
+    bytes: Vec<u8>,
     d: Vec<f32>,
     sums: Vec<i32>,
 }
 
 impl Int8Weight {
     /// Lay out GGUF blocks of a weight `(n, k)` (row `j`'s blocks in order, as a QTensor
-    /// holds them), panels in parallel. `None` when this CPU lacks AVX2/FMA, `k` is not a
-    /// whole number of blocks or `bytes` is not `n` rows of blocks.
+    /// holds them), panels in parallel, for the best kernel level of this host. `None` when
+    /// this CPU lacks AVX2/FMA, `k` is not a whole number of blocks or `bytes` is not `n`
+    /// rows of blocks.
     pub fn from_blocks(format: BlockFormat, bytes: &[u8], n: usize, k: usize) -> Option<Self> {
+        Self::from_blocks_for(format, bytes, n, k, isa::int_level()?)
+    }
+
+    /// [`Self::from_blocks`] for the kernels of `level` (tests compare the levels on one
+    /// host); `None` also when this CPU lacks `level`.
+    pub fn from_blocks_for(
+        format: BlockFormat,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+        level: IntLevel,
+    ) -> Option<Self> {
         let block_bytes = format.block_bytes();
         if !PackedWeight::supported()
+            || !level.available()
             || !k.is_multiple_of(QK)
             || bytes.len() != n * (k / QK) * block_bytes
         {
@@ -148,12 +182,25 @@ impl Int8Weight {
         let mut quants = vec![0i8; panels * blocks * panel_block + 64];
         let offset = quants.as_ptr().align_offset(64).min(64);
         let mut scales = vec![0f32; panels * blocks * NR];
+        let quads = level != IntLevel::Avx2;
+        let mut sums = if quads && format == BlockFormat::Q8_0 {
+            vec![0i16; panels * blocks * NR]
+        } else {
+            Vec::new()
+        };
+        let sums_per_panel = if sums.is_empty() { 0 } else { blocks * NR };
+        let mut sum_chunks: Vec<&mut [i16]> = if sums.is_empty() {
+            (0..panels).map(|_| <&mut [i16]>::default()).collect()
+        } else {
+            sums.chunks_mut(sums_per_panel.max(1)).collect()
+        };
         use rayon::prelude::*;
         quants[offset..offset + panels * blocks * panel_block]
             .par_chunks_mut((blocks * panel_block).max(1))
             .zip(scales.par_chunks_mut((blocks * NR).max(1)))
+            .zip(sum_chunks.par_iter_mut())
             .enumerate()
-            .for_each(|(p, (panel, panel_scales))| {
+            .for_each(|(p, ((panel, panel_scales), panel_sums))| {
                 for col in 0..NR.min(n - p * NR) {
                     let (half, c) = (col / 8, col % 8);
                     let row = &bytes[(p * NR + col) * blocks * block_bytes..];
@@ -161,6 +208,13 @@ impl Int8Weight {
                         let (d, qs) = format.decode(&row[b * block_bytes..]);
                         panel_scales[b * NR + col] = d;
                         let dst = &mut panel[b * panel_block..(b + 1) * panel_block];
+                        if quads {
+                            if !panel_sums.is_empty() {
+                                panel_sums[b * NR + col] = qs.iter().map(|&q| i16::from(q)).sum();
+                            }
+                            vnni::lay_out_block(format, &qs, col, dst);
+                            continue;
+                        }
                         for (step, two) in qs.chunks_exact(2).enumerate() {
                             match format {
                                 BlockFormat::Q8_0 => {
@@ -184,15 +238,30 @@ impl Int8Weight {
             n,
             k,
             format,
+            level,
             quants,
             offset,
             scales,
+            sums,
         })
     }
 
     /// The block format the weight came in.
     pub fn format(&self) -> BlockFormat {
         self.format
+    }
+
+    /// The kernel level that multiplies this weight.
+    pub fn level(&self) -> IntLevel {
+        self.level
+    }
+
+    /// Input rows per microkernel call at this weight's level.
+    fn tile_rows(&self) -> usize {
+        match self.level {
+            IntLevel::Avx512Vnni => vnni::MR_512,
+            IntLevel::AvxVnni | IntLevel::Avx2 => MR,
+        }
     }
 
     /// Bytes the weight takes without the panels' padding to 16 columns: a byte (Q8_0) or a
@@ -206,9 +275,10 @@ impl Int8Weight {
         .saturating_add(self.n * (self.k / QK) * 4)
     }
 
-    /// Bytes held (values and f32 scales, padding included).
+    /// Bytes held (values, f32 scales and, for Q8_0 at a VNNI level, i16 block sums; padding
+    /// included).
     pub fn bytes(&self) -> usize {
-        self.quants.len() + self.scales.len() * 4
+        self.quants.len() + self.scales.len() * 4 + self.sums.len() * 2
     }
 
     /// One thread's share: rows `rows` of the output, column panels `cols`.
@@ -225,6 +295,7 @@ impl Int8Weight {
         let blocks = k / QK;
         let quants = &self.quants[self.offset..];
         let panel_block = self.format.panel_block_bytes();
+        let mr = self.tile_rows();
         let mut m0 = rows.start;
         while m0 < rows.end {
             let mc = MC.min(rows.end - m0);
@@ -243,13 +314,19 @@ impl Int8Weight {
                     } else {
                         Init::Zero
                     };
-                    for t in (0..mc).step_by(MR) {
-                        let r = MR.min(mc - t);
+                    for t in (0..mc).step_by(mr) {
+                        let r = mr.min(mc - t);
                         let row = m0 + t;
                         let c = out.0.add(row * n + p * NR);
                         let tile = QTile {
                             blocks: nb,
-                            q: x.q[row * k + b0 * QK..].as_ptr(),
+                            q: x.q
+                                .get(row * k + b0 * QK..)
+                                .map_or(std::ptr::null(), <[_]>::as_ptr),
+                            bytes: x
+                                .bytes
+                                .get(row * k + b0 * QK..)
+                                .map_or(std::ptr::null(), <[_]>::as_ptr),
                             lda: k,
                             d: x.d[row * blocks + b0..].as_ptr(),
                             ldd: blocks,
@@ -260,25 +337,32 @@ impl Int8Weight {
                                 x.sums[row * blocks + b0..].as_ptr()
                             },
                             ws: self.scales[(p * blocks + b0) * NR..].as_ptr(),
+                            wsums: self
+                                .sums
+                                .get((p * blocks + b0) * NR..)
+                                .map_or(std::ptr::null(), <[_]>::as_ptr),
                             c,
                             ldc: n,
                             width,
                             init,
                             bias: &panel_bias,
                         };
-                        match (self.format, r) {
-                            (BlockFormat::Q8_0, 6) => kernel::<6, false>(&tile),
-                            (BlockFormat::Q8_0, 5) => kernel::<5, false>(&tile),
-                            (BlockFormat::Q8_0, 4) => kernel::<4, false>(&tile),
-                            (BlockFormat::Q8_0, 3) => kernel::<3, false>(&tile),
-                            (BlockFormat::Q8_0, 2) => kernel::<2, false>(&tile),
-                            (BlockFormat::Q8_0, _) => kernel::<1, false>(&tile),
-                            (BlockFormat::Q4_0, 6) => kernel::<6, true>(&tile),
-                            (BlockFormat::Q4_0, 5) => kernel::<5, true>(&tile),
-                            (BlockFormat::Q4_0, 4) => kernel::<4, true>(&tile),
-                            (BlockFormat::Q4_0, 3) => kernel::<3, true>(&tile),
-                            (BlockFormat::Q4_0, 2) => kernel::<2, true>(&tile),
-                            (BlockFormat::Q4_0, _) => kernel::<1, true>(&tile),
+                        match (self.level, self.format, r) {
+                            (IntLevel::Avx512Vnni | IntLevel::AvxVnni, ..) => {
+                                vnni::tile(self.level, self.format, r, &tile)
+                            }
+                            (_, BlockFormat::Q8_0, 6) => kernel::<6, false>(&tile),
+                            (_, BlockFormat::Q8_0, 5) => kernel::<5, false>(&tile),
+                            (_, BlockFormat::Q8_0, 4) => kernel::<4, false>(&tile),
+                            (_, BlockFormat::Q8_0, 3) => kernel::<3, false>(&tile),
+                            (_, BlockFormat::Q8_0, 2) => kernel::<2, false>(&tile),
+                            (_, BlockFormat::Q8_0, _) => kernel::<1, false>(&tile),
+                            (_, BlockFormat::Q4_0, 6) => kernel::<6, true>(&tile),
+                            (_, BlockFormat::Q4_0, 5) => kernel::<5, true>(&tile),
+                            (_, BlockFormat::Q4_0, 4) => kernel::<4, true>(&tile),
+                            (_, BlockFormat::Q4_0, 3) => kernel::<3, true>(&tile),
+                            (_, BlockFormat::Q4_0, 2) => kernel::<2, true>(&tile),
+                            (_, BlockFormat::Q4_0, _) => kernel::<1, true>(&tile),
                         }
                         if let (Some(f), true) = (epilogue, last) {
                             for i in 0..r {
@@ -323,9 +407,14 @@ impl PackedGemm for Int8Weight {
         if m == 0 || n == 0 {
             return;
         }
-        let rows = quantize_rows(x, self.format == BlockFormat::Q4_0);
+        let as_bytes = match (self.level, self.format) {
+            (IntLevel::Avx2, _) => None,
+            (_, BlockFormat::Q8_0) => Some(128),
+            (_, BlockFormat::Q4_0) => Some(0),
+        };
+        let rows = quantize_rows(x, self.format == BlockFormat::Q4_0, as_bytes);
         let out_ptr = SendPtr(out.as_mut_ptr());
-        let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, MR);
+        let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, self.tile_rows(), 1);
         run_jobs(jobs, |(rows_range, cols)| {
             // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`; the CPU
             // features were checked when the weight was laid out.
@@ -334,28 +423,66 @@ impl PackedGemm for Int8Weight {
     }
 }
 
+/// One chunk of [`quantize_rows`]'s work: inputs, values, scales, then the block sums and
+/// bytes (empty when not asked for).
+type RoundingChunk<'a> = (
+    ((&'a [f32], &'a mut [i16]), &'a mut [f32]),
+    (&'a mut [i32], &'a mut [u8]),
+);
+
 /// Round input rows (their width a multiple of [`QK`], as the weight's `k` is) to Q8_0 blocks
-/// exactly as candle's `BlockQ8_0::from_float` does, spread over rayon's threads.
-fn quantize_rows(x: &[f32], with_sums: bool) -> QuantizedRows {
+/// exactly as candle's `BlockQ8_0::from_float` does, spread over rayon's threads. With
+/// `as_bytes`, the values are also given as bytes `q + as_bytes` (for the VNNI kernels).
+fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> QuantizedRows {
     let blocks = x.len() / QK;
     let mut rows = QuantizedRows {
         q: vec![0; x.len()],
+        bytes: Vec::new(),
         d: vec![0.0; blocks],
         sums: Vec::new(),
     };
-    use rayon::prelude::*;
-    // 64 blocks per chunk: small inputs stay on one thread.
-    const CHUNK: usize = 64;
-    x.par_chunks(CHUNK * QK)
-        .zip(rows.q.par_chunks_mut(CHUNK * QK))
-        .zip(rows.d.par_chunks_mut(CHUNK))
-        .for_each(|((x, q), d)| round_to_q8_0(x, q, d));
     if with_sums {
-        rows.sums = rows
-            .q
-            .par_chunks(QK)
-            .map(|b| b.iter().map(|&q| i32::from(q)).sum())
-            .collect();
+        rows.sums = vec![0; blocks];
+    }
+    if as_bytes.is_some() {
+        rows.bytes = vec![0; x.len()];
+    }
+    // One pass per chunk of 64 blocks: round, then the block sums and bytes while the values
+    // are in L1.
+    const CHUNK: usize = 64;
+    let chunk = |(((x, q), d), (sums, bytes)): RoundingChunk| {
+        round_to_q8_0(x, q, d);
+        for (sum, block) in sums.iter_mut().zip(q.chunks_exact(QK)) {
+            *sum = block.iter().map(|&q| i32::from(q)).sum();
+        }
+        if let Some(offset) = as_bytes {
+            for (b, &q) in bytes.iter_mut().zip(q.iter()) {
+                *b = (q + offset) as u8;
+            }
+        }
+    };
+    let sums = rows.sums.chunks_mut(CHUNK).map(Some);
+    let bytes = rows.bytes.chunks_mut(CHUNK * QK).map(Some);
+    let chunks = x
+        .chunks(CHUNK * QK)
+        .zip(rows.q.chunks_mut(CHUNK * QK))
+        .zip(rows.d.chunks_mut(CHUNK))
+        .zip(
+            sums.chain(std::iter::repeat_with(|| None))
+                .zip(bytes.chain(std::iter::repeat_with(|| None))),
+        )
+        .map(|(xqd, (s, b))| (xqd, (s.unwrap_or_default(), b.unwrap_or_default())));
+    if blocks <= CHUNK {
+        // Small inputs (a batch-1 token, a short sentence) stay on the calling thread: handing
+        // one chunk to rayon's pool and waiting costs more than rounding it.
+        chunks.for_each(chunk);
+    } else {
+        use rayon::prelude::*;
+        chunks.collect::<Vec<_>>().into_par_iter().for_each(chunk);
+    }
+    if as_bytes.is_some() {
+        // The VNNI kernels read only the bytes.
+        rows.q = Vec::new();
     }
     rows
 }
@@ -402,8 +529,11 @@ unsafe fn round_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32]) {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct QTile<'a> {
     blocks: usize,
-    /// Row 0's values at the pass's first block; rows `lda` apart.
+    /// Row 0's values at the pass's first block; rows `lda` apart (AVX2 kernel; null at VNNI
+    /// levels).
     q: *const i16,
+    /// The same as bytes (VNNI kernels; null for AVX2).
+    bytes: *const u8,
     lda: usize,
     /// Row 0's block scales at the pass's first block; rows `ldd` apart.
     d: *const f32,
@@ -414,6 +544,8 @@ struct QTile<'a> {
     /// The panel's values and scales at the pass's first block.
     w: *const i8,
     ws: *const f32,
+    /// Q8_0 at VNNI levels: the panel's block sums at the pass's first block (else null).
+    wsums: *const i16,
     c: *mut f32,
     ldc: usize,
     width: usize,
@@ -528,8 +660,16 @@ mod tests {
         (q, values)
     }
 
-    fn layout(q: &QTensor, dtype: GgmlDType, n: usize, k: usize) -> Int8Weight {
-        Int8Weight::from_blocks(format(dtype), &q.data().unwrap(), n, k).unwrap()
+    fn layout(q: &QTensor, dtype: GgmlDType, n: usize, k: usize, level: IntLevel) -> Int8Weight {
+        Int8Weight::from_blocks_for(format(dtype), &q.data().unwrap(), n, k, level).unwrap()
+    }
+
+    /// Every level this host has (the others say they were skipped).
+    fn levels(test: &str) -> Vec<IntLevel> {
+        [IntLevel::Avx2, IntLevel::AvxVnni, IntLevel::Avx512Vnni]
+            .into_iter()
+            .filter(|l| !isa::skip(test, l.name(), l.available()))
+            .collect()
     }
 
     /// `round_q8_0(x) Wᵀ + b` in f64 from candle's own rounding of `x` and dequantized `W`.
@@ -571,12 +711,9 @@ mod tests {
 
     #[test]
     fn matches_the_f64_product_of_the_same_blocks_on_edge_shapes() {
-        if crate::kernels::lacks_avx2_fma(
-            "matches_the_f64_product_of_the_same_blocks_on_edge_shapes",
-        ) {
-            return;
-        }
-        // Rows and columns off the 4 x 16 tile, one block, depths over one pass (1024).
+        let levels = levels("matches_the_f64_product_of_the_same_blocks_on_edge_shapes");
+        // Rows and columns off the tiles (6 or 12 x 16), one block, depths over one pass
+        // (1024).
         for &(m, n, k) in &[
             (1, 1, 32),
             (3, 17, 64),
@@ -584,22 +721,24 @@ mod tests {
             (9, 45, 1056),
             (101, 20, 96),
             (130, 33, 2080),
+            (25, 8, 64),
         ] {
             for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
                 let (x, w, b) = (values(m * k, 1), values(n * k, 2), values(n, 3));
                 let (q, wv) = quantized(&w, n, k, dtype);
                 let want = reference(&x, &wv, &b, m, n, k);
-                for threads in [1, 2, 3] {
+                for (&level, threads) in levels.iter().flat_map(|l| [(l, 1), (l, 2), (l, 3)]) {
                     let mut out = vec![f32::NAN; m * n];
-                    layout(&q, dtype, n, k).matmul_then(&x, m, Some(&b), &mut out, threads, None);
+                    let weight = layout(&q, dtype, n, k, level);
+                    weight.matmul_then(&x, m, Some(&b), &mut out, threads, None);
                     // f32 sums of k / 32 scaled block sums, each exact: 1e-5 * sqrt(k) is ten
                     // times the error seen.
                     let tol = 1e-5 * (k as f64).sqrt();
                     for (e, (&got, &want)) in out.iter().zip(&want).enumerate() {
                         assert!(
                             (got as f64 - want).abs() <= tol,
-                            "{dtype:?} {m}x{n}x{k} threads={threads}: element {e} is {got}, \
-                             want {want}"
+                            "{level:?} {dtype:?} {m}x{n}x{k} threads={threads}: element {e} \
+                             is {got}, want {want}"
                         );
                     }
                 }
@@ -609,9 +748,10 @@ mod tests {
 
     #[test]
     fn agrees_with_candles_quantized_kernel() {
-        if crate::kernels::lacks_avx2_fma("agrees_with_candles_quantized_kernel") {
+        let Some(level) = isa::int_level() else {
+            eprintln!("skipped: agrees_with_candles_quantized_kernel: this CPU has no AVX2/FMA");
             return;
-        }
+        };
         // candle's "Q8_0" product rounds the activations to Q8K blocks on hosts with AVX-VNNI
         // or AVX-512 VNNI, for weights of n % 16 == 0 and k % 256 == 0 (its repacked tiles),
         // and to Q8_0 blocks (ggml's arithmetic, which this kernel implements) otherwise. 40
@@ -627,7 +767,7 @@ mod tests {
             ));
             let (q, _) = quantized(&values(n * k, 5), n, k, dtype);
             let mut out = vec![0f32; m * n];
-            layout(&q, dtype, n, k).matmul_then(&x, m, None, &mut out, 2, None);
+            layout(&q, dtype, n, k, level).matmul_then(&x, m, None, &mut out, 2, None);
             let want = candle_product(q, &x, m, k);
             for (e, (&got, &want)) in out.iter().zip(&want).enumerate() {
                 assert!(
@@ -684,62 +824,112 @@ mod tests {
 
     #[test]
     fn a_row_does_not_depend_on_its_batch() {
-        if crate::kernels::lacks_avx2_fma("a_row_does_not_depend_on_its_batch") {
-            return;
-        }
         // 200 rows cross a row block (96) and are split over threads by rows or by panels.
         let (m, n, k) = (200, 40, 1088);
         let (x, b) = (values(m * k, 6), values(n, 7));
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+        let levels = levels("a_row_does_not_depend_on_its_batch");
+        for (level, dtype) in levels
+            .iter()
+            .flat_map(|&l| [(l, GgmlDType::Q8_0), (l, GgmlDType::Q4_0)])
+        {
             let (q, _) = quantized(&values(n * k, 8), n, k, dtype);
-            let weight = layout(&q, dtype, n, k);
+            let weight = layout(&q, dtype, n, k, level);
             let mut batch = vec![0f32; m * n];
             weight.matmul_then(&x, m, Some(&b), &mut batch, 2, None);
-            for i in [0, 3, 4, 95, 96, 199] {
+            for i in [0, 3, 4, 11, 12, 95, 96, 199] {
                 let mut single = vec![0f32; n];
                 weight.matmul_then(&x[i * k..(i + 1) * k], 1, Some(&b), &mut single, 1, None);
-                assert_eq!(single, batch[i * n..(i + 1) * n], "{dtype:?} row {i}");
+                assert_eq!(
+                    single,
+                    batch[i * n..(i + 1) * n],
+                    "{level:?} {dtype:?} row {i}"
+                );
             }
         }
     }
 
     #[test]
     fn the_epilogue_sees_every_finished_output_once() {
-        if crate::kernels::lacks_avx2_fma("the_epilogue_sees_every_finished_output_once") {
-            return;
-        }
         // Two passes over k (the epilogue must follow the last only) and a partial panel.
         let (m, n, k) = (13, 45, 1088);
         let (x, b) = (values(m * k, 9), values(n, 10));
         let (q, _) = quantized(&values(n * k, 11), n, k, GgmlDType::Q8_0);
-        let weight = layout(&q, GgmlDType::Q8_0, n, k);
-        let mut plain = vec![0f32; m * n];
-        weight.matmul_then(&x, m, Some(&b), &mut plain, 2, None);
-        let mut fused = vec![0f32; m * n];
-        let square_plus_one = |xs: &mut [f32]| xs.iter_mut().for_each(|v| *v = *v * *v + 1.0);
-        weight.matmul_then(&x, m, Some(&b), &mut fused, 2, Some(&square_plus_one));
-        square_plus_one(&mut plain);
-        assert_eq!(fused, plain);
+        for level in levels("the_epilogue_sees_every_finished_output_once") {
+            let weight = layout(&q, GgmlDType::Q8_0, n, k, level);
+            let mut plain = vec![0f32; m * n];
+            weight.matmul_then(&x, m, Some(&b), &mut plain, 2, None);
+            let mut fused = vec![0f32; m * n];
+            let square_plus_one = |xs: &mut [f32]| xs.iter_mut().for_each(|v| *v = *v * *v + 1.0);
+            weight.matmul_then(&x, m, Some(&b), &mut fused, 2, Some(&square_plus_one));
+            square_plus_one(&mut plain);
+            assert_eq!(fused, plain, "{level:?}");
+        }
+    }
+
+    #[test]
+    fn every_level_gives_the_avx2_kernels_bits() {
+        // The same exact block sums scaled in the same order: equal, not close. Inputs with
+        // values at the extremes (-128 weights from the file, 127-magnitude inputs) and
+        // shapes across both tiles' edges and passes.
+        if isa::skip(
+            "every_level_gives_the_avx2_kernels_bits",
+            "avx2",
+            IntLevel::Avx2.available(),
+        ) {
+            return;
+        }
+        let others: Vec<_> = levels("every_level_gives_the_avx2_kernels_bits")
+            .into_iter()
+            .filter(|&l| l != IntLevel::Avx2)
+            .collect();
+        for &(m, n, k, threads) in &[(1, 384, 384, 1), (13, 45, 1088, 2), (130, 40, 2080, 2)] {
+            let (x, b) = (values(m * k, 31), values(n, 32));
+            for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+                let (q, _) = quantized(&values(n * k, 33), n, k, dtype);
+                let mut bytes = q.data().unwrap().to_vec();
+                if dtype == GgmlDType::Q8_0 {
+                    // A -128 in the first block of the first row (ggml's quantizer never
+                    // writes one; other tools may).
+                    bytes[2] = 0x80;
+                }
+                let run = |level| {
+                    let w = Int8Weight::from_blocks_for(format(dtype), &bytes, n, k, level);
+                    let mut out = vec![0f32; m * n];
+                    w.unwrap()
+                        .matmul_then(&x, m, Some(&b), &mut out, threads, None);
+                    out
+                };
+                let want = run(IntLevel::Avx2);
+                for &level in &others {
+                    assert!(run(level) == want, "{level:?} {dtype:?} {m}x{n}x{k}");
+                }
+            }
+        }
     }
 
     #[test]
     fn q4_0_is_held_in_nibbles() {
-        if crate::kernels::lacks_avx2_fma("q4_0_is_held_in_nibbles") {
-            return;
-        }
-        // 48 x 64: a byte (Q8_0) or half a byte (Q4_0) per value, 4 bytes per 32-value scale.
-        for (dtype, bytes) in [
-            (GgmlDType::Q8_0, 48 * 64 + 48 * 2 * 4),
-            (GgmlDType::Q4_0, 48 * 32 + 48 * 2 * 4),
-        ] {
-            let (q, _) = quantized(&values(48 * 64, 14), 48, 64, dtype);
-            let weight = layout(&q, dtype, 48, 64);
-            assert_eq!(weight.weight_bytes(), bytes, "{dtype:?}");
-            assert!(
-                weight.bytes() <= bytes + 64,
-                "{dtype:?}: {}",
-                weight.bytes()
-            );
+        // 48 x 64: a byte (Q8_0) or half a byte (Q4_0) per value, 4 bytes per 32-value scale
+        // (and 2 per block sum for Q8_0 at VNNI levels).
+        for level in levels("q4_0_is_held_in_nibbles") {
+            let sums = if level == IntLevel::Avx2 {
+                0
+            } else {
+                48 * 2 * 2
+            };
+            for (dtype, bytes, held) in [
+                (GgmlDType::Q8_0, 48 * 64 + 48 * 2 * 4, sums),
+                (GgmlDType::Q4_0, 48 * 32 + 48 * 2 * 4, 0),
+            ] {
+                let (q, _) = quantized(&values(48 * 64, 14), 48, 64, dtype);
+                let weight = layout(&q, dtype, 48, 64, level);
+                assert_eq!(weight.weight_bytes(), bytes, "{dtype:?}");
+                assert!(
+                    weight.bytes() <= bytes + held + 64,
+                    "{level:?} {dtype:?}: {}",
+                    weight.bytes()
+                );
+            }
         }
     }
 
@@ -760,6 +950,7 @@ mod tests {
             panic!("input is not 2 x 32 (skipped: no AVX2/FMA)");
         }
         let (q, _) = quantized(&values(3 * 32, 13), 3, 32, GgmlDType::Q8_0);
-        layout(&q, GgmlDType::Q8_0, 3, 32).matmul_then(&[0.0; 33], 2, None, &mut [0.0; 6], 1, None);
+        let weight = layout(&q, GgmlDType::Q8_0, 3, 32, IntLevel::Avx2);
+        weight.matmul_then(&[0.0; 33], 2, None, &mut [0.0; 6], 1, None);
     }
 }

@@ -24,13 +24,22 @@
 //!
 //! Runs where the CPU has AVX2 and FMA (checked at run time, so one binary serves every
 //! x86-64 machine); elsewhere [`PackedWeight::supported`] is false and layers stay on candle.
+//! Where the CPU has AVX-512F the same panels are multiplied by a 12 x 32 microkernel in zmm
+//! registers ([`avx512`]: two panels a tile, masked edges), chosen at run time
+//! ([`super::isa`]); it adds the same products in the same order, so its outputs are the AVX2
+//! kernel's bit for bit (tested).
+
+mod avx512;
+
+use super::isa::{self, F32Level};
 
 /// What runs on each finished stretch of an output row (an activation), from any thread.
 pub type Epilogue<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
 
 /// Output columns per weight panel (two AVX registers).
 pub const NR: usize = 16;
-/// Input rows per microkernel call.
+/// Input rows per microkernel call of the AVX2 kernel (the AVX-512 kernel takes
+/// [`avx512::MR`]).
 pub const MR: usize = 6;
 /// Depth of one pass over a panel: 256 x 16 floats = 16 KiB of weights in L1.
 pub const KC: usize = 256;
@@ -49,6 +58,8 @@ const MIN_PARALLEL_MACS: usize = 1 << 18;
 pub struct PackedWeight {
     n: usize,
     k: usize,
+    /// The microkernel that multiplies it (the layout is the same for every level).
+    level: F32Level,
     /// Panels, starting at `offset` so that every panel row is 64-byte aligned.
     data: Vec<f32>,
     offset: usize,
@@ -67,8 +78,15 @@ impl PackedWeight {
         }
     }
 
-    /// Pack a row-major weight of `n` rows (output features) by `k` columns (input features).
+    /// Pack a row-major weight of `n` rows (output features) by `k` columns (input features),
+    /// for the best kernel level of this host.
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        Self::pack_for(w, n, k, isa::f32_level().unwrap_or(F32Level::Avx2))
+    }
+
+    /// [`Self::pack`] for the kernels of `level` (tests compare the levels on one host;
+    /// multiplying needs a CPU that has it).
+    pub fn pack_for(w: &[f32], n: usize, k: usize, level: F32Level) -> Self {
         assert_eq!(w.len(), n * k, "weight is not {n} x {k}");
         let panels = n.div_ceil(NR);
         let mut data = vec![0f32; panels * k * NR + NR];
@@ -81,7 +99,18 @@ impl PackedWeight {
                 panel[kk * NR + col] = v;
             }
         }
-        PackedWeight { n, k, data, offset }
+        PackedWeight {
+            n,
+            k,
+            level,
+            data,
+            offset,
+        }
+    }
+
+    /// The kernel level that multiplies this weight.
+    pub fn level(&self) -> F32Level {
+        self.level
     }
 
     /// The weight back in row-major `(n, k)` order (exactly the values packed).
@@ -129,7 +158,7 @@ impl PackedWeight {
         cols: std::ops::Range<usize>,
     ) {
         let k = self.k;
-        let mc_max = MC.min(rows.len()).next_multiple_of(MR);
+        let mc_max = MC.min(rows.len()).next_multiple_of(self.tile_rows());
         PACKED_ROWS.with_borrow_mut(|a| {
             // Every value a pass reads is written by `pack_rows` first: grow without
             // clearing, and keep the buffer for the thread's next product.
@@ -156,67 +185,76 @@ impl PackedWeight {
         } = *op;
         let (n, k) = (self.n, self.k);
         let packed = self.panels();
+        // Rows and column panels one microkernel call covers.
+        let (mr, pw) = (self.tile_rows(), self.tile_panels());
         let mut m0 = rows.start;
         while m0 < rows.end {
             let mc = MC.min(rows.end - m0);
             let mut k0 = 0;
             while k0 < k {
                 let kc = KC.min(k - k0);
-                pack_rows(x, k, m0, mc, k0, kc, a);
-                for p in cols.clone() {
-                    let width = NR.min(n - p * NR);
-                    let mut panel_bias = [0f32; NR];
+                pack_rows(x, k, m0, mc, k0, kc, a, mr);
+                for p in cols.clone().step_by(pw) {
+                    let panels = pw.min(cols.end - p);
+                    let width = (panels * NR).min(n - p * NR);
+                    let mut tile_bias = [0f32; 2 * NR];
                     let init = if k0 > 0 {
                         Init::Accumulate
                     } else if let Some(b) = bias {
-                        panel_bias[..width].copy_from_slice(&b[p * NR..p * NR + width]);
+                        tile_bias[..width].copy_from_slice(&b[p * NR..p * NR + width]);
                         Init::Bias
                     } else {
                         Init::Zero
                     };
                     let b = packed[(p * k + k0) * NR..].as_ptr();
-                    let tiles = mc.div_ceil(MR);
-                    let next_panel = if p + 1 < cols.end {
-                        packed[((p + 1) * k + k0) * NR..].as_ptr()
+                    let tiles = mc.div_ceil(mr);
+                    let next_panel = if p + panels < cols.end {
+                        packed[((p + panels) * k + k0) * NR..].as_ptr()
                     } else {
                         std::ptr::null()
                     };
                     for t in 0..tiles {
-                        let r = MR.min(mc - t * MR);
-                        let c = out.0.add((m0 + t * MR) * n + p * NR);
+                        let r = mr.min(mc - t * mr);
+                        let c = out.0.add((m0 + t * mr) * n + p * NR);
                         // The next tile's output rows, fetched while this one computes: on
                         // later passes over k they are read back, and after the first pass
                         // they are rarely still in cache (a 240-row block of a 3072-wide
                         // output is 2.9 MiB).
                         let next = if t + 1 < tiles {
-                            (c.add(MR * n), MR.min(mc - (t + 1) * MR))
+                            (c.add(mr * n), mr.min(mc - (t + 1) * mr))
                         } else {
                             (std::ptr::null_mut(), 0)
                         };
                         let next_b = if t == 0 { next_panel } else { std::ptr::null() };
                         let tile = Tile {
                             kc,
-                            a: a[t * kc * MR..].as_ptr(),
+                            a: a[t * kc * mr..].as_ptr(),
                             b,
+                            panel_stride: k * NR,
+                            panels,
                             c,
                             ldc: n,
                             width,
                             init,
-                            bias: &panel_bias,
+                            bias: &tile_bias,
                             next,
                             next_b,
                         };
-                        match r {
-                            6 => kernel::<6>(&tile),
-                            5 => kernel::<5>(&tile),
-                            4 => kernel::<4>(&tile),
-                            3 => kernel::<3>(&tile),
-                            2 => kernel::<2>(&tile),
-                            _ => kernel::<1>(&tile),
+                        match self.level {
+                            F32Level::Avx512 => avx512::tile(r, &tile),
+                            F32Level::Avx2 => match r {
+                                6 => kernel::<6>(&tile),
+                                5 => kernel::<5>(&tile),
+                                4 => kernel::<4>(&tile),
+                                3 => kernel::<3>(&tile),
+                                2 => kernel::<2>(&tile),
+                                _ => kernel::<1>(&tile),
+                            },
                         }
                         if let (Some(f), true) = (epilogue, k0 + kc == k) {
                             for i in 0..r {
-                                f(std::slice::from_raw_parts_mut(c.add(i * n), width));
+                                let row = std::slice::from_raw_parts_mut(c.add(i * n), width);
+                                row.chunks_mut(NR).for_each(f);
                             }
                         }
                     }
@@ -224,6 +262,22 @@ impl PackedWeight {
                 k0 += kc;
             }
             m0 += mc;
+        }
+    }
+
+    /// Input rows per microkernel call at this weight's level.
+    fn tile_rows(&self) -> usize {
+        match self.level {
+            F32Level::Avx512 => avx512::MR,
+            F32Level::Avx2 => MR,
+        }
+    }
+
+    /// Column panels per microkernel call at this weight's level.
+    fn tile_panels(&self) -> usize {
+        match self.level {
+            F32Level::Avx512 => 2,
+            F32Level::Avx2 => 1,
         }
     }
 }
@@ -274,7 +328,11 @@ impl PackedGemm for PackedWeight {
     ) {
         let (n, k) = (self.n, self.k);
         check_operands(n, k, x, m, bias, out);
-        assert!(Self::supported(), "packed GEMM needs AVX2 and FMA");
+        assert!(
+            self.level.available(),
+            "packed GEMM at {} needs a CPU with it",
+            self.level.name()
+        );
         if m == 0 || n == 0 {
             return;
         }
@@ -291,7 +349,14 @@ impl PackedGemm for PackedWeight {
             return;
         }
         let out_ptr = SendPtr(out.as_mut_ptr());
-        let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, MR);
+        let jobs = split_jobs(
+            m,
+            n.div_ceil(NR),
+            m * n * k,
+            threads,
+            self.tile_rows(),
+            self.tile_panels(),
+        );
         run_jobs(jobs, |(rows, cols)| {
             // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`, each
             // written only by its own job; the CPU features were checked above.
@@ -353,14 +418,16 @@ pub(super) type Job = (std::ops::Range<usize>, std::ops::Range<usize>);
 
 /// Split a product of `m` rows, `panels` column panels and `macs` multiply-adds over up to
 /// `threads` threads: by column panels when there are enough to go round (each thread then
-/// reads only its share of the weight), otherwise by rows in multiples of `mr`; small products
-/// stay on one thread (a fork costs more than they take).
+/// reads only its share of the weight), in multiples of `pw` panels (a microkernel's width),
+/// otherwise by rows in multiples of `mr`; small products stay on one thread (a fork costs
+/// more than they take).
 pub(super) fn split_jobs(
     m: usize,
     panels: usize,
     macs: usize,
     threads: usize,
     mr: usize,
+    pw: usize,
 ) -> Vec<Job> {
     let threads = if macs < MIN_PARALLEL_MACS {
         1
@@ -370,7 +437,7 @@ pub(super) fn split_jobs(
     if threads == 1 {
         vec![(0..m, 0..panels)]
     } else if panels >= 2 * threads || m < mr * threads {
-        let per = panels.div_ceil(threads);
+        let per = panels.div_ceil(threads).next_multiple_of(pw);
         (0..panels)
             .step_by(per)
             .map(|p| (0..m, p..(p + per).min(panels)))
@@ -397,21 +464,31 @@ pub(super) fn run_jobs(jobs: Vec<Job>, run: impl Fn(Job) + Sync + Send) {
 }
 
 /// Copy rows `m0..m0 + mc`, columns `k0..k0 + kc` of `x` (row length `k`) into tiles of
-/// [`MR`] rows: tile `t` holds, for each column, its six rows' values side by side (zeros
+/// `mr` rows: tile `t` holds, for each column, its `mr` rows' values side by side (zeros
 /// past the last row).
-fn pack_rows(x: &[f32], k: usize, m0: usize, mc: usize, k0: usize, kc: usize, a: &mut [f32]) {
-    for t in 0..mc.div_ceil(MR) {
-        let tile = &mut a[t * kc * MR..(t + 1) * kc * MR];
-        for i in 0..MR {
-            let row = t * MR + i;
+#[allow(clippy::too_many_arguments)]
+fn pack_rows(
+    x: &[f32],
+    k: usize,
+    m0: usize,
+    mc: usize,
+    k0: usize,
+    kc: usize,
+    a: &mut [f32],
+    mr: usize,
+) {
+    for t in 0..mc.div_ceil(mr) {
+        let tile = &mut a[t * kc * mr..(t + 1) * kc * mr];
+        for i in 0..mr {
+            let row = t * mr + i;
             if row < mc {
                 let src = &x[(m0 + row) * k + k0..(m0 + row) * k + k0 + kc];
                 for (kk, &v) in src.iter().enumerate() {
-                    tile[kk * MR + i] = v;
+                    tile[kk * mr + i] = v;
                 }
             } else {
                 for kk in 0..kc {
-                    tile[kk * MR + i] = 0.0;
+                    tile[kk * mr + i] = 0.0;
                 }
             }
         }
@@ -429,17 +506,22 @@ pub(super) enum Init {
     Accumulate,
 }
 
-/// One microkernel call: `c (R x width) (+)= a (R x kc) b (kc x 16)`.
+/// One microkernel call: `c (R x width) (+)= a (R x kc) b (kc x 16·panels)`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Tile<'a> {
     kc: usize,
     a: *const f32,
+    /// The first panel's weights for this pass; the next panel's are `panel_stride` floats on.
     b: *const f32,
+    panel_stride: usize,
+    /// Column panels in the tile (1, or 2 for the AVX-512 kernel).
+    panels: usize,
     c: *mut f32,
     ldc: usize,
+    /// Output columns in the tile, at most `16 · panels`.
     width: usize,
     init: Init,
-    bias: &'a [f32; NR],
+    bias: &'a [f32; 2 * NR],
     /// Output rows of the next tile (start, count) to prefetch.
     next: (*mut f32, usize),
     /// The next panel's weights for this pass, to prefetch (null: none).
@@ -459,6 +541,7 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
     match t.init {
         Init::Zero => {}
         Init::Bias => {
+            debug_assert_eq!(t.panels, 1);
             let b0 = _mm256_loadu_ps(t.bias.as_ptr());
             let b1 = _mm256_loadu_ps(t.bias.as_ptr().add(8));
             for row in acc.iter_mut() {
@@ -579,13 +662,18 @@ mod tests {
         out
     }
 
-    fn run(m: usize, n: usize, k: usize, with_bias: bool, threads: usize) {
-        if crate::kernels::lacks_avx2_fma(&format!("sgemm {m}x{n}x{k}")) {
-            return;
-        }
+    /// Both levels, each where the host has it (the others say they were skipped).
+    fn levels(test: &str) -> Vec<F32Level> {
+        [F32Level::Avx2, F32Level::Avx512]
+            .into_iter()
+            .filter(|l| !isa::skip(test, l.name(), l.available()))
+            .collect()
+    }
+
+    fn run(level: F32Level, m: usize, n: usize, k: usize, with_bias: bool, threads: usize) {
         let (x, w, b) = (values(m * k, 1), values(n * k, 2), values(n, 3));
         let bias = with_bias.then_some(&b[..]);
-        let packed = PackedWeight::pack(&w, n, k);
+        let packed = PackedWeight::pack_for(&w, n, k, level);
         let mut out = vec![f32::NAN; m * n];
         packed.matmul(&x, m, bias, &mut out, threads);
         let want = reference(&x, &w, bias, m, n, k);
@@ -595,80 +683,115 @@ mod tests {
         for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
             assert!(
                 (got as f64 - want).abs() <= tol,
-                "{m}x{n}x{k} bias={with_bias} threads={threads}: element {i} is {got}, want {want}"
+                "{level:?} {m}x{n}x{k} bias={with_bias} threads={threads}: element {i} is {got}, \
+                 want {want}"
             );
         }
     }
 
     #[test]
     fn matches_f64_reference_on_edge_shapes() {
-        // Rows and columns that are not multiples of the tile (6 x 16), depths that are not
-        // multiples of KC, more rows than MC, one row, one column.
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (1, 16, 8),
-            (7, 17, 3),
-            (6, 32, 256),
-            (13, 45, 300),
-            (250, 20, 520),
-            (2, 100, 64),
-            (128, 48, 768),
-        ] {
-            for bias in [false, true] {
-                for threads in [1, 2, 3] {
-                    run(m, n, k, bias, threads);
+        // Rows and columns that are not multiples of either tile (6 x 16, 12 x 32), depths
+        // that are not multiples of KC, more rows than MC, one row, one column, an odd number
+        // of panels (the AVX-512 kernel's last tile has one).
+        for level in levels("matches_f64_reference_on_edge_shapes") {
+            for &(m, n, k) in &[
+                (1, 1, 1),
+                (1, 16, 8),
+                (7, 17, 3),
+                (6, 32, 256),
+                (13, 45, 300),
+                (250, 20, 520),
+                (2, 100, 64),
+                (128, 48, 768),
+                (25, 80, 40),
+                (12, 33, 17),
+            ] {
+                for bias in [false, true] {
+                    for threads in [1, 2, 3] {
+                        run(level, m, n, k, bias, threads);
+                    }
                 }
             }
         }
     }
 
     #[test]
-    fn zero_depth_gives_the_bias() {
-        if crate::kernels::lacks_avx2_fma("zero_depth_gives_the_bias") {
+    fn avx512_gives_the_avx2_kernels_bits() {
+        // The same products in the same order: not close, equal. Shapes cross both tiles'
+        // edges, KC passes and MC blocks, with and without bias, split by rows and by panels.
+        if isa::skip(
+            "avx512_gives_the_avx2_kernels_bits",
+            "avx512",
+            F32Level::Avx512.available(),
+        ) {
             return;
         }
-        let packed = PackedWeight::pack(&[], 3, 0);
-        let mut out = vec![f32::NAN; 6];
-        packed.matmul(&[], 2, Some(&[1.0, 2.0, 3.0]), &mut out, 2);
-        assert_eq!(out, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+        for &(m, n, k, threads) in &[
+            (1, 384, 384, 1),
+            (13, 45, 300, 2),
+            (250, 100, 520, 2),
+            (32, 1536, 384, 2),
+            (7, 17, 3, 1),
+        ] {
+            let (x, w, b) = (values(m * k, 21), values(n * k, 22), values(n, 23));
+            for bias in [None, Some(&b[..])] {
+                let mut out = [vec![0f32; m * n], vec![0f32; m * n]];
+                for (level, out) in [F32Level::Avx2, F32Level::Avx512].iter().zip(&mut out) {
+                    PackedWeight::pack_for(&w, n, k, *level).matmul(&x, m, bias, out, threads);
+                }
+                assert!(out[0] == out[1], "{m}x{n}x{k} bias={}", bias.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn zero_depth_gives_the_bias() {
+        for level in levels("zero_depth_gives_the_bias") {
+            let packed = PackedWeight::pack_for(&[], 3, 0, level);
+            let mut out = vec![f32::NAN; 6];
+            packed.matmul(&[], 2, Some(&[1.0, 2.0, 3.0]), &mut out, 2);
+            assert_eq!(out, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+        }
     }
 
     #[test]
     fn a_row_does_not_depend_on_its_batch() {
-        if crate::kernels::lacks_avx2_fma("a_row_does_not_depend_on_its_batch") {
-            return;
-        }
         // 300 rows cross an MC block boundary and are split over threads by rows or panels;
         // each row alone must give exactly the same bits.
-        let (m, n, k) = (300, 40, 600);
-        let (x, w, b) = (values(m * k, 4), values(n * k, 5), values(n, 6));
-        let packed = PackedWeight::pack(&w, n, k);
-        let mut batch = vec![0f32; m * n];
-        packed.matmul(&x, m, Some(&b), &mut batch, 2);
-        for i in [0, 5, 6, 239, 240, 299] {
-            let mut single = vec![0f32; n];
-            packed.matmul(&x[i * k..(i + 1) * k], 1, Some(&b), &mut single, 1);
-            assert_eq!(single, batch[i * n..(i + 1) * n], "row {i}");
+        for level in levels("a_row_does_not_depend_on_its_batch") {
+            let (m, n, k) = (300, 40, 600);
+            let (x, w, b) = (values(m * k, 4), values(n * k, 5), values(n, 6));
+            let packed = PackedWeight::pack_for(&w, n, k, level);
+            let mut batch = vec![0f32; m * n];
+            packed.matmul(&x, m, Some(&b), &mut batch, 2);
+            for i in [0, 5, 6, 11, 12, 239, 240, 299] {
+                let mut single = vec![0f32; n];
+                packed.matmul(&x[i * k..(i + 1) * k], 1, Some(&b), &mut single, 1);
+                assert_eq!(single, batch[i * n..(i + 1) * n], "{level:?} row {i}");
+            }
         }
     }
 
     #[test]
     fn the_epilogue_sees_every_finished_output_once() {
-        if crate::kernels::lacks_avx2_fma("the_epilogue_sees_every_finished_output_once") {
-            return;
-        }
         // A depth over KC (two passes: the epilogue must run after the last only), widths
         // that leave a partial panel, both ways of splitting the work.
-        for &(m, n, k, threads) in &[(13, 45, 300, 2), (7, 100, 20, 2), (30, 17, 9, 1)] {
+        let levels = levels("the_epilogue_sees_every_finished_output_once");
+        for (level, &(m, n, k, threads)) in levels.iter().flat_map(|l| {
+            [(13, 45, 300, 2), (7, 100, 20, 2), (30, 17, 9, 1)]
+                .iter()
+                .map(move |s| (*l, s))
+        }) {
             let (x, w, b) = (values(m * k, 9), values(n * k, 10), values(n, 11));
-            let packed = PackedWeight::pack(&w, n, k);
+            let packed = PackedWeight::pack_for(&w, n, k, level);
             let mut plain = vec![0f32; m * n];
             packed.matmul(&x, m, Some(&b), &mut plain, threads);
             let mut fused = vec![0f32; m * n];
             let square_plus_one = |xs: &mut [f32]| xs.iter_mut().for_each(|v| *v = *v * *v + 1.0);
             packed.matmul_then(&x, m, Some(&b), &mut fused, threads, Some(&square_plus_one));
             square_plus_one(&mut plain);
-            assert_eq!(fused, plain, "{m}x{n}x{k}");
+            assert_eq!(fused, plain, "{level:?} {m}x{n}x{k}");
         }
     }
 

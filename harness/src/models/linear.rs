@@ -202,8 +202,8 @@ impl Lin {
     /// The kernel [`Lin::forward`] runs for an input of `rows` rows on this host.
     pub fn kernel_at(&self, rows: usize) -> Kernel {
         match &self.weight {
-            Weight::Packed(..) => Kernel::HarnessSgemm,
-            Weight::Int8(..) => Kernel::HarnessQgemm,
+            Weight::Packed(w, _) => Kernel::HarnessSgemm(w.level()),
+            Weight::Int8(w, _) => Kernel::HarnessQgemm(w.level()),
             Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                 if t.device().is_cpu() {
                     Kernel::CandleGemm

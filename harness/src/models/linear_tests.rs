@@ -112,8 +112,14 @@ fn each_weight_format_names_the_kernel_that_runs_it() {
         "{kernels:?}"
     );
     if PackedWeight::supported() {
-        assert_eq!(kernels["f32"], "harness-sgemm-avx2");
-        assert_eq!(kernels["q8_0"], "harness-qgemm-avx2, activations q8_0");
+        // The level is the host's (AVX2, AVX-512, VNNI); the name says which.
+        use crate::kernels::isa;
+        let (f, i) = (isa::f32_level().unwrap(), isa::int_level().unwrap());
+        assert_eq!(kernels["f32"], format!("harness-sgemm-{}", f.name()));
+        assert_eq!(
+            kernels["q8_0"],
+            format!("harness-qgemm-{}, activations q8_0", i.name())
+        );
     } else {
         eprintln!("no AVX2/FMA: f32 and Q8_0 are candle's here");
         assert_eq!(kernels["f32"], "candle-gemm");

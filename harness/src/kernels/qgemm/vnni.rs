@@ -1,0 +1,272 @@
+//! The VNNI microkernels of the integer GEMM (issue 16): `vpdpbusd` multiplies unsigned by
+//! signed bytes four at a time and adds the four products to an i32 lane, with no
+//! saturation, so one instruction does what `vpmaddwd` + `vpaddd` do for two pairs on AVX2.
+//!
+//! Layout (both VNNI levels): per panel and block, 8 steps of 4 `k`; a step is 64 bytes,
+//! column `c`'s four values at bytes `4c..4c + 4` (columns 0-7 in the first 32 bytes, which
+//! is what an AVX-VNNI ymm register takes). Q8_0 stores the signed values; Q4_0 stores
+//! nibbles `q + 8`, steps `2j` (low nibble) and `2j + 1` (high) in the same 64 bytes, so a
+//! layer still takes half a byte a value.
+//!
+//! The unsigned operand: for Q8_0 it is the input, as `q + 128` (0..=255), and the kernel
+//! subtracts `128 · Σ q_w` per block and column; for Q4_0 it is the weight's `q + 8`
+//! (0..=15), against the signed input, and the kernel subtracts `8 · Σ q_x` per row and
+//! block, as the AVX2 kernel does. Either way a block's sum is the exact integer
+//! `Σ q_w q_x` (at most 32 x 255 x 128 in magnitude before the correction, far inside i32),
+//! scaled into the f32 accumulators exactly as the AVX2 kernel scales it.
+
+use super::super::sgemm::Init;
+use super::{BlockFormat, IntLevel, QTile, NR, PREFETCH_BLOCKS, QK};
+
+/// Input rows per AVX-512 VNNI microkernel call (12 i32 and 12 f32 accumulators in zmm).
+pub(super) const MR_512: usize = 12;
+
+/// Write one block of column `col` (its 32 values `qs`) into the panel's block `dst`.
+pub(super) fn lay_out_block(format: BlockFormat, qs: &[i8; QK], col: usize, dst: &mut [i8]) {
+    for (kk, &q) in qs.iter().enumerate() {
+        let (step, lane) = (kk / 4, kk % 4);
+        match format {
+            BlockFormat::Q8_0 => dst[step * 64 + col * 4 + lane] = q,
+            BlockFormat::Q4_0 => {
+                let nibble = ((q + 8) as u8) << (4 * (step % 2));
+                dst[(step / 2) * 64 + col * 4 + lane] |= nibble as i8;
+            }
+        }
+    }
+}
+
+/// Run the kernel of `level` for a tile of `r` rows.
+///
+/// # Safety
+/// The CPU has `level`; the tile's pointers cover what it states (bytes, not i16 values).
+pub(super) unsafe fn tile(level: IntLevel, format: BlockFormat, r: usize, t: &QTile) {
+    macro_rules! rows {
+        ($kernel:ident, $q4:literal, [$($n:literal),*]) => {
+            match r {
+                $($n => $kernel::<$n, $q4>(t),)*
+                _ => $kernel::<1, $q4>(t),
+            }
+        };
+    }
+    match (level, format) {
+        (IntLevel::Avx512Vnni, BlockFormat::Q8_0) => {
+            rows!(kernel_512, false, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2])
+        }
+        (IntLevel::Avx512Vnni, BlockFormat::Q4_0) => {
+            rows!(kernel_512, true, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2])
+        }
+        (_, BlockFormat::Q8_0) => rows!(kernel_256, false, [6, 5, 4, 3, 2]),
+        (_, BlockFormat::Q4_0) => rows!(kernel_256, true, [6, 5, 4, 3, 2]),
+    }
+}
+
+/// Independent accumulator chains for a tile of `rows` rows: enough to cover `vpdpbusd`'s
+/// latency (about 5 cycles at up to 2 a cycle) without running out of registers.
+const fn chains_for(rows: usize) -> usize {
+    if rows >= 8 {
+        1
+    } else if rows >= 4 {
+        2
+    } else {
+        4
+    }
+}
+
+/// One row's four input bytes at `k = at`, broadcast as an i32.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn four_bytes(t: &QTile, row: usize, at: usize) -> i32 {
+    std::ptr::read_unaligned(t.bytes.add(row * t.lda + at) as *const i32)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn kernel_512<const R: usize, const Q4: bool>(t: &QTile) {
+    use std::arch::x86_64::*;
+    let mask = ((1u32 << t.width) - 1) as __mmask16;
+    let mut acc = [_mm512_setzero_ps(); R];
+    match t.init {
+        Init::Zero => {}
+        Init::Bias => acc = [_mm512_loadu_ps(t.bias.as_ptr()); R],
+        Init::Accumulate => {
+            for (i, row) in acc.iter_mut().enumerate() {
+                *row = _mm512_maskz_loadu_ps(mask, t.c.add(i * t.ldc));
+            }
+        }
+    }
+    let low = _mm512_set1_epi8(0x0f);
+    let block_bytes = if Q4 { QK * NR / 2 } else { QK * NR };
+    let (mut w, mut ws, mut wsums) = (t.w, t.ws, t.wsums);
+    for b in 0..t.blocks {
+        // A row's block is 32 bytes: fetch the line PREFETCH_BLOCKS blocks ahead.
+        for i in 0..R {
+            _mm_prefetch::<_MM_HINT_T0>(
+                t.bytes.wrapping_add(i * t.lda + (b + PREFETCH_BLOCKS) * QK) as *const i8,
+            );
+        }
+        // `vpdpbusd` adds into its accumulator (a 4-5 cycle chain): few rows get several
+        // chains of steps, summed at the end (exact integers, so the result is unchanged).
+        let mut chains = [[_mm512_setzero_si512(); R]; 4];
+        if Q4 {
+            for pair in 0..QK / 8 {
+                let v = _mm512_loadu_si512(w.add(pair * 64) as *const _);
+                let halves = [
+                    _mm512_and_si512(v, low),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
+                ];
+                for (h, &wv) in halves.iter().enumerate() {
+                    let step = 2 * pair + h;
+                    let at = b * QK + step * 4;
+                    for (i, sum) in chains[step % chains_for(R)].iter_mut().enumerate() {
+                        let x = _mm512_set1_epi32(four_bytes(t, i, at));
+                        *sum = _mm512_dpbusd_epi32(*sum, wv, x);
+                    }
+                }
+            }
+        } else {
+            for step in 0..QK / 4 {
+                let wv = _mm512_loadu_si512(w.add(step * 64) as *const _);
+                let at = b * QK + step * 4;
+                for (i, sum) in chains[step % chains_for(R)].iter_mut().enumerate() {
+                    let x = _mm512_set1_epi32(four_bytes(t, i, at));
+                    *sum = _mm512_dpbusd_epi32(*sum, x, wv);
+                }
+            }
+        }
+        let mut sums = chains[0];
+        for chain in &chains[1..chains_for(R)] {
+            for (sum, &c) in sums.iter_mut().zip(chain) {
+                *sum = _mm512_add_epi32(*sum, c);
+            }
+        }
+        if Q4 {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                *sum = _mm512_sub_epi32(*sum, _mm512_set1_epi32(8 * *t.sums.add(i * t.ldd + b)));
+            }
+        } else {
+            let wsum = _mm512_cvtepi16_epi32(_mm256_loadu_si256(wsums as *const __m256i));
+            let correction = _mm512_slli_epi32::<7>(wsum);
+            for sum in sums.iter_mut() {
+                *sum = _mm512_sub_epi32(*sum, correction);
+            }
+            wsums = wsums.add(NR);
+        }
+        let d = _mm512_loadu_ps(ws);
+        for (i, (row, sum)) in acc.iter_mut().zip(&sums).enumerate() {
+            let dx = _mm512_set1_ps(*t.d.add(i * t.ldd + b));
+            *row = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*sum), _mm512_mul_ps(dx, d), *row);
+        }
+        w = w.add(block_bytes);
+        ws = ws.add(NR);
+    }
+    for (i, &row) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(t.c.add(i * t.ldc), mask, row);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn kernel_256<const R: usize, const Q4: bool>(t: &QTile) {
+    use super::super::sgemm::{load_output_row, store_output_row};
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    match t.init {
+        Init::Zero => {}
+        Init::Bias => acc = [load_output_row(t.bias.as_ptr(), NR); R],
+        Init::Accumulate => {
+            for (i, row) in acc.iter_mut().enumerate() {
+                *row = load_output_row(t.c.add(i * t.ldc), t.width);
+            }
+        }
+    }
+    let low = _mm256_set1_epi8(0x0f);
+    let block_bytes = if Q4 { QK * NR / 2 } else { QK * NR };
+    let (mut w, mut ws, mut wsums) = (t.w, t.ws, t.wsums);
+    for b in 0..t.blocks {
+        for i in 0..R {
+            _mm_prefetch::<_MM_HINT_T0>(
+                t.bytes.wrapping_add(i * t.lda + (b + PREFETCH_BLOCKS) * QK) as *const i8,
+            );
+        }
+        let mut chains = [[[_mm256_setzero_si256(); 2]; R]; 4];
+        if Q4 {
+            for pair in 0..QK / 8 {
+                let v0 = _mm256_loadu_si256(w.add(pair * 64) as *const __m256i);
+                let v1 = _mm256_loadu_si256(w.add(pair * 64 + 32) as *const __m256i);
+                for h in 0..2 {
+                    let nibbles = |v: __m256i| {
+                        if h == 0 {
+                            _mm256_and_si256(v, low)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(v), low)
+                        }
+                    };
+                    let (w0, w1) = (nibbles(v0), nibbles(v1));
+                    let step = 2 * pair + h;
+                    let at = b * QK + step * 4;
+                    for (i, sum) in chains[step % chains_for(R)].iter_mut().enumerate() {
+                        let x = _mm256_set1_epi32(four_bytes(t, i, at));
+                        sum[0] = _mm256_dpbusd_avx_epi32(sum[0], w0, x);
+                        sum[1] = _mm256_dpbusd_avx_epi32(sum[1], w1, x);
+                    }
+                }
+            }
+        } else {
+            for step in 0..QK / 4 {
+                let w0 = _mm256_loadu_si256(w.add(step * 64) as *const __m256i);
+                let w1 = _mm256_loadu_si256(w.add(step * 64 + 32) as *const __m256i);
+                let at = b * QK + step * 4;
+                for (i, sum) in chains[step % chains_for(R)].iter_mut().enumerate() {
+                    let x = _mm256_set1_epi32(four_bytes(t, i, at));
+                    sum[0] = _mm256_dpbusd_avx_epi32(sum[0], x, w0);
+                    sum[1] = _mm256_dpbusd_avx_epi32(sum[1], x, w1);
+                }
+            }
+        }
+        let mut sums = chains[0];
+        for chain in &chains[1..chains_for(R)] {
+            for (sum, c) in sums.iter_mut().zip(chain) {
+                sum[0] = _mm256_add_epi32(sum[0], c[0]);
+                sum[1] = _mm256_add_epi32(sum[1], c[1]);
+            }
+        }
+        if Q4 {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let offset = _mm256_set1_epi32(8 * *t.sums.add(i * t.ldd + b));
+                sum[0] = _mm256_sub_epi32(sum[0], offset);
+                sum[1] = _mm256_sub_epi32(sum[1], offset);
+            }
+        } else {
+            let c0 = _mm256_cvtepi16_epi32(_mm_loadu_si128(wsums as *const __m128i));
+            let c1 = _mm256_cvtepi16_epi32(_mm_loadu_si128(wsums.add(8) as *const __m128i));
+            let (c0, c1) = (_mm256_slli_epi32::<7>(c0), _mm256_slli_epi32::<7>(c1));
+            for sum in sums.iter_mut() {
+                sum[0] = _mm256_sub_epi32(sum[0], c0);
+                sum[1] = _mm256_sub_epi32(sum[1], c1);
+            }
+            wsums = wsums.add(NR);
+        }
+        let d0 = _mm256_loadu_ps(ws);
+        let d1 = _mm256_loadu_ps(ws.add(8));
+        for (i, (row, sum)) in acc.iter_mut().zip(&sums).enumerate() {
+            let dx = _mm256_set1_ps(*t.d.add(i * t.ldd + b));
+            row[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[0]), _mm256_mul_ps(dx, d0), row[0]);
+            row[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[1]), _mm256_mul_ps(dx, d1), row[1]);
+        }
+        w = w.add(block_bytes);
+        ws = ws.add(NR);
+    }
+    for (i, row) in acc.iter().enumerate() {
+        store_output_row(t.c.add(i * t.ldc), t.width, *row);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_512<const R: usize, const Q4: bool>(_: &QTile) {
+    unreachable!("Int8Weight is never built off x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_256<const R: usize, const Q4: bool>(_: &QTile) {
+    unreachable!("Int8Weight is never built off x86-64")
+}
