@@ -53,7 +53,7 @@ fn an_encoder_task_runs_on_the_mock_head_and_scores_what_the_mock_answers() {
         "mock:t:labels=negative,positive",
         "mock:s:labels=positive,negative",
         "sst2",
-        &[],
+        &["--batch-size", "4"],
     );
     let res = r.checked_results();
     let t = &res["tasks"]["sst2"];
@@ -74,6 +74,40 @@ fn an_encoder_task_runs_on_the_mock_head_and_scores_what_the_mock_answers() {
     assert_eq!(student, picks([1, 0]));
     // Each model was measured on its own and its profile says so.
     assert!(t["teacher"]["profile"]["batch1_examples"].as_u64() == Some(6));
+    // The scores came from the throughput pass's first lap (no pass of their own), and a
+    // run without profiling, which scores in a pass of its own, gives the same.
+    assert_eq!(
+        t["student"]["scored_by"],
+        "throughput pass, first lap (batch 4)"
+    );
+    let plain = Run {
+        out: tmp.path().join("plain"),
+        output: harness(
+            &[
+                "run",
+                "--no-profile",
+                "--teacher",
+                "mock:t:labels=negative,positive",
+                "--student",
+                "mock:s:labels=positive,negative",
+                "--task",
+                "sst2",
+                "--batch-size",
+                "4",
+                "--data-dir",
+                tmp.path().join("data").to_str().unwrap(),
+                "--out",
+                tmp.path().join("plain").to_str().unwrap(),
+            ],
+            &[],
+        ),
+    };
+    let res = plain.checked_results();
+    let p = &res["tasks"]["sst2"];
+    assert_eq!(p["student"]["scored_by"], "scoring pass (batch 4)");
+    assert!(p["student"]["profile"].is_null());
+    assert_eq!(p["student"]["metrics"], t["student"]["metrics"]);
+    assert_eq!(p["teacher"]["metrics"], t["teacher"]["metrics"]);
 }
 
 /// The mock's token id of a word and its next-token logits, as `models/mock.rs` documents.

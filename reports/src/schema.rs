@@ -361,6 +361,11 @@ pub struct Cell {
     pub cache_key: String,
     /// Cost figures; absent with `--no-profile`.
     pub profile: Option<Profile>,
+    /// Which pass over the data produced the metrics (`throughput pass, first lap (batch
+    /// 32)`, or `scoring pass (batch 32)` when nothing is profiled); absent in files written
+    /// before it was recorded and for language-model cells, whose one pass is also measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_by: Option<String>,
 }
 
 /// How a probe was fitted.
@@ -704,6 +709,7 @@ pub(crate) mod tests {
             elapsed_s: 1.0,
             cache_key: "k".into(),
             profile: None,
+            scored_by: None,
         }
     }
 

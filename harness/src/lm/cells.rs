@@ -163,6 +163,7 @@ pub(super) fn perplexity_cell(
             elapsed_s: started.elapsed().as_secs_f64(),
             cache_key: key,
             profile,
+            scored_by: None,
         },
         continuations: Vec::new(),
         answers: Vec::new(),
@@ -240,6 +241,7 @@ pub(super) fn generate_cell(
             elapsed_s: started.elapsed().as_secs_f64(),
             cache_key: key,
             profile,
+            scored_by: None,
         },
         continuations: prompts
             .iter()

@@ -113,6 +113,7 @@ pub(super) fn choice_cell(
             elapsed_s: started.elapsed().as_secs_f64(),
             cache_key: key,
             profile,
+            scored_by: None,
         },
         continuations: Vec::new(),
         answers,

@@ -5,9 +5,12 @@
 //! Two passes per (model, task) cell:
 //! 1. the DistilBERT protocol: one pass over the dev set at batch size 1, timing each example
 //!    end to end (tokenise + forward + outputs) and its model forward alone;
-//! 2. a throughput pass at the run's batch size, cycling through the dev set until both the
-//!    minimum iterations and the minimum time are reached; energy and peak memory are read
-//!    around it.
+//! 2. a throughput pass at the run's batch size: laps over the dev set, each lap the request
+//!    the scoring makes (every split at once, sorted by length and padded per batch), until
+//!    both the minimum batches and the minimum time are reached; energy and peak memory are
+//!    read around it. The first lap's outputs are what the cell is scored on (issue 16: the
+//!    dev set used to be encoded once more for the scores alone), so its answers are the
+//!    scoring pass's own, bit for bit.
 
 pub mod energy;
 pub mod fingerprint;
@@ -92,8 +95,8 @@ pub fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar 
 }
 
 /// Ask the model for each example once: head outputs (a pair stays one input) or sentence
-/// embeddings (a pair becomes two single-text inputs).
-fn call(
+/// embeddings (a pair becomes two single-text inputs, `a` then `b`).
+pub fn call(
     backend: &dyn Backend,
     task: &str,
     kind: RequestKind,
@@ -115,12 +118,20 @@ fn call(
     }
 }
 
-/// What a cell's profile runs: one task's examples, asked as one kind of request.
+/// What a cell's profile runs: one task's examples, split by split, asked as one kind of
+/// request.
 #[derive(Debug, Clone, Copy)]
 pub struct Workload<'a> {
     pub task: &'a str,
-    pub examples: &'a [TextInput<'a>],
+    pub splits: &'a [Vec<TextInput<'a>>],
     pub kind: RequestKind,
+}
+
+/// A cell's profile and the outputs of the throughput pass's first lap, one per split: the
+/// answers [`call`] gives for each split's examples at the run's batch size.
+pub struct Profiled {
+    pub profile: Profile,
+    pub first_lap: Vec<Batched>,
 }
 
 /// Measure one model on one task's examples.
@@ -131,12 +142,9 @@ pub fn profile_cell(
     settings: &ProfileSettings,
     meter: &energy::EnergyMeter,
     load_rss_bytes: Option<u64>,
-) -> Result<Profile> {
-    let Workload {
-        task,
-        examples,
-        kind,
-    } = work;
+) -> Result<Profiled> {
+    let Workload { task, splits, kind } = work;
+    let examples: Vec<TextInput> = splits.iter().flatten().copied().collect();
     anyhow::ensure!(!examples.is_empty(), "nothing to profile");
     // Peak memory over both passes; time and energy over the throughput pass.
     let peak = probe::PeakRssProbe.start();
@@ -171,16 +179,14 @@ pub fn profile_cell(
     bar.finish_and_clear();
     let batch1_pass_s = e2e_ms.iter().sum::<f64>() / 1e3;
 
-    // Throughput pass at the run's batch size, under the energy meter.
+    // Throughput pass at the run's batch size, under the energy meter: warm-up batches, then
+    // laps.
     let bs = batch_size.max(1);
-    let batches: Vec<&[TextInput]> = examples.chunks(bs).collect();
-    for b in batches
-        .iter()
-        .cycle()
-        .take(settings.warmup.min(batches.len()))
-    {
-        call(backend, task, kind, b, bs)?;
+    let warm = &examples[..(settings.warmup * bs).min(examples.len())];
+    if !warm.is_empty() {
+        call(backend, task, kind, warm, bs)?;
     }
+    let mut first_lap = Vec::with_capacity(splits.len());
     let energy_start = probe::Probe::start(meter);
     let started = Instant::now();
     let (mut iterations, mut done, mut done_tokens) = (0usize, 0usize, 0usize);
@@ -200,11 +206,17 @@ pub fn profile_cell(
             })
         });
         let pass = (|| -> Result<()> {
-            for b in batches.iter().cycle() {
-                let out = call(backend, task, kind, b, bs)?;
-                iterations += 1;
-                done += b.len();
-                done_tokens += out.token_counts.iter().sum::<usize>();
+            loop {
+                for split in splits.iter().filter(|s| !s.is_empty()) {
+                    let out = call(backend, task, kind, split, bs)?;
+                    // Batches of the lap (an embedded pair is two inputs).
+                    iterations += out.token_counts.len().div_ceil(bs);
+                    done += split.len();
+                    done_tokens += out.token_counts.iter().sum::<usize>();
+                    if first_lap.len() < splits.len() {
+                        first_lap.push(out);
+                    }
+                }
                 if iterations >= settings.min_iterations.max(1)
                     && started.elapsed().as_secs_f64() >= settings.min_time_s
                 {
@@ -222,7 +234,24 @@ pub fn profile_cell(
     let peak = probe::PeakRssProbe.stop(peak);
     let per_example = energy.value.map(|j| j / done as f64);
 
-    Ok(Profile {
+    // An empty split has no outputs from the pass: give it its (empty) answer here.
+    let mut lap = first_lap.into_iter();
+    let first_lap = splits
+        .iter()
+        .map(|s| {
+            if s.is_empty() {
+                Batched {
+                    rows: Vec::new(),
+                    n_truncated: 0,
+                    token_counts: Vec::new(),
+                    forward_s: 0.0,
+                }
+            } else {
+                lap.next().expect("one output per non-empty split")
+            }
+        })
+        .collect();
+    let profile = Profile {
         batch1_pass_s,
         batch1_examples: n1,
         latency_ms: latency::summarise(&e2e_ms).context("no batch-1 latencies")?,
@@ -246,7 +275,8 @@ pub fn profile_cell(
         mean_tokens_per_example: tokens as f64 / n1 as f64,
         ttft_ms: None,
         decode_tokens_per_s: None,
-    })
+    };
+    Ok(Profiled { profile, first_lap })
 }
 
 #[cfg(test)]
@@ -257,18 +287,23 @@ mod tests {
     #[test]
     fn protocol_counts_examples_iterations_and_labels_energy() {
         let backend = MockBackend::new("m", Some(vec!["a".into(), "b".into()]));
-        let texts = ["one two", "three four five", "six"];
+        let texts = ["one two", "three four five", "six", "seven"];
         let examples: Vec<TextInput> = texts.iter().map(|t| TextInput { a: t, b: None }).collect();
+        // Two splits (as MNLI's matched and mismatched): 3 + 1 examples.
+        let splits = vec![examples[..3].to_vec(), examples[3..].to_vec()];
         let meter = energy::EnergyMeter::detect(std::path::Path::new("/nonexistent"), 5.0);
         let s = ProfileSettings {
             min_iterations: 7,
             ..ProfileSettings::quick()
         };
-        let p = profile_cell(
+        let Profiled {
+            profile: p,
+            first_lap,
+        } = profile_cell(
             &backend,
             Workload {
                 task: "sst2",
-                examples: &examples,
+                splits: &splits,
                 kind: RequestKind::Classify,
             },
             2,
@@ -277,13 +312,21 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(p.batch1_examples, 3);
-        assert_eq!(p.latency_ms.n, 3);
-        assert_eq!(p.throughput_iterations, Some(7));
+        assert_eq!(p.batch1_examples, 4);
+        assert_eq!(p.latency_ms.n, 4);
+        // A lap at batch 2 is 2 + 1 batches; the pass stops after the lap that reaches 7.
+        assert_eq!(p.throughput_iterations, Some(9));
+        // The first lap is what a scoring pass of each split would have answered.
+        assert_eq!(first_lap.len(), 2);
+        for (split, out) in splits.iter().zip(&first_lap) {
+            let own = call(&backend, "sst2", RequestKind::Classify, split, 2).unwrap();
+            assert_eq!(out.rows, own.rows);
+            assert_eq!(out.token_counts, own.token_counts);
+        }
         assert_eq!(p.throughput_batch_size, Some(2));
         assert_eq!(p.energy_source, "estimated");
-        // The mock counts words + 2 special tokens: (4 + 5 + 3) / 3.
-        assert!((p.mean_tokens_per_example - 4.0).abs() < 1e-12);
+        // The mock counts words + 2 special tokens: (4 + 5 + 3 + 3) / 4.
+        assert!((p.mean_tokens_per_example - 3.75).abs() < 1e-12);
         assert!(p.throughput_per_s > 0.0);
     }
 
@@ -299,7 +342,7 @@ mod tests {
             &backend,
             Workload {
                 task: "sst2",
-                examples: &examples,
+                splits: &[examples],
                 kind: RequestKind::Embed,
             },
             8,
@@ -309,6 +352,8 @@ mod tests {
         )
         .unwrap();
         // (2 + 2) + (1 + 2) tokens for one example.
-        assert!((p.mean_tokens_per_example - 7.0).abs() < 1e-12);
+        assert!((p.profile.mean_tokens_per_example - 7.0).abs() < 1e-12);
+        // Its embeddings: the pair's two texts, a then b.
+        assert_eq!(p.first_lap[0].token_counts, vec![4, 3]);
     }
 }

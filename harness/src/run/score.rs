@@ -15,8 +15,9 @@ use tasks::{DataSource, Dataset, Prediction, TaskKind};
 use crate::cells::CellFile;
 use crate::hub_data;
 use crate::labels::map_head_labels;
-use crate::models::{Backend, TextInput};
+use crate::models::{Backend, Batched, TextInput};
 use crate::plan::{PlannedTask, RunPlan};
+use crate::profile::{self, RequestKind};
 
 /// The train split of a task, or why there is none.
 fn load_train(plan: &RunPlan, pt: &PlannedTask) -> Result<std::result::Result<Dataset, String>> {
@@ -65,28 +66,11 @@ pub(super) fn inputs(ds: &Dataset) -> Vec<TextInput<'_>> {
         .collect()
 }
 
-/// Pooled features of each example: the embedding, or SentEval pair features for pairs.
-fn probe_features(
-    backend: &dyn Backend,
-    task: &str,
-    ds: &Dataset,
-    batch_size: usize,
-) -> Result<(Vec<Vec<f32>>, usize)> {
-    let singles: Vec<TextInput> = ds
-        .examples
-        .iter()
-        .flat_map(|e| {
-            std::iter::once(TextInput {
-                a: &e.text_a,
-                b: None,
-            })
-            .chain(e.text_b.as_deref().map(|b| TextInput { a: b, b: None }))
-        })
-        .collect();
-    let emb = backend.embed(task, &singles, batch_size)?;
+/// Each example's features from its embeddings (as [`profile::call`] asks for them: a pair's
+/// two texts, `a` then `b`): the embedding, or SentEval pair features for pairs.
+fn features(ds: &Dataset, emb: Batched) -> Vec<Vec<f32>> {
     let mut rows = emb.rows.into_iter();
-    let feats = ds
-        .examples
+    ds.examples
         .iter()
         .map(|e| {
             let u = rows.next().unwrap_or_default();
@@ -95,17 +79,23 @@ fn probe_features(
                 None => u,
             }
         })
-        .collect();
-    Ok((feats, emb.n_truncated))
+        .collect()
 }
 
-/// Score one model on one task. `Ok(Err(reason))` means the cell cannot be scored here (for
-/// example no head and no train split); real failures are errors.
+/// Answers to a cell's dev splits: `(split index, kind)` to the model's outputs for that
+/// split's examples at the run's batch size (from the profiler's throughput pass, or a
+/// scoring pass of their own).
+pub type DevOutputs<'a> = &'a dyn Fn(usize, RequestKind) -> Result<Batched>;
+
+/// Score one model on one task, its dev splits answered by `dev`. `Ok(Err(reason))` means the
+/// cell cannot be scored here (for example no head and no train split), decided before `dev`
+/// is asked; real failures are errors.
 pub fn score_cell(
     backend: &dyn Backend,
     pt: &PlannedTask,
     plan: &RunPlan,
     cache_key: String,
+    dev: DevOutputs,
 ) -> Result<std::result::Result<CellFile, String>> {
     let task = pt.task;
     let started = Instant::now();
@@ -118,8 +108,8 @@ pub fn score_cell(
         (Some(labels), _) => {
             let mapping = map_head_labels(labels, task)
                 .map_err(|e| anyhow::anyhow!("{} on {}: {e}", backend.info().id, task.name()))?;
-            for (split, ds) in &pt.splits {
-                let out = backend.classify(task.name(), &inputs(ds), bs)?;
+            for (i, (split, ds)) in pt.splits.iter().enumerate() {
+                let out = dev(i, RequestKind::Classify)?;
                 n_truncated += out.n_truncated;
                 let preds: Vec<Prediction> = out
                     .rows
@@ -151,9 +141,10 @@ pub fn score_cell(
             if !task.is_pair() {
                 return Ok(Err(format!("{} needs a regression head", task.name())));
             }
-            for (split, ds) in &pt.splits {
-                let (feats, trunc) = probe_features(backend, task.name(), ds, bs)?;
-                n_truncated += trunc;
+            for (i, (split, ds)) in pt.splits.iter().enumerate() {
+                let emb = dev(i, RequestKind::Embed)?;
+                n_truncated += emb.n_truncated;
+                let feats = features(ds, emb);
                 let dim = feats.first().map_or(0, |f| f.len() / 4);
                 let preds: Vec<Prediction> = feats
                     .iter()
@@ -177,7 +168,14 @@ pub fn score_cell(
                 examples: rows.iter().map(|&i| train.examples[i].clone()).collect(),
                 origin: train.origin.clone(),
             };
-            let (x, _) = probe_features(backend, task.name(), &sample, bs)?;
+            let emb = profile::call(
+                backend,
+                task.name(),
+                RequestKind::Embed,
+                &inputs(&sample),
+                bs,
+            )?;
+            let x = features(&sample, emb);
             let y: Vec<usize> = sample
                 .examples
                 .iter()
@@ -193,9 +191,10 @@ pub fn score_cell(
                     "u".into()
                 },
             });
-            for (split, ds) in &pt.splits {
-                let (feats, trunc) = probe_features(backend, task.name(), ds, bs)?;
-                n_truncated += trunc;
+            for (i, (split, ds)) in pt.splits.iter().enumerate() {
+                let emb = dev(i, RequestKind::Embed)?;
+                n_truncated += emb.n_truncated;
+                let feats = features(ds, emb);
                 let preds: Vec<Prediction> = feats
                     .iter()
                     .map(|f| {
@@ -223,6 +222,7 @@ pub fn score_cell(
             elapsed_s: started.elapsed().as_secs_f64(),
             cache_key,
             profile: None,
+            scored_by: None,
         },
         predictions,
     }))

@@ -1,17 +1,18 @@
 //! The cells of text tasks (encoders): which are reused from `OUT/cells/`, which are
-//! computed, and computing them one model at a time (scoring, then the profiler).
+//! computed, and computing them one model at a time (the profiler's passes, whose throughput
+//! pass also gives the answers the cell is scored on).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use reports::{CheckpointInfo, Mode, Results, TaskResult};
+use anyhow::{Context, Result};
+use reports::{CheckpointInfo, Results, TaskResult};
 
 use super::score::{inputs, score_cell};
 use crate::cells::{cell_path, checkpoint_key, read_cached, CellFile, Role};
 use crate::models::loader::{Family, ModelSpec};
 use crate::models::resolve::{checkpoint_for, ModelRef};
-use crate::models::{Backend, TextInput};
+use crate::models::{Backend, Batched, TextInput};
 use crate::plan::{PlannedTask, RunPlan};
 use crate::profile::{self, energy::EnergyMeter, RequestKind};
 
@@ -154,30 +155,54 @@ impl TextCells {
                 pt.n_examples(),
                 backend.info().id
             ));
-            match score_cell(backend, pt, plan, key)? {
+            // The dev splits are encoded once at the run's batch size: by the profiler's
+            // throughput pass, whose first lap the scores are taken from, or (without
+            // profiling) by a scoring pass of their own.
+            let split_inputs: Vec<Vec<TextInput>> =
+                pt.splits.iter().map(|(_, ds)| inputs(ds)).collect();
+            let profiled =
+                std::cell::RefCell::new(None::<(reports::Profile, Vec<Option<Batched>>)>);
+            let dev = |split: usize, kind: RequestKind| -> Result<Batched> {
+                let Some(settings) = &plan.profile else {
+                    return profile::call(
+                        backend,
+                        pt.task.name(),
+                        kind,
+                        &split_inputs[split],
+                        plan.batch_size,
+                    );
+                };
+                if profiled.borrow().is_none() {
+                    let p = profile::profile_cell(
+                        backend,
+                        profile::Workload {
+                            task: pt.task.name(),
+                            splits: &split_inputs,
+                            kind,
+                        },
+                        plan.batch_size,
+                        settings,
+                        meter,
+                        *load_rss,
+                    )?;
+                    let lap = p.first_lap.into_iter().map(Some).collect();
+                    *profiled.borrow_mut() = Some((p.profile, lap));
+                }
+                let mut state = profiled.borrow_mut();
+                let (_, lap) = state.as_mut().expect("profiled just above");
+                lap[split]
+                    .take()
+                    .context("a split's outputs were asked for twice")
+            };
+            match score_cell(backend, pt, plan, key, &dev)? {
                 Ok(mut cf) => {
-                    if let Some(settings) = &plan.profile {
-                        let examples: Vec<TextInput> =
-                            pt.splits.iter().flat_map(|(_, ds)| inputs(ds)).collect();
-                        let kind = match cf.cell.mode {
-                            Mode::Head => RequestKind::Classify,
-                            Mode::Cosine | Mode::Probe => RequestKind::Embed,
-                            Mode::LogLikelihood | Mode::Generate => {
-                                bail!("language-modelling cells are not scored here")
-                            }
-                        };
-                        let p = profile::profile_cell(
-                            backend,
-                            profile::Workload {
-                                task: pt.task.name(),
-                                examples: &examples,
-                                kind,
-                            },
-                            plan.batch_size,
-                            settings,
-                            meter,
-                            *load_rss,
-                        )?;
+                    cf.cell.scored_by = Some(match &plan.profile {
+                        Some(_) => {
+                            format!("throughput pass, first lap (batch {})", plan.batch_size)
+                        }
+                        None => format!("scoring pass (batch {})", plan.batch_size),
+                    });
+                    if let Some((p, _)) = profiled.take() {
                         say(format!(
                         "{} {}: batch-1 pass {:.1} s (p50 {:.2} ms, p99 {:.2} ms), {:.1} examples/s at batch {}, energy {} ({})",
                         role.name(),
