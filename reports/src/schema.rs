@@ -202,6 +202,11 @@ pub struct Profile {
     /// Text tasks only, as `throughput_batch_size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput_s: Option<f64>,
+    /// Examples per second of each lap over the dev set in the throughput pass, in order: the
+    /// spread says whether a change in `throughput_per_s` is larger than the noise. Text tasks;
+    /// empty for language-modelling cells and files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throughput_laps_per_s: Vec<f64>,
     pub warmup_iterations: usize,
     /// Peak resident memory while this cell was profiled.
     pub peak_rss_bytes: Option<u64>,
@@ -735,6 +740,7 @@ pub(crate) mod tests {
                     tokens_per_s: 2000.0 / scale,
                     throughput_iterations: Some(10),
                     throughput_s: Some(10.0),
+                    throughput_laps_per_s: Vec::new(),
                     warmup_iterations: 3,
                     peak_rss_bytes: Some((100 << 20) * scale as u64),
                     peak_rss_scope: "phase".into(),

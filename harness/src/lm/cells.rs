@@ -88,6 +88,7 @@ pub(super) fn profile_of(
         latency_ms: lat,
         forward_latency_ms: None,
         throughput_batch_size: None,
+        throughput_laps_per_s: Vec::new(),
         throughput_per_s: items as f64 / total_s,
         tokens_per_s: tokens as f64 / total_s,
         throughput_iterations: None,

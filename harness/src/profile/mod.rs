@@ -187,6 +187,7 @@ pub fn profile_cell(
         call(backend, task, kind, warm, bs)?;
     }
     let mut first_lap = Vec::with_capacity(splits.len());
+    let mut laps_per_s = Vec::new();
     let energy_start = probe::Probe::start(meter);
     let started = Instant::now();
     let (mut iterations, mut done, mut done_tokens) = (0usize, 0usize, 0usize);
@@ -207,6 +208,7 @@ pub fn profile_cell(
         });
         let pass = (|| -> Result<()> {
             loop {
+                let lap_started = Instant::now();
                 for split in splits.iter().filter(|s| !s.is_empty()) {
                     let out = call(backend, task, kind, split, bs)?;
                     // Batches of the lap (an embedded pair is two inputs).
@@ -217,6 +219,7 @@ pub fn profile_cell(
                         first_lap.push(out);
                     }
                 }
+                laps_per_s.push(examples.len() as f64 / lap_started.elapsed().as_secs_f64());
                 if iterations >= settings.min_iterations.max(1)
                     && started.elapsed().as_secs_f64() >= settings.min_time_s
                 {
@@ -261,6 +264,7 @@ pub fn profile_cell(
         tokens_per_s: done_tokens as f64 / throughput_s,
         throughput_iterations: Some(iterations),
         throughput_s: Some(throughput_s),
+        throughput_laps_per_s: laps_per_s,
         warmup_iterations: settings.warmup,
         peak_rss_bytes: peak.value.map(|b| b as u64),
         peak_rss_scope: peak.detail,
@@ -316,6 +320,8 @@ mod tests {
         assert_eq!(p.latency_ms.n, 4);
         // A lap at batch 2 is 2 + 1 batches; the pass stops after the lap that reaches 7.
         assert_eq!(p.throughput_iterations, Some(9));
+        assert_eq!(p.throughput_laps_per_s.len(), 3);
+        assert!(p.throughput_laps_per_s.iter().all(|&r| r > 0.0));
         // The first lap is what a scoring pass of each split would have answered.
         assert_eq!(first_lap.len(), 2);
         for (split, out) in splits.iter().zip(&first_lap) {

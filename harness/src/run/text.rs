@@ -204,7 +204,7 @@ impl TextCells {
                     });
                     if let Some((p, _)) = profiled.take() {
                         say(format!(
-                        "{} {}: batch-1 pass {:.1} s (p50 {:.2} ms, p99 {:.2} ms), {:.1} examples/s at batch {}, energy {} ({})",
+                        "{} {}: batch-1 pass {:.1} s (p50 {:.2} ms, p99 {:.2} ms), {:.1} examples/s at batch {}{}, energy {} ({})",
                         role.name(),
                         pt.task.name(),
                         p.batch1_pass_s,
@@ -212,6 +212,7 @@ impl TextCells {
                         p.latency_ms.p99,
                         p.throughput_per_s,
                         plan.batch_size,
+                        lap_spread(&p.throughput_laps_per_s),
                         p.energy_j_per_1k.map_or("n/a".into(), |j| format!("{j:.1} J/1k")),
                         p.energy_source
                     ));
@@ -334,4 +335,33 @@ pub fn text_spec(plan: &RunPlan, role: Role, task: &str) -> ModelSpec {
         Role::Student => &plan.student,
     };
     TextCells::spec(plan, role, &checkpoint_for(model, task, &plan.aliases))
+}
+
+/// The laps of a throughput pass as ` (laps 241-250, median 246, 3 laps)`, or nothing for a
+/// single lap (no spread to show).
+fn lap_spread(laps: &[f64]) -> String {
+    if laps.len() < 2 {
+        return String::new();
+    }
+    let mut sorted = laps.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = crate::profile::latency::percentile(&sorted, 50.0);
+    format!(
+        " (laps {:.1}-{:.1}, median {median:.1}, {} laps)",
+        sorted[0],
+        sorted[sorted.len() - 1],
+        sorted.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_lap_spread_is_min_max_and_median() {
+        assert_eq!(super::lap_spread(&[5.0]), "");
+        assert_eq!(
+            super::lap_spread(&[3.0, 1.0, 2.0, 10.0]),
+            " (laps 1.0-10.0, median 2.5, 4 laps)"
+        );
+    }
 }
