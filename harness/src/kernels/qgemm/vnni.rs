@@ -72,6 +72,19 @@ const fn chains_for(rows: usize) -> usize {
     }
 }
 
+/// Fetch the first `rows` rows' input block `b + PREFETCH_BLOCKS` (32 bytes, one line each):
+/// a row block's bytes live in L2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_rows(t: &QTile, rows: usize, b: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for i in 0..rows {
+        // Prefetches never fault; the address is formed with wrapping arithmetic.
+        let line = t.bytes.wrapping_add(i * t.lda + (b + PREFETCH_BLOCKS) * QK);
+        _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+    }
+}
+
 /// One row's four input bytes at `k = at`, broadcast as an i32.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -98,12 +111,7 @@ unsafe fn kernel_512<const R: usize, const Q4: bool>(t: &QTile) {
     let block_bytes = if Q4 { QK * NR / 2 } else { QK * NR };
     let (mut w, mut ws, mut wsums) = (t.w, t.ws, t.wsums);
     for b in 0..t.blocks {
-        // A row's block is 32 bytes: fetch the line PREFETCH_BLOCKS blocks ahead.
-        for i in 0..R {
-            _mm_prefetch::<_MM_HINT_T0>(
-                t.bytes.wrapping_add(i * t.lda + (b + PREFETCH_BLOCKS) * QK) as *const i8,
-            );
-        }
+        prefetch_rows(t, R, b);
         // `vpdpbusd` adds into its accumulator (a 4-5 cycle chain): few rows get several
         // chains of steps, summed at the end (exact integers, so the result is unchanged).
         let mut chains = [[_mm512_setzero_si512(); R]; 4];
@@ -183,11 +191,7 @@ unsafe fn kernel_256<const R: usize, const Q4: bool>(t: &QTile) {
     let block_bytes = if Q4 { QK * NR / 2 } else { QK * NR };
     let (mut w, mut ws, mut wsums) = (t.w, t.ws, t.wsums);
     for b in 0..t.blocks {
-        for i in 0..R {
-            _mm_prefetch::<_MM_HINT_T0>(
-                t.bytes.wrapping_add(i * t.lda + (b + PREFETCH_BLOCKS) * QK) as *const i8,
-            );
-        }
+        prefetch_rows(t, R, b);
         let mut chains = [[[_mm256_setzero_si256(); 2]; R]; 4];
         if Q4 {
             for pair in 0..QK / 8 {
