@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The harness against ONNX Runtime on real models and real data (issue 16): all-MiniLM-L6-v2 and
+# paraphrase-MiniLM-L3-v2 on the STS-B dev set, batch-1 pass end to end and batch-32 throughput,
+# 2 threads, f32. The ONNX Runtime side is scripts/minilm_sts_vs_ort.py (graph built from each
+# checkpoint's safetensors, tokenizers, mean pooling, cosine in numpy; its Spearman must equal
+# the harness's); the harness side is one `harness run` of the pair on stsb. Needs ../shared.
+# Python: numpy, safetensors, onnx, onnxruntime, tokenizers (a venv in target/bench-venv when
+# PYTHON is not given).
+#
+#   scripts/minilm-sts-vs-ort.sh [--threads 2]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=2
+[[ "${1:-}" == "--threads" ]] && THREADS="$2"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ ! -x target/bench-venv/bin/python ]]; then
+        python3 -m venv target/bench-venv
+    fi
+    target/bench-venv/bin/pip install -q numpy safetensors onnx onnxruntime tokenizers
+    PYTHON=target/bench-venv/bin/python
+fi
+cargo build --release -p harness
+W=target/minilm-vs-ort
+mkdir -p "$W"
+L6=../shared/models/all-MiniLM-L6-v2
+L3=../shared/models/paraphrase-MiniLM-L3-v2
+DATA=../shared/data/glue
+echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); flags: $(grep -o 'avx512[a-z_0-9]*\|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')" >&2
+for m in "$L6" "$L3"; do
+    "$PYTHON" scripts/minilm_sts_vs_ort.py --model "$m" --data "$DATA/STS-B/dev.tsv" \
+        --threads "$THREADS" --json "$W/ort-$(basename "$m").json" >/dev/null
+done
+rm -rf "$W/harness"
+RAYON_NUM_THREADS="$THREADS" target/release/harness run --teacher "$L6" --student "$L3" --task stsb \
+    --data-dir "$DATA" --out "$W/harness" --quiet >/dev/null
+"$PYTHON" - "$W" <<'PY'
+import json, os, sys
+w = sys.argv[1]
+r = json.load(open(os.path.join(w, "harness", "results.json")))["tasks"]["stsb"]
+print("| model | spearman harness / ORT | batch-1 pass harness / ORT (s) | ORT / harness | batch-32 pairs/s harness / ORT | harness / ORT | peak RSS harness / ORT (MiB) |")
+print("|---|---|---|---:|---|---:|---|")
+for role in ["teacher", "student"]:
+    cell = r[role]
+    name = os.path.basename(cell["checkpoint"]["resolved"].rstrip("/"))
+    o = json.load(open(os.path.join(w, f"ort-{name}.json")))
+    p = cell["profile"]
+    laps = p.get("throughput_laps_per_s") or [p["throughput_per_s"]]
+    print(f"| {name} | {cell['metrics']['spearman']:.4f} / {o['spearman_batch1']:.4f} "
+          f"| {p['batch1_pass_s']:.1f} / {o['batch1_pass_s']:.1f} | {o['batch1_pass_s'] / p['batch1_pass_s']:.2f} "
+          f"| {p['throughput_per_s']:.0f} (laps {min(laps):.0f}-{max(laps):.0f}) / {o['batch32_pairs_per_s_median']:.0f} "
+          f"(laps {min(o['batch32_pairs_per_s_laps']):.0f}-{max(o['batch32_pairs_per_s_laps']):.0f}) "
+          f"| {p['throughput_per_s'] / o['batch32_pairs_per_s_median']:.2f} "
+          f"| {p['peak_rss_bytes'] / 2**20:.0f} / {o['peak_rss_mib']:.0f} |")
+PY
