@@ -163,4 +163,31 @@ Teacher: not loaded. Student: not loaded. Quality scores are x100 (perplexities 
 ";
         assert!(cost.starts_with(expected), "\n{cost}");
     }
+
+    #[test]
+    fn a_throughput_pass_of_several_laps_shows_their_range() {
+        let mut r = crate::schema::tests::sample();
+        crate::schema::tests::add_profiles(&mut r);
+        let p = r
+            .tasks
+            .get_mut("sst2")
+            .unwrap()
+            .student
+            .profile
+            .as_mut()
+            .unwrap();
+        p.throughput_laps_per_s = vec![104.5, 96.0, 100.0];
+        let text = MarkdownReport.render(&r);
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("| sst2 | student |"))
+            .expect("the student's cost row");
+        assert!(row.contains("| 100.0 (96.0-104.5) |"), "{row}");
+        // One lap has no range to show.
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("| stsb | student |"))
+            .unwrap();
+        assert!(row.split('|').any(|c| c.trim() == "100.0"), "{row}");
+    }
 }

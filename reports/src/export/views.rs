@@ -67,6 +67,22 @@ pub fn scores(r: &Results, macro_label: &str) -> TableView {
     }
 }
 
+/// A throughput pass's examples/s, with the range of its laps when it ran more than one
+/// (`250.2 (245.1-252.7)`), so a difference can be read against the run's own noise.
+fn throughput_with_laps(p: &crate::Profile) -> String {
+    let laps = &p.throughput_laps_per_s;
+    let rate = format!("{:.1}", p.throughput_per_s);
+    if laps.len() < 2 {
+        return rate;
+    }
+    let (lo, hi) = laps
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    format!("{rate} ({lo:.1}-{hi:.1})")
+}
+
 /// What each model costs per task, and the student's speedup; `None` without profiles.
 pub fn costs(r: &Results) -> Option<TableView> {
     let mut rows = Vec::new();
@@ -87,7 +103,7 @@ pub fn costs(r: &Results) -> Option<TableView> {
                 format!("{:.1}", p.batch1_pass_s),
                 format!("{:.2}", p.latency_ms.p50),
                 format!("{:.2}", p.latency_ms.p99),
-                format!("{:.1}", p.throughput_per_s),
+                throughput_with_laps(p),
                 p.peak_rss_bytes.map_or("n/a".into(), |b| {
                     format!("{:.0}", b as f64 / (1u64 << 20) as f64)
                 }),
