@@ -188,12 +188,9 @@ impl Int8Weight {
         } else {
             Vec::new()
         };
-        let sums_per_panel = if sums.is_empty() { 0 } else { blocks * NR };
-        let mut sum_chunks: Vec<&mut [i16]> = if sums.is_empty() {
-            (0..panels).map(|_| <&mut [i16]>::default()).collect()
-        } else {
-            sums.chunks_mut(sums_per_panel.max(1)).collect()
-        };
+        // One (possibly empty) slice of sums per panel.
+        let mut sum_chunks: Vec<&mut [i16]> = sums.chunks_mut((blocks * NR).max(1)).collect();
+        sum_chunks.resize_with(panels, Default::default);
         use rayon::prelude::*;
         quants[offset..offset + panels * blocks * panel_block]
             .par_chunks_mut((blocks * panel_block).max(1))
@@ -423,10 +420,10 @@ impl PackedGemm for Int8Weight {
     }
 }
 
-/// One chunk of [`quantize_rows`]'s work: inputs, values, scales, then the block sums and
-/// bytes (empty when not asked for).
+/// One chunk of [`quantize_rows`]'s work: inputs, scales, then the i16 values, block sums and
+/// bytes (each empty when not kept).
 type RoundingChunk<'a> = (
-    ((&'a [f32], &'a mut [i16]), &'a mut [f32]),
+    ((&'a [f32], &'a mut [f32]), &'a mut [i16]),
     (&'a mut [i32], &'a mut [u8]),
 );
 
@@ -435,22 +432,31 @@ type RoundingChunk<'a> = (
 /// `as_bytes`, the values are also given as bytes `q + as_bytes` (for the VNNI kernels).
 fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> QuantizedRows {
     let blocks = x.len() / QK;
+    // The VNNI kernels read only the bytes: the i16 values are then rounded into a buffer per
+    // chunk instead of kept for the whole input.
+    fn sized<T: Clone + Default>(on: bool, len: usize) -> Vec<T> {
+        if on {
+            vec![T::default(); len]
+        } else {
+            Vec::new()
+        }
+    }
     let mut rows = QuantizedRows {
-        q: vec![0; x.len()],
-        bytes: Vec::new(),
+        q: sized(as_bytes.is_none(), x.len()),
+        bytes: sized(as_bytes.is_some(), x.len()),
         d: vec![0.0; blocks],
-        sums: Vec::new(),
+        sums: sized(with_sums, blocks),
     };
-    if with_sums {
-        rows.sums = vec![0; blocks];
-    }
-    if as_bytes.is_some() {
-        rows.bytes = vec![0; x.len()];
-    }
     // One pass per chunk of 64 blocks: round, then the block sums and bytes while the values
     // are in L1.
     const CHUNK: usize = 64;
-    let chunk = |(((x, q), d), (sums, bytes)): RoundingChunk| {
+    let chunk = |(((x, d), q), (sums, bytes)): RoundingChunk| {
+        let mut scratch = [0i16; CHUNK * QK];
+        let q = if q.is_empty() {
+            &mut scratch[..x.len()]
+        } else {
+            q
+        };
         round_to_q8_0(x, q, d);
         for (sum, block) in sums.iter_mut().zip(q.chunks_exact(QK)) {
             *sum = block.iter().map(|&q| i32::from(q)).sum();
@@ -461,17 +467,20 @@ fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> Quantized
             }
         }
     };
-    let sums = rows.sums.chunks_mut(CHUNK).map(Some);
-    let bytes = rows.bytes.chunks_mut(CHUNK * QK).map(Some);
+    // Chunks of an output that is not wanted are empty slices.
+    fn or_empty<T>(chunks: std::slice::ChunksMut<'_, T>) -> impl Iterator<Item = &mut [T]> {
+        chunks
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None))
+            .map(Option::unwrap_or_default)
+    }
     let chunks = x
         .chunks(CHUNK * QK)
-        .zip(rows.q.chunks_mut(CHUNK * QK))
         .zip(rows.d.chunks_mut(CHUNK))
+        .zip(or_empty(rows.q.chunks_mut(CHUNK * QK)))
         .zip(
-            sums.chain(std::iter::repeat_with(|| None))
-                .zip(bytes.chain(std::iter::repeat_with(|| None))),
-        )
-        .map(|(xqd, (s, b))| (xqd, (s.unwrap_or_default(), b.unwrap_or_default())));
+            or_empty(rows.sums.chunks_mut(CHUNK)).zip(or_empty(rows.bytes.chunks_mut(CHUNK * QK))),
+        );
     if blocks <= CHUNK {
         // Small inputs (a batch-1 token, a short sentence) stay on the calling thread: handing
         // one chunk to rayon's pool and waiting costs more than rounding it.
@@ -479,10 +488,6 @@ fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> Quantized
     } else {
         use rayon::prelude::*;
         chunks.collect::<Vec<_>>().into_par_iter().for_each(chunk);
-    }
-    if as_bytes.is_some() {
-        // The VNNI kernels read only the bytes.
-        rows.q = Vec::new();
     }
     rows
 }
