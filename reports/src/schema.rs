@@ -235,6 +235,17 @@ pub struct Profile {
     pub decode_tokens_per_s: Option<f64>,
 }
 
+/// The slowest and fastest of a throughput pass's laps ([`Profile::throughput_laps_per_s`]),
+/// when it ran more than one (a single lap has no spread to show).
+pub fn lap_range(laps: &[f64]) -> Option<(f64, f64)> {
+    (laps.len() >= 2).then(|| {
+        laps.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            })
+    })
+}
+
 /// `harness profile`: a sweep of synthetic shapes per model (`OUT/profile.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProfileSweep {

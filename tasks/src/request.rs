@@ -16,7 +16,7 @@ pub struct TextInput<'a> {
 }
 
 /// Per-input output rows, in input order, and how many inputs were truncated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Batched {
     pub rows: Vec<Vec<f32>>,
     pub n_truncated: usize,

@@ -186,7 +186,9 @@ pub fn profile_cell(
     if !warm.is_empty() {
         call(backend, task, kind, warm, bs)?;
     }
-    let mut first_lap = Vec::with_capacity(splits.len());
+    // Each split's answers from the first lap (an empty split is never asked: its answer is
+    // the empty default).
+    let mut first_lap: Vec<Option<Batched>> = vec![None; splits.len()];
     let mut laps_per_s = Vec::new();
     let energy_start = probe::Probe::start(meter);
     let started = Instant::now();
@@ -209,14 +211,14 @@ pub fn profile_cell(
         let pass = (|| -> Result<()> {
             loop {
                 let lap_started = Instant::now();
-                for split in splits.iter().filter(|s| !s.is_empty()) {
+                for (i, split) in splits.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
                     let out = call(backend, task, kind, split, bs)?;
                     // Batches of the lap (an embedded pair is two inputs).
                     iterations += out.token_counts.len().div_ceil(bs);
                     done += split.len();
                     done_tokens += out.token_counts.iter().sum::<usize>();
-                    if first_lap.len() < splits.len() {
-                        first_lap.push(out);
+                    if laps_per_s.is_empty() {
+                        first_lap[i] = Some(out);
                     }
                 }
                 laps_per_s.push(examples.len() as f64 / lap_started.elapsed().as_secs_f64());
@@ -237,22 +239,9 @@ pub fn profile_cell(
     let peak = probe::PeakRssProbe.stop(peak);
     let per_example = energy.value.map(|j| j / done as f64);
 
-    // An empty split has no outputs from the pass: give it its (empty) answer here.
-    let mut lap = first_lap.into_iter();
-    let first_lap = splits
-        .iter()
-        .map(|s| {
-            if s.is_empty() {
-                Batched {
-                    rows: Vec::new(),
-                    n_truncated: 0,
-                    token_counts: Vec::new(),
-                    forward_s: 0.0,
-                }
-            } else {
-                lap.next().expect("one output per non-empty split")
-            }
-        })
+    let first_lap = first_lap
+        .into_iter()
+        .map(Option::unwrap_or_default)
         .collect();
     let profile = Profile {
         batch1_pass_s,

@@ -340,16 +340,14 @@ pub fn text_spec(plan: &RunPlan, role: Role, task: &str) -> ModelSpec {
 /// The laps of a throughput pass as ` (laps 241-250, median 246, 3 laps)`, or nothing for a
 /// single lap (no spread to show).
 fn lap_spread(laps: &[f64]) -> String {
-    if laps.len() < 2 {
+    let Some((lo, hi)) = reports::schema::lap_range(laps) else {
         return String::new();
-    }
+    };
     let mut sorted = laps.to_vec();
     sorted.sort_by(f64::total_cmp);
     let median = crate::profile::latency::percentile(&sorted, 50.0);
     format!(
-        " (laps {:.1}-{:.1}, median {median:.1}, {} laps)",
-        sorted[0],
-        sorted[sorted.len() - 1],
+        " (laps {lo:.1}-{hi:.1}, median {median:.1}, {} laps)",
         sorted.len()
     )
 }

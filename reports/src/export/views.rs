@@ -70,17 +70,11 @@ pub fn scores(r: &Results, macro_label: &str) -> TableView {
 /// A throughput pass's examples/s, with the range of its laps when it ran more than one
 /// (`250.2 (245.1-252.7)`), so a difference can be read against the run's own noise.
 fn throughput_with_laps(p: &crate::Profile) -> String {
-    let laps = &p.throughput_laps_per_s;
     let rate = format!("{:.1}", p.throughput_per_s);
-    if laps.len() < 2 {
-        return rate;
+    match crate::schema::lap_range(&p.throughput_laps_per_s) {
+        Some((lo, hi)) => format!("{rate} ({lo:.1}-{hi:.1})"),
+        None => rate,
     }
-    let (lo, hi) = laps
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
-    format!("{rate} ({lo:.1}-{hi:.1})")
 }
 
 /// What each model costs per task, and the student's speedup; `None` without profiles.
