@@ -12,16 +12,3 @@ pub mod isa;
 pub mod ops;
 pub mod qgemm;
 pub mod sgemm;
-
-/// For tests of the x86 kernels: whether this CPU lacks AVX2 and FMA, in which case the test
-/// says on stderr that it was skipped (no silent pass) and returns. Every x86-64 host of this
-/// project has both, so on them these tests always run; AVX-512 and VNNI change nothing here
-/// because the kernels use AVX2 instructions only.
-#[cfg(test)]
-pub(crate) fn lacks_avx2_fma(test: &str) -> bool {
-    let lacks = !sgemm::PackedWeight::supported();
-    if lacks {
-        eprintln!("skipped: {test}: this CPU has no AVX2/FMA");
-    }
-    lacks
-}

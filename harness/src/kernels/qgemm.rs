@@ -950,7 +950,11 @@ mod tests {
     #[test]
     #[should_panic(expected = "input is not 2 x 32")]
     fn wrong_input_size_is_refused() {
-        if crate::kernels::lacks_avx2_fma("wrong_input_size_is_refused") {
+        if isa::skip(
+            "wrong_input_size_is_refused",
+            "avx2",
+            IntLevel::Avx2.available(),
+        ) {
             // should_panic wants the panic; its message says why it is not the real one.
             panic!("input is not 2 x 32 (skipped: no AVX2/FMA)");
         }
