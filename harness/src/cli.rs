@@ -156,10 +156,21 @@ pub struct RunArgs {
     /// Teacher: an alias (bert-base), a Hub id (org/name[@revision]) or a local folder.
     #[arg(long)]
     pub teacher: String,
-    /// Student: an alias (distilbert), a Hub id, a local folder or a .gguf file. May be left
-    /// out with --student-quantize: the student is then the teacher, quantized.
-    #[arg(long, required_unless_present = "student_quantize")]
-    pub student: Option<String>,
+    /// Student: an alias (distilbert), a Hub id, a local folder or a .gguf file. Repeat it
+    /// for several students, each compared with the teacher on one table. `SPEC@q8_0`
+    /// quantizes that student (q8_0, q4_0, q4k, q5k, q6k); `teacher@q8_0` is the teacher's
+    /// quantized copy. May be left out with --student-quantize: the student is then the
+    /// teacher, quantized.
+    #[arg(
+        long,
+        required_unless_present = "student_quantize",
+        value_name = "SPEC"
+    )]
+    pub student: Vec<String>,
+    /// Display names in reports, comma-separated: the teacher's, then each student's in
+    /// order (default: from the checkpoint, e.g. all-MiniLM-L6-v2).
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub name: Vec<String>,
     /// Quantize the student's linear layers with candle's quantizer: q8_0, q4_0, q4k, q5k or
     /// q6k (embeddings and norms stay f32). Without --student, the teacher is quantized.
     #[arg(long)]

@@ -4,7 +4,7 @@
 //! model's calibration.
 
 use reports::stats::{
-    brier_score, expected_calibration_error, kl_divergence, mcnemar_exact, paired_bootstrap,
+    brier_score, expected_calibration_error, kl_divergence, mcnemar_exact, paired_bootstrap_each,
 };
 use reports::{Calibration, Comparison, Disagreement};
 use tasks::{Gold, Prediction, TaskKind};
@@ -48,7 +48,7 @@ pub fn compare_cells(pt: &PlannedTask, teacher: &CellFile, student: &CellFile) -
     let gold: Vec<Gold> = ds.examples.iter().map(|e| e.gold).collect();
     let n = gold.len();
 
-    let primary_diff = paired_bootstrap(n, RESAMPLES, 0.95, SEED, |idx| {
+    let intervals = paired_bootstrap_each(n, RESAMPLES, 0.95, SEED, |idx| {
         let g: Vec<Gold> = idx.iter().map(|&i| gold[i]).collect();
         let score = |preds: &Vec<Prediction>| {
             let p: Vec<Prediction> = idx.iter().map(|&i| preds[i].clone()).collect();
@@ -61,7 +61,9 @@ pub fn compare_cells(pt: &PlannedTask, teacher: &CellFile, student: &CellFile) -
     });
 
     let mut cmp = Comparison {
-        primary_diff,
+        primary_diff: intervals.diff,
+        teacher_interval: Some(intervals.teacher),
+        student_interval: Some(intervals.student),
         teacher_only_correct: None,
         student_only_correct: None,
         mcnemar_p: None,

@@ -21,7 +21,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     // 2. Fetch the data that is on the Hub (no --data-dir).
     harness::hub_data::fetch_planned(&mut plan)?;
     // 3. Load models and score every (model, task) cell, writing results as cells finish.
-    let outcome = harness::run::execute(&plan)?;
+    let outcome = harness::run::execute(&mut plan)?;
     // 4. Reports beside the results, and the summary on stdout.
     harness::report::write_reports(&outcome.results, &plan.out, &["md", "html", "csv"])?;
     print!("{}", MarkdownReport.render(&outcome.results));
@@ -50,6 +50,9 @@ fn plan(args: &PlanArgs) -> anyhow::Result<()> {
         anyhow::bail!("--shards must be at least 1");
     }
     let mut plan = RunPlan::without_output(&args.run)?;
+    if plan.students.len() > 1 {
+        anyhow::bail!("harness plan shows how --shard splits a run of one student; give one --student (each student of a run is sharded as a run of its own)");
+    }
     harness::hub_data::fetch_planned(&mut plan)?;
     let cells = harness::shard::plan_cells(&plan, args.shards);
     if args.format == "json" {
@@ -98,7 +101,11 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
 fn profile(args: &ProfileArgs) -> anyhow::Result<()> {
     let sweep = harness::sweep::run(args)?;
     print!("{}", harness::sweep::markdown(&sweep));
-    println!("\nResults: {}", args.out.join("profile.json").display());
+    println!(
+        "\nResults: {} (curves: {})",
+        args.out.join("profile.json").display(),
+        args.out.join("profile.html").display()
+    );
     Ok(())
 }
 

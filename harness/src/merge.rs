@@ -274,6 +274,15 @@ pub fn merge(paths: &[PathBuf], out: &Path, opts: MergeOptions) -> Result<Result
         bail!("nothing to merge: give results files or run folders");
     }
     let inputs: Vec<Input> = paths.iter().map(|p| read_input(p)).collect::<Result<_>>()?;
+    // Runs of several students are one pair folder per extra student; merging those is not
+    // built yet, and dropping their students silently would be worse than refusing.
+    if let Some(i) = inputs.iter().find(|i| !i.results.more_students.is_empty()) {
+        bail!(
+            "cannot merge {}: it compares {} students with the teacher, and merge joins one-student runs only; merge the runs of each student (`harness run` with one --student) instead",
+            i.dir.display(),
+            i.results.n_students()
+        );
+    }
     check_same_run(&inputs)?;
     let mixed = mixed_environments(&inputs);
     if let (Some(why), false) = (&mixed, opts.allow_mixed_env) {
@@ -290,6 +299,7 @@ pub fn merge(paths: &[PathBuf], out: &Path, opts: MergeOptions) -> Result<Result
         macro_score: None,
         shard: None,
         merge: None,
+        more_students: Vec::new(),
         created_unix_s: inputs
             .iter()
             .map(|i| i.results.created_unix_s)

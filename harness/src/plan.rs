@@ -65,12 +65,132 @@ impl PlannedTask {
     }
 }
 
+/// One student of a run: as written on the command line, what it refers to, the block format
+/// it is quantized to, and its display name.
+#[derive(Debug, Clone)]
+pub struct StudentPlan {
+    /// The model id results record: as given, or `TEACHER (q8_0)` for the teacher's
+    /// quantized copy.
+    pub arg: String,
+    pub reference: ModelRef,
+    pub quantize: Option<GgmlDType>,
+    pub name: String,
+}
+
+impl StudentPlan {
+    /// One `--student`: a model reference with an optional `@FORMAT` suffix (`PATH@q8_0`),
+    /// or `teacher@FORMAT` for the teacher's quantized copy. A suffix that is no block format
+    /// stays part of the reference (a Hub revision: `org/name@v1`).
+    pub fn parse(
+        spec: &str,
+        teacher_arg: &str,
+        teacher: &ModelRef,
+        aliases: &AliasTable,
+    ) -> Result<Self> {
+        let (base, quantize) = match spec.rsplit_once('@') {
+            Some((base, q)) => match crate::cli::parse_quant(q) {
+                Ok(format) => (base, Some((q, format))),
+                Err(_) => (spec, None),
+            },
+            None => (spec, None),
+        };
+        if base == "teacher" {
+            let Some((q, format)) = quantize else {
+                bail!("--student teacher: the teacher as its own student needs a block format, e.g. --student teacher@q8_0");
+            };
+            return Ok(StudentPlan {
+                arg: format!("{teacher_arg} ({q})"),
+                reference: teacher.clone(),
+                quantize: Some(format),
+                name: String::new(),
+            });
+        }
+        Ok(StudentPlan {
+            arg: match quantize {
+                Some((q, _)) => format!("{base} ({q})"),
+                None => spec.to_string(),
+            },
+            reference: ModelRef::parse(base, aliases)
+                .with_context(|| format!("--student {spec}"))?,
+            quantize: quantize.map(|(_, f)| f),
+            name: String::new(),
+        })
+    }
+}
+
+/// Display names: `--name` gives the teacher's, then each student's in order; the rest come
+/// from the model ids (`all-MiniLM-L6-v2`), numbered when two would be alike (`model #2`:
+/// the same folder name under two parents). Two given names alike are refused: a name heads a
+/// report row and, for the second and later students, a folder. Returns the teacher's.
+fn name_models(
+    teacher_arg: &str,
+    students: &mut [StudentPlan],
+    names: &[String],
+) -> Result<String> {
+    if names.len() > 1 + students.len() {
+        bail!(
+            "--name gives {} names for {} models (the teacher, then each student in order)",
+            names.len(),
+            1 + students.len()
+        );
+    }
+    let given = |i: usize| names.get(i).map(|n| n.trim()).filter(|n| !n.is_empty());
+    let teacher = given(0).map_or_else(
+        || reports::schema::display_name(teacher_arg),
+        str::to_string,
+    );
+    let mut seen = vec![teacher.clone()];
+    for (i, s) in students.iter_mut().enumerate() {
+        s.name = match given(i + 1) {
+            Some(n) if seen.iter().any(|x| x == n) => bail!(
+                "--name: two models are named '{n}'; give each model its own name (the teacher, then each student in order)"
+            ),
+            Some(n) => n.to_string(),
+            None => {
+                let base = reports::schema::display_name(&s.arg);
+                let mut name = base.clone();
+                let mut k = 2;
+                while seen.contains(&name) {
+                    name = format!("{base} #{k}");
+                    k += 1;
+                }
+                name
+            }
+        };
+        seen.push(s.name.clone());
+    }
+    Ok(teacher)
+}
+
+/// A display name as a folder name: letters, digits, `.`, `-` and `_` kept, anything else `-`.
+pub fn folder_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 /// Validated inputs of `harness run`.
 pub struct RunPlan {
     pub teacher_arg: String,
+    pub teacher_name: String,
+    /// The student being run now (`students[student_index]`): its id, name, reference and
+    /// format; [`RunPlan::select_student`] moves them to the next.
     pub student_arg: String,
+    pub student_name: String,
     pub teacher: ModelRef,
     pub student: ModelRef,
+    /// Every student of the run, in the order given.
+    pub students: Vec<StudentPlan>,
+    pub student_index: usize,
+    /// `--out`: the run's folder. `out` is the folder of the pair being run: the same for the
+    /// first student, `OUT/students/NAME` for each later one.
+    pub run_out: PathBuf,
     pub aliases: AliasTable,
     pub tasks: Vec<PlannedTask>,
     /// Perplexity and generation tasks (causal LMs).
@@ -134,6 +254,28 @@ fn check_writable(out: &Path) -> Result<()> {
 }
 
 impl RunPlan {
+    /// Make student `i` the one being run: its fields above and its pair's folder.
+    pub fn select_student(&mut self, i: usize) {
+        let s = self.students[i].clone();
+        self.student_index = i;
+        self.student_arg = s.arg;
+        self.student_name = s.name.clone();
+        self.student = s.reference;
+        self.student_quantize = s.quantize;
+        self.out = self.pair_dir(i);
+    }
+
+    /// The folder of student `i`'s pair: the run's own for the first student.
+    pub fn pair_dir(&self, i: usize) -> PathBuf {
+        if i == 0 {
+            self.run_out.clone()
+        } else {
+            self.run_out
+                .join("students")
+                .join(folder_name(&self.students[i].name))
+        }
+    }
+
     /// The part of a cell's cache key that `--limit` and `--num-fewshot` add (empty without
     /// them, so that the keys of earlier runs still match).
     pub fn load_options_key(&self) -> String {
@@ -196,6 +338,12 @@ impl RunPlan {
         let student_quantize =
             crate::cli::parse_quant_flag(args.student_quantize.as_deref(), "--student-quantize")
                 .map_err(anyhow::Error::msg)?;
+        if args.student.len() > 1 && student_quantize.is_some() {
+            bail!("--student-quantize quantizes the one student of a run; with several students, put the format after the one to quantize: --student teacher@q8_0 or --student PATH@q4_0");
+        }
+        if args.student.len() > 1 && shard.is_some() {
+            bail!("--shard splits a run of one student; run one sharded run per student (each with one --student) and merge each");
+        }
         let aliases = AliasTable::load(args.models.aliases.as_deref())?;
         let mut picked: Vec<&'static dyn Task> = Vec::new();
         let mut picked_lm: Vec<&'static dyn tasks::generation::tasks::LmTask> = Vec::new();
@@ -214,23 +362,36 @@ impl RunPlan {
             }
         }
         let teacher = ModelRef::parse(&args.teacher, &aliases).context("--teacher")?;
-        let (student, student_arg) = match &args.student {
-            Some(s) => (
-                ModelRef::parse(s, &aliases).context("--student")?,
-                s.clone(),
-            ),
-            None => (
-                teacher.clone(),
-                format!(
+        let mut students = Vec::new();
+        if args.student.is_empty() {
+            // Only --student-quantize: the student is the teacher, quantized.
+            students.push(StudentPlan {
+                arg: format!(
                     "{} ({})",
                     args.teacher,
                     args.student_quantize.as_deref().unwrap_or_default()
                 ),
-            ),
-        };
+                reference: teacher.clone(),
+                quantize: student_quantize,
+                name: String::new(),
+            });
+        }
+        for s in &args.student {
+            let mut student = StudentPlan::parse(s, &args.teacher, &teacher, &aliases)?;
+            if student_quantize.is_some() {
+                if student.quantize.is_some() {
+                    bail!("--student {s} names a format already; leave out --student-quantize");
+                }
+                student.quantize = student_quantize;
+            }
+            students.push(student);
+        }
+        let teacher_name = name_models(&args.teacher, &mut students, &args.name)?;
         // Encoders score text tasks, causal LMs perplexity and generation: check local
         // models now rather than after loading them.
-        for (flag, model) in [("--teacher", &teacher), ("--student", &student)] {
+        let models = std::iter::once(("--teacher", &teacher))
+            .chain(students.iter().map(|s| ("--student", &s.reference)));
+        for (flag, model) in models {
             if let ModelRef::Local(p) = model {
                 let decoder = crate::models::decoder::is_decoder(p)?;
                 if decoder && !picked.is_empty() {
@@ -312,11 +473,17 @@ impl RunPlan {
             }
             Some(s)
         };
+        let first = students[0].clone();
         Ok(RunPlan {
             teacher_arg: args.teacher.clone(),
-            student_arg,
+            teacher_name,
+            student_arg: first.arg,
+            student_name: first.name,
             teacher,
-            student,
+            student: first.reference,
+            students,
+            student_index: 0,
+            run_out: args.out.clone(),
             aliases,
             tasks: planned,
             lm_tasks,
@@ -330,7 +497,7 @@ impl RunPlan {
                 num_fewshot: args.num_fewshot,
             },
             load_options,
-            student_quantize,
+            student_quantize: first.quantize,
             dequantize_teacher: args.dequantize_teacher,
             data,
             data_origin,
@@ -347,5 +514,46 @@ impl RunPlan {
             profile,
             shard,
         })
+    }
+}
+
+#[cfg(test)]
+mod naming_tests {
+    use super::*;
+
+    fn student(arg: &str) -> StudentPlan {
+        StudentPlan {
+            arg: arg.into(),
+            reference: ModelRef::Mock(arg.into()),
+            quantize: None,
+            name: String::new(),
+        }
+    }
+
+    #[test]
+    fn names_come_from_the_ids_and_alike_ones_are_numbered() {
+        let mut s = vec![student("a/model"), student("b/model"), student("c/other")];
+        let t = name_models("x/model", &mut s, &[]).unwrap();
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            (t.as_str(), names),
+            ("model", vec!["model #2", "model #3", "other"])
+        );
+        let t = name_models(
+            "x/model",
+            &mut s,
+            &["BERT".into(), "".into(), "small".into()],
+        )
+        .unwrap();
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            (t.as_str(), names),
+            ("BERT", vec!["model", "small", "other"])
+        );
+        assert_eq!(
+            folder_name("all-MiniLM-L6-v2 q8_0"),
+            "all-MiniLM-L6-v2-q8_0"
+        );
+        assert_eq!(folder_name("a/b:c"), "a-b-c");
     }
 }

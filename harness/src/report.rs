@@ -12,12 +12,14 @@ pub fn read_results(path: &Path) -> Result<Results> {
     let value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", path.display()))?;
     let version = value.get("schema_version").and_then(|v| v.as_u64());
-    if version != Some(reports::SCHEMA_VERSION as u64) {
+    let readable = reports::schema::READABLE_SCHEMA_VERSIONS;
+    if !version.is_some_and(|v| readable.iter().any(|&r| u64::from(r) == v)) {
+        let names: Vec<String> = readable.iter().map(u32::to_string).collect();
         bail!(
-            "{}: schema version {} is not the {} this harness reads",
+            "{}: schema version {} is not one this harness reads ({})",
             path.display(),
             version.map_or("missing".to_string(), |v| v.to_string()),
-            reports::SCHEMA_VERSION
+            names.join(", ")
         );
     }
     serde_json::from_value(value)

@@ -136,6 +136,10 @@ pub fn run(args: &ProfileArgs) -> Result<ProfileSweep> {
     let path = args.out.join("profile.json");
     reports::io::write_json_atomic(&path, &sweep)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // The throughput-against-batch-size curves beside it.
+    let page = args.out.join("profile.html");
+    reports::io::write_atomic(&page, reports::export::sweep_page(&sweep).as_bytes())
+        .with_context(|| format!("cannot write {}", page.display()))?;
     Ok(sweep)
 }
 

@@ -925,7 +925,7 @@ fn run_writes_reports_and_report_compare_merge_work_on_its_results() {
     );
     assert!(std::fs::read_to_string(dir.join("results.csv"))
         .unwrap()
-        .starts_with("task,role,model,mode,metric,value\n"));
+        .starts_with("task,role,model,name,mode,metric,value\n"));
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("### Student against teacher"), "{md}");
     let bad = harness(

@@ -110,6 +110,153 @@ fn an_encoder_task_runs_on_the_mock_head_and_scores_what_the_mock_answers() {
     assert_eq!(p["teacher"]["metrics"], t["teacher"]["metrics"]);
 }
 
+#[test]
+fn three_students_share_one_teacher_and_one_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dev = String::from("sentence\tlabel\n");
+    for (s, l) in SST2 {
+        dev += &format!("{s}\t{l}\n");
+    }
+    write(&tmp.path().join("data"), "SST-2/dev.tsv", &dev);
+    // A student with its labels the other way round (it answers the opposite), one that
+    // answers as the teacher does, and the teacher's own quantized copy.
+    let r = run(
+        tmp.path(),
+        "mock:t:labels=negative,positive",
+        "mock:flip:labels=positive,negative",
+        "sst2",
+        &[
+            "--student",
+            "mock:same:labels=negative,positive",
+            "--student",
+            "teacher@q8_0",
+            "--name",
+            "T,flipped",
+        ],
+    );
+    let res = r.checked_results();
+    assert_eq!(res["schema_version"], 2);
+    assert_eq!(res["teacher"]["name"], "T");
+    assert_eq!(res["student"]["name"], "flipped");
+    let more = res["more_students"].as_array().unwrap();
+    let names: Vec<&str> = more
+        .iter()
+        .map(|s| s["student"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mock:same", "mock:t q8_0"]);
+    let teacher = res["tasks"]["sst2"]["teacher"]["metrics"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    let flipped = res["tasks"]["sst2"]["student"]["metrics"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    // Six examples, the teacher right on five: the flipped student is right on one.
+    assert_eq!((teacher, flipped), (5.0 / 6.0, 1.0 / 6.0));
+    for s in more {
+        let t = &s["tasks"]["sst2"];
+        // The same answers as the teacher: retention 1, full agreement, no discordant pair.
+        assert_eq!(t["retention"], 1.0, "{}", s["student"]["name"]);
+        assert_eq!(t["comparison"]["top1_agreement"], 1.0);
+        assert_eq!(t["comparison"]["mcnemar_p"], 1.0);
+        assert!(t["speedup"].as_f64().unwrap() > 0.0);
+        // The teacher's cell is the first pair's, reused, not measured again.
+        assert_eq!(t["teacher"], res["tasks"]["sst2"]["teacher"]);
+        // Each pair has a complete folder of its own.
+        let dir = r.out.join(s["dir"].as_str().unwrap());
+        assert!(dir.join("results.json").is_file(), "{}", dir.display());
+        assert!(dir.join("predictions/sst2.jsonl").is_file());
+    }
+    assert_eq!(
+        more[1]["student"]["checkpoint"]["quantization"],
+        "q8_0 (mock: outputs unchanged)"
+    );
+    let stderr = r.stderr();
+    assert_eq!(
+        stderr.matches("loaded mock:t:labels").count(),
+        2,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("teacher sst2: reusing the finished cell"),
+        "{stderr}"
+    );
+    // One report, one row per model.
+    let md = std::fs::read_to_string(r.out.join("report.md")).unwrap();
+    assert!(
+        md.contains("(teacher) vs flipped, mock:same, mock:t q8_0 (students)"),
+        "{md}"
+    );
+    let rows: Vec<&str> = md
+        .lines()
+        .skip_while(|l| !l.starts_with("### Models"))
+        .filter(|l| l.starts_with("| T ") || l.starts_with("| flipped") || l.starts_with("| mock:"))
+        .take(4)
+        .collect();
+    assert_eq!(rows.len(), 4, "{md}");
+    // The flipped student's macro retention: (1/6) / (5/6).
+    assert!(
+        rows[1].split('|').any(|c| c.trim() == "20.0%"),
+        "{}",
+        rows[1]
+    );
+    let html = std::fs::read_to_string(r.out.join("report.html")).unwrap();
+    assert_eq!(html.matches("against the teacher</h2>").count(), 3);
+
+    // A rerun reuses every finished cell of every pair.
+    let again = run(
+        tmp.path(),
+        "mock:t:labels=negative,positive",
+        "mock:flip:labels=positive,negative",
+        "sst2",
+        &[
+            "--student",
+            "mock:same:labels=negative,positive",
+            "--student",
+            "teacher@q8_0",
+            "--name",
+            "T,flipped",
+        ],
+    );
+    let res2 = again.checked_results();
+    assert!(!again.stderr().contains("loaded "), "{}", again.stderr());
+    assert_eq!(res2["more_students"], res["more_students"]);
+}
+
+#[test]
+fn several_students_are_checked_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        &tmp.path().join("data"),
+        "SST-2/dev.tsv",
+        "sentence\tlabel\nok\t1\n",
+    );
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--student", "mock:b", "--student-quantize", "q8_0"],
+            "--student-quantize quantizes the one student",
+        ),
+        (
+            &["--student", "teacher"],
+            "needs a block format, e.g. --student teacher@q8_0",
+        ),
+        (
+            &["--name", "t,x,x", "--student", "mock:b"],
+            "two models are named 'x'",
+        ),
+        (&["--name", "a,b,c"], "--name gives 3 names for 2 models"),
+        (
+            &["--student", "mock:b", "--shard", "0/2"],
+            "--shard splits a run of one student",
+        ),
+    ];
+    for (extra, message) in cases {
+        let r = run(tmp.path(), "mock:t", "mock:s", "sst2", extra);
+        assert_eq!(r.output.status.code(), Some(2), "{extra:?}");
+        assert!(r.stderr().contains(message), "{extra:?}: {}", r.stderr());
+        assert!(!r.out.join("results.json").exists(), "{extra:?}");
+    }
+}
+
 /// The mock's token id of a word and its next-token logits, as `models/mock.rs` documents.
 fn mock_token(word: &str) -> usize {
     1 + word.bytes().map(usize::from).sum::<usize>() % 63

@@ -48,7 +48,8 @@ impl Default for Thresholds {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Finding {
     pub task: String,
-    pub role: &'static str,
+    /// `teacher` or `student`; with several students, `student NAME`.
+    pub role: String,
     pub what: String,
     pub baseline: f64,
     pub current: f64,
@@ -66,6 +67,8 @@ pub struct Finding {
 pub enum CompareError {
     #[error("schema version mismatch: baseline has {baseline}, current has {current}; rerun the baseline with this harness")]
     SchemaMismatch { baseline: u32, current: u32 },
+    #[error("the baseline has student '{student}', which the current run lacks; run it, or compare against a baseline of the students run")]
+    MissingStudent { student: String },
     #[error("no common tasks: baseline has [{baseline}], current has [{current}]")]
     NoCommonTasks { baseline: String, current: String },
     #[error("the current run lacks task(s) {missing} that the baseline has; run them, or compare against a baseline of the tasks run")]
@@ -241,18 +244,74 @@ pub fn compare(
     compare_report(baseline, current, th).map(|r| r.findings)
 }
 
-/// Compare `current` against `baseline`, with what the verdict rests on.
+/// Compare `current` against `baseline`, with what the verdict rests on. A run of several
+/// students is compared student by student (matched by model id) against the baseline's; the
+/// teacher's figures are compared once, with the first student.
 pub fn compare_report(
     baseline: &Results,
     current: &Results,
     th: &Thresholds,
 ) -> Result<CompareReport, CompareError> {
-    if baseline.schema_version != current.schema_version {
+    let readable = |v: u32| crate::schema::READABLE_SCHEMA_VERSIONS.contains(&v);
+    if !readable(baseline.schema_version) || !readable(current.schema_version) {
         return Err(CompareError::SchemaMismatch {
             baseline: baseline.schema_version,
             current: current.schema_version,
         });
     }
+    if baseline.more_students.is_empty() && current.more_students.is_empty() {
+        return compare_pair(baseline, current, th);
+    }
+    let (bp, cp) = (baseline.pairs(), current.pairs());
+    if let Some(b) = bp
+        .iter()
+        .find(|b| !cp.iter().any(|c| c.student.id == b.student.id))
+    {
+        return Err(CompareError::MissingStudent {
+            student: b.student.id.clone(),
+        });
+    }
+    let mut report: Option<CompareReport> = None;
+    for (i, c) in cp.iter().enumerate() {
+        let Some(b) = bp.iter().find(|b| b.student.id == c.student.id) else {
+            if let Some(r) = report.as_mut() {
+                r.only_in_current
+                    .push(format!("student {}", c.student.display()));
+            }
+            continue;
+        };
+        let mut b = b.clone();
+        if i > 0 {
+            // The first pair compared the teacher already.
+            b.teacher = c.teacher.clone();
+        }
+        let mut part = compare_pair(&b, c, th)?;
+        let label = format!("student {}", c.student.display());
+        part.findings.retain(|f| i == 0 || f.role != "teacher");
+        for f in &mut part.findings {
+            if f.role == "student" {
+                f.role = label.clone();
+            }
+        }
+        match report.as_mut() {
+            None => report = Some(part),
+            Some(r) => {
+                r.regressions += part.findings.iter().filter(|f| f.regression).count();
+                r.findings.extend(part.findings);
+            }
+        }
+    }
+    report.ok_or(CompareError::MissingStudent {
+        student: current.student.id.clone(),
+    })
+}
+
+/// Compare one teacher-student pair against the same pair in the baseline.
+fn compare_pair(
+    baseline: &Results,
+    current: &Results,
+    th: &Thresholds,
+) -> Result<CompareReport, CompareError> {
     check_same_run(baseline, current)?;
     let speed_skipped = speed_not_comparable(baseline, current);
     let common: Vec<&String> = baseline
@@ -318,7 +377,7 @@ pub fn compare_report(
                 };
                 out.push(Finding {
                     task: task.clone(),
-                    role,
+                    role: role.to_string(),
                     what: metric.clone(),
                     baseline: bv,
                     current: cv,
@@ -334,7 +393,7 @@ pub fn compare_report(
                 let p = slower_p_value(bl.mean, bl.stddev, bl.n, cl.mean, cl.stddev, cl.n);
                 out.push(Finding {
                     task: task.clone(),
-                    role,
+                    role: role.to_string(),
                     what: "batch-1 latency (ms, mean)".into(),
                     baseline: bl.mean,
                     current: cl.mean,
@@ -352,7 +411,7 @@ pub fn compare_report(
                     let growth = (cm as f64 / bm as f64 - 1.0) * 100.0;
                     out.push(Finding {
                         task: task.clone(),
-                        role,
+                        role: role.to_string(),
                         what: "peak RSS (MiB)".into(),
                         baseline: bm as f64 / (1u64 << 20) as f64,
                         current: cm as f64 / (1u64 << 20) as f64,
@@ -411,7 +470,7 @@ fn ratio_findings(
         let change = (csp / bsp - 1.0) * 100.0;
         out.push(Finding {
             task: task.to_string(),
-            role: "student",
+            role: "student".into(),
             what: "speedup over the teacher (x, batch-1 latency ratio)".into(),
             baseline: bsp,
             current: csp,
@@ -431,7 +490,7 @@ fn ratio_findings(
         let change = (cr / br - 1.0) * 100.0;
         out.push(Finding {
             task: task.to_string(),
-            role: "student",
+            role: "student".into(),
             what: "peak RSS / teacher's".into(),
             baseline: br,
             current: cr,
@@ -548,6 +607,67 @@ mod tests {
     }
 
     #[test]
+    fn several_students_are_compared_each_against_its_own_baseline() {
+        let base = crate::schema::tests::several_students();
+        let f = compare(&base, &base, &Thresholds::default()).unwrap();
+        assert!(f.iter().all(|f| !f.regression), "{f:#?}");
+        // The teacher once, each student under its name.
+        let roles: std::collections::BTreeSet<&str> = f.iter().map(|f| f.role.as_str()).collect();
+        assert_eq!(
+            roles.into_iter().collect::<Vec<_>>(),
+            [
+                "student student",
+                "student student-2",
+                "student student-3",
+                "teacher"
+            ]
+        );
+        let teacher_rows = f.iter().filter(|f| f.role == "teacher").count();
+        let one_pair = compare(&base.pairs()[0], &base.pairs()[0], &Thresholds::default());
+        let teacher_rows_of_one_pair = one_pair
+            .unwrap()
+            .iter()
+            .filter(|f| f.role == "teacher")
+            .count();
+        assert_eq!(teacher_rows, teacher_rows_of_one_pair);
+
+        // The third student loses 5 points on SST-2: one regression, named by its student.
+        let mut cur = base.clone();
+        let cell = &mut cur.more_students[1].tasks.get_mut("sst2").unwrap().student;
+        let acc = cell.metrics["accuracy"];
+        cell.metrics.insert("accuracy".into(), acc - 0.05);
+        let report = compare_report(&base, &cur, &Thresholds::default()).unwrap();
+        let hit: Vec<_> = report.findings.iter().filter(|f| f.regression).collect();
+        assert_eq!(report.regressions, 1, "{hit:#?}");
+        assert_eq!(
+            (hit[0].task.as_str(), hit[0].role.as_str()),
+            ("sst2", "student student-3")
+        );
+
+        // A baseline student the current run lacks is refused, not skipped.
+        let mut fewer = base.clone();
+        fewer.more_students.pop();
+        let err = compare(&base, &fewer, &Thresholds::default()).unwrap_err();
+        assert_eq!(
+            err,
+            CompareError::MissingStudent {
+                student: "../models/student-3".into()
+            }
+        );
+        // A student only the current run has is listed, not compared.
+        let report = compare_report(&fewer, &base, &Thresholds::default()).unwrap();
+        assert_eq!(report.only_in_current, ["student student-3"]);
+    }
+
+    #[test]
+    fn a_version_1_baseline_is_compared_with_a_version_2_run() {
+        let cur = profiled();
+        let mut base = cur.clone();
+        base.schema_version = 1;
+        assert!(compare(&base, &cur, &Thresholds::default()).is_ok());
+    }
+
+    #[test]
     fn worse_metric_beyond_threshold_is_a_regression() {
         let base = profiled();
         let mut cur = base.clone();
@@ -560,7 +680,10 @@ mod tests {
         let f = compare(&base, &cur, &Thresholds::default()).unwrap();
         let hit: Vec<_> = f.iter().filter(|f| f.regression).collect();
         assert_eq!(hit.len(), 1, "{f:#?}");
-        assert_eq!((hit[0].task.as_str(), hit[0].role), ("sst2", "student"));
+        assert_eq!(
+            (hit[0].task.as_str(), hit[0].role.as_str()),
+            ("sst2", "student")
+        );
         assert!((hit[0].change + 5.0).abs() < 1e-9);
         // Within the threshold: not a regression.
         cur.tasks

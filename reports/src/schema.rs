@@ -6,8 +6,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the layout below.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the layout below. 2 added several students (`more_students`) and display names.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Versions this build reads: a version-1 file is a version-2 file with one student and no
+/// display names, so it reads as it is.
+pub const READABLE_SCHEMA_VERSIONS: [u32; 2] = [1, SCHEMA_VERSION];
 
 /// The whole results file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -34,6 +38,24 @@ pub struct Results {
     /// Present when this file was made by `harness merge`: what it was merged from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge: Option<MergeRecord>,
+    /// The second and later students of a run with several (`--student A --student B`), each
+    /// compared with the same teacher; `student` and `tasks` above hold the first. Empty for a
+    /// one-student run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_students: Vec<StudentRun>,
+}
+
+/// One more student of a run with several: its model and its comparison with the teacher on
+/// every task (each `TaskResult` holds the teacher's cell too, the same one as in `tasks`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StudentRun {
+    pub student: ModelSummary,
+    pub tasks: BTreeMap<String, TaskResult>,
+    pub skipped: BTreeMap<String, String>,
+    pub macro_score: Option<MacroScore>,
+    /// The folder (relative to the results file) holding this pair's own results, cells and
+    /// predictions.
+    pub dir: String,
 }
 
 /// One cell of a run's plan: a model's pass over a task, or both models' passes when the
@@ -167,6 +189,9 @@ pub struct Environment {
 pub struct LatencySummary {
     pub p50: f64,
     pub p90: f64,
+    /// Absent in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95: Option<f64>,
     pub p99: f64,
     pub mean: f64,
     pub stddev: f64,
@@ -187,6 +212,10 @@ pub struct Profile {
     /// absent for language-modelling cells, whose one pass is timed end to end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_latency_ms: Option<LatencySummary>,
+    /// Every example's end-to-end batch-1 latency (ms, in the order run, to the microsecond),
+    /// for distribution plots; empty in older files and for language-modelling cells.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_samples_ms: Vec<f64>,
     /// Batch size of the throughput pass (the run's `--batch-size`). Text tasks only: a
     /// language-modelling cell has no separate throughput pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,6 +329,46 @@ pub struct ModelSummary {
     /// The checkpoint of the first task run (aliases use one checkpoint per task; each cell
     /// records its own).
     pub checkpoint: Option<CheckpointInfo>,
+    /// Display name in reports (`--name`, or derived from `id`: `all-MiniLM-L6-v2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ModelSummary {
+    /// The name reports show: `name`, or one derived from `id` ([`display_name`]).
+    pub fn display(&self) -> String {
+        self.name.clone().unwrap_or_else(|| display_name(&self.id))
+    }
+}
+
+/// A short display name for a model reference: the folder or file name of a path, the name
+/// part of a Hub id (revision dropped), an alias as it is, a mock's name; a quantized copy
+/// (`id (q8_0)`) keeps its format (`all-MiniLM-L6-v2 q8_0`).
+pub fn display_name(id: &str) -> String {
+    let (base, quant) = match id.strip_suffix(')').and_then(|s| s.rsplit_once(" (")) {
+        Some((base, q)) => (base, Some(q)),
+        None => (id, None),
+    };
+    let short = if let Some(rest) = base.strip_prefix("mock:") {
+        format!("mock:{}", rest.split(':').next().unwrap_or_default())
+    } else {
+        let last = base
+            .trim_end_matches(['/', '\\'])
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or(base);
+        let last = last.split('@').next().unwrap_or(last);
+        last.strip_suffix(".gguf").unwrap_or(last).to_string()
+    };
+    let short = if short.is_empty() {
+        base.to_string()
+    } else {
+        short
+    };
+    match quant {
+        Some(q) => format!("{short} {q}"),
+        None => short,
+    }
 }
 
 /// One loaded checkpoint.
@@ -493,6 +562,12 @@ pub struct Comparison {
     /// Student minus teacher on the primary metric, with a paired bootstrap interval.
     pub primary_diff: crate::stats::Interval,
     /// Examples only the teacher got right (classification).
+    /// Each model's own 95% interval on the primary metric, from the resamples of
+    /// `primary_diff`; absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_interval: Option<crate::stats::Interval>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_interval: Option<crate::stats::Interval>,
     pub teacher_only_correct: Option<u64>,
     /// Examples only the student got right (classification).
     pub student_only_correct: Option<u64>,
@@ -645,6 +720,28 @@ impl TaskResult {
 }
 
 impl Results {
+    /// How many students the run compared with the teacher.
+    pub fn n_students(&self) -> usize {
+        1 + self.more_students.len()
+    }
+
+    /// Each student's comparison with the teacher as a one-student results file (the first is
+    /// this file without `more_students`), so every pair-wise view and check serves each.
+    pub fn pairs(&self) -> Vec<Results> {
+        let mut first = self.clone();
+        first.more_students.clear();
+        let mut out = vec![first.clone()];
+        for s in &self.more_students {
+            let mut r = first.clone();
+            r.student = s.student.clone();
+            r.tasks = s.tasks.clone();
+            r.skipped = s.skipped.clone();
+            r.macro_score = s.macro_score.clone();
+            out.push(r);
+        }
+        out
+    }
+
     /// Copy the kernels the two models ran on into the environment (one line per weight
     /// format; where teacher and student differ, both, marked).
     pub fn note_kernels(&mut self) {
@@ -734,6 +831,7 @@ pub(crate) mod tests {
         let lat = |p50: f64| LatencySummary {
             p50,
             p90: p50 * 1.5,
+            p95: Some(p50 * 1.75),
             p99: p50 * 2.0,
             mean: p50 * 1.1,
             stddev: p50 / 4.0,
@@ -746,6 +844,7 @@ pub(crate) mod tests {
                     batch1_examples: 100,
                     latency_ms: lat(10.0 * scale),
                     forward_latency_ms: Some(lat(9.0 * scale)),
+                    latency_samples_ms: (1..=20).map(|i| scale * (5.0 + i as f64)).collect(),
                     throughput_batch_size: Some(32),
                     throughput_per_s: 100.0 / scale,
                     tokens_per_s: 2000.0 / scale,
@@ -778,6 +877,95 @@ pub(crate) mod tests {
         }
     }
 
+    /// `sample()` with two more students (`student-2`, `student-3`): the first keeps 90% of
+    /// each task's teacher score and runs 3x faster, the second keeps 50% and ties.
+    pub fn several_students() -> Results {
+        let mut r = sample();
+        add_profiles(&mut r);
+        for (name, keep, speed) in [("student-2", 0.9, 3.0), ("student-3", 0.5, 1.0)] {
+            let mut tasks = BTreeMap::new();
+            for (task, t) in &r.tasks {
+                let mut student = t.teacher.clone();
+                for v in student.metrics.values_mut() {
+                    *v *= keep;
+                }
+                if let Some(p) = student.profile.as_mut() {
+                    p.batch1_pass_s /= speed;
+                    p.throughput_per_s *= speed;
+                    p.latency_ms.mean /= speed;
+                    p.latency_ms.p50 /= speed;
+                    p.latency_ms.p99 /= speed;
+                }
+                let result = TaskResult::new(
+                    t.task_version,
+                    &t.primary_metric,
+                    t.n_examples,
+                    t.teacher.clone(),
+                    student,
+                );
+                tasks.insert(task.clone(), result);
+            }
+            let mut run = StudentRun {
+                student: ModelSummary {
+                    id: format!("../models/{name}"),
+                    source: "local".into(),
+                    checkpoint: None,
+                    name: None,
+                },
+                tasks,
+                skipped: BTreeMap::new(),
+                macro_score: None,
+                dir: format!("students/{name}"),
+            };
+            let mut view = r.clone();
+            view.tasks = run.tasks.clone();
+            view.update_macro();
+            run.macro_score = view.macro_score;
+            r.more_students.push(run);
+        }
+        r
+    }
+
+    #[test]
+    fn display_names_are_short() {
+        for (id, name) in [
+            ("../shared/models/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
+            ("../shared/models/all-MiniLM-L6-v2/", "all-MiniLM-L6-v2"),
+            (
+                "../shared/models/all-MiniLM-L6-v2 (q8_0)",
+                "all-MiniLM-L6-v2 q8_0",
+            ),
+            (
+                "distilbert/distilbert-base-uncased@main",
+                "distilbert-base-uncased",
+            ),
+            ("bert-base", "bert-base"),
+            ("models/tiny.Q8_0.gguf", "tiny.Q8_0"),
+            ("mock:s:labels=a,b:sharpness=2", "mock:s"),
+        ] {
+            assert_eq!(display_name(id), name, "{id}");
+        }
+        let mut m = sample().student;
+        assert_eq!(m.display(), "student");
+        m.name = Some("DistilBERT".into());
+        assert_eq!(m.display(), "DistilBERT");
+    }
+
+    #[test]
+    fn each_student_is_a_pair_with_the_same_teacher() {
+        let r = several_students();
+        let pairs = r.pairs();
+        assert_eq!((r.n_students(), pairs.len()), (3, 3));
+        assert!(pairs.iter().all(|p| p.more_students.is_empty()));
+        assert!(pairs.iter().all(|p| p.teacher == r.teacher));
+        assert_eq!(pairs[0].student, r.student);
+        assert_eq!(pairs[2].student.id, "../models/student-3");
+        // student-3 keeps half of each teacher score: its macro retention is exactly 50%.
+        let m = pairs[2].macro_score.as_ref().unwrap();
+        assert!((m.retention.unwrap() - 0.5).abs() < 1e-12, "{m:?}");
+        assert_eq!(pairs[1].tasks["sst2"].speedup, Some(3.0));
+    }
+
     pub fn sample() -> Results {
         let mut r = Results {
             schema_version: SCHEMA_VERSION,
@@ -802,11 +990,13 @@ pub(crate) mod tests {
                 id: "teacher".into(),
                 source: "local".into(),
                 checkpoint: None,
+                name: None,
             },
             student: ModelSummary {
                 id: "student".into(),
                 source: "local".into(),
                 checkpoint: None,
+                name: None,
             },
             tasks: BTreeMap::new(),
             skipped: [("mrpc".to_string(), "student: no train split".to_string())]
@@ -815,6 +1005,7 @@ pub(crate) mod tests {
             macro_score: None,
             shard: None,
             merge: None,
+            more_students: Vec::new(),
         };
         r.tasks.insert(
             "stsb".into(),

@@ -116,6 +116,34 @@ mod tests {
             s["properties"]["schema_version"]["enum"][0],
             Value::from(crate::SCHEMA_VERSION)
         );
+        let mut listed: Vec<u64> = s["properties"]["schema_version"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        listed.sort();
+        let readable: Vec<u64> = crate::schema::READABLE_SCHEMA_VERSIONS
+            .iter()
+            .map(|&v| v.into())
+            .collect();
+        assert_eq!(listed, readable);
+    }
+
+    #[test]
+    fn results_of_several_students_match_the_committed_schema() {
+        let r = crate::schema::tests::several_students();
+        let doc = serde_json::to_value(&r).unwrap();
+        let errors = validate(&schema(), &doc);
+        assert!(errors.is_empty(), "{errors:#?}");
+        // The schema checks what an extra student holds, not just that it is an object.
+        let mut bad = doc.clone();
+        bad["more_students"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("dir");
+        let all = validate(&schema(), &bad).join("\n");
+        assert!(all.contains("missing required key 'dir'"), "{all}");
     }
 
     #[test]

@@ -52,10 +52,38 @@ pub fn paired_bootstrap<F>(n: usize, resamples: usize, level: f64, seed: u64, me
 where
     F: Fn(&[usize]) -> (f64, f64),
 {
+    paired_bootstrap_each(n, resamples, level, seed, metric).diff
+}
+
+/// The intervals of one paired bootstrap: of the difference, and of each model's own metric
+/// (from the same resamples, so each model's interval is drawn from the data the difference's
+/// is).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairedIntervals {
+    pub diff: Interval,
+    pub teacher: Interval,
+    pub student: Interval,
+}
+
+/// [`paired_bootstrap`] that also returns each model's percentile interval.
+pub fn paired_bootstrap_each<F>(
+    n: usize,
+    resamples: usize,
+    level: f64,
+    seed: u64,
+    metric: F,
+) -> PairedIntervals
+where
+    F: Fn(&[usize]) -> (f64, f64),
+{
     let all: Vec<usize> = (0..n).collect();
     let (t, s) = metric(&all);
     let mut rng = SplitMix64(seed);
-    let mut diffs = Vec::with_capacity(resamples);
+    let (mut diffs, mut ts, mut ss) = (
+        Vec::with_capacity(resamples),
+        Vec::with_capacity(resamples),
+        Vec::with_capacity(resamples),
+    );
     let mut idx = vec![0usize; n];
     for _ in 0..resamples {
         for slot in idx.iter_mut() {
@@ -64,25 +92,34 @@ where
         let (a, b) = metric(&idx);
         if a.is_finite() && b.is_finite() {
             diffs.push(b - a);
+            ts.push(a);
+            ss.push(b);
         }
     }
-    diffs.sort_by(f64::total_cmp);
     let alpha = (1.0 - level) / 2.0;
-    let pick = |q: f64| {
-        if diffs.is_empty() {
-            f64::NAN
-        } else {
-            let rank = q * (diffs.len() - 1) as f64;
-            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-            diffs[lo] + (diffs[hi] - diffs[lo]) * (rank - lo as f64)
+    let interval = |mut v: Vec<f64>, estimate: f64| {
+        v.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                let rank = q * (v.len() - 1) as f64;
+                let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+                v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+            }
+        };
+        Interval {
+            estimate,
+            low: pick(alpha),
+            high: pick(1.0 - alpha),
+            level,
+            resamples,
         }
     };
-    Interval {
-        estimate: s - t,
-        low: pick(alpha),
-        high: pick(1.0 - alpha),
-        level,
-        resamples,
+    PairedIntervals {
+        diff: interval(diffs, s - t),
+        teacher: interval(ts, t),
+        student: interval(ss, s),
     }
 }
 

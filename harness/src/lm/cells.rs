@@ -87,6 +87,7 @@ pub(super) fn profile_of(
         batch1_examples: items,
         latency_ms: lat,
         forward_latency_ms: None,
+        latency_samples_ms: Vec::new(),
         throughput_batch_size: None,
         throughput_laps_per_s: Vec::new(),
         throughput_per_s: items as f64 / total_s,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use reports::stats::{
-    brier_score, expected_calibration_error, kl_divergence, mcnemar_exact, paired_bootstrap,
+    brier_score, expected_calibration_error, kl_divergence, mcnemar_exact, paired_bootstrap_each,
 };
 use reports::{Calibration, Cell, Comparison, Disagreement, Mode};
 use tasks::choice::{self, ChoiceSet, DocAnswer, Scoring};
@@ -145,7 +145,7 @@ pub(super) fn compare(
     let sc = choice::correct(set.scoring, &set.docs, student, metric);
     let n = tc.len();
     let mean = |v: &[f64], idx: &[usize]| idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len() as f64;
-    let primary_diff = paired_bootstrap(n, RESAMPLES, 0.95, SEED, |idx| {
+    let intervals = paired_bootstrap_each(n, RESAMPLES, 0.95, SEED, |idx| {
         (mean(&tc, idx), mean(&sc, idx))
     });
     let (mut b, mut c) = (0u64, 0u64);
@@ -201,7 +201,9 @@ pub(super) fn compare(
         }
     };
     Comparison {
-        primary_diff,
+        primary_diff: intervals.diff,
+        teacher_interval: Some(intervals.teacher),
+        student_interval: Some(intervals.student),
         teacher_only_correct: Some(b),
         student_only_correct: Some(c),
         mcnemar_p: Some(mcnemar_exact(b, c)),

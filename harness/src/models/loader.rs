@@ -69,7 +69,13 @@ pub fn load(
     max_length: Option<usize>,
 ) -> Result<Box<dyn Backend>> {
     if let ModelRef::Mock(s) = &spec.ckpt {
-        return Ok(Box::new(MockBackend::from_spec(s)?));
+        let mut mock = MockBackend::from_spec(s)?;
+        // A weightless mock has nothing to round; it says it was asked, so a results file
+        // never shows a "quantized" student with an unquantized checkpoint.
+        if let Some(format) = spec.quantize {
+            mock.mark_quantized(&format!("{format:?}").to_ascii_lowercase());
+        }
+        return Ok(Box::new(mock));
     }
     let (id, dir, resolved) = resolve::local_snapshot(&spec.ckpt)?;
     match spec.family {

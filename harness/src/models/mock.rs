@@ -46,6 +46,11 @@ impl MockBackend {
     }
 
     /// From the part of a `mock:` argument after the colon (`NAME[:labels=a,b][:sharpness=X]`).
+    /// Record a quantization that was asked for (outputs are unchanged: a mock has no weights).
+    pub fn mark_quantized(&mut self, format: &str) {
+        self.info.quantization = Some(format!("{format} (mock: outputs unchanged)"));
+    }
+
     pub fn from_spec(spec: &str) -> Result<Self> {
         let mut parts = spec.split(':');
         let name = parts.next().filter(|n| !n.is_empty()).unwrap_or("mock");

@@ -13,6 +13,15 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
 }
 
+/// Latencies as `results.json` keeps them: in the order run, rounded to the microsecond
+/// (finer digits are timer noise, and they would triple the file's size).
+pub fn samples(latencies_ms: &[f64]) -> Vec<f64> {
+    latencies_ms
+        .iter()
+        .map(|v| (v * 1000.0).round() / 1000.0)
+        .collect()
+}
+
 /// Summarise latencies given in milliseconds. `None` for an empty set.
 pub fn summarise(latencies_ms: &[f64]) -> Option<LatencySummary> {
     if latencies_ms.is_empty() {
@@ -30,6 +39,7 @@ pub fn summarise(latencies_ms: &[f64]) -> Option<LatencySummary> {
     Some(LatencySummary {
         p50: percentile(&sorted, 50.0),
         p90: percentile(&sorted, 90.0),
+        p95: Some(percentile(&sorted, 95.0)),
         p99: percentile(&sorted, 99.0),
         mean,
         stddev: var.sqrt(),

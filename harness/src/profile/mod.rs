@@ -248,6 +248,7 @@ pub fn profile_cell(
         batch1_examples: n1,
         latency_ms: latency::summarise(&e2e_ms).context("no batch-1 latencies")?,
         forward_latency_ms: Some(latency::summarise(&fwd_ms).context("no forward latencies")?),
+        latency_samples_ms: latency::samples(&e2e_ms),
         throughput_batch_size: Some(bs),
         throughput_per_s: done as f64 / throughput_s,
         tokens_per_s: done_tokens as f64 / throughput_s,

@@ -37,8 +37,73 @@ fn git_commit() -> Option<String> {
         .map(str::to_string)
 }
 
-/// Run the plan. Progress goes to stderr unless `plan.quiet`.
-pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
+/// Run the plan: each student's pair in turn, the teacher's cells computed once. Progress goes
+/// to stderr unless `plan.quiet`.
+///
+/// A later student's pair runs in `OUT/students/NAME` (its own results, cells, predictions,
+/// resumable like any run) with copies of the teacher's finished cells, so the teacher is
+/// scored and measured once; perplexity tasks rerun the teacher beside each student, because
+/// token fidelity needs both models' distributions in one process. `OUT/results.json` holds the
+/// first pair and, in `more_students`, each later one; it is rewritten as each pair finishes.
+pub fn execute(plan: &mut RunPlan) -> Result<RunOutcome> {
+    plan.select_student(0);
+    let mut outcome = execute_pair(plan)?;
+    for i in 1..plan.students.len() {
+        let dir = plan.pair_dir(i);
+        share_teacher_cells(&plan.run_out, &dir)?;
+        plan.select_student(i);
+        if !plan.quiet {
+            eprintln!(
+                "student {} of {}: {} (pair folder {})",
+                i + 1,
+                plan.students.len(),
+                plan.student_name,
+                dir.display()
+            );
+        }
+        let pair = execute_pair(plan)?;
+        let rel = dir
+            .strip_prefix(&plan.run_out)
+            .unwrap_or(&dir)
+            .to_string_lossy()
+            .replace('\\', "/");
+        outcome.results.more_students.push(reports::StudentRun {
+            student: pair.results.student,
+            tasks: pair.results.tasks,
+            skipped: pair.results.skipped,
+            macro_score: pair.results.macro_score,
+            dir: rel,
+        });
+        reports::io::write_json_atomic(&outcome.results_path, &outcome.results)
+            .with_context(|| format!("cannot write {}", outcome.results_path.display()))?;
+    }
+    plan.select_student(0);
+    Ok(outcome)
+}
+
+/// Copy the teacher's finished cells of the run's folder into a later pair's, where the cache
+/// keys let that pair reuse them instead of scoring the teacher again.
+fn share_teacher_cells(run_out: &std::path::Path, pair_dir: &std::path::Path) -> Result<()> {
+    let (from, to) = (run_out.join("cells"), pair_dir.join("cells"));
+    std::fs::create_dir_all(&to).with_context(|| format!("cannot create {}", to.display()))?;
+    let Ok(entries) = std::fs::read_dir(&from) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".teacher.json") {
+            let bytes = std::fs::read(entry.path())
+                .with_context(|| format!("cannot read {}", entry.path().display()))?;
+            let target = to.join(&name);
+            reports::io::write_atomic(&target, &bytes)
+                .with_context(|| format!("cannot write {}", target.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Run the current student's pair (see [`RunPlan::select_student`]) in `plan.out`.
+fn execute_pair(plan: &RunPlan) -> Result<RunOutcome> {
     let say = |msg: String| {
         if !plan.quiet {
             eprintln!("{msg}");
@@ -69,17 +134,20 @@ pub fn execute(plan: &RunPlan) -> Result<RunOutcome> {
             id: plan.teacher_arg.clone(),
             source: plan.teacher.source().into(),
             checkpoint: None,
+            name: Some(plan.teacher_name.clone()),
         },
         student: ModelSummary {
             id: plan.student_arg.clone(),
             source: plan.student.source().into(),
             checkpoint: None,
+            name: Some(plan.student_name.clone()),
         },
         tasks: BTreeMap::new(),
         skipped: BTreeMap::new(),
         macro_score: None,
         shard: None,
         merge: None,
+        more_students: Vec::new(),
     };
     let results_path = plan.out.join("results.json");
 

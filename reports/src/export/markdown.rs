@@ -10,81 +10,112 @@ use crate::Results;
 pub struct MarkdownReport;
 
 fn table(v: &TableView) -> String {
-    markdown_table(&v.headers, &v.align, &v.rows)
+    let headers: Vec<&str> = v.headers.iter().map(String::as_str).collect();
+    markdown_table(&headers, &v.align, &v.rows)
 }
 
 impl Exporter for MarkdownReport {
     fn render(&self, r: &Results) -> String {
+        if r.more_students.is_empty() {
+            let mut out = format!(
+                "## distill-harness: {} (teacher) vs {} (student)\n\n",
+                r.teacher.display(),
+                r.student.display()
+            );
+            if let Some(p) = views::provenance(r) {
+                out += &format!("{p}\n\n");
+            }
+            return out + &pair_body(r, "###");
+        }
+        // Several students: one table of every model, then each student's pair as a
+        // one-student report a heading level down.
+        let pairs = r.pairs();
+        let names: Vec<String> = pairs.iter().map(|p| p.student.display()).collect();
         let mut out = format!(
-            "## distill-harness: {} (teacher) vs {} (student)\n\n",
-            r.teacher.id, r.student.id
+            "## distill-harness: {} (teacher) vs {} (students)\n\n",
+            r.teacher.display(),
+            names.join(", ")
         );
         if let Some(p) = views::provenance(r) {
             out += &format!("{p}\n\n");
         }
-        out += &table(&views::scores(r, "**macro**"));
-        let size = |c: &Option<crate::CheckpointInfo>| {
-            c.as_ref()
-                .map(|c| {
-                    let mut s = format!(
-                        "{:.1}M params, {}",
-                        c.parameters as f64 / 1e6,
-                        c.architecture
-                    );
-                    // A quantized model names the kernel that ran its format: candle's
-                    // kernels differ between CPUs, and so may the score.
-                    if let Some(q) = &c.quantization {
-                        s += &format!(", {q}");
-                        let format = q.split_whitespace().next().unwrap_or_default();
-                        if let Some(kernel) = c.kernels.get(format) {
-                            s += &format!(" on {kernel}");
-                        }
-                    }
-                    s
-                })
-                .unwrap_or_else(|| "not loaded".into())
-        };
         out += &format!(
+            "### Models\n\n{}\n{}\n",
+            table(&views::models(r)),
+            views::MODELS_NOTE
+        );
+        for (p, name) in pairs.iter().zip(&names) {
+            out += &format!("\n### {name} against the teacher\n\n");
+            out += &pair_body(p, "####");
+        }
+        out
+    }
+}
+
+/// A teacher-student pair's sections, with sub-headings at level `h` (`###`).
+fn pair_body(r: &Results, h: &str) -> String {
+    let mut out = table(&views::scores(r, "**macro**"));
+    let size = |c: &Option<crate::CheckpointInfo>| {
+        c.as_ref()
+            .map(|c| {
+                let mut s = format!(
+                    "{:.1}M params, {}",
+                    c.parameters as f64 / 1e6,
+                    c.architecture
+                );
+                // A quantized model names the kernel that ran its format: candle's
+                // kernels differ between CPUs, and so may the score.
+                if let Some(q) = &c.quantization {
+                    s += &format!(", {q}");
+                    let format = q.split_whitespace().next().unwrap_or_default();
+                    if let Some(kernel) = c.kernels.get(format) {
+                        s += &format!(" on {kernel}");
+                    }
+                }
+                s
+            })
+            .unwrap_or_else(|| "not loaded".into())
+    };
+    out += &format!(
             "\nTeacher: {}. Student: {}. Quality scores are x100 (perplexities and token counts as they are); retention is student / teacher on the primary metric (teacher / student for perplexity).\n",
             size(&r.teacher.checkpoint),
             size(&r.student.checkpoint)
         );
-        if let Some(v) = views::costs(r) {
-            out += &format!("\n### Cost\n\n{}\n{}\n", table(&v), views::COST_NOTE);
-        }
-        if let Some(v) = views::llm_accuracy(r) {
-            out += &format!(
-                "\n### LLM accuracy\n\n{}\n{}\n",
-                table(&v),
-                views::LLM_ACCURACY_NOTE
-            );
-        }
-        if let Some(v) = views::language_modelling(r) {
-            out += &format!("\n### Language modelling\n\n{}", table(&v));
-            if let Some(f) = views::token_fidelity(r) {
-                out += &format!("\n{}", table(&f));
-            }
-            if let Some(k) = views::kl_statistics(r) {
-                out += &format!("\n{}\n{}\n", table(&k), views::KL_NOTE);
-            }
-            out += &format!("\n{}\n", views::LM_NOTE);
-        }
-        if let Some(v) = views::paired(r) {
-            out += &format!(
-                "\n### Student against teacher\n\n{}\n{}\n",
-                table(&v),
-                views::PAIRED_NOTE
-            );
-            let examples = views::disagreements(r, 3);
-            if !examples.is_empty() {
-                out += "\nFirst disagreements:\n\n";
-                for e in examples {
-                    out += &format!("- {}\n", e.replace('|', "\\|"));
-                }
-            }
-        }
-        out
+    if let Some(v) = views::costs(r) {
+        out += &format!("\n{h} Cost\n\n{}\n{}\n", table(&v), views::COST_NOTE);
     }
+    if let Some(v) = views::llm_accuracy(r) {
+        out += &format!(
+            "\n{h} LLM accuracy\n\n{}\n{}\n",
+            table(&v),
+            views::LLM_ACCURACY_NOTE
+        );
+    }
+    if let Some(v) = views::language_modelling(r) {
+        out += &format!("\n{h} Language modelling\n\n{}", table(&v));
+        if let Some(f) = views::token_fidelity(r) {
+            out += &format!("\n{}", table(&f));
+        }
+        if let Some(k) = views::kl_statistics(r) {
+            out += &format!("\n{}\n{}\n", table(&k), views::KL_NOTE);
+        }
+        out += &format!("\n{}\n", views::LM_NOTE);
+    }
+    if let Some(v) = views::paired(r) {
+        out += &format!(
+            "\n{h} Student against teacher\n\n{}\n{}\n",
+            table(&v),
+            views::PAIRED_NOTE
+        );
+        let examples = views::disagreements(r, 3);
+        if !examples.is_empty() {
+            out += "\nFirst disagreements:\n\n";
+            for e in examples {
+                out += &format!("- {}\n", e.replace('|', "\\|"));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -106,6 +137,35 @@ mod tests {
 Teacher: not loaded. Student: not loaded. Quality scores are x100 (perplexities and token counts as they are); retention is student / teacher on the primary metric (teacher / student for perplexity).
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn several_students_get_one_row_each_then_a_section_each() {
+        let text = MarkdownReport.render(&crate::schema::tests::several_students());
+        assert!(
+            text.starts_with("## distill-harness: teacher (teacher) vs student, student-2, student-3 (students)\n"),
+            "{text}"
+        );
+        let models = &text[text.find("### Models").unwrap()..];
+        let expected = "\
+### Models
+
+| model     | role    | params (M) | size (MB) |  sst2 |  stsb | macro | retention | batch-1 passes (s) | speedup |
+| --------- | ------- | ---------: | --------: | ----: | ----: | ----: | --------: | -----------------: | ------: |
+| teacher   | teacher |        n/a |       n/a | 80.00 | 80.00 | 80.00 |           |               40.0 |         |
+| student   | student |        n/a |       n/a | 60.00 | 76.00 | 68.00 |     85.0% |               20.0 |   2.00x |
+| student-2 | student |        n/a |       n/a | 72.00 | 72.00 | 72.00 |     90.0% |               13.3 |   3.00x |
+| student-3 | student |        n/a |       n/a | 40.00 | 40.00 | 40.00 |     50.0% |               40.0 |   1.00x |
+";
+        assert!(models.starts_with(expected), "\n{models}");
+        // Each student's own section, with its cost rows a heading level down.
+        for name in ["student", "student-2", "student-3"] {
+            assert!(
+                text.contains(&format!("\n### {name} against the teacher\n")),
+                "{name}"
+            );
+        }
+        assert_eq!(text.matches("\n#### Cost\n").count(), 3);
     }
 
     #[test]

@@ -1,15 +1,17 @@
 //! Report formats, one file each behind the small [`Exporter`] trait (as hyperfine's
 //! `src/export/`). `table` is the shared layout helper.
 
+pub mod charts;
 mod csv;
 mod html;
 mod json;
 mod markdown;
+pub mod svg;
 pub mod table;
 pub mod views;
 
 pub use csv::CsvReport;
-pub use html::HtmlReport;
+pub use html::{sweep_page, utc_date, HtmlReport};
 pub use json::JsonReport;
 pub use markdown::MarkdownReport;
 

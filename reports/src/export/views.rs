@@ -8,9 +8,13 @@ use crate::Results;
 
 /// A table: column headers, their alignment and the cell texts.
 pub struct TableView {
-    pub headers: Vec<&'static str>,
+    pub headers: Vec<String>,
     pub align: Vec<Align>,
     pub rows: Vec<Vec<String>>,
+}
+
+fn strings(headers: &[&str]) -> Vec<String> {
+    headers.iter().map(|h| h.to_string()).collect()
 }
 
 /// Per task, the primary metric x100 for teacher and student and the retention, then the
@@ -53,7 +57,7 @@ pub fn scores(r: &Results, macro_label: &str) -> TableView {
     }
     use Align::*;
     TableView {
-        headers: vec![
+        headers: strings(&[
             "task",
             "mode",
             "metric",
@@ -61,7 +65,7 @@ pub fn scores(r: &Results, macro_label: &str) -> TableView {
             "teacher",
             "student",
             "retention",
-        ],
+        ]),
         align: vec![Left, Left, Left, Right, Right, Right, Right],
         rows,
     }
@@ -115,7 +119,7 @@ pub fn costs(r: &Results) -> Option<TableView> {
     }
     use Align::*;
     (!rows.is_empty()).then(|| TableView {
-        headers: vec![
+        headers: strings(&[
             "task",
             "model",
             "params (M)",
@@ -127,7 +131,7 @@ pub fn costs(r: &Results) -> Option<TableView> {
             "peak RSS (MiB)",
             "J / 1k examples",
             "speedup",
-        ],
+        ]),
         align: vec![
             Left, Left, Right, Right, Right, Right, Right, Right, Right, Right, Right,
         ],
@@ -186,7 +190,7 @@ pub fn llm_accuracy(r: &Results) -> Option<TableView> {
     }
     use Align::*;
     (!rows.is_empty()).then(|| TableView {
-        headers: vec![
+        headers: strings(&[
             "task",
             "n",
             "primary",
@@ -195,7 +199,7 @@ pub fn llm_accuracy(r: &Results) -> Option<TableView> {
             "teacher acc_norm",
             "student acc_norm",
             "retention",
-        ],
+        ]),
         align: vec![Left, Right, Left, Right, Right, Right, Right, Right],
         rows,
     })
@@ -234,7 +238,7 @@ pub fn language_modelling(r: &Results) -> Option<TableView> {
     }
     use Align::*;
     (!rows.is_empty()).then(|| TableView {
-        headers: vec![
+        headers: strings(&[
             "task",
             "model",
             "weights",
@@ -244,7 +248,7 @@ pub fn language_modelling(r: &Results) -> Option<TableView> {
             "TTFT (ms)",
             "decode tok/s",
             "tokens/s",
-        ],
+        ]),
         align: vec![Left, Left, Left, Right, Right, Right, Right, Right, Right],
         rows,
     })
@@ -271,7 +275,7 @@ pub fn token_fidelity(r: &Results) -> Option<TableView> {
         .collect();
     use Align::*;
     (!rows.is_empty()).then(|| TableView {
-        headers: vec![
+        headers: strings(&[
             "task",
             "same tokenizer",
             "positions",
@@ -279,7 +283,7 @@ pub fn token_fidelity(r: &Results) -> Option<TableView> {
             "top-1 agreement",
             "greedy token match",
             "greedy exact match",
-        ],
+        ]),
         align: vec![Left, Left, Right, Right, Right, Right, Right],
         rows,
     })
@@ -330,7 +334,7 @@ pub fn kl_statistics(r: &Results) -> Option<TableView> {
         .collect();
     use Align::*;
     (!rows.is_empty()).then(|| TableView {
-        headers: vec![
+        headers: strings(&[
             "task",
             "mean KL",
             "median KL",
@@ -342,7 +346,7 @@ pub fn kl_statistics(r: &Results) -> Option<TableView> {
             "RMS Δp",
             "cor(ln PPL)",
             "PPL(s)/PPL(t)",
-        ],
+        ]),
         align: vec![
             Left, Right, Right, Right, Right, Right, Right, Right, Right, Right, Right,
         ],
@@ -393,7 +397,7 @@ pub fn paired(r: &Results) -> Option<TableView> {
     }
     use Align::*;
     (!rows.is_empty()).then(|| TableView {
-        headers: vec![
+        headers: strings(&[
             "task",
             "student - teacher (pts, 95% CI)",
             "McNemar p",
@@ -401,7 +405,7 @@ pub fn paired(r: &Results) -> Option<TableView> {
             "KL(t||s)",
             "ECE t / s",
             "Brier t / s",
-        ],
+        ]),
         align: vec![Left, Right, Right, Right, Right, Right, Right],
         rows,
     })
@@ -457,3 +461,123 @@ pub fn provenance(r: &Results) -> Option<String> {
     }
     Some(out)
 }
+
+/// One row per model, the teacher first, as the DistilBERT paper's Table 1 with its Table 3's
+/// cost columns: size, each task's primary score (x100; perplexity as it is), the macro score
+/// and its retention, the batch-1 passes summed over the tasks every model was profiled on,
+/// and the speedup over the teacher on those tasks.
+pub fn models(r: &Results) -> TableView {
+    let pairs = r.pairs();
+    let tasks: Vec<&String> = r.tasks.keys().collect();
+    let size = |c: &Option<crate::CheckpointInfo>| match c {
+        Some(c) => (
+            format!("{:.1}", c.parameters as f64 / 1e6),
+            format!(
+                "{:.1}",
+                c.weight_bytes.unwrap_or(c.bytes_on_disk) as f64 / 1e6
+            ),
+        ),
+        None => ("n/a".into(), "n/a".into()),
+    };
+    // Tasks whose batch-1 pass every model ran: the common ground of the summed time.
+    let profiled: Vec<&String> = tasks
+        .iter()
+        .copied()
+        .filter(|t| {
+            pairs.iter().all(|p| {
+                p.tasks
+                    .get(*t)
+                    .is_some_and(|r| r.teacher.profile.is_some() && r.student.profile.is_some())
+            })
+        })
+        .collect();
+    let pass_s = |cell: &dyn Fn(&crate::TaskResult) -> &crate::Cell, p: &Results| -> f64 {
+        profiled
+            .iter()
+            .map(|t| {
+                cell(&p.tasks[*t])
+                    .profile
+                    .as_ref()
+                    .map_or(0.0, |x| x.batch1_pass_s)
+            })
+            .sum()
+    };
+    let teacher_s = pass_s(&|t| &t.teacher, &pairs[0]);
+    let score = |t: &crate::TaskResult, v: f64| {
+        if t.in_macro() {
+            points(v)
+        } else {
+            format!("{v:.3}")
+        }
+    };
+    let mut rows = Vec::new();
+    let (params, mb) = size(&r.teacher.checkpoint);
+    let mut row = vec![r.teacher.display(), "teacher".into(), params, mb];
+    for t in &tasks {
+        let res = &r.tasks[*t];
+        row.push(score(res, res.primary().0));
+    }
+    row.push(
+        r.macro_score
+            .as_ref()
+            .map_or(String::new(), |m| points(m.teacher)),
+    );
+    row.push(String::new());
+    row.push(if profiled.is_empty() {
+        String::new()
+    } else {
+        format!("{teacher_s:.1}")
+    });
+    row.push(String::new());
+    rows.push(row);
+    for p in &pairs {
+        let (params, mb) = size(&p.student.checkpoint);
+        let mut row = vec![p.student.display(), "student".into(), params, mb];
+        for t in &tasks {
+            row.push(
+                p.tasks
+                    .get(*t)
+                    .map_or(String::new(), |res| score(res, res.primary().1)),
+            );
+        }
+        match &p.macro_score {
+            Some(m) => {
+                row.push(points(m.student));
+                row.push(percent(m.retention));
+            }
+            None => row.extend([String::new(), String::new()]),
+        }
+        if profiled.is_empty() {
+            row.extend([String::new(), String::new()]);
+        } else {
+            let s = pass_s(&|t| &t.student, p);
+            row.push(format!("{s:.1}"));
+            row.push(if s > 0.0 {
+                format!("{:.2}x", teacher_s / s)
+            } else {
+                "n/a".into()
+            });
+        }
+        rows.push(row);
+    }
+    let mut headers = strings(&["model", "role", "params (M)", "size (MB)"]);
+    headers.extend(tasks.iter().map(|t| t.to_string()));
+    headers.extend(strings(&[
+        "macro",
+        "retention",
+        "batch-1 passes (s)",
+        "speedup",
+    ]));
+    use Align::*;
+    let mut align = vec![Left, Left, Right, Right];
+    align.extend(tasks.iter().map(|_| Right));
+    align.extend([Right, Right, Right, Right]);
+    TableView {
+        headers,
+        align,
+        rows,
+    }
+}
+
+/// What the models table shows, for the line under it.
+pub const MODELS_NOTE: &str = "Scores are each task's primary metric x100 (perplexity as it is); retention is the student's macro score over the teacher's; batch-1 passes are summed over the tasks every model was profiled on, and speedup is the teacher's sum over the student's.";
