@@ -8,6 +8,14 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     println!("cargo:rustc-env=HARNESS_GIT_COMMIT={commit}");
+    // `harness --version`: the version and the commit it was built from.
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let line = if commit.is_empty() {
+        format!("{version} (commit unknown: not built from a git checkout)")
+    } else {
+        format!("{version} (commit {})", &commit[..commit.len().min(12)])
+    };
+    println!("cargo:rustc-env=HARNESS_VERSION_LINE={line}");
     // The candle version actually linked, from the lock file, for the environment fingerprint.
     let lock = std::fs::read_to_string("../Cargo.lock").unwrap_or_default();
     let candle = lock

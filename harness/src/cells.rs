@@ -82,9 +82,17 @@ pub fn read_cached<T: for<'de> Deserialize<'de>>(
     key: &str,
     key_of: fn(&T) -> &str,
 ) -> Option<T> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: T = serde_json::from_str(&text).ok()?;
-    (key_of(&v) == key).then_some(v)
+    let Ok(text) = std::fs::read_to_string(path) else {
+        tracing::debug!(path = %path.display(), "no cached cell");
+        return None;
+    };
+    let Ok(v) = serde_json::from_str::<T>(&text) else {
+        tracing::debug!(path = %path.display(), "cached cell unreadable; recomputing");
+        return None;
+    };
+    let hit = key_of(&v) == key;
+    tracing::debug!(path = %path.display(), hit, cache_key = key, "cached cell");
+    hit.then_some(v)
 }
 
 /// The progress line for a loaded model.

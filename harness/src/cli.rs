@@ -8,18 +8,32 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "harness",
-    version,
+    version = env!("HARNESS_VERSION_LINE"),
     about = "Score a teacher and a distilled student on the same tasks: what the student keeps and what it saves.",
-    after_help = "Exit codes: 0 ok, 1 regression found (compare), 2 error."
+    after_help = "Exit codes: 0 ok, 1 regression found (compare), 2 error.\nLogging: -v info, -vv debug, -vvv trace on stderr; RUST_LOG (e.g. RUST_LOG=harness=debug) overrides."
 )]
 pub struct Cli {
+    /// More log lines on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Examples under `harness run --help`.
+const RUN_EXAMPLES: &str = "Examples:
+  # A sentence-encoder teacher and a distilled student on three GLUE tasks:
+  harness run --teacher ../shared/models/all-MiniLM-L6-v2 --student ../shared/models/paraphrase-MiniLM-L3-v2 \\
+      --task stsb,sst2,mrpc --data-dir ../shared/data/glue --out demo-results
+
+  # Two students on one table, the second the teacher's own Q8_0 copy, named for the report:
+  harness run --teacher bert-base --student distilbert --student teacher@q8_0 \\
+      --name BERT,DistilBERT,BERT-q8_0 --task sst2,mrpc --limit 200";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Score teacher and student on tasks; write DIR/results.json and DIR/predictions/.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
     /// Print the model alias table or the task registry.
     List(ListArgs),
@@ -33,6 +47,14 @@ pub enum Command {
     Merge(MergeArgs),
     /// Print a run's cells and how `--shard I/N` splits them (for a CI matrix or job array).
     Plan(PlanArgs),
+    /// Print a shell completion script: `harness completions bash > ~/.local/share/bash-completion/completions/harness`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -144,17 +166,17 @@ pub struct ProfileArgs {
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// An alias table to use instead of the built-in one (same format as harness/aliases.toml).
-    #[arg(long)]
+    #[arg(long, help_heading = "Models")]
     pub aliases: Option<PathBuf>,
     /// cpu, or cuda / cuda:N / metal when built with that feature.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", help_heading = "Models")]
     pub device: String,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Teacher: an alias (bert-base), a Hub id (org/name[@revision]) or a local folder.
-    #[arg(long)]
+    #[arg(long, help_heading = "Models")]
     pub teacher: String,
     /// Student: an alias (distilbert), a Hub id, a local folder or a .gguf file. Repeat it
     /// for several students, each compared with the teacher on one table. `SPEC@q8_0`
@@ -163,89 +185,95 @@ pub struct RunArgs {
     /// teacher, quantized.
     #[arg(
         long,
+        help_heading = "Models",
         required_unless_present = "student_quantize",
         value_name = "SPEC"
     )]
     pub student: Vec<String>,
     /// Display names in reports, comma-separated: the teacher's, then each student's in
     /// order (default: from the checkpoint, e.g. all-MiniLM-L6-v2).
-    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    #[arg(
+        help_heading = "Models",
+        long,
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
     pub name: Vec<String>,
     /// Quantize the student's linear layers with candle's quantizer: q8_0, q4_0, q4k, q5k or
     /// q6k (embeddings and norms stay f32). Without --student, the teacher is quantized.
-    #[arg(long)]
+    #[arg(long, help_heading = "Models")]
     pub student_quantize: Option<String>,
     /// Load a GGUF teacher dequantized to f32 (a GGUF student always runs as stored).
-    #[arg(long)]
+    #[arg(long, help_heading = "Models")]
     pub dequantize_teacher: bool,
-    /// Perplexity: tokens per sliding window (capped by each model's maximum).
-    #[arg(long, default_value_t = 1024)]
-    pub context_length: usize,
-    /// Perplexity: how far each window moves (the Hugging Face guide uses half the context).
-    #[arg(long, default_value_t = 512)]
-    pub stride: usize,
-    /// Perplexity: evaluate only the text the teacher's first N tokens cover (default: all).
-    #[arg(long)]
-    pub max_eval_tokens: Option<usize>,
-    /// Perplexity: positions compared for token-level fidelity (KL, top-1 agreement).
-    #[arg(long, default_value_t = 4096)]
-    pub fidelity_tokens: usize,
-    /// Generate: new tokens per prompt (greedy).
-    #[arg(long, default_value_t = 32)]
-    pub max_new_tokens: usize,
+    #[command(flatten)]
+    pub models: ModelArgs,
     /// Score only the first N examples of every task (MMLU: of every subject; generate: the
     /// first N prompts), for smoke runs and CI. Recorded in the results.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data")]
     pub limit: Option<usize>,
-    /// Multiple-choice tasks with a few-shot split (MMLU's dev): answered examples put before
-    /// each question, lm-eval's first-N sampler.
-    #[arg(long, default_value_t = 0)]
-    pub num_fewshot: usize,
     /// Tasks, comma-separated (see `harness list tasks`).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(help_heading = "Data", long, value_delimiter = ',', required = true)]
     pub task: Vec<String>,
     /// Folder in the GLUE layout (SST-2/dev.tsv, ...). Without it, data comes from the Hub
     /// dataset nyu-mll/glue.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data")]
     pub data_dir: Option<PathBuf>,
-    /// Output folder for results.json, predictions/ and the per-cell cache.
-    #[arg(long, default_value = "harness-results")]
-    pub out: PathBuf,
     /// Examples per forward pass. Metrics do not depend on it.
-    #[arg(long, default_value_t = 32)]
+    #[arg(help_heading = "Data", long, default_value_t = 32)]
     pub batch_size: usize,
     /// Truncate inputs to this many tokens (default: each model's maximum).
-    #[arg(long)]
+    #[arg(long, help_heading = "Data")]
     pub max_length: Option<usize>,
     /// Rows of the train split used to fit a probe for checkpoints without a task head.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(help_heading = "Data", long, default_value_t = 2000)]
     pub probe_train_rows: usize,
-    #[command(flatten)]
-    pub models: ModelArgs,
-    /// Run only the I-th (from 0) of N cost-balanced slices of the plan's (model, task) cells,
-    /// for a CI matrix or a job array; `auto` reads SLURM_ARRAY_TASK_ID / _COUNT or
-    /// JOB_COMPLETION_INDEX with HARNESS_SHARD_COUNT. Join the shards with `harness merge`.
-    #[arg(long, value_name = "I/N|auto")]
-    pub shard: Option<String>,
-    /// No progress lines on stderr.
-    #[arg(long)]
-    pub quiet: bool,
     /// Smoke-run profiling: 20 examples at batch size 1, 2 throughput iterations, no minimum time.
-    #[arg(long)]
+    #[arg(long, help_heading = "Profiling")]
     pub quick: bool,
     /// Skip profiling (scores only).
-    #[arg(long, conflicts_with = "quick")]
+    #[arg(help_heading = "Profiling", long, conflicts_with = "quick")]
     pub no_profile: bool,
     /// Minimum iterations of the throughput pass.
-    #[arg(long)]
+    #[arg(long, help_heading = "Profiling")]
     pub min_iterations: Option<usize>,
     /// Minimum seconds of the throughput pass.
-    #[arg(long)]
+    #[arg(long, help_heading = "Profiling")]
     pub min_time_s: Option<f64>,
     /// Watts per busy core for the energy estimate when RAPL cannot be read
     /// (default 10.6: codecarbon's 85 W fallback TDP over 8 cores).
-    #[arg(long)]
+    #[arg(long, help_heading = "Profiling")]
     pub watts_per_core: Option<f64>,
+    /// Perplexity: tokens per sliding window (capped by each model's maximum).
+    #[arg(help_heading = "Language models", long, default_value_t = 1024)]
+    pub context_length: usize,
+    /// Perplexity: how far each window moves (the Hugging Face guide uses half the context).
+    #[arg(help_heading = "Language models", long, default_value_t = 512)]
+    pub stride: usize,
+    /// Perplexity: evaluate only the text the teacher's first N tokens cover (default: all).
+    #[arg(long, help_heading = "Language models")]
+    pub max_eval_tokens: Option<usize>,
+    /// Perplexity: positions compared for token-level fidelity (KL, top-1 agreement).
+    #[arg(help_heading = "Language models", long, default_value_t = 4096)]
+    pub fidelity_tokens: usize,
+    /// Generate: new tokens per prompt (greedy).
+    #[arg(help_heading = "Language models", long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Multiple-choice tasks with a few-shot split (MMLU's dev): answered examples put before
+    /// each question, lm-eval's first-N sampler.
+    #[arg(help_heading = "Language models", long, default_value_t = 0)]
+    pub num_fewshot: usize,
+    /// Output folder for results.json, predictions/ and the per-cell cache.
+    #[arg(help_heading = "Output", long, default_value = "harness-results")]
+    pub out: PathBuf,
+    /// Run only the I-th (from 0) of N cost-balanced slices of the plan's (model, task) cells,
+    /// for a CI matrix or a job array; `auto` reads SLURM_ARRAY_TASK_ID / _COUNT or
+    /// JOB_COMPLETION_INDEX with HARNESS_SHARD_COUNT. Join the shards with `harness merge`.
+    #[arg(help_heading = "Output", long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
+    /// No progress lines on stderr.
+    #[arg(long, help_heading = "Output")]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -141,7 +141,12 @@ fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
     if args.format == "json" {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", reports::compare::report_markdown(&report));
+        let text = reports::compare::report_markdown(&report);
+        if colour_stdout() {
+            print!("{}", reports::compare::colour_regressions(&text));
+        } else {
+            print!("{text}");
+        }
     }
     Ok(report.regressions > 0)
 }
@@ -175,9 +180,21 @@ fn merge(args: &MergeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether stdout gets colour: a terminal without `NO_COLOR`, or `CLICOLOR_FORCE` set (not 0),
+/// as the usual conventions (no-color.org, bixense.com/clicolors) have it.
+fn colour_stdout() -> bool {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty() && v != "0");
+    if set("CLICOLOR_FORCE") {
+        return true;
+    }
+    std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout())
+}
+
 fn main() -> ExitCode {
     harness::alloc::tune_for_inference();
     let cli = Cli::parse();
+    harness::logging::init(cli.verbose);
+    tracing::debug!(args = ?std::env::args().collect::<Vec<_>>(), version = env!("HARNESS_VERSION_LINE"), "harness started");
     // A bad kernel setting is refused before any work, not at the first product.
     if let Err(e) = harness::kernels::isa::check_env() {
         eprintln!("error: {e}");
@@ -190,6 +207,11 @@ fn main() -> ExitCode {
         Command::Report(args) => report(args),
         Command::Merge(args) => merge(args),
         Command::Plan(args) => plan(args),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "harness", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Compare(args) => match compare(args) {
             Ok(true) => return ExitCode::from(EXIT_REGRESSION),
             Ok(false) => Ok(()),

@@ -464,7 +464,7 @@ impl RunPlan {
                 }
                 s.min_time_s = t;
             }
-            s.show_progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            s.show_progress = crate::progress::wanted(args.quiet);
             if let Some(w) = args.watts_per_core {
                 if !(w > 0.0 && w.is_finite()) {
                     bail!("--watts-per-core must be a positive number");

@@ -968,6 +968,18 @@ fn run_writes_reports_and_report_compare_merge_work_on_its_results() {
         String::from_utf8_lossy(&reg.stdout)
     );
     assert!(String::from_utf8_lossy(&reg.stdout).contains("REGRESSION"));
+    // Piped: no colour codes; CLICOLOR_FORCE asks for them, NO_COLOR alone changes nothing.
+    assert!(!String::from_utf8_lossy(&reg.stdout).contains('\x1b'));
+    let args = [
+        "compare",
+        "--baseline",
+        results.to_str().unwrap(),
+        "--current",
+        worse_path.to_str().unwrap(),
+    ];
+    let forced = harness(&args, &[("CLICOLOR_FORCE", "1")]);
+    assert_eq!(forced.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&forced.stdout).contains("\x1b[1;31mREGRESSION\x1b[0m"));
     let mut other = res.clone();
     other["schema_version"] = Value::from(99);
     let other_path = tmp.path().join("other.json");

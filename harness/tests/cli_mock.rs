@@ -257,6 +257,154 @@ fn several_students_are_checked_before_anything_runs() {
     }
 }
 
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = harness(&["--version"], &[]);
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let prefix = format!("harness {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(line.starts_with(&prefix), "{line}");
+    // Built from a checkout (as CI and a clone are): the commit is HEAD's, shortened.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    if let Some(h) = head.ok().filter(|h| h.status.success()) {
+        let head = String::from_utf8_lossy(&h.stdout).trim().to_string();
+        assert_eq!(line, format!("{prefix}{})", &head[..12]));
+    }
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    let bash = harness(&["completions", "bash"], &[]);
+    assert!(bash.status.success());
+    let text = String::from_utf8_lossy(&bash.stdout);
+    // The function bash calls, and the subcommands and flags it completes.
+    assert!(text.contains("_harness()"), "{text}");
+    for word in [
+        "run",
+        "compare",
+        "--teacher",
+        "--student",
+        "--limit",
+        "completions",
+    ] {
+        assert!(text.contains(word), "{word}");
+    }
+    for shell in ["zsh", "fish"] {
+        let out = harness(&["completions", shell], &[]);
+        assert!(out.status.success(), "{shell}");
+        // zsh spells the flag '--teacher', fish '-l teacher'.
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("teacher"),
+            "{shell}"
+        );
+    }
+    let bad = harness(&["completions", "tcsh"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("possible values"));
+}
+
+#[test]
+fn run_help_is_grouped_with_examples() {
+    let out = harness(&["run", "--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let at = |h: &str| {
+        help.find(h)
+            .unwrap_or_else(|| panic!("no {h:?} in:\n{help}"))
+    };
+    // Each flag under its heading: models, data, profiling, language models, output.
+    let models = at("\nModels:\n");
+    let data = at("\nData:\n");
+    let profiling = at("\nProfiling:\n");
+    let lm = at("\nLanguage models:\n");
+    let output = at("\nOutput:\n");
+    let within = |flag: &str, from: usize| {
+        // The last mention: the usage line at the top names the required flags too.
+        let i = help
+            .rfind(flag)
+            .unwrap_or_else(|| panic!("no {flag:?} in:\n{help}"));
+        let next = [models, data, profiling, lm, output]
+            .into_iter()
+            .filter(|&h| h > from)
+            .min()
+            .unwrap_or(help.len());
+        assert!(
+            i > from && i < next,
+            "{flag} is not under its heading:\n{help}"
+        );
+    };
+    within("--teacher <TEACHER>", models);
+    within("--student <SPEC>", models);
+    within("--device <DEVICE>", models);
+    within("--task <TASK>", data);
+    within("--limit <LIMIT>", data);
+    within("--min-time-s", profiling);
+    within("--context-length", lm);
+    within("--out <OUT>", output);
+    assert!(
+        help.contains("teacher@q8_0"),
+        "the quantized-teacher spelling is documented"
+    );
+    assert_eq!(
+        help.matches("  harness run ").count(),
+        2,
+        "two examples:\n{help}"
+    );
+}
+
+/// Mocks with an SST-2 head (labels in the task's order), so a two-row file is scored.
+const HEAD_T: &str = "mock:t:labels=negative,positive";
+const HEAD_S: &str = "mock:s:labels=negative,positive";
+
+#[test]
+fn rust_log_and_verbose_turn_on_debug_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        &tmp.path().join("data"),
+        "SST-2/dev.tsv",
+        "sentence\tlabel\nok\t1\nbad\t0\n",
+    );
+    let quiet = run(tmp.path(), HEAD_T, HEAD_S, "sst2", &[]);
+    assert!(quiet.output.status.success());
+    assert!(!quiet.stderr().contains("DEBUG"), "{}", quiet.stderr());
+    // -vv is debug for the harness's crates, RUST_LOG=debug for everything.
+    for (extra, envs) in [(vec!["-vv"], vec![]), (vec![], vec![("RUST_LOG", "debug")])] {
+        let data = tmp.path().join("data");
+        let out = tmp.path().join("logged");
+        let _ = std::fs::remove_dir_all(&out);
+        let mut args = vec![
+            "run",
+            "--no-profile",
+            "--teacher",
+            HEAD_T,
+            "--student",
+            HEAD_S,
+            "--task",
+            "sst2",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra.iter().copied());
+        let o = harness(&args, &envs);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            err.contains("DEBUG") && err.contains("harness started"),
+            "{err}"
+        );
+        assert!(
+            err.contains("cached cell"),
+            "the cache lookups are logged: {err}"
+        );
+        assert!(err.contains("INFO") && err.contains("loading"), "{err}");
+    }
+}
+
 /// The mock's token id of a word and its next-token logits, as `models/mock.rs` documents.
 fn mock_token(word: &str) -> usize {
     1 + word.bytes().map(usize::from).sum::<usize>() % 63

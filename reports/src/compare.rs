@@ -235,6 +235,11 @@ pub struct CompareReport {
     pub findings: Vec<Finding>,
 }
 
+/// The Markdown report with each `REGRESSION` verdict in bold red (ANSI), for a terminal.
+pub fn colour_regressions(markdown: &str) -> String {
+    markdown.replace("| REGRESSION", "| \x1b[1;31mREGRESSION\x1b[0m")
+}
+
 /// Compare `current` against `baseline`: every compared figure.
 pub fn compare(
     baseline: &Results,
@@ -596,6 +601,15 @@ mod tests {
         let mut r = sample();
         add_profiles(&mut r);
         r
+    }
+
+    #[test]
+    fn regressions_are_coloured_and_nothing_else() {
+        let text = "| verdict    | task |\n| ---------- | ---- |\n| REGRESSION | sst2 |\n| ok         | stsb |\n";
+        let c = colour_regressions(text);
+        assert!(c.contains("| \x1b[1;31mREGRESSION\x1b[0m | sst2 |"), "{c}");
+        assert_eq!(c.matches('\x1b').count(), 2);
+        assert_eq!(c.replace("\x1b[1;31m", "").replace("\x1b[0m", ""), text);
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct TsvFile {
 impl TsvFile {
     /// Parse TSV text. GLUE files are read as Python's `csv` module with `quoting=QUOTE_NONE`
     /// would: a quote is an ordinary character (MRPC has unbalanced ones), fields split on tabs.
+    ///
+    /// The design card names the `csv` crate; with quoting off it would do exactly this split
+    /// (`ReaderBuilder::quoting(false)`), so it would add a dependency and no behaviour.
     pub fn parse(origin: &str, text: &str, has_header: bool) -> Self {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut lines = text

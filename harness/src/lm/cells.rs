@@ -127,7 +127,11 @@ pub(super) fn perplexity_cell(
         let (ids, _) = model.tokenize(&span.text)?;
         model.window_logits(&ids[..ids.len().min(window.context)])?;
     }
-    let (rolling, timed) = measured(meter, |lat| {
+    let spinner = crate::progress::spinner(
+        crate::progress::wanted(plan.quiet),
+        &format!("{task}: perplexity of {}", model.info().id),
+    );
+    let measured_pass = measured(meter, |lat| {
         let r = model
             .run(
                 task,
@@ -140,7 +144,9 @@ pub(super) fn perplexity_cell(
             .map_err(anyhow::Error::msg)?;
         lat.extend_from_slice(&r.window_ms);
         Ok(r)
-    })?;
+    });
+    spinner.finish_and_clear();
+    let (rolling, timed) = measured_pass?;
     let nll = rolling.nll;
     let tokens_run = rolling.tokens_run;
     let profile = plan

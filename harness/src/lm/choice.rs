@@ -60,12 +60,18 @@ pub(super) fn choice_cell(
     }
     let n = set.docs.len();
     let step = (n / 10).max(1);
-    let (answers, timed) = measured(meter, |lat| {
+    let bar = crate::progress::bar(
+        crate::progress::wanted(plan.quiet),
+        n as u64,
+        &format!("{role} {task}"),
+    );
+    let answers_timed = measured(meter, |lat| {
         let mut out = Vec::with_capacity(n);
         for (i, doc) in set.docs.iter().enumerate() {
             let t0 = Instant::now();
             out.push(ask(doc).with_context(|| format!("{task}: example {}", doc.id))?);
             lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            bar.inc(1);
             if (i + 1) % step == 0 && i + 1 < n {
                 say(format!(
                     "{role} {task}: {}/{n} examples ({:.0} s)",
@@ -75,7 +81,9 @@ pub(super) fn choice_cell(
             }
         }
         Ok(out)
-    })?;
+    });
+    bar.finish_and_clear();
+    let (answers, timed) = answers_timed?;
     let profile = match &plan.profile {
         Some(_) => {
             // Tokens each example runs: its context once and every continuation (counted

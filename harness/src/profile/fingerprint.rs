@@ -1,4 +1,10 @@
 //! The environment a result was measured in, so two results files can be compared honestly.
+//!
+//! Read from `/proc` (CPU model and flags, memory, kernel release). The design card names the
+//! `sysinfo` crate; it is not used: on Linux it reads these same files, it does not expose the
+//! CPU flags that pick the kernels (those come from `/proc/cpuinfo` here and from
+//! `is_x86_feature_detected!` in `kernels::isa`), and where `/proc` is absent the fields fall
+//! back to what `std` knows (architecture, OS, cores) and say nothing they cannot measure.
 
 use reports::Environment;
 

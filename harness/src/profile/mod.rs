@@ -79,21 +79,6 @@ impl ProfileSettings {
     }
 }
 
-/// A progress bar on stderr, or a hidden one.
-pub fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_string());
-    bar
-}
-
 /// Ask the model for each example once: head outputs (a pair stays one input) or sentence
 /// embeddings (a pair becomes two single-text inputs, `a` then `b`).
 pub fn call(
@@ -160,7 +145,7 @@ pub fn profile_cell(
     let mut fwd_ms = Vec::with_capacity(n1);
     let mut flops = 0.0;
     let mut tokens = 0usize;
-    let bar = progress_bar(settings.show_progress, n1 as u64, "batch-1 pass");
+    let bar = crate::progress::bar(settings.show_progress, n1 as u64, "batch-1 pass");
     for ex in &examples[..n1] {
         bar.inc(1);
         let started = Instant::now();
@@ -190,6 +175,7 @@ pub fn profile_cell(
     // the empty default).
     let mut first_lap: Vec<Option<Batched>> = vec![None; splits.len()];
     let mut laps_per_s = Vec::new();
+    let spinner = crate::progress::spinner(settings.show_progress, "throughput pass");
     let energy_start = probe::Probe::start(meter);
     let started = Instant::now();
     let (mut iterations, mut done, mut done_tokens) = (0usize, 0usize, 0usize);
@@ -222,6 +208,12 @@ pub fn profile_cell(
                     }
                 }
                 laps_per_s.push(examples.len() as f64 / lap_started.elapsed().as_secs_f64());
+                spinner.set_message(format!(
+                    "throughput pass at batch {bs}: {} laps, last {:.1} examples/s",
+                    laps_per_s.len(),
+                    laps_per_s.last().copied().unwrap_or_default()
+                ));
+                tracing::debug!(lap = laps_per_s.len(), rate = ?laps_per_s.last(), "throughput lap");
                 if iterations >= settings.min_iterations.max(1)
                     && started.elapsed().as_secs_f64() >= settings.min_time_s
                 {
@@ -233,6 +225,7 @@ pub fn profile_cell(
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (sampler.and_then(|s| s.join().ok()), pass)
     });
+    spinner.finish_and_clear();
     pass?;
     let throughput_s = started.elapsed().as_secs_f64();
     let energy = probe::Probe::stop(meter, energy_start);

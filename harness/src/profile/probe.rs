@@ -68,7 +68,7 @@ impl Probe for WallClock {
 
 /// Peak resident memory of the process over the region: the kernel's `VmHWM`, reset at the
 /// start where Linux allows (`detail` is then `phase`), else the process's peak so far
-/// (`process`).
+/// (`process`). Where `/proc` is absent it is `getrusage`'s process peak.
 pub struct PeakRssProbe;
 
 impl Probe for PeakRssProbe {
@@ -77,16 +77,21 @@ impl Probe for PeakRssProbe {
         memory::reset_peak()
     }
     fn stop(&self, reset: bool) -> Figure {
-        let value = memory::peak_rss_bytes();
+        let peak = memory::peak_rss();
         Figure {
-            value: value.map(|b| b as f64),
+            value: peak.map(|(b, _)| b as f64),
             unit: "bytes",
-            source: if value.is_some() {
-                Source::Measured("VmHWM".into())
-            } else {
-                Source::Missing
+            source: match peak {
+                Some((_, counter)) => Source::Measured(counter.into()),
+                None => Source::Missing,
             },
-            detail: if reset { "phase" } else { "process" }.into(),
+            // getrusage's peak cannot be reset: it is always the process's.
+            detail: if reset && matches!(peak, Some((_, "VmHWM"))) {
+                "phase"
+            } else {
+                "process"
+            }
+            .into(),
         }
     }
 }

@@ -204,6 +204,12 @@ fn execute_pair(plan: &RunPlan) -> Result<RunOutcome> {
             models.push(spec);
         }
     }
+    tracing::info!(
+        models = models.len(),
+        f32_kernels = crate::kernels::isa::f32_level().map_or("portable", |l| l.name()),
+        int_kernels = crate::kernels::isa::int_level().map_or("portable", |l| l.name()),
+        "models of this pair, each loaded once"
+    );
     loader::check_all(&models, &plan.device, plan.max_length)?;
     let meter = plan
         .profile
@@ -214,7 +220,14 @@ fn execute_pair(plan: &RunPlan) -> Result<RunOutcome> {
     for spec in &models {
         let started = Instant::now();
         let rss_before = profile::memory::rss_bytes();
-        let loaded = loader::load(spec, &plan.device, plan.max_length)?;
+        let spinner = crate::progress::spinner(
+            crate::progress::wanted(plan.quiet),
+            &format!("loading {}", crate::cells::checkpoint_key(&spec.ckpt)),
+        );
+        tracing::info!(model = ?spec.ckpt, quantize = ?spec.quantize, "loading");
+        let loaded = loader::load(spec, &plan.device, plan.max_length);
+        spinner.finish_and_clear();
+        let loaded = loaded?;
         let load_rss = match (rss_before, profile::memory::rss_bytes()) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,

@@ -138,6 +138,11 @@ pub fn read_json_array(path: &Path, hint: &str) -> Result<Vec<Record>, DataError
 /// RFC 4180 CSV: fields separated by commas, optionally in double quotes (a quote inside is
 /// doubled; commas and line breaks inside quotes are text). Returns each row with the line it
 /// starts on.
+///
+/// Not the `csv` crate the design card names: it accepts a quoted field that is never closed and
+/// silently reads the rest of the file into it (BurntSushi/rust-csv#252, no option to refuse),
+/// so one stray quote in an MMLU file would merge every later question into one field. This
+/// reader reports that with the line the field starts on.
 pub fn parse_csv(origin: &str, text: &str) -> Result<Vec<(usize, Vec<String>)>, DataError> {
     let text = text.trim_start_matches('\u{feff}');
     let mut rows = Vec::new();
