@@ -165,7 +165,7 @@ fn student_quantize_makes_a_smaller_gpt2_student_that_stays_close() {
     let w = &res["tasks"]["wikitext2"];
     assert_eq!(
         w["student"]["checkpoint"]["quantization"],
-        "q8_0 (--student-quantize)"
+        "q8_0 (quantized at load)"
     );
     assert!(w["teacher"]["checkpoint"]["quantization"].is_null());
     assert_eq!(f(&w["size_ratio"]), 1.0, "same parameters");
@@ -239,7 +239,7 @@ fn student_quantize_works_on_encoders_too() {
     assert_eq!(t["mode"], "cosine");
     assert_eq!(
         t["student"]["checkpoint"]["quantization"],
-        "q8_0 (--student-quantize)"
+        "q8_0 (quantized at load)"
     );
     assert!(f(&t["weight_bytes_ratio"]) < 1.0);
     assert!(t["retention"].is_number());
@@ -463,6 +463,6 @@ fn a_gguf_student_with_f32_tensors_can_be_quantized() {
     let w = &r.results()["tasks"]["wikitext2"];
     assert_eq!(
         w["student"]["checkpoint"]["quantization"],
-        "q8_0 (--student-quantize)"
+        "q8_0 (quantized at load)"
     );
 }

@@ -389,7 +389,7 @@ pub struct CheckpointInfo {
     /// Bytes the weights take as the model runs (quantized blocks at their real size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_bytes: Option<u64>,
-    /// How the weights are stored as the model runs: `q8_0 (--student-quantize)`,
+    /// How the weights are stored as the model runs: `q8_0 (quantized at load)`,
     /// `q4_1 (gguf)`, ...; absent for f32 checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<String>,

@@ -87,7 +87,7 @@ pub(super) fn profile_of(
         batch1_examples: items,
         latency_ms: lat,
         forward_latency_ms: None,
-        latency_samples_ms: Vec::new(),
+        latency_samples_ms: latency::samples(&t.latencies_ms),
         throughput_batch_size: None,
         throughput_laps_per_s: Vec::new(),
         throughput_per_s: items as f64 / total_s,

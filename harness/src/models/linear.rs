@@ -384,7 +384,7 @@ pub fn quantize_linears(
         new += l.bytes() as u64;
     }
     info.weight_bytes = Some((before + new).saturating_sub(old));
-    info.quantization = Some(format!("{} (--student-quantize)", ggml_name(dtype)));
+    info.quantization = Some(format!("{} (quantized at load)", ggml_name(dtype)));
     Ok(())
 }
 

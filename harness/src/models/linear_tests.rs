@@ -238,7 +238,7 @@ fn quantizing_quantized_weights_again_is_refused() {
     quantize_linears(vec![&mut f], GgmlDType::Q8_0, &mut info).unwrap();
     assert_eq!(
         info.quantization.as_deref(),
-        Some("q8_0 (--student-quantize)")
+        Some("q8_0 (quantized at load)")
     );
     // 512 f32 parameters (2048 bytes) become 16 Q8_0 blocks: 34 bytes each as candle holds
     // them (f16 scale), 36 as the integer GEMM does (f32 scale).

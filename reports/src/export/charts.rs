@@ -205,23 +205,85 @@ pub fn pareto(r: &Results) -> String {
         "<polyline class=\"frontier\" points=\"{}\"/>\n",
         line.join(" ")
     );
+    let centres: Vec<(f64, f64)> = pts
+        .iter()
+        .map(|&(lat, y)| (xa.map(lat, x0, x1), ya.map(y, bottom, top)))
+        .collect();
+    let widths: Vec<f64> = ms.iter().map(|m| label_width(&m.name)).collect();
+    let spots = place_labels(&centres, &widths, (x0, x1));
     for (i, (m, &(lat, y))) in ms.iter().zip(&pts).enumerate() {
-        let (cx, cy) = (xa.map(lat, x0, x1), ya.map(y, bottom, top));
+        let (cx, cy) = centres[i];
         let on = if front.contains(&i) {
             ", on the frontier"
         } else {
             ""
         };
+        let (lx, ly, anchor) = spots[i];
         s += &format!(
-            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"6\" fill=\"{}\"><title>{}: {lat:.2} ms, {y:.2}{on}</title></circle><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"6\" fill=\"{}\"><title>{}: {lat:.2} ms, {y:.2}{on}</title></circle><text x=\"{lx:.1}\" y=\"{ly:.1}\"{anchor}>{}</text>\n",
             colour(i),
             esc(&m.name),
-            cx + 9.0,
-            cy - 8.0,
             esc(&m.name)
         );
     }
     s + "</svg>\n"
+}
+
+/// Width in px of a point label at the charts' 11 px sans-serif (a little over the average
+/// glyph, so estimates err towards more room).
+fn label_width(text: &str) -> f64 {
+    6.3 * text.chars().count() as f64
+}
+
+/// Where each point's label goes: the first of above-right, below-right, above-left and
+/// below-left of the point whose box overlaps no label placed before it and stays inside
+/// `x_range`; when none is free, the one that overlaps least. Returns (x, y, text-anchor
+/// attribute) per point. Without this, a quantized copy beside its original (same score,
+/// nearby latency) prints both names over each other.
+fn place_labels(
+    centres: &[(f64, f64)],
+    widths: &[f64],
+    x_range: (f64, f64),
+) -> Vec<(f64, f64, &'static str)> {
+    const HEIGHT: f64 = 12.0;
+    let overlap = |a: (f64, f64, f64, f64), b: (f64, f64, f64, f64)| {
+        let w = (a.2.min(b.2) - a.0.max(b.0)).max(0.0);
+        let h = (a.3.min(b.3) - a.1.max(b.1)).max(0.0);
+        w * h
+    };
+    let mut placed: Vec<(f64, f64, f64, f64)> = Vec::new();
+    let mut out = Vec::new();
+    for (&(cx, cy), &w) in centres.iter().zip(widths) {
+        // (text x, baseline y, right-anchored?)
+        let candidates = [
+            (cx + 9.0, cy - 8.0, false),
+            (cx + 9.0, cy + 18.0, false),
+            (cx - 9.0, cy - 8.0, true),
+            (cx - 9.0, cy + 18.0, true),
+        ];
+        let boxed = |&(x, y, end): &(f64, f64, bool)| {
+            let left = if end { x - w } else { x };
+            (left, y - HEIGHT + 2.0, left + w, y + 2.0)
+        };
+        let cost = |c: &(f64, f64, bool)| {
+            let b = boxed(c);
+            let spill = (x_range.0 - b.0).max(0.0) + (b.2 - x_range.1).max(0.0);
+            placed.iter().map(|&p| overlap(b, p)).sum::<f64>() + spill * HEIGHT
+        };
+        let best = candidates
+            .iter()
+            .find(|c| cost(c) == 0.0)
+            .or_else(|| candidates.iter().min_by(|a, b| cost(a).total_cmp(&cost(b))))
+            .copied()
+            .expect("four candidates");
+        placed.push(boxed(&best));
+        out.push((
+            best.0,
+            best.1,
+            if best.2 { " text-anchor=\"end\"" } else { "" },
+        ));
+    }
+    out
 }
 
 /// Each task's primary score (x100) per model as horizontal bars from zero, with the model's
@@ -432,6 +494,17 @@ pub fn ecdf_points(samples: &[f64], max: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// What one batch-1 latency sample of a task times: a perplexity window, a whole generation,
+/// a multiple-choice question with all its choices, or one example.
+fn latency_unit(t: &crate::schema::TaskResult) -> &'static str {
+    match t.mode.as_str() {
+        _ if t.lower_is_better => "window",
+        "generate" => "prompt, whole generation,",
+        "log_likelihood" => "question",
+        _ => "example",
+    }
+}
+
 /// The batch-1 latency distribution per task: each model's empirical CDF of its raw
 /// per-example latencies (end to end), p50 and p95 readable off the grid.
 pub fn latency_cdf(r: &Results) -> String {
@@ -469,13 +542,16 @@ pub fn latency_cdf(r: &Results) -> String {
             .map(|((i, _), n)| (*i, n.as_str()))
             .collect();
         s += &svg::legend_of(&entries, x0, 18.0);
-        s += &svg::y_axis(&ya, x0, x1, bottom, top, "fraction of examples");
+        s += &svg::y_axis(&ya, x0, x1, bottom, top, "fraction at or below x");
         s += &svg::x_axis(
             &xa,
             x0,
             x1,
             bottom,
-            &format!("{task}: latency per example (ms, end to end, batch 1)"),
+            &format!(
+                "{task}: latency per {} (ms, end to end, batch 1)",
+                latency_unit(&r.tasks[task])
+            ),
         );
         for (i, pts) in &curves {
             let mut line = Vec::with_capacity(pts.len() * 2);
@@ -680,6 +756,37 @@ pub fn sweep(p: &ProfileSweep) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_of_nearby_points_do_not_overlap() {
+        // A quantized copy beside its original: same height, 30 px apart, long names.
+        let centres = [(300.0, 100.0), (330.0, 100.0), (120.0, 200.0)];
+        let widths = [130.0, 160.0, 100.0];
+        let spots = place_labels(&centres, &widths, (60.0, 500.0));
+        assert_eq!(
+            spots[0],
+            (309.0, 92.0, ""),
+            "the first takes the default spot"
+        );
+        let boxes: Vec<(f64, f64, f64, f64)> = spots
+            .iter()
+            .zip(widths)
+            .map(|(&(x, y, a), w)| {
+                let left = if a.is_empty() { x } else { x - w };
+                (left, y - 10.0, left + w, y + 2.0)
+            })
+            .collect();
+        for a in 0..boxes.len() {
+            for b in a + 1..boxes.len() {
+                let (p, q) = (boxes[a], boxes[b]);
+                let apart = p.2 <= q.0 || q.2 <= p.0 || p.3 <= q.1 || q.3 <= p.1;
+                assert!(apart, "labels {a} and {b} overlap: {p:?} {q:?}");
+            }
+        }
+        // A label that would leave the plot on the right is anchored at its end instead.
+        let edge = place_labels(&[(480.0, 100.0)], &[100.0], (60.0, 500.0));
+        assert_eq!(edge[0], (471.0, 92.0, " text-anchor=\"end\""));
+    }
 
     /// Compare a chart with its committed snapshot in `reports/snapshots/`; with
     /// `UPDATE_SNAPSHOTS=1` the snapshot is rewritten instead (then look at it, in a browser,

@@ -184,7 +184,7 @@ pub fn sweep_page(p: &crate::ProfileSweep) -> String {
     )
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:960px;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}.chart{display:block;margin:1em 0}dl.header{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:14px}dl.header dt{color:#666}dl.header dd{margin:0}@media print{body{margin:0;max-width:none}.chart{break-inside:avoid}}";
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:960px;color:#222}table{border-collapse:collapse;margin:1em 0;display:block;overflow-x:auto;max-width:100%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}.chart{display:block;margin:1em 0;max-width:100%;height:auto}dl.header{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:14px}dl.header dt{color:#666}dl.header dd{margin:0}@media print{body{margin:0;max-width:none}.chart{break-inside:avoid}}";
 
 /// The date of a Unix time, `YYYY-MM-DD HH:MM UTC` (Howard Hinnant's civil-from-days).
 pub fn utc_date(unix_s: u64) -> String {
