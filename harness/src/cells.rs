@@ -53,8 +53,13 @@ pub fn checkpoint_key(r: &ModelRef) -> String {
                 .unwrap_or_default();
             format!("{}#{stamp}", crate::models::canonical(dir))
         }
-        ModelRef::Hub { repo, revision } => {
-            format!("{repo}@{}", revision.as_deref().unwrap_or("main"))
+        ModelRef::Hub {
+            repo,
+            revision,
+            file,
+        } => {
+            let file = file.as_deref().map_or(String::new(), |f| format!(":{f}"));
+            format!("{repo}@{}{file}", revision.as_deref().unwrap_or("main"))
         }
         ModelRef::Alias(a) => a.clone(),
         ModelRef::Mock(spec) => format!("mock:{spec}"),

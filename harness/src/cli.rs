@@ -175,7 +175,8 @@ pub struct ModelArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Teacher: an alias (bert-base), a Hub id (org/name[@revision]) or a local folder.
+    /// Teacher: an alias (bert-base), a Hub id (org/name[@revision], org/name-GGUF:FILE.gguf),
+    /// a local folder or a .gguf file.
     #[arg(long, help_heading = "Models")]
     pub teacher: String,
     /// Student: an alias (distilbert), a Hub id, a local folder or a .gguf file. Repeat it
@@ -206,6 +207,11 @@ pub struct RunArgs {
     /// Load a GGUF teacher dequantized to f32 (a GGUF student always runs as stored).
     #[arg(long, help_heading = "Models")]
     pub dequantize_teacher: bool,
+    /// The .gguf file to take from a GGUF repository on the Hub, for every Hub id given
+    /// without its own (`--teacher org/name-GGUF --gguf-file name-Q8_0.gguf`); one model's
+    /// own file is spelt `org/name-GGUF:name-Q4_K_M.gguf`.
+    #[arg(long, help_heading = "Models", value_name = "NAME.gguf")]
+    pub gguf_file: Option<String>,
     #[command(flatten)]
     pub models: ModelArgs,
     /// Score only the first N examples of every task (MMLU: of every subject; generate: the

@@ -361,7 +361,15 @@ impl RunPlan {
                 }
             }
         }
-        let teacher = ModelRef::parse(&args.teacher, &aliases).context("--teacher")?;
+        if let Some(f) = &args.gguf_file {
+            if !f.to_ascii_lowercase().ends_with(".gguf") || f.contains(['/', '\\']) {
+                bail!("--gguf-file {f}: the name of one .gguf file of a Hub repository (model-Q8_0.gguf)");
+            }
+        }
+        let gguf_file = args.gguf_file.as_deref();
+        let teacher = ModelRef::parse(&args.teacher, &aliases)
+            .context("--teacher")?
+            .with_gguf_file(gguf_file);
         let mut students = Vec::new();
         if args.student.is_empty() {
             // Only --student-quantize: the student is the teacher, quantized.
@@ -378,6 +386,7 @@ impl RunPlan {
         }
         for s in &args.student {
             let mut student = StudentPlan::parse(s, &args.teacher, &teacher, &aliases)?;
+            student.reference = student.reference.with_gguf_file(gguf_file);
             if student_quantize.is_some() {
                 if student.quantize.is_some() {
                     bail!("--student {s} names a format already; leave out --student-quantize");
@@ -392,6 +401,9 @@ impl RunPlan {
         let models = std::iter::once(("--teacher", &teacher))
             .chain(students.iter().map(|s| ("--student", &s.reference)));
         for (flag, model) in models {
+            if let (ModelRef::Hub { file: Some(f), .. }, Some(task)) = (model, picked.first()) {
+                bail!("{flag}: {f} is a GGUF file (a causal language model); {} needs an encoder (BERT, DistilBERT, MPNet)", task.name());
+            }
             if let ModelRef::Local(p) = model {
                 let decoder = crate::models::decoder::is_decoder(p)?;
                 if decoder && !picked.is_empty() {

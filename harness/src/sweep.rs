@@ -29,7 +29,14 @@ fn load(arg: &str, aliases: &AliasTable, device: &candle_core::Device) -> Result
     };
     match ModelRef::parse(arg, aliases)? {
         ModelRef::Local(dir) => EncoderBackend::load(arg, &dir, &opts),
-        ModelRef::Hub { repo, revision } => {
+        ModelRef::Hub { file: Some(f), .. } => {
+            bail!("{arg}: `harness profile` times encoders; {f} is a GGUF file (a causal LM)")
+        }
+        ModelRef::Hub {
+            repo,
+            revision,
+            file: None,
+        } => {
             let (dir, _) = resolve::download(&repo, revision.as_deref())?;
             EncoderBackend::load(&repo, &dir, &opts)
         }

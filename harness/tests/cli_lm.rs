@@ -466,3 +466,118 @@ fn a_gguf_student_with_f32_tensors_can_be_quantized() {
         "q8_0 (quantized at load)"
     );
 }
+
+#[test]
+fn a_gguf_file_of_a_hub_repository_loads_from_the_snapshot_cache_offline() {
+    // A GGUF repository as the Hub cache stores it (refs/main, snapshots/<commit>/...; here
+    // the tiny Llama's folder, whose model-f32.gguf is the file picked). The teacher names
+    // the file with --gguf-file, the student with its own `:FILE` spelling.
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf-home");
+    let repo = "someone/llama-tiny-GGUF";
+    common::fake_hub_snapshot(&home, "models", repo, &fixture("llama-tiny"));
+    let data = wiki_dir(tmp.path());
+    let run = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let mut args = vec![
+            "run",
+            "--quick",
+            "--task",
+            "wikitext2",
+            "--context-length",
+            "16",
+            "--stride",
+            "8",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = common::harness(
+            &args,
+            &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
+        );
+        (o, out)
+    };
+    let student = format!("{repo}:model-f32.gguf");
+    let (o, out) = run(
+        "out",
+        &[
+            "--teacher",
+            repo,
+            "--gguf-file",
+            "model-f32.gguf",
+            "--student",
+            &student,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let res: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let w = &res["tasks"]["wikitext2"];
+    for role in ["teacher", "student"] {
+        let ck = &w[role]["checkpoint"];
+        assert_eq!(ck["id"], format!("{repo}:model-f32.gguf"), "{ck}");
+        assert_eq!(
+            ck["resolved"],
+            format!("{repo}@0123456789abcdef0123456789abcdef01234567:model-f32.gguf")
+        );
+        assert_eq!(ck["quantization"], "f32 (gguf)");
+        assert_eq!(ck["architecture"], "llama");
+    }
+    // The same file twice: the same perplexity.
+    assert_eq!(
+        w["teacher"]["metrics"]["perplexity"],
+        w["student"]["metrics"]["perplexity"]
+    );
+
+    // A file the cache does not hold: what to do about it, and a non-zero exit.
+    let (o, _) = run(
+        "missing",
+        &["--teacher", repo, "--student", &format!("{repo}:model-Q8_0.gguf")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("HF_HUB_OFFLINE is set and model-Q8_0.gguf of 'someone/llama-tiny-GGUF' (revision main) is not in the Hub cache")
+            && err.contains("huggingface-cli download someone/llama-tiny-GGUF model-Q8_0.gguf"),
+        "{err}"
+    );
+    // Online, a Hub that cannot be reached says so, and how to go on without it.
+    let o = common::harness(
+        &[
+            "run",
+            "--quick",
+            "--task",
+            "wikitext2",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            tmp.path().join("online").to_str().unwrap(),
+            "--teacher",
+            &format!("{repo}:model-Q8_0.gguf"),
+            "--student",
+            &student,
+        ],
+        &[
+            ("HF_HOME", home.to_str().unwrap()),
+            ("HF_ENDPOINT", "http://127.0.0.1:9"),
+            ("HARNESS_HUB_RETRIES", "0"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot reach the Hugging Face Hub at http://127.0.0.1:9 to fetch model-Q8_0.gguf of 'someone/llama-tiny-GGUF'"),
+        "{err}"
+    );
+    // A GGUF file for an encoder task is refused before anything loads.
+    let (o, _) = run(
+        "encoder",
+        &["--teacher", &student, "--student", &student, "--task", "stsb"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("model-f32.gguf is a GGUF file (a causal language model)"), "{err}");
+}

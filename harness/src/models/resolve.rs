@@ -1,5 +1,6 @@
 //! Model references: an alias from the editable table `harness/aliases.toml`, a Hub id
-//! (`org/name`, optionally `@revision`), or a local folder in Hub snapshot layout.
+//! (`org/name`, optionally `@revision`, and `:FILE.gguf` for one file of a GGUF repository),
+//! or a local folder in Hub snapshot layout.
 //!
 //! Hub downloads use hf-hub 0.4's *sync* API (ureq). The harness is a batch CLI that fetches a
 //! handful of files before any compute starts; the async 1.0 API would add a tokio runtime and
@@ -64,6 +65,9 @@ pub enum ModelRef {
     Hub {
         repo: String,
         revision: Option<String>,
+        /// One `.gguf` file of the repository (`org/name-GGUF:NAME.gguf`, or `--gguf-file`):
+        /// GGUF repositories hold one file per quantization and no config.json.
+        file: Option<String>,
     },
     Local(PathBuf),
     /// `mock:SPEC`: the weightless [`MockBackend`](super::mock::MockBackend), for tests and
@@ -99,8 +103,24 @@ impl ModelRef {
         if looks_like_path {
             bail!("model folder not found: {arg}");
         }
+        if let Some((id, file)) = arg.split_once(':') {
+            if let Some((repo, revision)) = parse_hub_id(id) {
+                if !file.to_ascii_lowercase().ends_with(".gguf") || file.contains(['/', '\\']) {
+                    bail!("{arg}: after ':' comes the name of one .gguf file of the repository (org/name-GGUF:model-Q8_0.gguf)");
+                }
+                return Ok(ModelRef::Hub {
+                    repo,
+                    revision,
+                    file: Some(file.to_string()),
+                });
+            }
+        }
         if let Some((repo, revision)) = parse_hub_id(arg) {
-            return Ok(ModelRef::Hub { repo, revision });
+            return Ok(ModelRef::Hub {
+                repo,
+                revision,
+                file: None,
+            });
         }
         let names: Vec<&str> = aliases.0.keys().map(String::as_str).collect();
         let mut msg = format!("unknown model alias '{arg}'");
@@ -112,6 +132,26 @@ impl ModelRef {
             names.join(", ")
         ));
         bail!(msg)
+    }
+
+    /// This reference with `file` as its GGUF file when it is a Hub id without one
+    /// (`--gguf-file`); anything else as it is.
+    pub fn with_gguf_file(self, file: Option<&str>) -> Self {
+        match (self, file) {
+            (
+                ModelRef::Hub {
+                    repo,
+                    revision,
+                    file: None,
+                },
+                Some(f),
+            ) => ModelRef::Hub {
+                repo,
+                revision,
+                file: Some(f.to_string()),
+            },
+            (other, _) => other,
+        }
     }
 
     pub fn source(&self) -> &'static str {
@@ -146,9 +186,25 @@ fn parse_hub_id(arg: &str) -> Option<(String, Option<String>)> {
 pub fn local_snapshot(ckpt: &ModelRef) -> Result<(String, PathBuf, Option<String>)> {
     match ckpt {
         ModelRef::Local(dir) => Ok((dir.display().to_string(), dir.clone(), None)),
-        ModelRef::Hub { repo, revision } => {
+        ModelRef::Hub {
+            repo,
+            revision,
+            file: None,
+        } => {
             let (dir, sha) = download(repo, revision.as_deref())?;
             Ok((repo.clone(), dir, Some(format!("{repo}@{sha}"))))
+        }
+        ModelRef::Hub {
+            repo,
+            revision,
+            file: Some(file),
+        } => {
+            let (path, sha) = download_gguf(repo, revision.as_deref(), file)?;
+            Ok((
+                format!("{repo}:{file}"),
+                path,
+                Some(format!("{repo}@{sha}:{file}")),
+            ))
         }
         ModelRef::Alias(a) => bail!("alias '{a}' must be resolved per task"),
         ModelRef::Mock(spec) => bail!("mock:{spec} has no files"),
@@ -163,7 +219,11 @@ pub fn checkpoint_for(model: &ModelRef, task: &str, aliases: &AliasTable) -> Mod
             let alias = &aliases.0[name];
             let id = alias.tasks.get(task).unwrap_or(&alias.base);
             let (repo, revision) = parse_hub_id(id).unwrap_or((id.clone(), None));
-            ModelRef::Hub { repo, revision }
+            ModelRef::Hub {
+                repo,
+                revision,
+                file: None,
+            }
         }
         other => other.clone(),
     }
@@ -301,6 +361,79 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)>
     Ok((dir, info.sha))
 }
 
+/// Make one `.gguf` file of a Hub repository available locally (with the repository's
+/// `tokenizer.json` beside it when it has one, which the loader prefers to the GGUF's own
+/// vocabulary) and return its path and the resolved commit. With `HF_HUB_OFFLINE=1` only the
+/// cache is consulted.
+pub fn download_gguf(repo: &str, revision: Option<&str>, file: &str) -> Result<(PathBuf, String)> {
+    let rev = revision.unwrap_or("main").to_string();
+    let hf_repo =
+        hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.clone());
+    let cache = hub_cache();
+    let hint = || {
+        format!(
+            "without network, download it on a machine that has it (e.g. `huggingface-cli download {repo} {file}`) and pass the file instead: --teacher path/to/{file}"
+        )
+    };
+    if env_flag("HF_HUB_OFFLINE") {
+        let path = cache.repo(hf_repo).get(file).with_context(|| {
+            format!(
+                "HF_HUB_OFFLINE is set and {file} of '{repo}' (revision {rev}) is not in the Hub cache at {}; {}",
+                cache.path().display(),
+                hint()
+            )
+        })?;
+        let commit = path
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or(rev);
+        return Ok((path, commit));
+    }
+    let (api, endpoint) = hub_client(cache)?;
+    let api_repo = api.repo(hf_repo);
+    let retries = hub_retries(&|k| std::env::var(k).ok());
+    let info = with_retries(retries, || api_repo.info()).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the Hugging Face Hub at {endpoint} to fetch {file} of '{repo}' ({e}); {}",
+            hint()
+        )
+    })?;
+    let present: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    check_gguf_listed(repo, file, &present)?;
+    let path = api_repo
+        .get(file)
+        .with_context(|| format!("downloading {file} of '{repo}' from {endpoint}"))?;
+    if present.contains(&"tokenizer.json") {
+        api_repo
+            .get("tokenizer.json")
+            .with_context(|| format!("downloading tokenizer.json of '{repo}' from {endpoint}"))?;
+    }
+    Ok((path, info.sha))
+}
+
+/// Refuse a file the repository does not list, naming the `.gguf` files it has (closest
+/// first).
+fn check_gguf_listed(repo: &str, file: &str, present: &[&str]) -> Result<()> {
+    if present.contains(&file) {
+        return Ok(());
+    }
+    let ggufs: Vec<&str> = present
+        .iter()
+        .copied()
+        .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+        .collect();
+    if ggufs.is_empty() {
+        bail!("'{repo}' has no {file} and no .gguf files at all; is it a GGUF repository?");
+    }
+    let mut msg = format!("'{repo}' has no {file}");
+    if let Some(c) = tasks::registry::closest_name(file, &ggufs) {
+        msg.push_str(&format!(" (did you mean '{c}'?)"));
+    }
+    msg.push_str(&format!("; its .gguf files: {}", ggufs.join(", ")));
+    bail!(msg)
+}
+
 /// Fetch files of a Hub *dataset* repository (revision `main`), from the cache only when
 /// `HF_HUB_OFFLINE` is set. Returns local paths in the order asked.
 pub fn fetch_dataset_files(repo: &str, files: &[String]) -> Result<Vec<PathBuf>> {
@@ -426,15 +559,53 @@ mod tests {
             ModelRef::parse("org/name@v1.0", &t).unwrap(),
             ModelRef::Hub {
                 repo: "org/name".into(),
-                revision: Some("v1.0".into())
+                revision: Some("v1.0".into()),
+                file: None,
             }
         );
+        assert_eq!(
+            ModelRef::parse("org/name-GGUF@v2:model-Q8_0.gguf", &t).unwrap(),
+            ModelRef::Hub {
+                repo: "org/name-GGUF".into(),
+                revision: Some("v2".into()),
+                file: Some("model-Q8_0.gguf".into()),
+            }
+        );
+        let err = ModelRef::parse("org/name:config.json", &t)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("after ':' comes the name of one .gguf file"), "{err}");
+        // --gguf-file fills in a Hub id without a file, and nothing else.
+        let f = Some("m.gguf");
+        let hub = ModelRef::parse("org/name", &t).unwrap().with_gguf_file(f);
+        assert!(matches!(hub, ModelRef::Hub { file: Some(ref x), .. } if x == "m.gguf"));
+        let own = ModelRef::parse("org/name:own.gguf", &t).unwrap().with_gguf_file(f);
+        assert!(matches!(own, ModelRef::Hub { file: Some(ref x), .. } if x == "own.gguf"));
+        let alias = ModelRef::parse("gpt2", &t).unwrap().with_gguf_file(f);
+        assert_eq!(alias, ModelRef::Alias("gpt2".into()));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().to_str().unwrap();
         assert_eq!(
             ModelRef::parse(p, &t).unwrap(),
             ModelRef::Local(dir.path().into())
         );
+    }
+
+    #[test]
+    fn a_gguf_file_the_repository_lacks_is_refused_with_the_files_it_has() {
+        let listed = ["README.md", "model-Q4_K_M.gguf", "model-Q8_0.gguf"];
+        assert!(check_gguf_listed("org/m-GGUF", "model-Q8_0.gguf", &listed).is_ok());
+        let err = check_gguf_listed("org/m-GGUF", "model-q8_0.gguf", &listed)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "'org/m-GGUF' has no model-q8_0.gguf (did you mean 'model-Q8_0.gguf'?); its .gguf files: model-Q4_K_M.gguf, model-Q8_0.gguf"
+        );
+        let err = check_gguf_listed("org/m", "x.gguf", &["config.json"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no .gguf files at all"), "{err}");
     }
 
     #[test]
