@@ -11,8 +11,9 @@ Weights are drawn with a larger spread than the models' own initialisers (std 0.
 so that outputs differ clearly between inputs and a wrong mask or a swapped tensor cannot hide.
 
 Usage (CI never runs this; the fixtures are committed):
-    python3 -m venv pyenv && pyenv/bin/pip install torch transformers
-    pyenv/bin/python scripts/make-parity-fixtures.py
+    python3 -m venv pyenv && pyenv/bin/pip install torch transformers gguf pyarrow
+    pyenv/bin/python scripts/make-parity-fixtures.py            # every fixture
+    pyenv/bin/python scripts/make-parity-fixtures.py qwen3 phi3 # just these
 """
 import json
 import os
@@ -485,6 +486,89 @@ def make_mistral_lm():
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
 
 
+def make_qwen3_lm():
+    """Qwen3ForCausalLM, tiny and random: Llama with an RMSNorm over each head of q and k, no
+    q/k/v biases, and a head_dim (16) that is not hidden / heads (8), as Qwen3's configs have."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(
+        vocab_size=103, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, use_sliding_window=False,
+    )
+    path, model, _, doc = decoder_fixture("qwen3-tiny", Qwen3ForCausalLM, cfg, SEED + 13, 3, [12, 6, 9])
+    assert model.model.layers[0].self_attn.q_norm.weight.abs().sum() > 0
+    save_json(path, doc)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+
+
+def make_phi3_lm():
+    """Phi3ForCausalLM, tiny and random: q, k, v in one qkv_proj, gate and up in one
+    gate_up_proj, RoPE over half of each head (partial_rotary_factor 0.5, as Phi-4-mini has
+    0.75), grouped-query attention, no sliding window."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    cfg = Phi3Config(
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        original_max_position_embeddings=64, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        tie_word_embeddings=False, sliding_window=None,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    path, model, _, doc = decoder_fixture("phi3-tiny", Phi3ForCausalLM, cfg, SEED + 15, 3, [13, 5, 9])
+    assert model.model.rotary_emb.inv_freq.numel() == 2, "a quarter of the head's 8 dimensions pairs"
+    save_json(path, doc)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+
+
+def make_gemma2_lm():
+    """Gemma2ForCausalLM, tiny and random: scaled embeddings, (1 + weight) RMSNorms before and
+    after both sublayers, GELU (tanh) gating, query_pre_attn_scalar, soft-capped scores and
+    logits (caps low enough to bend them), and sliding-window layers with a window (4) shorter
+    than the sequences, so the exact window mask is checked."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+        rms_norm_eps=1e-6, rope_theta=10000.0, query_pre_attn_scalar=24,
+        attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=4,
+        hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, attn_implementation="eager",
+    )
+    path, model, _, doc = decoder_fixture("gemma2-tiny", Gemma2ForCausalLM, cfg, SEED + 17, 3, [13, 5, 9])
+    assert model.config.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    save_json(path, doc)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+
+
+def make_gemma3_lm():
+    """Gemma3ForCausalLM (model_type gemma3_text), tiny and random: Gemma 2's layout plus
+    q/k norms, its own RoPE base for the sliding layers and linear RoPE scaling on the full
+    ones (as the 4B+ models have), no score softcap; window 4."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+        rms_norm_eps=1e-6, query_pre_attn_scalar=16, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        final_logit_softcapping=None, attn_logit_softcapping=None,
+        hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, attn_implementation="eager",
+    )
+    path, model, _, doc = decoder_fixture("gemma3-tiny", Gemma3ForCausalLM, cfg, SEED + 19, 3, [13, 5, 9])
+    assert model.config.model_type == "gemma3_text"
+    save_json(path, doc)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+
+
 def write_llama_gguf(model, cfg, out):
     """The same tiny Llama as a GGUF file written the way llama.cpp's convert_hf_to_gguf.py
     writes it (tensor names, metadata, and the Q/K row permutation for its RoPE layout), in F32
@@ -616,28 +700,44 @@ def make_hub_wikitext_parquet():
     pq.write_table(table, os.path.join(root, "test-00000-of-00001.parquet"), compression="snappy")
 
 
+MAKERS = {
+    "bert-sst2": make_bert_classifier,
+    "bert-stsb": make_bert_regression,
+    "bert-encoder": make_bert_encoder,
+    "distilbert-mnli": make_distilbert_textattack_layout,
+    "mpnet-encoder": make_mpnet_encoder,
+    "mpnet-rte": make_mpnet_classifier,
+    "gpt2": make_gpt2_lm,
+    "llama": make_llama_lm,
+    "qwen2": make_qwen2_lm,
+    "mistral": make_mistral_lm,
+    "qwen3": make_qwen3_lm,
+    "phi3": make_phi3_lm,
+    "gemma2": make_gemma2_lm,
+    "gemma3": make_gemma3_lm,
+    "hub-glue": make_hub_glue_parquet,
+    "hub-wikitext": make_hub_wikitext_parquet,
+}
+
+
 def main():
+    # `make-parity-fixtures.py qwen3 phi3` rebuilds just those (the others stay as committed);
+    # no argument rebuilds every fixture.
+    wanted = sys.argv[1:] or list(MAKERS)
+    unknown = [w for w in wanted if w not in MAKERS]
+    if unknown:
+        sys.exit(f"unknown fixture(s) {unknown}; known: {', '.join(MAKERS)}")
     os.makedirs(ROOT, exist_ok=True)
     torch.set_num_threads(1)
-    make_bert_classifier()
-    make_bert_regression()
-    make_bert_encoder()
-    make_distilbert_textattack_layout()
-    make_mpnet_encoder()
-    make_mpnet_classifier()
-    make_gpt2_lm()
-    make_llama_lm()
-    make_qwen2_lm()
-    make_mistral_lm()
-    make_hub_glue_parquet()
-    make_hub_wikitext_parquet()
+    for name in wanted:
+        MAKERS[name]()
     # hub-* hold parquet files; choice-lm-eval is scripts/make-choice-fixture.py's.
     ours = (n for n in os.listdir(ROOT) if not n.startswith("hub-") and n != "choice-lm-eval")
     for name in sorted(ours):
         with open(os.path.join(ROOT, name, "expected.json")) as f:
             ids = [t for row in json.load(f)["input_ids"] for t in row]
         unk = sum(1 for t in ids if t in (1, 3)) / len(ids)
-        assert name.startswith(("gpt2", "llama", "qwen2", "mistral")) or unk < 0.2, f"{name}: {unk:.0%} of tokens are unknown or padding; the vocabulary did not load"
+        assert name.startswith(("gpt2", "llama", "qwen", "mistral", "phi3", "gemma")) or unk < 0.2, f"{name}: {unk:.0%} of tokens are unknown or padding; the vocabulary did not load"
         size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(ROOT, name)) for f in fs)
         print(f"{name}: {size / 1024:.0f} KiB")
 

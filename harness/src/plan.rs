@@ -410,7 +410,7 @@ impl RunPlan {
                     bail!("{flag} {} is a causal language model; {} needs an encoder (BERT, DistilBERT, MPNet)", p.display(), picked[0].name());
                 }
                 if !decoder && !picked_lm.is_empty() {
-                    bail!("{flag} {} is not a causal language model (GPT-2, Llama, Qwen2, Mistral or a .gguf file); {} needs one", p.display(), picked_lm[0].name());
+                    bail!("{flag} {} is not a causal language model (GPT-2, Llama, Qwen2, Qwen3, Mistral, Phi-3, Gemma 2 or 3, or a .gguf file); {} needs one", p.display(), picked_lm[0].name());
                 }
             }
         }

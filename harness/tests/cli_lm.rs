@@ -535,7 +535,12 @@ fn a_gguf_file_of_a_hub_repository_loads_from_the_snapshot_cache_offline() {
     // A file the cache does not hold: what to do about it, and a non-zero exit.
     let (o, _) = run(
         "missing",
-        &["--teacher", repo, "--student", &format!("{repo}:model-Q8_0.gguf")],
+        &[
+            "--teacher",
+            repo,
+            "--student",
+            &format!("{repo}:model-Q8_0.gguf"),
+        ],
     );
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -575,9 +580,19 @@ fn a_gguf_file_of_a_hub_repository_loads_from_the_snapshot_cache_offline() {
     // A GGUF file for an encoder task is refused before anything loads.
     let (o, _) = run(
         "encoder",
-        &["--teacher", &student, "--student", &student, "--task", "stsb"],
+        &[
+            "--teacher",
+            &student,
+            "--student",
+            &student,
+            "--task",
+            "stsb",
+        ],
     );
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("model-f32.gguf is a GGUF file (a causal language model)"), "{err}");
+    assert!(
+        err.contains("model-f32.gguf is a GGUF file (a causal language model)"),
+        "{err}"
+    );
 }

@@ -190,6 +190,89 @@ fn qwen2_and_mistral_logits_match_transformers_through_the_llama_port() {
     assert!(max_diff(&unbiased, &batch, &want) > 1e-2);
 }
 
+#[test]
+fn qwen3_phi3_gemma2_and_gemma3_logits_match_transformers_through_the_llama_port() {
+    // Qwen3 (q/k norms, head_dim != hidden / heads), Phi-3 (fused qkv and gate_up, RoPE over
+    // half of each head), Gemma 2 (scaled embeddings, 1 + w norms around both sublayers,
+    // GELU-tanh gating, query_pre_attn_scalar, score and logit softcaps, exact sliding
+    // windows of 4 under 13-token sequences) and Gemma 3 (q/k norms, per-layer-type RoPE with
+    // linear scaling): every position within 1e-4, in a padded batch, one sequence at a time,
+    // token by token through the KV cache, and loaded by model_type as a user's folder is.
+    use harness::models::decoder::DecoderBackend;
+    use harness::models::llama::Flavor;
+    use harness::models::Backend;
+    let gemma = Flavor {
+        gemma: true,
+        ..Flavor::default()
+    };
+    for (name, arch, flavor) in [
+        (
+            "qwen3-tiny",
+            "qwen3",
+            Flavor {
+                qk_norm: true,
+                ..Flavor::default()
+            },
+        ),
+        (
+            "phi3-tiny",
+            "phi3",
+            Flavor {
+                fused_projections: true,
+                ..Flavor::default()
+            },
+        ),
+        ("gemma2-tiny", "gemma2", gemma),
+        (
+            "gemma3-tiny",
+            "gemma3_text",
+            Flavor {
+                qk_norm: true,
+                ..gemma
+            },
+        ),
+    ] {
+        let (dir, vb, exp) = fixture(name);
+        let mut cfg: LlamaConfig =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        cfg.flavor = flavor;
+        let model = Llama::load(vb.clone(), &cfg).unwrap();
+        check_batches(&model, &exp);
+        check_cached(&model, &exp);
+        let backend = DecoderBackend::load(name, &dir, &Device::Cpu, false).unwrap();
+        assert_eq!(backend.info().architecture, arch);
+        assert_eq!(Backend::max_positions(&backend), None, "{name}");
+        for (ids, want) in exp.input_ids.iter().zip(&exp.logits) {
+            let got = backend.window_logits(ids).unwrap();
+            for (g, w) in got.iter().zip(want) {
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() <= 1e-4, "{name}: {a} vs {b}");
+                }
+            }
+        }
+        // Each difference is seen: without it, the port would not match.
+        let all: Vec<&Vec<u32>> = exp.input_ids.iter().collect();
+        let want: Vec<&Vec<Vec<f32>>> = exp.logits.iter().collect();
+        let mut plain = cfg.clone();
+        match arch {
+            "qwen3" => plain.flavor.qk_norm = false,
+            "phi3" => {
+                plain.rope_parameters = None;
+                plain.rope_theta = Some(10000.0);
+            }
+            "gemma2" => plain.sliding_window = None,
+            _ => plain.rope_parameters = None,
+        }
+        let off = Llama::load(vb, &plain).unwrap();
+        let d = max_diff(&off, &all, &want);
+        assert!(
+            d > 1e-2,
+            "{name}: the check does not see the difference ({d})"
+        );
+    }
+}
+
 #[derive(Deserialize)]
 struct PerplexityRef {
     ids: Vec<u32>,

@@ -51,6 +51,10 @@ pub static DECODERS: &[DecoderArch] = &[
     super::llama::ARCH,
     super::llama::QWEN2_ARCH,
     super::llama::MISTRAL_ARCH,
+    super::llama::QWEN3_ARCH,
+    super::llama::PHI3_ARCH,
+    super::llama::GEMMA2_ARCH,
+    super::llama::GEMMA3_ARCH,
 ];
 
 /// What a decoder architecture's builder hands back.
@@ -129,7 +133,7 @@ pub fn is_decoder(path: &Path) -> Result<bool> {
 }
 
 impl DecoderBackend {
-    /// Load a decoder from a folder (`config.json` with `model_type` gpt2 or llama) or a GGUF
+    /// Load a decoder from a folder (`config.json` with one of the `model_type`s of [`DECODERS`]) or a GGUF
     /// file. A GGUF file is kept quantized unless `dequantize`.
     pub fn load(id: &str, path: &Path, device: &Device, dequantize: bool) -> Result<Self> {
         if !path.exists() {
@@ -579,7 +583,19 @@ mod tests {
     #[test]
     fn every_decoder_model_type_is_registered_once_and_peeks_its_limit() {
         let names: Vec<&str> = DECODERS.iter().map(|a| a.model_type).collect();
-        assert_eq!(names, ["gpt2", "llama", "qwen2", "mistral"]);
+        assert_eq!(
+            names,
+            [
+                "gpt2",
+                "llama",
+                "qwen2",
+                "mistral",
+                "qwen3",
+                "phi3",
+                "gemma2",
+                "gemma3_text"
+            ]
+        );
         let mistral = serde_json::json!({"model_type": "mistral", "sliding_window": 4096});
         assert_eq!(
             decoder_arch(&mistral).and_then(|a| (a.max_positions)(&mistral)),

@@ -16,7 +16,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::llama::{LayerParts, Llama, LlamaConfig, Proj, RopeLayout, RopeParameters};
+use super::llama::{LayerParts, Llama, LlamaConfig, Proj, RopeLayout};
 
 /// The Hugging Face name of a GGUF tensor, or `None` for tensors the port does not use.
 fn hf_name(gguf: &str) -> Option<String> {
@@ -88,20 +88,30 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
         num_key_value_heads: Some(u("attention.head_count_kv").unwrap_or(heads)),
         head_dim: Some(hidden / heads),
         rms_norm_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
-        rope_theta: None,
-        rope_parameters: Some(RopeParameters {
-            rope_theta: get("rope.freq_base")
+        rope_theta: Some(
+            get("rope.freq_base")
                 .and_then(|v| Ok(v.to_f32()? as f64))
                 .unwrap_or(10000.0),
-            rope_type: None,
-        }),
+        ),
+        rope_parameters: None,
+        rope_local_base_freq: None,
+        partial_rotary_factor: None,
         rope_scaling: None,
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         attention_bias: false,
         sliding_window: None,
         use_sliding_window: None,
+        layer_types: None,
+        sliding_window_pattern: None,
+        hidden_act: None,
+        hidden_activation: None,
+        query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        use_bidirectional_attention: None,
         // llama.cpp's Qwen2: biases on q, k and v, and Q/K rows as transformers has them.
         qkv_bias: arch == "qwen2",
+        flavor: Default::default(),
     })
 }
 

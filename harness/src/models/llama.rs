@@ -1,12 +1,23 @@
-//! Llama-family decoders (Llama, SmolLM2, ...; Qwen2 / Qwen2.5 and Mistral share the port),
-//! ported from transformers' `models/llama/modeling_llama.py`
-//! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py;
-//! `models/qwen2/modeling_qwen2.py` differs only by biases on the q, k and v projections,
-//! `models/mistral/modeling_mistral.py` by its sliding attention window, which caps the
-//! sequence length here instead):
+//! Llama-family decoders, ported from transformers' `models/llama/modeling_llama.py`
+//! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py):
 //! RMSNorm, rotary position embeddings (the `rotate_half` layout), grouped-query attention and
-//! the SwiGLU feed-forward. Unlike candle-transformers' `llama`, `forward` returns the logits of
+//! the gated feed-forward. Unlike candle-transformers' `llama`, `forward` returns the logits of
 //! every position, which perplexity and per-token KL need.
+//!
+//! The relatives share the port and differ by the [`Flavor`] their architecture sets:
+//! - `models/qwen2/modeling_qwen2.py` (Qwen2, Qwen2.5): biases on q, k and v;
+//! - `models/mistral/modeling_mistral.py`: a sliding attention window, which caps the sequence
+//!   length here instead (as for Qwen2 and Phi-3 when their config turns one on);
+//! - `models/qwen3/modeling_qwen3.py`: an RMSNorm over each head of q and k before RoPE;
+//! - `models/phi3/modeling_phi3.py`: q, k, v in one `qkv_proj` and gate and up in one
+//!   `gate_up_proj` (split at load), RoPE over a `partial_rotary_factor` share of each head;
+//! - `models/gemma2/modeling_gemma2.py` and `models/gemma3/modeling_gemma3.py`: embeddings
+//!   scaled by sqrt(hidden), RMSNorms that scale by `1 + weight`, a norm after attention and
+//!   after the feed-forward too, GELU (tanh) gating, scores scaled by
+//!   `query_pre_attn_scalar^-1/2` and soft-capped (`attn_logit_softcapping`), soft-capped
+//!   logits (`final_logit_softcapping`), and sliding-window layers (`layer_types`) masked
+//!   exactly, since the full-attention layers between them see the whole sequence; Gemma 3
+//!   adds Qwen3's q/k norms and its own RoPE base for the sliding layers.
 
 use super::decoder::{BuiltDecoder, DecoderArch, DecoderNet};
 use super::encoder::BuildError;
@@ -20,12 +31,25 @@ fn default_eps() -> f64 {
     1e-6
 }
 
-/// RoPE settings as transformers 5 writes them (`rope_parameters`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct RopeParameters {
-    pub rope_theta: f64,
-    #[serde(default)]
-    pub rope_type: Option<String>,
+/// What sets a relative of Llama apart; chosen by the architecture (its `model_type`), not read
+/// from `config.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flavor {
+    /// Biases on q, k and v only (Qwen2).
+    pub qkv_bias: bool,
+    /// An RMSNorm over each head of q and k before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// `qkv_proj` and `gate_up_proj` instead of separate projections (Phi-3).
+    pub fused_projections: bool,
+    /// Gemma 2 / 3: scaled embeddings, `1 + weight` norms around both sublayers, softcaps.
+    pub gemma: bool,
+}
+
+/// RoPE settings of one kind of layer: base, and the `linear` scaling factor (1 without).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rope {
+    theta: f64,
+    factor: f64,
 }
 
 /// `config.json` of a Llama-family checkpoint.
@@ -42,11 +66,19 @@ pub struct LlamaConfig {
     pub head_dim: Option<usize>,
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
-    /// transformers 4 keeps `rope_theta` at the top level; 5 moves it into `rope_parameters`.
+    /// transformers 4 keeps `rope_theta` at the top level; 5 moves it into `rope_parameters`
+    /// (one object, or for Gemma 3 one per layer type).
     #[serde(default)]
     pub rope_theta: Option<f64>,
     #[serde(default)]
-    pub rope_parameters: Option<RopeParameters>,
+    pub rope_parameters: Option<serde_json::Value>,
+    /// Gemma 3 (transformers 4): the RoPE base of the sliding-window layers.
+    #[serde(default)]
+    pub rope_local_base_freq: Option<f64>,
+    /// Phi-3 (transformers 4 keeps it here, 5 in `rope_parameters`): the share of each head
+    /// that RoPE rotates.
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
     #[serde(default)]
@@ -59,25 +91,142 @@ pub struct LlamaConfig {
     pub sliding_window: Option<usize>,
     #[serde(default)]
     pub use_sliding_window: Option<bool>,
+    /// `full_attention` / `sliding_attention` per layer (Gemma; derived from
+    /// `sliding_window_pattern` when absent).
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub sliding_window_pattern: Option<usize>,
+    /// `hidden_act` (Llama, Qwen, Phi-3; default silu) or `hidden_activation` (Gemma).
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+    #[serde(default)]
+    pub hidden_activation: Option<String>,
+    /// Gemma: scores are scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2`.
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    /// Gemma 3: bidirectional attention (an embedding model), which a causal LM port refuses.
+    #[serde(default)]
+    pub use_bidirectional_attention: Option<bool>,
     /// Biases on q, k and v only (Qwen2); set by the architecture, not read from config.json.
     #[serde(skip)]
     pub qkv_bias: bool,
+    /// The rest of the architecture's differences; set by the architecture.
+    #[serde(skip)]
+    pub flavor: Flavor,
+}
+
+/// One RoPE settings object (`rope_parameters`, or transformers 4's `rope_scaling`) on top of
+/// `base`: its `rope_theta` when it has one, its `linear` factor; other RoPE types refused.
+fn rope_from(v: Option<&serde_json::Value>, base: Rope) -> Result<Rope> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(base);
+    };
+    let theta = v
+        .get("rope_theta")
+        .and_then(|t| t.as_f64())
+        .unwrap_or(base.theta);
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    let factor = match kind {
+        "default" => base.factor,
+        "linear" => v
+            .get("factor")
+            .and_then(|f| f.as_f64())
+            .ok_or_else(|| candle_core::Error::msg("linear RoPE scaling without a factor"))?,
+        other => candle_core::bail!(
+            "rope_type '{other}' is not supported yet (only 'default' and 'linear')"
+        ),
+    };
+    Ok(Rope { theta, factor })
 }
 
 impl LlamaConfig {
-    fn theta(&self) -> Result<f64> {
-        if let Some(p) = &self.rope_parameters {
-            match p.rope_type.as_deref() {
-                None | Some("default") => return Ok(p.rope_theta),
-                Some(other) => {
-                    candle_core::bail!("rope_type '{other}' is not supported yet (only 'default')")
+    /// RoPE of the full-attention layers and of the sliding-window ones (the same but for
+    /// Gemma 3).
+    fn ropes(&self) -> Result<(Rope, Rope)> {
+        let top = Rope {
+            theta: self.rope_theta.unwrap_or(10000.0),
+            factor: 1.0,
+        };
+        let top = rope_from(self.rope_scaling.as_ref(), top)?;
+        let params = self.rope_parameters.as_ref();
+        let per_type = params.is_some_and(|p| p.get("full_attention").is_some());
+        if per_type {
+            let p = params.expect("checked");
+            let full = rope_from(p.get("full_attention"), top)?;
+            let local = Rope {
+                theta: self.rope_local_base_freq.unwrap_or(full.theta),
+                factor: 1.0,
+            };
+            return Ok((full, rope_from(p.get("sliding_attention"), local)?));
+        }
+        let full = rope_from(params, top)?;
+        let local = match self.rope_local_base_freq {
+            Some(theta) => Rope { theta, factor: 1.0 },
+            None => full,
+        };
+        Ok((full, local))
+    }
+
+    /// Dimensions of each head that RoPE rotates (even).
+    fn rotary_dim(&self) -> usize {
+        let from_params = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("partial_rotary_factor"))
+            .and_then(|f| f.as_f64());
+        let factor = from_params.or(self.partial_rotary_factor).unwrap_or(1.0);
+        ((self.head_dim() as f64 * factor) as usize) & !1
+    }
+
+    /// Whether each layer attends through a sliding window (Gemma's `layer_types`; for the
+    /// other relatives the window caps the sequence instead, so no layer slides here).
+    fn sliding_layers(&self) -> Result<Vec<bool>> {
+        let n = self.num_hidden_layers;
+        if !self.flavor.gemma || self.sliding_window.is_none() {
+            return Ok(vec![false; n]);
+        }
+        match &self.layer_types {
+            Some(types) => {
+                if types.len() != n {
+                    candle_core::bail!("layer_types has {} entries for {n} layers", types.len());
                 }
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "sliding_attention" => Ok(true),
+                        "full_attention" => Ok(false),
+                        other => candle_core::bail!("layer type '{other}' is not supported"),
+                    })
+                    .collect()
+            }
+            // Gemma 2 alternates; Gemma 3 has a full layer every `sliding_window_pattern`.
+            None => {
+                let pattern = self.sliding_window_pattern.unwrap_or(2);
+                Ok((0..n).map(|i| (i + 1) % pattern != 0).collect())
             }
         }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            candle_core::bail!("rope_scaling is not supported yet");
-        }
-        Ok(self.rope_theta.unwrap_or(10000.0))
+    }
+
+    fn activation(&self) -> Result<super::nn::Activation> {
+        let name = self
+            .hidden_activation
+            .as_deref()
+            .or(self.hidden_act.as_deref())
+            .unwrap_or(if self.flavor.gemma {
+                "gelu_pytorch_tanh"
+            } else {
+                "silu"
+            });
+        super::nn::Activation::parse(name).map_err(candle_core::Error::msg)
     }
 
     fn head_dim(&self) -> usize {
@@ -86,7 +235,8 @@ impl LlamaConfig {
     }
 }
 
-/// `LlamaRMSNorm`: `x / sqrt(mean(x^2) + eps) * weight`.
+/// `LlamaRMSNorm`: `x / sqrt(mean(x^2) + eps) * weight`; Gemma's scales by `1 + weight`
+/// (added once at load).
 struct RmsNorm {
     weight: Tensor,
     eps: f64,
@@ -98,6 +248,14 @@ impl RmsNorm {
             weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?,
             eps,
         })
+    }
+
+    fn load_for(size: usize, cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        let mut norm = Self::load(size, cfg.rms_norm_eps, vb)?;
+        if cfg.flavor.gemma {
+            norm.weight = (norm.weight + 1.0)?;
+        }
+        Ok(norm)
     }
 }
 
@@ -154,6 +312,8 @@ struct Layer {
     k: Proj,
     v: Proj,
     o: Proj,
+    /// Before the feed-forward: Llama's `post_attention_layernorm`, Gemma's
+    /// `pre_feedforward_layernorm`.
     post_norm: RmsNorm,
     gate: Proj,
     up: Proj,
@@ -161,6 +321,16 @@ struct Layer {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// Qwen3 / Gemma 3: `q_norm` and `k_norm`, over each head.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
+    /// Gemma: the norms of the attention output and of the feed-forward output.
+    sandwich: Option<(RmsNorm, RmsNorm)>,
+    act: super::nn::Activation,
+    /// Scores are divided by this: sqrt(head_dim), or Gemma's sqrt(query_pre_attn_scalar).
+    score_div: f64,
+    attn_softcap: Option<f64>,
+    /// This layer attends through the sliding window (its RoPE and mask are the local ones).
+    sliding: bool,
 }
 
 /// cos and sin for the positions of one forward pass, shaped for the layout.
@@ -173,6 +343,16 @@ impl RopeTables {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             RopeTables::RotateHalf { cos, sin } => {
+                let (rot, d) = (cos.dim(D::Minus1)?, x.dim(D::Minus1)?);
+                if rot < d {
+                    // Partial rotary (Phi-3): the rest of each head passes through.
+                    let (xr, pass) = (
+                        x.narrow(D::Minus1, 0, rot)?,
+                        x.narrow(D::Minus1, rot, d - rot)?,
+                    );
+                    let xr = (xr.broadcast_mul(cos)? + rotate_half(&xr)?.broadcast_mul(sin)?)?;
+                    return Tensor::cat(&[&xr, &pass], D::Minus1);
+                }
                 x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?
             }
             RopeTables::Interleaved { cos, sin } => {
@@ -190,31 +370,92 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
 }
 
+/// `parts` row blocks of one fused `(sum of parts, in)` weight, each a bias-free projection.
+fn split_proj(in_dim: usize, parts: &[usize], vb: VarBuilder) -> Result<Vec<Proj>> {
+    let w = vb.get((parts.iter().sum::<usize>(), in_dim), "weight")?;
+    let mut start = 0;
+    parts
+        .iter()
+        .map(|&n| {
+            let part = w.narrow(0, start, n)?.contiguous()?;
+            start += n;
+            Ok(Lin::new(part, None))
+        })
+        .collect()
+}
+
 impl Layer {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig, sliding: bool) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim());
         let kv = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
+        let qd = cfg.num_attention_heads * d;
         let attn = vb.pp("self_attn");
         let mlp = vb.pp("mlp");
-        let qkv_bias = cfg.qkv_bias || cfg.attention_bias;
+        let f = cfg.flavor;
+        let qkv_bias = cfg.qkv_bias || f.qkv_bias || cfg.attention_bias;
+        let (q, k, v) = if f.fused_projections {
+            let mut p = split_proj(h, &[qd, kv * d, kv * d], attn.pp("qkv_proj"))?.into_iter();
+            (p.next().unwrap(), p.next().unwrap(), p.next().unwrap())
+        } else {
+            (
+                biased(h, qd, attn.pp("q_proj"), qkv_bias)?,
+                biased(h, kv * d, attn.pp("k_proj"), qkv_bias)?,
+                biased(h, kv * d, attn.pp("v_proj"), qkv_bias)?,
+            )
+        };
+        let i = cfg.intermediate_size;
+        let (gate, up) = if f.fused_projections {
+            let mut p = split_proj(h, &[i, i], mlp.pp("gate_up_proj"))?.into_iter();
+            (p.next().unwrap(), p.next().unwrap())
+        } else {
+            (
+                proj(h, i, mlp.pp("gate_proj"))?,
+                proj(h, i, mlp.pp("up_proj"))?,
+            )
+        };
+        let norm = |size: usize, name: &str| RmsNorm::load_for(size, cfg, vb.pp(name));
+        let qk_norm = if f.qk_norm {
+            Some((
+                RmsNorm::load_for(d, cfg, attn.pp("q_norm"))?,
+                RmsNorm::load_for(d, cfg, attn.pp("k_norm"))?,
+            ))
+        } else {
+            None
+        };
+        let (post_norm, sandwich) = if f.gemma {
+            (
+                norm(h, "pre_feedforward_layernorm")?,
+                Some((
+                    norm(h, "post_attention_layernorm")?,
+                    norm(h, "post_feedforward_layernorm")?,
+                )),
+            )
+        } else {
+            (norm(h, "post_attention_layernorm")?, None)
+        };
+        let score_div = match (f.gemma, cfg.query_pre_attn_scalar) {
+            (true, Some(s)) => s.sqrt(),
+            _ => (d as f64).sqrt(),
+        };
         Ok(Layer {
-            input_norm: RmsNorm::load(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            q: biased(h, cfg.num_attention_heads * d, attn.pp("q_proj"), qkv_bias)?,
-            k: biased(h, kv * d, attn.pp("k_proj"), qkv_bias)?,
-            v: biased(h, kv * d, attn.pp("v_proj"), qkv_bias)?,
-            o: biased(
-                cfg.num_attention_heads * d,
-                h,
-                attn.pp("o_proj"),
-                cfg.attention_bias,
-            )?,
-            post_norm: RmsNorm::load(h, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
-            gate: proj(h, cfg.intermediate_size, mlp.pp("gate_proj"))?,
-            up: proj(h, cfg.intermediate_size, mlp.pp("up_proj"))?,
-            down: proj(cfg.intermediate_size, h, mlp.pp("down_proj"))?,
+            input_norm: norm(h, "input_layernorm")?,
+            q,
+            k,
+            v,
+            o: biased(qd, h, attn.pp("o_proj"), cfg.attention_bias)?,
+            post_norm,
+            gate,
+            up,
+            down: proj(i, h, mlp.pp("down_proj"))?,
             heads: cfg.num_attention_heads,
             kv_heads: kv,
             head_dim: d,
+            qk_norm,
+            sandwich,
+            act: cfg.activation()?,
+            score_div,
+            attn_softcap: cfg.attn_logit_softcapping.filter(|_| f.gemma),
+            sliding,
         })
     }
 
@@ -232,8 +473,14 @@ impl Layer {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = rope.apply(&split(self.q.forward(&n)?, self.heads)?)?;
-        let k = rope.apply(&split(self.k.forward(&n)?, self.kv_heads)?)?;
+        let (mut q, mut k) = (
+            split(self.q.forward(&n)?, self.heads)?,
+            split(self.k.forward(&n)?, self.kv_heads)?,
+        );
+        if let Some((qn, kn)) = &self.qk_norm {
+            (q, k) = (qn.forward(&q)?, kn.forward(&k)?);
+        }
+        let (q, k) = (rope.apply(&q)?, rope.apply(&k)?);
         let v = split(self.v.forward(&n)?, self.kv_heads)?;
         let (k, v) = match cache {
             Some((c, i)) => c.extend(i, k, v)?,
@@ -251,16 +498,30 @@ impl Layer {
                 .reshape((b, kvh * groups, keys, d))
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let mut scores = (q.matmul(&k.t()?)? / self.score_div)?;
+        if let Some(cap) = self.attn_softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(bias)?)?;
         let ctx = probs
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, s, self.heads * self.head_dim))?;
-        let x = (x + self.o.forward(&ctx)?)?;
+        let mut attn = self.o.forward(&ctx)?;
+        if let Some((after_attn, _)) = &self.sandwich {
+            attn = after_attn.forward(&attn)?;
+        }
+        let x = (x + attn)?;
         let n = self.post_norm.forward(&x)?;
-        let ff = (self.gate.forward(&n)?.silu()? * self.up.forward(&n)?)?;
-        x + self.down.forward(&ff)?
+        let gate = match self.act {
+            super::nn::Activation::Silu => self.gate.forward(&n)?.silu()?,
+            act => act.forward(&self.gate.forward(&n)?)?,
+        };
+        let mut ff = self.down.forward(&(gate * self.up.forward(&n)?)?)?;
+        if let Some((_, after_ff)) = &self.sandwich {
+            ff = after_ff.forward(&ff)?;
+        }
+        x + ff
     }
 }
 
@@ -270,14 +531,25 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Proj,
-    head_dim: usize,
-    theta: f64,
+    /// Dimensions of each head that RoPE rotates.
+    rotary_dim: usize,
+    /// RoPE of the full-attention layers and of the sliding-window ones.
+    ropes: (Rope, Rope),
     rope: RopeLayout,
+    /// Gemma: embeddings are multiplied by sqrt(hidden).
+    embed_scale: Option<f64>,
+    final_softcap: Option<f64>,
+    /// The window of the sliding layers (Gemma), masked exactly.
+    window: Option<usize>,
 }
 
 impl Llama {
     pub fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        if cfg.use_bidirectional_attention == Some(true) {
+            candle_core::bail!("use_bidirectional_attention: an embedding model, not a causal LM");
+        }
         let base = vb.pp("model");
+        let sliding = cfg.sliding_layers()?;
         let embed = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, base.pp("embed_tokens"))?;
         // A tied output projection stays in candle's layout, sharing the embedding table.
         let lm_head = if !cfg.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
@@ -288,16 +560,20 @@ impl Llama {
         } else {
             Lin::tied(embed.embeddings().clone(), None)
         };
+        let gemma = cfg.flavor.gemma;
         Ok(Llama {
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| Layer::load(base.pp("layers").pp(i), cfg))
+                .map(|i| Layer::load(base.pp("layers").pp(i), cfg, sliding[i]))
                 .collect::<Result<Vec<_>>>()?,
-            norm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, base.pp("norm"))?,
+            norm: RmsNorm::load_for(cfg.hidden_size, cfg, base.pp("norm"))?,
             embed,
             lm_head,
-            head_dim: cfg.head_dim(),
-            theta: cfg.theta()?,
+            rotary_dim: cfg.rotary_dim(),
+            ropes: cfg.ropes()?,
             rope: RopeLayout::RotateHalf,
+            embed_scale: gemma.then(|| (cfg.hidden_size as f64).sqrt()),
+            final_softcap: cfg.final_logit_softcapping.filter(|_| gemma),
+            window: cfg.sliding_window.filter(|_| sliding.iter().any(|&s| s)),
         })
     }
 
@@ -332,22 +608,49 @@ impl Llama {
                     heads: cfg.num_attention_heads,
                     kv_heads,
                     head_dim: cfg.head_dim(),
+                    qk_norm: None,
+                    sandwich: None,
+                    act: super::nn::Activation::Silu,
+                    score_div: (cfg.head_dim() as f64).sqrt(),
+                    attn_softcap: None,
+                    sliding: false,
                 })
                 .collect(),
             norm: norm_of(norm),
             lm_head,
-            head_dim: cfg.head_dim(),
-            theta: cfg.theta()?,
+            rotary_dim: cfg.head_dim(),
+            ropes: cfg.ropes()?,
             rope,
+            embed_scale: None,
+            final_softcap: None,
+            window: None,
         })
     }
 
-    /// cos and sin for positions `past..past + seq`: `(1, 1, seq, head_dim)` with the two
+    /// cos and sin for positions `past..past + seq` of the full-attention layers and, when
+    /// they differ (Gemma 3), of the sliding ones.
+    fn rope_pair(
+        &self,
+        past: usize,
+        seq: usize,
+        device: &Device,
+    ) -> Result<(RopeTables, Option<RopeTables>)> {
+        let (full, local) = self.ropes;
+        let local = if local != full && self.layers.iter().any(|l| l.sliding) {
+            Some(self.rope_tables(local, past, seq, device)?)
+        } else {
+            None
+        };
+        Ok((self.rope_tables(full, past, seq, device)?, local))
+    }
+
+    /// cos and sin for positions `past..past + seq`: `(1, 1, seq, rotary_dim)` with the two
     /// halves repeated for `rotate_half`, `(seq, head_dim / 2)` for the interleaved kernel.
-    fn rope_tables(&self, past: usize, seq: usize, device: &Device) -> Result<RopeTables> {
-        let d = self.head_dim;
+    fn rope_tables(&self, r: Rope, past: usize, seq: usize, device: &Device) -> Result<RopeTables> {
+        let d = self.rotary_dim;
+        // `linear` scaling divides the frequencies by its factor.
         let inv: Vec<f32> = (0..d / 2)
-            .map(|i| 1.0 / (self.theta as f32).powf(2.0 * i as f32 / d as f32))
+            .map(|i| 1.0 / (r.theta as f32).powf(2.0 * i as f32 / d as f32) / r.factor as f32)
             .collect();
         let half: Vec<f32> = (past..past + seq)
             .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
@@ -379,14 +682,44 @@ impl Llama {
     pub fn forward(&self, input_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (_, seq) = input_ids.dims2()?;
         let device = input_ids.device();
-        let rope = self.rope_tables(0, seq, device)?;
-        let causal = super::nn::causal_bias(seq, 0, device)?;
-        let bias = causal.broadcast_add(&super::nn::additive_mask(mask)?)?;
-        let mut x = self.embed.forward(input_ids)?;
+        let ropes = self.rope_pair(0, seq, device)?;
+        let padding = super::nn::additive_mask(mask)?;
+        let causal = super::nn::causal_bias(seq, 0, device)?.broadcast_add(&padding)?;
+        let windowed = self
+            .window
+            .map(|w| super::nn::sliding_causal_bias(seq, 0, w, device)?.broadcast_add(&padding))
+            .transpose()?;
+        let mut x = self.embed(input_ids)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &rope, &bias, None)?;
+            let (rope, bias) = self.for_layer(layer, &ropes, &causal, windowed.as_ref());
+            x = layer.forward(&x, rope, bias, None)?;
         }
         self.head(&x)
+    }
+
+    /// The RoPE tables and mask a layer uses: the sliding ones for a sliding layer.
+    fn for_layer<'a>(
+        &self,
+        layer: &Layer,
+        ropes: &'a (RopeTables, Option<RopeTables>),
+        causal: &'a Tensor,
+        windowed: Option<&'a Tensor>,
+    ) -> (&'a RopeTables, &'a Tensor) {
+        if !layer.sliding {
+            return (&ropes.0, causal);
+        }
+        (
+            ropes.1.as_ref().unwrap_or(&ropes.0),
+            windowed.unwrap_or(causal),
+        )
+    }
+
+    fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let x = self.embed.forward(input_ids)?;
+        match self.embed_scale {
+            Some(s) => x * s,
+            None => Ok(x),
+        }
     }
 
     /// Logits `(1, seq, vocab)` of `input_ids` `(1, seq)` placed after the positions already
@@ -406,11 +739,16 @@ impl Llama {
         let (_, seq) = input_ids.dims2()?;
         let device = input_ids.device();
         let past = cache.len;
-        let rope = self.rope_tables(past, seq, device)?;
-        let bias = super::nn::causal_bias(seq, past, device)?;
-        let mut x = self.embed.forward(input_ids)?;
+        let ropes = self.rope_pair(past, seq, device)?;
+        let causal = super::nn::causal_bias(seq, past, device)?;
+        let windowed = self
+            .window
+            .map(|w| super::nn::sliding_causal_bias(seq, past, w, device))
+            .transpose()?;
+        let mut x = self.embed(input_ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &rope, &bias, Some((&mut *cache, i)))?;
+            let (rope, bias) = self.for_layer(layer, &ropes, &causal, windowed.as_ref());
+            x = layer.forward(&x, rope, bias, Some((&mut *cache, i)))?;
         }
         cache.len += seq;
         if last_only {
@@ -440,32 +778,97 @@ impl Llama {
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.norm.forward(x)?;
         let (b, s, h) = x.dims3()?;
-        self.lm_head
+        let logits = self
+            .lm_head
             .forward(&x.reshape((b * s, h))?)?
             .reshape((b, s, ()))?
-            .to_dtype(DType::F32)
+            .to_dtype(DType::F32)?;
+        match self.final_softcap {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
     }
 }
 
 /// This port's row in [`DECODERS`](super::decoder::DECODERS).
 pub const ARCH: DecoderArch = DecoderArch {
     model_type: "llama",
-    build: |raw, vb| build(raw, vb, false),
+    build: |raw, vb| build(raw, vb, Flavor::default()),
     max_positions: |_| None,
 };
 
 /// Qwen2 and Qwen2.5 (`Qwen2ForCausalLM`): Llama with biases on q, k and v.
 pub const QWEN2_ARCH: DecoderArch = DecoderArch {
     model_type: "qwen2",
-    build: |raw, vb| build(raw, vb, true),
+    build: |raw, vb| {
+        let flavor = Flavor {
+            qkv_bias: true,
+            ..Flavor::default()
+        };
+        build(raw, vb, flavor)
+    },
     max_positions: sliding_window,
 };
 
 /// Mistral (`MistralForCausalLM`): Llama with a sliding attention window.
 pub const MISTRAL_ARCH: DecoderArch = DecoderArch {
     model_type: "mistral",
-    build: |raw, vb| build(raw, vb, false),
+    build: |raw, vb| build(raw, vb, Flavor::default()),
     max_positions: sliding_window,
+};
+
+/// Qwen3 (`Qwen3ForCausalLM`): Llama with an RMSNorm over each head of q and k.
+pub const QWEN3_ARCH: DecoderArch = DecoderArch {
+    model_type: "qwen3",
+    build: |raw, vb| {
+        let flavor = Flavor {
+            qk_norm: true,
+            ..Flavor::default()
+        };
+        build(raw, vb, flavor)
+    },
+    max_positions: sliding_window,
+};
+
+/// Phi-3 and Phi-4-mini (`Phi3ForCausalLM`): fused projections, partial rotary.
+pub const PHI3_ARCH: DecoderArch = DecoderArch {
+    model_type: "phi3",
+    build: |raw, vb| {
+        let flavor = Flavor {
+            fused_projections: true,
+            ..Flavor::default()
+        };
+        build(raw, vb, flavor)
+    },
+    max_positions: sliding_window,
+};
+
+/// Gemma 2 (`Gemma2ForCausalLM`).
+pub const GEMMA2_ARCH: DecoderArch = DecoderArch {
+    model_type: "gemma2",
+    build: |raw, vb| {
+        let flavor = Flavor {
+            gemma: true,
+            ..Flavor::default()
+        };
+        build(raw, vb, flavor)
+    },
+    max_positions: |_| None,
+};
+
+/// Gemma 3's text model (`Gemma3ForCausalLM`, `model_type` `gemma3_text`: the 1B model, or
+/// the language half of the larger ones saved alone).
+pub const GEMMA3_ARCH: DecoderArch = DecoderArch {
+    model_type: "gemma3_text",
+    build: |raw, vb| {
+        let flavor = Flavor {
+            gemma: true,
+            qk_norm: true,
+            ..Flavor::default()
+        };
+        build(raw, vb, flavor)
+    },
+    max_positions: |_| None,
 };
 
 /// The attention window, when the config turns one on: attention is computed over every
@@ -474,7 +877,11 @@ pub const MISTRAL_ARCH: DecoderArch = DecoderArch {
 /// are cut to it, and say so).
 fn sliding_window(raw: &serde_json::Value) -> Option<usize> {
     let window = raw.get("sliding_window").and_then(|v| v.as_u64())? as usize;
-    let qwen = raw.get("model_type").and_then(|v| v.as_str()) == Some("qwen2");
+    // Qwen's window is off unless `use_sliding_window`; Mistral's and Phi-3's are on when set.
+    let qwen = matches!(
+        raw.get("model_type").and_then(|v| v.as_str()),
+        Some("qwen2" | "qwen3")
+    );
     let on = raw
         .get("use_sliding_window")
         .and_then(|v| v.as_bool())
@@ -485,13 +892,18 @@ fn sliding_window(raw: &serde_json::Value) -> Option<usize> {
 fn build(
     raw: &serde_json::Value,
     vb: VarBuilder,
-    qkv_bias: bool,
+    flavor: Flavor,
 ) -> std::result::Result<BuiltDecoder, BuildError> {
     let mut cfg: LlamaConfig = serde_json::from_value(raw.clone())?;
-    cfg.qkv_bias = qkv_bias;
+    cfg.flavor = flavor;
     Ok(BuiltDecoder {
         net: Box::new(Llama::load(vb, &cfg)?),
-        max_positions: sliding_window(raw),
+        // Gemma's windows are masked exactly; the others' cap the sequence.
+        max_positions: if flavor.gemma {
+            None
+        } else {
+            sliding_window(raw)
+        },
         vocab_size: cfg.vocab_size,
         hidden: cfg.hidden_size,
     })

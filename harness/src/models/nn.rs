@@ -86,6 +86,30 @@ pub fn causal_bias(seq: usize, past: usize, device: &candle_core::Device) -> Res
     Tensor::from_vec(bias, (1, 1, seq, keys), device)
 }
 
+/// [`causal_bias`] with a sliding window of `window` keys (transformers'
+/// `sliding_window_overlay`: a query at position p sees keys p - window < k <= p).
+pub fn sliding_causal_bias(
+    seq: usize,
+    past: usize,
+    window: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let keys = past + seq;
+    let bias: Vec<f32> = (0..seq)
+        .flat_map(|q| {
+            let p = past + q;
+            (0..keys).map(move |k| {
+                if k > p || k + window <= p {
+                    f32::MIN
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(bias, (1, 1, seq, keys), device)
+}
+
 /// Keys and values of the positions seen so far, per layer, so that generation runs each new
 /// token alone instead of re-running the whole sequence.
 #[derive(Default)]
@@ -227,6 +251,22 @@ mod tests {
                 .unwrap();
             assert!(diff < 1e-5, "{b}x{s}x{heads}: {diff}");
         }
+    }
+
+    #[test]
+    fn a_sliding_window_sees_the_last_window_keys_only() {
+        // Two new queries after 3 cached positions, window 2: position 3 sees 2..=3, 4 sees 3..=4.
+        let b = sliding_causal_bias(2, 3, 2, &Device::Cpu).unwrap();
+        let rows = b
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let m = f32::MIN;
+        assert_eq!(rows[0], vec![m, m, 0.0, 0.0, m]);
+        assert_eq!(rows[1], vec![m, m, m, 0.0, 0.0]);
     }
 
     #[test]

@@ -574,12 +574,17 @@ mod tests {
         let err = ModelRef::parse("org/name:config.json", &t)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("after ':' comes the name of one .gguf file"), "{err}");
+        assert!(
+            err.contains("after ':' comes the name of one .gguf file"),
+            "{err}"
+        );
         // --gguf-file fills in a Hub id without a file, and nothing else.
         let f = Some("m.gguf");
         let hub = ModelRef::parse("org/name", &t).unwrap().with_gguf_file(f);
         assert!(matches!(hub, ModelRef::Hub { file: Some(ref x), .. } if x == "m.gguf"));
-        let own = ModelRef::parse("org/name:own.gguf", &t).unwrap().with_gguf_file(f);
+        let own = ModelRef::parse("org/name:own.gguf", &t)
+            .unwrap()
+            .with_gguf_file(f);
         assert!(matches!(own, ModelRef::Hub { file: Some(ref x), .. } if x == "own.gguf"));
         let alias = ModelRef::parse("gpt2", &t).unwrap().with_gguf_file(f);
         assert_eq!(alias, ModelRef::Alias("gpt2".into()));
