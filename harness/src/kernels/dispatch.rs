@@ -2,7 +2,7 @@
 //! what produced its numbers (issue 15).
 //!
 //! The harness's own kernels ([`sgemm`](super::sgemm) for f32, [`qgemm`](super::qgemm) for
-//! Q8_0 and Q4_0) run on every x86-64 CPU with AVX2 and FMA, at the level [`super::isa`]
+//! Q8_0, Q4_0 and Q4_1) run on every x86-64 CPU with AVX2 and FMA, at the level [`super::isa`]
 //! picks (AVX2, AVX-512, VNNI), and sum in a fixed order, so they give the same numbers on
 //! every such host at every level. The other block formats run on
 //! candle's quantized kernels, which candle 0.11 chooses at run time by CPU features, format,
@@ -84,7 +84,7 @@ fn cpu_has_amx_int8() -> bool {
 pub enum Kernel {
     /// The harness's packed f32 GEMM ([`sgemm`](super::sgemm)) at a level.
     HarnessSgemm(F32Level),
-    /// The harness's integer GEMM for Q8_0 / Q4_0 ([`qgemm`](super::qgemm)) at a level.
+    /// The harness's integer GEMM for Q8_0 / Q4_0 / Q4_1 ([`qgemm`](super::qgemm)) at a level.
     HarnessQgemm(IntLevel),
     /// candle's f32 matmul (the `gemm` crate).
     CandleGemm,
@@ -128,13 +128,16 @@ impl Kernel {
     }
 }
 
-/// The block format ggml's dot product for `format` rounds the activations to (the repacked
-/// and AMX tiles always use Q8K).
+/// The block format the kernel rounds the activations to: ggml's dot product by `format`
+/// (the repacked and AMX tiles always use Q8K), Q8_0 for the harness's integer GEMM.
 pub fn activation_blocks(format: GgmlDType, kernel: Kernel) -> Option<&'static str> {
     use GgmlDType as D;
     match (kernel, format) {
         (Kernel::HarnessSgemm(_) | Kernel::CandleGemm | Kernel::Device, _) | (_, D::F32) => None,
         (Kernel::CandleRepack(_) | Kernel::CandleAmx, _) => Some("q8k"),
+        // The harness's integer GEMM rounds to Q8_0 for every format it takes (Q4_1's
+        // block sums stay in f32 where ggml's Q8_1 keeps them in f16).
+        (Kernel::HarnessQgemm(_), _) => Some("q8_0"),
         (_, D::Q4_1 | D::Q5_1) => Some("q8_1"),
         (_, D::Q8_0 | D::Q4_0 | D::Q5_0) => Some("q8_0"),
         _ => Some("q8k"),

@@ -21,7 +21,7 @@ pub enum F32Level {
     Avx2,
 }
 
-/// The level of the integer GEMM for Q8_0 / Q4_0 weights.
+/// The level of the integer GEMM for Q8_0 / Q4_0 / Q4_1 weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntLevel {
     Avx512Vnni,

@@ -1,4 +1,4 @@
-//! Integer matrix products for linear layers whose weights are Q8_0 or Q4_0 blocks,
+//! Integer matrix products for linear layers whose weights are Q8_0, Q4_0 or Q4_1 blocks,
 //! `y = x Wᵀ + b`, with the weight laid out once at load (issue 6).
 //!
 //! Why: candle multiplies quantized weights one (row, column) dot product at a time, which on
@@ -63,6 +63,10 @@ use super::sgemm::{
 pub enum BlockFormat {
     Q8_0,
     Q4_0,
+    /// `d` and a minimum `m` (both f16), then 16 bytes of 4-bit `q` (0-15): the value is
+    /// `d * q + m`. Multiplied as Q4_0 (nibbles as `(q - 8) + 8`) plus a correction per block,
+    /// `(8 d + m) · d_x Σ q_x`, run as a small f32 product (see [`Int8Weight`]).
+    Q4_1,
 }
 
 /// Values per GGUF block of the [`BlockFormat`]s.
@@ -74,10 +78,29 @@ impl BlockFormat {
         match self {
             BlockFormat::Q8_0 => 2 + QK,
             BlockFormat::Q4_0 => 2 + QK / 2,
+            BlockFormat::Q4_1 => 4 + QK / 2,
         }
     }
 
-    /// A block's scale `d` and its 32 integer values `q` (the value is `d * q`).
+    /// A Q4_1 block's minimum `m` (0 for the other formats).
+    pub fn min(self, block: &[u8]) -> f32 {
+        match self {
+            BlockFormat::Q4_1 => half::f16::from_le_bytes([block[2], block[3]]).to_f32(),
+            _ => 0.0,
+        }
+    }
+
+    /// The format whose layout and kernels multiply this one's values (Q4_1's nibbles are
+    /// laid out and multiplied as Q4_0's).
+    fn kernel_format(self) -> BlockFormat {
+        match self {
+            BlockFormat::Q4_1 => BlockFormat::Q4_0,
+            f => f,
+        }
+    }
+
+    /// A block's scale `d` and its 32 integer values `q` (the value is `d * q`; for Q4_1,
+    /// `q` is the nibble minus 8 and the value `d * (q + 8) + m`).
     pub fn decode(self, block: &[u8]) -> (f32, [i8; QK]) {
         let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
         let mut qs = [0i8; QK];
@@ -87,9 +110,10 @@ impl BlockFormat {
                     *v = q as i8;
                 }
             }
-            BlockFormat::Q4_0 => {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                let start = self.block_bytes() - QK / 2;
                 let (lo, hi) = qs.split_at_mut(QK / 2);
-                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&block[2..2 + QK / 2]) {
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&block[start..start + QK / 2]) {
                     *l = (q & 0x0f) as i8 - 8;
                     *h = (q >> 4) as i8 - 8;
                 }
@@ -118,12 +142,12 @@ impl BlockFormat {
     fn panel_block_bytes(self) -> usize {
         match self {
             BlockFormat::Q8_0 => PANEL_BLOCK,
-            BlockFormat::Q4_0 => PANEL_BLOCK / 2,
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => PANEL_BLOCK / 2,
         }
     }
 }
 
-/// A Q8_0 or Q4_0 weight `(n, k)` laid out for [`Int8Weight::matmul_then`].
+/// A Q8_0, Q4_0 or Q4_1 weight `(n, k)` laid out for [`Int8Weight::matmul_then`].
 pub struct Int8Weight {
     n: usize,
     k: usize,
@@ -138,6 +162,12 @@ pub struct Int8Weight {
     /// For Q8_0 at a VNNI level: `Σ q` of each block per panel, block and column (at most
     /// 32 x 128 in magnitude), which the kernel takes back off 128 times.
     sums: Vec<i16>,
+    /// Q4_1: `8 d + m` per output and block, `(n, k / 32)`, packed for the f32 GEMM. The
+    /// Q4_0 kernel gives `Σ_b d d_x Σ (q - 8) q_x`; adding `Σ_b (8 d + m) · d_x Σ q_x` makes
+    /// it `Σ_b (d d_x Σ q q_x + m d_x Σ q_x)`, Q4_1's product. ggml's own Q4_1 product
+    /// (with Q8_1 inputs) rounds `d_x Σ q_x` to f16 first; this keeps it in f32, so results
+    /// agree with candle's to that rounding, not bit for bit (tested).
+    min_offsets: Option<PackedWeight>,
 }
 
 /// Input rows rounded to Q8_0 blocks: the values (as i16 for the AVX2 kernel, as bytes for
@@ -183,6 +213,19 @@ impl Int8Weight {
         let offset = quants.as_ptr().align_offset(64).min(64);
         let mut scales = vec![0f32; panels * blocks * NR];
         let quads = level != IntLevel::Avx2;
+        let kernel_format = format.kernel_format();
+        let mut offsets = if format == BlockFormat::Q4_1 {
+            vec![0f32; n * blocks]
+        } else {
+            Vec::new()
+        };
+        for (j, row_offsets) in offsets.chunks_exact_mut(blocks.max(1)).enumerate() {
+            let row = &bytes[j * blocks * block_bytes..];
+            for (b, o) in row_offsets.iter_mut().enumerate() {
+                let block = &row[b * block_bytes..];
+                *o = 8.0 * format.decode(block).0 + format.min(block);
+            }
+        }
         let mut sums = if quads && format == BlockFormat::Q8_0 {
             vec![0i16; panels * blocks * NR]
         } else {
@@ -209,18 +252,18 @@ impl Int8Weight {
                             if !panel_sums.is_empty() {
                                 panel_sums[b * NR + col] = qs.iter().map(|&q| i16::from(q)).sum();
                             }
-                            vnni::lay_out_block(format, &qs, col, dst);
+                            vnni::lay_out_block(kernel_format, &qs, col, dst);
                             continue;
                         }
                         for (step, two) in qs.chunks_exact(2).enumerate() {
-                            match format {
+                            match kernel_format {
                                 BlockFormat::Q8_0 => {
                                     let at = step * 32 + half * 16 + c * 2;
                                     dst[at..at + 2].copy_from_slice(two);
                                 }
                                 // Byte `c * 2 + kk` of a step: columns 0-7 in the low
                                 // nibble, 8-15 in the high one, stored as `q + 8` (0-15).
-                                BlockFormat::Q4_0 => {
+                                BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
                                     for (kk, &q) in two.iter().enumerate() {
                                         let nibble = ((q + 8) as u8) << (4 * half);
                                         dst[step * 16 + c * 2 + kk] |= nibble as i8;
@@ -240,6 +283,8 @@ impl Int8Weight {
             offset,
             scales,
             sums,
+            min_offsets: (format == BlockFormat::Q4_1)
+                .then(|| PackedWeight::pack(&offsets, n, blocks)),
         })
     }
 
@@ -265,17 +310,25 @@ impl Int8Weight {
     /// nibble (Q4_0) per value and an f32 scale per 32 values.
     pub fn weight_bytes(&self) -> usize {
         let values = self.n * self.k;
+        let per_block = if self.format == BlockFormat::Q4_1 {
+            8
+        } else {
+            4
+        };
         match self.format {
             BlockFormat::Q8_0 => values,
-            BlockFormat::Q4_0 => values / 2,
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => values / 2,
         }
-        .saturating_add(self.n * (self.k / QK) * 4)
+        .saturating_add(self.n * (self.k / QK) * per_block)
     }
 
     /// Bytes held (values, f32 scales and, for Q8_0 at a VNNI level, i16 block sums; padding
     /// included).
     pub fn bytes(&self) -> usize {
-        self.quants.len() + self.scales.len() * 4 + self.sums.len() * 2
+        self.quants.len()
+            + self.scales.len() * 4
+            + self.sums.len() * 2
+            + self.min_offsets.as_ref().map_or(0, PackedWeight::bytes)
     }
 
     /// One thread's share: rows `rows` of the output, column panels `cols`.
@@ -291,7 +344,8 @@ impl Int8Weight {
         let (n, k) = (self.n, self.k);
         let blocks = k / QK;
         let quants = &self.quants[self.offset..];
-        let panel_block = self.format.panel_block_bytes();
+        let format = self.format.kernel_format();
+        let panel_block = format.panel_block_bytes();
         let mr = self.tile_rows();
         let mut m0 = rows.start;
         while m0 < rows.end {
@@ -344,9 +398,9 @@ impl Int8Weight {
                             init,
                             bias: &panel_bias,
                         };
-                        match (self.level, self.format, r) {
+                        match (self.level, format, r) {
                             (IntLevel::Avx512Vnni | IntLevel::AvxVnni, ..) => {
-                                vnni::tile(self.level, self.format, r, &tile)
+                                vnni::tile(self.level, format, r, &tile)
                             }
                             (_, BlockFormat::Q8_0, 6) => kernel::<6, false>(&tile),
                             (_, BlockFormat::Q8_0, 5) => kernel::<5, false>(&tile),
@@ -359,7 +413,7 @@ impl Int8Weight {
                             (_, BlockFormat::Q4_0, 4) => kernel::<4, true>(&tile),
                             (_, BlockFormat::Q4_0, 3) => kernel::<3, true>(&tile),
                             (_, BlockFormat::Q4_0, 2) => kernel::<2, true>(&tile),
-                            (_, BlockFormat::Q4_0, _) => kernel::<1, true>(&tile),
+                            (_, _, _) => kernel::<1, true>(&tile),
                         }
                         if let (Some(f), true) = (epilogue, last) {
                             for i in 0..r {
@@ -404,19 +458,45 @@ impl PackedGemm for Int8Weight {
         if m == 0 || n == 0 {
             return;
         }
-        let as_bytes = match (self.level, self.format) {
+        let format = self.format.kernel_format();
+        let as_bytes = match (self.level, format) {
             (IntLevel::Avx2, _) => None,
             (_, BlockFormat::Q8_0) => Some(128),
-            (_, BlockFormat::Q4_0) => Some(0),
+            (_, _) => Some(0),
         };
-        let rows = quantize_rows(x, self.format == BlockFormat::Q4_0, as_bytes);
+        let rows = quantize_rows(x, format == BlockFormat::Q4_0, as_bytes);
         let out_ptr = SendPtr(out.as_mut_ptr());
         let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, self.tile_rows(), 1);
+        // Q4_1's activation runs after its correction below.
+        let main_epilogue = if self.min_offsets.is_some() {
+            None
+        } else {
+            epilogue
+        };
         run_jobs(jobs, |(rows_range, cols)| {
             // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`; the CPU
             // features were checked when the weight was laid out.
-            unsafe { self.passes(&rows, bias, epilogue, out_ptr, rows_range, cols) }
+            unsafe { self.passes(&rows, bias, main_epilogue, out_ptr, rows_range, cols) }
         });
+        if let Some(offsets) = &self.min_offsets {
+            // `d_x Σ q_x` per row and block, times `8 d + m` per output and block.
+            let scaled: Vec<f32> = rows
+                .d
+                .iter()
+                .zip(&rows.sums)
+                .map(|(&d, &s)| d * s as f32)
+                .collect();
+            let mut correction = vec![0f32; m * n];
+            offsets.matmul(&scaled, m, None, &mut correction, threads);
+            for (row, corr) in out.chunks_exact_mut(n).zip(correction.chunks_exact(n)) {
+                for (o, &c) in row.iter_mut().zip(corr) {
+                    *o += c;
+                }
+                if let Some(f) = epilogue {
+                    row.chunks_mut(NR).for_each(f);
+                }
+            }
+        }
     }
 }
 
@@ -647,6 +727,7 @@ mod tests {
     fn format(dtype: GgmlDType) -> BlockFormat {
         match dtype {
             GgmlDType::Q8_0 => BlockFormat::Q8_0,
+            GgmlDType::Q4_1 => BlockFormat::Q4_1,
             _ => BlockFormat::Q4_0,
         }
     }
@@ -728,7 +809,7 @@ mod tests {
             (130, 33, 2080),
             (25, 8, 64),
         ] {
-            for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
                 let (x, w, b) = (values(m * k, 1), values(n * k, 2), values(n, 3));
                 let (q, wv) = quantized(&w, n, k, dtype);
                 let want = reference(&x, &wv, &b, m, n, k);
@@ -763,9 +844,11 @@ mod tests {
         // outputs keep candle on ggml's dot product on every host, so this compares like with
         // like whatever the CPU; the premise is checked, not assumed. (How candle's tiles
         // round is tested in `candles_q8_0_tiles_round_as_the_dispatch_mirror_says`.)
+        // For Q4_1, ggml's own product rounds each input block's `d_x Σ q_x` to f16 (Q8_1
+        // blocks), this one does not: they agree to that rounding.
         let (m, n, k) = (5, 40, 768);
         let x = values(m * k, 4);
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
             assert!(matches!(
                 crate::kernels::dispatch::candle_quantized_kernel(dtype, m, n, k),
                 crate::kernels::dispatch::Kernel::CandleGgmlDot { .. }
@@ -773,14 +856,44 @@ mod tests {
             let (q, _) = quantized(&values(n * k, 5), n, k, dtype);
             let mut out = vec![0f32; m * n];
             layout(&q, dtype, n, k, level).matmul_then(&x, m, None, &mut out, 2, None);
+            let slack = q4_1_slack(&q, &x, m, n, k);
             let want = candle_product(q, &x, m, k);
             for (e, (&got, &want)) in out.iter().zip(&want).enumerate() {
                 assert!(
-                    (got - want).abs() <= 1e-4,
+                    (got - want).abs() <= 1e-4 + slack[e],
                     "{dtype:?}: element {e} is {got}, candle gives {want}"
                 );
             }
         }
+    }
+
+    /// How far ggml's Q4_1 product may be from the exact one by rounding each input block's
+    /// `d_x Σ q_x` to f16 (its Q8_1 blocks): `Σ_b |m_b| · |d_x Σ q_x| · 2^-11` per output;
+    /// zeros for the other formats.
+    fn q4_1_slack(q: &QTensor, x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        if q.dtype() != GgmlDType::Q4_1 {
+            return vec![0.0; m * n];
+        }
+        let (blocks, bytes) = (k / QK, q.data().unwrap().to_vec());
+        let (mut xq, mut xd) = (vec![0i16; m * k], vec![0f32; m * blocks]);
+        round_to_q8_0(x, &mut xq, &mut xd);
+        let mut slack = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                slack[i * n + j] = (0..blocks)
+                    .map(|b| {
+                        let block = &bytes[(j * blocks + b) * 20..];
+                        let sum: i32 = xq[(i * blocks + b) * QK..][..QK]
+                            .iter()
+                            .map(|&v| i32::from(v))
+                            .sum();
+                        BlockFormat::Q4_1.min(block).abs() * (xd[i * blocks + b] * sum as f32).abs()
+                    })
+                    .sum::<f32>()
+                    / 2048.0;
+            }
+        }
+        slack
     }
 
     /// candle's `QMatMul` of a quantized weight and f32 rows.
@@ -835,7 +948,7 @@ mod tests {
         let levels = levels("a_row_does_not_depend_on_its_batch");
         for (level, dtype) in levels
             .iter()
-            .flat_map(|&l| [(l, GgmlDType::Q8_0), (l, GgmlDType::Q4_0)])
+            .flat_map(|&l| [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1].map(|d| (l, d)))
         {
             let (q, _) = quantized(&values(n * k, 8), n, k, dtype);
             let weight = layout(&q, dtype, n, k, level);
@@ -858,16 +971,20 @@ mod tests {
         // Two passes over k (the epilogue must follow the last only) and a partial panel.
         let (m, n, k) = (13, 45, 1088);
         let (x, b) = (values(m * k, 9), values(n, 10));
-        let (q, _) = quantized(&values(n * k, 11), n, k, GgmlDType::Q8_0);
-        for level in levels("the_epilogue_sees_every_finished_output_once") {
-            let weight = layout(&q, GgmlDType::Q8_0, n, k, level);
+        // Q4_1's epilogue runs after its correction product, the others' in the kernel.
+        for (level, dtype) in levels("the_epilogue_sees_every_finished_output_once")
+            .into_iter()
+            .flat_map(|l| [(l, GgmlDType::Q8_0), (l, GgmlDType::Q4_1)])
+        {
+            let (q, _) = quantized(&values(n * k, 11), n, k, dtype);
+            let weight = layout(&q, dtype, n, k, level);
             let mut plain = vec![0f32; m * n];
             weight.matmul_then(&x, m, Some(&b), &mut plain, 2, None);
             let mut fused = vec![0f32; m * n];
             let square_plus_one = |xs: &mut [f32]| xs.iter_mut().for_each(|v| *v = *v * *v + 1.0);
             weight.matmul_then(&x, m, Some(&b), &mut fused, 2, Some(&square_plus_one));
             square_plus_one(&mut plain);
-            assert_eq!(fused, plain, "{level:?}");
+            assert_eq!(fused, plain, "{level:?} {dtype:?}");
         }
     }
 
@@ -889,7 +1006,7 @@ mod tests {
             .collect();
         for &(m, n, k, threads) in &[(1, 384, 384, 1), (13, 45, 1088, 2), (130, 40, 2080, 2)] {
             let (x, b) = (values(m * k, 31), values(n, 32));
-            for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
                 let (q, _) = quantized(&values(n * k, 33), n, k, dtype);
                 let mut bytes = q.data().unwrap().to_vec();
                 if dtype == GgmlDType::Q8_0 {

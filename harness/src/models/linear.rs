@@ -1,5 +1,5 @@
 //! The linear layer every port uses, `y = x Wᵀ + b`, with its weight formats and the policy
-//! of which kernel multiplies them: f32 packed for the harness's GEMM, Q8_0 / Q4_0 on the
+//! of which kernel multiplies them: f32 packed for the harness's GEMM, Q8_0 / Q4_0 / Q4_1 on the
 //! integer GEMM, other block formats on candle's quantized kernels (or dequantized for many
 //! rows); quantizing a loaded model (`--student-quantize`) in place; and the names of the
 //! kernels each format runs on (`kernels::dispatch`).
@@ -38,7 +38,7 @@ enum Weight {
     /// f32 packed once for [`sgemm`](crate::kernels::sgemm) (CPUs with AVX2 and FMA), with the bias as
     /// a plain slice for the kernel.
     Packed(PackedWeight, Option<Vec<f32>>),
-    /// Q8_0 or Q4_0 blocks laid out once for the integer GEMM of [`qgemm`](crate::kernels::qgemm)
+    /// Q8_0, Q4_0 or Q4_1 blocks laid out once for the integer GEMM of [`qgemm`](crate::kernels::qgemm)
     /// (same CPUs), with the bias as a plain slice.
     Int8(Int8Weight, Option<Vec<f32>>),
 }
@@ -195,6 +195,7 @@ impl Lin {
             Weight::Int8(w, _) => match w.format() {
                 BlockFormat::Q8_0 => GgmlDType::Q8_0,
                 BlockFormat::Q4_0 => GgmlDType::Q4_0,
+                BlockFormat::Q4_1 => GgmlDType::Q4_1,
             },
         }
     }
@@ -267,12 +268,13 @@ fn kernel_bias(bias: Option<&Tensor>, n: usize) -> Result<Option<Option<Vec<f32>
     })
 }
 
-/// Q8_0 and Q4_0 weights laid out for the integer GEMM, with their f32 bias, where this CPU
+/// Q8_0, Q4_0 and Q4_1 weights laid out for the integer GEMM, with their f32 bias, where this CPU
 /// runs it (`None`: other formats, devices and CPUs keep candle's kernels).
 fn int8_from_blocks(q: &QTensor, bias: Option<&Tensor>) -> Result<Option<Weight>> {
     let format = match q.dtype() {
         GgmlDType::Q8_0 => BlockFormat::Q8_0,
         GgmlDType::Q4_0 => BlockFormat::Q4_0,
+        GgmlDType::Q4_1 => BlockFormat::Q4_1,
         _ => return Ok(None),
     };
     if !q.device().is_cpu() || !PackedWeight::supported() {
@@ -298,7 +300,7 @@ fn int8_from_blocks(q: &QTensor, bias: Option<&Tensor>) -> Result<Option<Weight>
 /// them the same way first, so the product is the kernel's up to float summation order and a
 /// result does not depend on how many rows were multiplied at once (batch size, window).
 ///
-/// On CPUs with AVX2 and FMA, Q8_0 and Q4_0 never come here: they run on the integer GEMM
+/// On CPUs with AVX2 and FMA, Q8_0, Q4_0 and Q4_1 never come here: they run on the integer GEMM
 /// ([`qgemm`](crate::kernels::qgemm)) at every row count.
 fn dequantize_from_rows(dtype: GgmlDType) -> usize {
     match dtype {

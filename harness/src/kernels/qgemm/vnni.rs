@@ -27,7 +27,7 @@ pub(super) fn lay_out_block(format: BlockFormat, qs: &[i8; QK], col: usize, dst:
         let (step, lane) = (kk / 4, kk % 4);
         match format {
             BlockFormat::Q8_0 => dst[step * 64 + col * 4 + lane] = q,
-            BlockFormat::Q4_0 => {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
                 let nibble = ((q + 8) as u8) << (4 * (step % 2));
                 dst[(step / 2) * 64 + col * 4 + lane] |= nibble as i8;
             }
@@ -52,11 +52,11 @@ pub(super) unsafe fn tile(level: IntLevel, format: BlockFormat, r: usize, t: &QT
         (IntLevel::Avx512Vnni, BlockFormat::Q8_0) => {
             rows!(kernel_512, false, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2])
         }
-        (IntLevel::Avx512Vnni, BlockFormat::Q4_0) => {
+        (IntLevel::Avx512Vnni, BlockFormat::Q4_0 | BlockFormat::Q4_1) => {
             rows!(kernel_512, true, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2])
         }
         (_, BlockFormat::Q8_0) => rows!(kernel_256, false, [6, 5, 4, 3, 2]),
-        (_, BlockFormat::Q4_0) => rows!(kernel_256, true, [6, 5, 4, 3, 2]),
+        (_, BlockFormat::Q4_0 | BlockFormat::Q4_1) => rows!(kernel_256, true, [6, 5, 4, 3, 2]),
     }
 }
 
