@@ -253,17 +253,15 @@ mod tests {
         }
     }
 
+    /// The `(1, 1, seq, keys)` bias as rows.
+    fn bias_rows(b: &Tensor) -> Vec<Vec<f32>> {
+        b.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
+    }
+
     #[test]
     fn a_sliding_window_sees_the_last_window_keys_only() {
         // Two new queries after 3 cached positions, window 2: position 3 sees 2..=3, 4 sees 3..=4.
-        let b = sliding_causal_bias(2, 3, 2, &Device::Cpu).unwrap();
-        let rows = b
-            .squeeze(0)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let rows = bias_rows(&sliding_causal_bias(2, 3, 2, &Device::Cpu).unwrap());
         let m = f32::MIN;
         assert_eq!(rows[0], vec![m, m, 0.0, 0.0, m]);
         assert_eq!(rows[1], vec![m, m, m, 0.0, 0.0]);
@@ -271,14 +269,7 @@ mod tests {
 
     #[test]
     fn causal_bias_after_cached_positions_sees_the_past() {
-        let b = causal_bias(2, 3, &Device::Cpu).unwrap();
-        let rows = b
-            .squeeze(0)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let rows = bias_rows(&causal_bias(2, 3, &Device::Cpu).unwrap());
         assert_eq!(rows[0][..4], [0.0; 4]);
         assert_eq!(rows[0][4], f32::MIN);
         assert_eq!(rows[1], vec![0.0; 5]);
