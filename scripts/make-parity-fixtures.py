@@ -501,6 +501,7 @@ def make_qwen3_lm():
     assert model.model.layers[0].self_attn.q_norm.weight.abs().sum() > 0
     save_json(path, doc)
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+    write_qwen2_gguf(model, cfg, os.path.join(path, "model-f32.gguf"), arch="qwen3")
 
 
 def make_phi3_lm():
@@ -618,14 +619,16 @@ def write_llama_gguf(model, cfg, out):
     writer.close()
 
 
-def write_qwen2_gguf(model, cfg, out):
+def write_qwen2_gguf(model, cfg, out, arch="qwen2"):
     """The tiny Qwen2 as a GGUF file the way convert_hf_to_gguf.py writes Qwen2: architecture
     `qwen2`, `qwen2.*` metadata, no Q/K permutation (NEOX RoPE), the q/k/v biases as
-    `blk.N.attn_{q,k,v}.bias`, no `output.weight` when the embeddings are tied. F32."""
+    `blk.N.attn_{q,k,v}.bias`, no `output.weight` when the embeddings are tied. F32.
+    With arch="qwen3", Qwen3 the same way: `attention.key_length` for its head width and
+    the per-head norms as `blk.N.attn_{q,k}_norm.weight`."""
     import gguf
     import numpy as np
 
-    writer = gguf.GGUFWriter(out, "qwen2")
+    writer = gguf.GGUFWriter(out, arch)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_block_count(cfg.num_hidden_layers)
@@ -634,6 +637,9 @@ def write_qwen2_gguf(model, cfg, out):
     writer.add_head_count_kv(cfg.num_key_value_heads)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta)
+    if arch == "qwen3":
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
     if not cfg.tie_word_embeddings:
         names["lm_head.weight"] = "output.weight"
@@ -641,7 +647,7 @@ def write_qwen2_gguf(model, cfg, out):
         "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
         "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-        "mlp.down_proj": "ffn_down",
+        "mlp.down_proj": "ffn_down", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
     }
     for name, t in model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:

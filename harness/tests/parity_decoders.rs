@@ -467,3 +467,25 @@ fn a_qwen2_gguf_file_loads_and_matches_its_safetensors_twin() {
     let backend = DecoderBackend::load("qwen2-gguf", &gguf, &Device::Cpu, false).unwrap();
     assert_eq!(backend.info().architecture, "qwen2");
 }
+
+#[test]
+fn a_qwen3_gguf_file_loads_and_matches_its_safetensors_twin() {
+    // The tiny Qwen3 as llama.cpp's converter writes Qwen3 (qwen3.* metadata with
+    // attention.key_length for its 16-wide heads, attn_{q,k}_norm, Q/K rows unpermuted,
+    // untied output): dequantized and kept as stored, every position within 1e-4 of
+    // transformers' logits, in a batch and through the KV cache.
+    use harness::models::decoder::DecoderBackend;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen3-tiny");
+    let gguf = dir.join("model-f32.gguf");
+    let (_, _, exp) = fixture("qwen3-tiny");
+    let (deq, cfg) = harness::models::gguf::load_llama_dequantized(&gguf, &Device::Cpu).unwrap();
+    assert!(cfg.flavor.qk_norm && !cfg.qkv_bias && !cfg.tie_word_embeddings);
+    assert_eq!(cfg.head_dim, Some(16));
+    check_batches(&deq, &exp);
+    check_cached(&deq, &exp);
+    let (kept, _) = harness::models::gguf::load_llama_quantized(&gguf, &Device::Cpu).unwrap();
+    check_batches(&kept, &exp);
+    check_cached(&kept, &exp);
+    let backend = DecoderBackend::load("qwen3-gguf", &gguf, &Device::Cpu, false).unwrap();
+    assert_eq!(backend.info().architecture, "qwen3");
+}

@@ -1,6 +1,6 @@
-//! GGUF files (llama.cpp's format) for Llama-family models (architectures `llama` and `qwen2`,
-//! the latter with q/k/v biases and unpermuted Q/K rows, as llama.cpp's converter writes
-//! Qwen2), loaded *dequantized* to f32 into the
+//! GGUF files (llama.cpp's format) for Llama-family models (architectures `llama`, `qwen2`
+//! with q/k/v biases and `qwen3` with per-head q/k norms, the last two with unpermuted Q/K
+//! rows, as llama.cpp's converter writes them), loaded *dequantized* to f32 into the
 //! [`super::llama::Llama`] port: the teacher side of "quantized versus full precision".
 //!
 //! Two things differ from a Hugging Face checkpoint and are undone here: tensor names
@@ -42,6 +42,8 @@ fn hf_name(gguf: &str) -> Option<String> {
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
         "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
@@ -67,8 +69,8 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_default();
-    if arch != "llama" && arch != "qwen2" {
-        bail!("GGUF architecture '{arch}' is not supported (llama and qwen2)");
+    if !matches!(arch.as_str(), "llama" | "qwen2" | "qwen3") {
+        bail!("GGUF architecture '{arch}' is not supported (llama, qwen2 and qwen3)");
     }
     let get = |k: &str| {
         content
@@ -86,7 +88,8 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
         num_hidden_layers: u("block_count")?,
         num_attention_heads: heads,
         num_key_value_heads: Some(u("attention.head_count_kv").unwrap_or(heads)),
-        head_dim: Some(hidden / heads),
+        // Qwen3's heads are wider than hidden / heads; the converter records it.
+        head_dim: Some(u("attention.key_length").unwrap_or(hidden / heads)),
         rms_norm_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
         rope_theta: Some(
             get("rope.freq_base")
@@ -111,8 +114,17 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
         use_bidirectional_attention: None,
         // llama.cpp's Qwen2: biases on q, k and v, and Q/K rows as transformers has them.
         qkv_bias: arch == "qwen2",
-        flavor: Default::default(),
+        flavor: super::llama::Flavor {
+            qk_norm: arch == "qwen3",
+            ..Default::default()
+        },
     })
+}
+
+/// Whether llama.cpp's converter permuted the Q/K rows for its interleaved RoPE: for `llama`
+/// only; `qwen2` and `qwen3` use the NEOX (rotate-half) layout and keep transformers' rows.
+fn permuted_qk(cfg: &LlamaConfig) -> bool {
+    !(cfg.qkv_bias || cfg.flavor.qk_norm)
 }
 
 /// Open a GGUF file and read its model settings.
@@ -167,6 +179,14 @@ pub fn load_llama_quantized(path: &Path, device: &Device) -> Result<(Llama, Llam
             k: proj(f, i, "attn_k", cfg.qkv_bias)?,
             v: proj(f, i, "attn_v", cfg.qkv_bias)?,
             o: proj(f, i, "attn_output", false)?,
+            qk_norm: if cfg.flavor.qk_norm {
+                Some((
+                    deq(f, &format!("blk.{i}.attn_q_norm.weight"))?,
+                    deq(f, &format!("blk.{i}.attn_k_norm.weight"))?,
+                ))
+            } else {
+                None
+            },
             post_norm: deq(f, &format!("blk.{i}.ffn_norm.weight"))?,
             gate: proj(f, i, "ffn_gate", false)?,
             up: proj(f, i, "ffn_up", false)?,
@@ -187,11 +207,11 @@ pub fn load_llama_quantized(path: &Path, device: &Device) -> Result<(Llama, Llam
         layers,
         norm,
         lm_head,
-        // llama.cpp permutes Llama's Q/K rows for its interleaved RoPE; Qwen2's it leaves.
-        if cfg.qkv_bias {
-            RopeLayout::RotateHalf
-        } else {
+        // llama.cpp permutes Llama's Q/K rows for its interleaved RoPE; Qwen's it leaves.
+        if permuted_qk(&cfg) {
             RopeLayout::Interleaved
+        } else {
+            RopeLayout::RotateHalf
         },
     )?;
     Ok((model, cfg))
@@ -209,7 +229,7 @@ pub fn load_llama_dequantized(path: &Path, device: &Device) -> Result<(Llama, Ll
             .tensor(&mut file, &name, device)
             .and_then(|q| q.dequantize(device))
             .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
-        let permuted = !cfg.qkv_bias;
+        let permuted = permuted_qk(&cfg);
         let t = if permuted && name.ends_with("attn_q.weight") {
             unpermute(&t, cfg.num_attention_heads)?
         } else if permuted && name.ends_with("attn_k.weight") {

@@ -304,6 +304,8 @@ pub struct LayerParts {
     pub gate: Proj,
     pub up: Proj,
     pub down: Proj,
+    /// Qwen3's `q_norm` and `k_norm` weights.
+    pub qk_norm: Option<(Tensor, Tensor)>,
 }
 
 struct Layer {
@@ -608,7 +610,7 @@ impl Llama {
                     heads: cfg.num_attention_heads,
                     kv_heads,
                     head_dim: cfg.head_dim(),
-                    qk_norm: None,
+                    qk_norm: p.qk_norm.map(|(q, k)| (norm_of(q), norm_of(k))),
                     sandwich: None,
                     act: super::nn::Activation::Silu,
                     score_div: (cfg.head_dim() as f64).sqrt(),
