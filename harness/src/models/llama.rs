@@ -925,3 +925,104 @@ impl DecoderNet for Llama {
         Llama::linears_mut(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value, flavor: Flavor) -> LlamaConfig {
+        let mut raw = serde_json::json!({
+            "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 6, "num_attention_heads": 2,
+        });
+        raw.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let mut cfg: LlamaConfig = serde_json::from_value(raw).unwrap();
+        cfg.flavor = flavor;
+        cfg
+    }
+
+    #[test]
+    fn rope_settings_are_read_in_every_spelling_and_unknown_types_refused() {
+        let plain = Flavor::default();
+        let rope = |theta, factor| Rope { theta, factor };
+        // transformers 4: top-level theta, linear scaling in rope_scaling (old key `type`).
+        let cfg = config(
+            serde_json::json!({"rope_theta": 500.0, "rope_scaling": {"type": "linear", "factor": 4.0}}),
+            plain,
+        );
+        assert_eq!(cfg.ropes().unwrap(), (rope(500.0, 4.0), rope(500.0, 4.0)));
+        // transformers 5: one rope_parameters object.
+        let cfg = config(
+            serde_json::json!({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}),
+            plain,
+        );
+        assert_eq!(cfg.ropes().unwrap().0, rope(1e6, 1.0));
+        // Gemma 3, both spellings: a base of its own for the sliding layers.
+        let cfg = config(
+            serde_json::json!({"rope_theta": 1e6, "rope_local_base_freq": 1e4}),
+            plain,
+        );
+        assert_eq!(cfg.ropes().unwrap(), (rope(1e6, 1.0), rope(1e4, 1.0)));
+        let cfg = config(
+            serde_json::json!({"rope_parameters": {
+                "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}),
+            plain,
+        );
+        assert_eq!(cfg.ropes().unwrap(), (rope(1e6, 8.0), rope(1e4, 1.0)));
+        // Llama 3's scaling is refused by name rather than run wrong.
+        let cfg = config(
+            serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+            plain,
+        );
+        let err = cfg.ropes().unwrap_err().to_string();
+        assert!(
+            err.contains("rope_type 'llama3' is not supported yet"),
+            "{err}"
+        );
+        // Phi-3's partial rotary, in either place; rounded down to an even width.
+        let cfg = config(serde_json::json!({"partial_rotary_factor": 0.75}), plain);
+        assert_eq!(cfg.rotary_dim(), 2);
+        let cfg = config(
+            serde_json::json!({"rope_parameters": {"rope_theta": 1e4, "partial_rotary_factor": 0.5}}),
+            plain,
+        );
+        assert_eq!(cfg.rotary_dim(), 2);
+        assert_eq!(config(serde_json::json!({}), plain).rotary_dim(), 4);
+    }
+
+    #[test]
+    fn sliding_layers_follow_layer_types_or_the_pattern_and_only_for_gemma() {
+        let gemma = Flavor {
+            gemma: true,
+            ..Flavor::default()
+        };
+        let window = serde_json::json!({"sliding_window": 4});
+        // Gemma 2 without layer_types alternates; Gemma 3's pattern puts a full layer sixth.
+        assert_eq!(
+            config(window.clone(), gemma).sliding_layers().unwrap(),
+            [true, false, true, false, true, false]
+        );
+        let with_pattern = serde_json::json!({"sliding_window": 4, "sliding_window_pattern": 6});
+        assert_eq!(
+            config(with_pattern, gemma).sliding_layers().unwrap(),
+            [true, true, true, true, true, false]
+        );
+        // Other relatives cap the sequence instead: no layer slides.
+        assert_eq!(
+            config(window, Flavor::default()).sliding_layers().unwrap(),
+            [false; 6]
+        );
+        let wrong = serde_json::json!({"sliding_window": 4, "layer_types": ["full_attention"]});
+        let err = config(wrong, gemma)
+            .sliding_layers()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("layer_types has 1 entries for 6 layers"),
+            "{err}"
+        );
+    }
+}
