@@ -596,3 +596,33 @@ fn a_gguf_file_of_a_hub_repository_loads_from_the_snapshot_cache_offline() {
         "{err}"
     );
 }
+
+#[test]
+fn token_fidelity_compares_models_whose_output_layers_are_padded_differently() {
+    // The tiny Gemma 2 has 101 logits and the tiny Qwen3 103, with the same tokenizer (as
+    // Qwen2.5 0.5B and 7B differ in padding, not vocabulary): KL and top-1 agreement are
+    // taken over the 101 logits both have, and the note says so. New families, end to end.
+    let tmp = tempfile::tempdir().unwrap();
+    let (teacher, student) = (fixture("gemma2-tiny"), fixture("qwen3-tiny"));
+    let r = lm_run(
+        tmp.path(),
+        "out",
+        &["--teacher", &teacher, "--student", &student],
+        "wikitext2",
+        &[],
+    );
+    let res = r.checked_results();
+    let w = &res["tasks"]["wikitext2"];
+    assert_eq!(w["teacher"]["checkpoint"]["architecture"], "gemma2");
+    assert_eq!(w["student"]["checkpoint"]["architecture"], "qwen3");
+    let fid = &w["fidelity"];
+    assert_eq!(fid["same_tokenizer"], true, "{fid}");
+    assert!(f(&fid["kl"]) > 0.0 && f(&fid["kl"]).is_finite(), "{fid}");
+    let note = fid["note"].as_str().unwrap();
+    assert!(
+        note.ends_with(
+            "output layers padded to different widths, compared over the first 101 logits"
+        ),
+        "{note}"
+    );
+}

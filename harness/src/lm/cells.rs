@@ -274,6 +274,9 @@ pub(super) struct TeacherLogits {
     pub ids: Vec<u32>,
     pub context: usize,
     pub path: PathBuf,
+    /// Logits per position (the teacher's output width, which may be padded past its
+    /// tokenizer's vocabulary).
+    pub width: usize,
 }
 
 impl TeacherLogits {
@@ -289,15 +292,22 @@ impl TeacherLogits {
         let file = std::fs::File::create(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         let mut out = BufWriter::new(file);
+        let mut width = 0;
         for chunk in ids.chunks(context) {
             for row in teacher.window_logits(chunk)? {
+                width = row.len();
                 for v in row {
                     out.write_all(&v.to_le_bytes())?;
                 }
             }
         }
         out.flush()?;
-        Ok(TeacherLogits { ids, context, path })
+        Ok(TeacherLogits {
+            ids,
+            context,
+            path,
+            width,
+        })
     }
 
     /// The student's half: its logits at the same positions against the teacher's, read
@@ -321,10 +331,13 @@ impl TeacherLogits {
             .with_context(|| format!("cannot read {}", self.path.display()))?;
         let mut input = BufReader::new(file);
         let mut sum = FidelitySum::default();
-        let mut bytes = Vec::new();
+        let mut bytes = vec![0u8; self.width * 4];
+        // Models that share a tokenizer can pad their output layers to different widths
+        // (Qwen2.5 0.5B has 151,936 logits, 7B 152,064): the distributions are compared over
+        // the logits both have, which hold every id the tokenizer gives.
+        let (mut shared, mut student_width) = (None, 0);
         for chunk in self.ids.chunks(self.context) {
             for (j, s) in student.window_logits(chunk)?.into_iter().enumerate() {
-                bytes.resize(s.len() * 4, 0);
                 input.read_exact(&mut bytes).with_context(|| {
                     format!("{}: the teacher's logits end early", self.path.display())
                 })?;
@@ -332,11 +345,23 @@ impl TeacherLogits {
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect();
-                sum.add_position(&t, &s, chunk.get(j + 1).copied())
+                let w = t.len().min(s.len());
+                let target = chunk.get(j + 1).copied();
+                if target.is_some_and(|id| id as usize >= w) {
+                    anyhow::bail!("token id {} is past the {w} logits both models have; the tokenizers cannot be the same", target.unwrap_or_default());
+                }
+                (shared, student_width) = (Some(w), s.len());
+                sum.add_position(&t[..w], &s[..w], target)
                     .map_err(anyhow::Error::msg)?;
             }
             sum.end_window();
         }
+        let padded = match shared {
+            Some(w) if w < self.width.max(student_width) => format!(
+                "; output layers padded to different widths, compared over the first {w} logits"
+            ),
+            _ => String::new(),
+        };
         let kl_stats = sum.stats().map(|k| reports::KlStats {
             kl_mean: k.kl_mean,
             kl_stderr: k.kl_stderr.is_finite().then_some(k.kl_stderr),
@@ -375,7 +400,7 @@ impl TeacherLogits {
             greedy_exact_match: None,
             kl_stats,
             note: format!(
-                "every position of the first {} tokens, in disjoint windows of {}",
+                "every position of the first {} tokens, in disjoint windows of {}{padded}",
                 sum.positions, self.context
             ),
         })

@@ -581,6 +581,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_results_schema_knows_every_architecture() {
+        // results.schema.json lists the architectures a checkpoint may name; a port added
+        // without it would fail every results check of a run that uses it.
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../reports/results.schema.json")).unwrap();
+        let known = schema.pointer("/$defs/checkpoint/properties/architecture/enum");
+        let known: Vec<&str> = known
+            .and_then(|v| v.as_array())
+            .expect("the schema lists architectures")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let ours = DECODERS
+            .iter()
+            .map(|a| a.model_type)
+            .chain(super::super::encoder::ENCODERS.iter().map(|a| a.model_type));
+        for arch in ours {
+            assert!(known.contains(&arch), "results.schema.json lacks '{arch}'");
+        }
+    }
+
+    #[test]
     fn every_decoder_model_type_is_registered_once_and_peeks_its_limit() {
         let names: Vec<&str> = DECODERS.iter().map(|a| a.model_type).collect();
         assert_eq!(
