@@ -179,7 +179,8 @@ pub struct RunArgs {
     /// a local folder or a .gguf file.
     #[arg(long, help_heading = "Models")]
     pub teacher: String,
-    /// Student: an alias (distilbert), a Hub id, a local folder or a .gguf file. Repeat it
+    /// Student: an alias (distilbert), a Hub id (org/name-GGUF:FILE.gguf for one file of a GGUF
+    /// repository), a local folder or a .gguf file. Repeat it
     /// for several students, each compared with the teacher on one table. `SPEC@q8_0`
     /// quantizes that student (q8_0, q4_0, q4k, q5k, q6k); `teacher@q8_0` is the teacher's
     /// quantized copy. May be left out with --student-quantize: the student is then the
