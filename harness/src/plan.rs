@@ -362,7 +362,7 @@ impl RunPlan {
             }
         }
         if let Some(f) = &args.gguf_file {
-            if !f.to_ascii_lowercase().ends_with(".gguf") || f.contains(['/', '\\']) {
+            if !crate::models::resolve::is_gguf_file_name(f) {
                 bail!("--gguf-file {f}: the name of one .gguf file of a Hub repository (model-Q8_0.gguf)");
             }
         }

@@ -163,7 +163,7 @@ fn qwen2_and_mistral_logits_match_transformers_through_the_llama_port() {
         let mut cfg: LlamaConfig =
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();
-        cfg.qkv_bias = qkv_bias;
+        cfg.flavor.qkv_bias = qkv_bias;
         let model = Llama::load(vb, &cfg).unwrap();
         check_batches(&model, &exp);
         check_cached(&model, &exp);
@@ -183,7 +183,7 @@ fn qwen2_and_mistral_logits_match_transformers_through_the_llama_port() {
     let (dir, vb, exp) = fixture("qwen2-tiny");
     let mut cfg: LlamaConfig =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    cfg.qkv_bias = false;
+    cfg.flavor.qkv_bias = false;
     let unbiased = Llama::load(vb, &cfg).unwrap();
     let batch: Vec<&Vec<u32>> = exp.input_ids.iter().collect();
     let want: Vec<&Vec<Vec<f32>>> = exp.logits.iter().collect();
@@ -458,7 +458,7 @@ fn a_qwen2_gguf_file_loads_and_matches_its_safetensors_twin() {
     let gguf = dir.join("model-f32.gguf");
     let (_, _, exp) = fixture("qwen2-tiny");
     let (deq, cfg) = harness::models::gguf::load_llama_dequantized(&gguf, &Device::Cpu).unwrap();
-    assert!(cfg.qkv_bias && cfg.tie_word_embeddings);
+    assert!(cfg.flavor.qkv_bias && cfg.tie_word_embeddings);
     check_batches(&deq, &exp);
     check_cached(&deq, &exp);
     let (kept, _) = harness::models::gguf::load_llama_quantized(&gguf, &Device::Cpu).unwrap();
@@ -479,7 +479,7 @@ fn a_qwen3_gguf_file_loads_and_matches_its_safetensors_twin() {
     let gguf = dir.join("model-f32.gguf");
     let (_, _, exp) = fixture("qwen3-tiny");
     let (deq, cfg) = harness::models::gguf::load_llama_dequantized(&gguf, &Device::Cpu).unwrap();
-    assert!(cfg.flavor.qk_norm && !cfg.qkv_bias && !cfg.tie_word_embeddings);
+    assert!(cfg.flavor.qk_norm && !cfg.flavor.qkv_bias && !cfg.tie_word_embeddings);
     assert_eq!(cfg.head_dim, Some(16));
     check_batches(&deq, &exp);
     check_cached(&deq, &exp);

@@ -82,6 +82,11 @@ impl BlockFormat {
         }
     }
 
+    /// A block's scale `d` (its first two bytes, f16).
+    pub fn scale(self, block: &[u8]) -> f32 {
+        half::f16::from_le_bytes([block[0], block[1]]).to_f32()
+    }
+
     /// A Q4_1 block's minimum `m` (0 for the other formats).
     pub fn min(self, block: &[u8]) -> f32 {
         match self {
@@ -102,7 +107,7 @@ impl BlockFormat {
     /// A block's scale `d` and its 32 integer values `q` (the value is `d * q`; for Q4_1,
     /// `q` is the nibble minus 8 and the value `d * (q + 8) + m`).
     pub fn decode(self, block: &[u8]) -> (f32, [i8; QK]) {
-        let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let d = self.scale(block);
         let mut qs = [0i8; QK];
         match self {
             BlockFormat::Q8_0 => {
@@ -223,7 +228,7 @@ impl Int8Weight {
             let row = &bytes[j * blocks * block_bytes..];
             for (b, o) in row_offsets.iter_mut().enumerate() {
                 let block = &row[b * block_bytes..];
-                *o = 8.0 * format.decode(block).0 + format.min(block);
+                *o = 8.0 * format.scale(block) + format.min(block);
             }
         }
         let mut sums = if quads && format == BlockFormat::Q8_0 {

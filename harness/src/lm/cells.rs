@@ -335,7 +335,7 @@ impl TeacherLogits {
         // Models that share a tokenizer can pad their output layers to different widths
         // (Qwen2.5 0.5B has 151,936 logits, 7B 152,064): the distributions are compared over
         // the logits both have, which hold every id the tokenizer gives.
-        let (mut shared, mut student_width) = (None, 0);
+        let mut student_width = None;
         for chunk in self.ids.chunks(self.context) {
             for (j, s) in student.window_logits(chunk)?.into_iter().enumerate() {
                 input.read_exact(&mut bytes).with_context(|| {
@@ -350,15 +350,16 @@ impl TeacherLogits {
                 if target.is_some_and(|id| id as usize >= w) {
                     anyhow::bail!("token id {} is past the {w} logits both models have; the tokenizers cannot be the same", target.unwrap_or_default());
                 }
-                (shared, student_width) = (Some(w), s.len());
+                student_width = Some(s.len());
                 sum.add_position(&t[..w], &s[..w], target)
                     .map_err(anyhow::Error::msg)?;
             }
             sum.end_window();
         }
-        let padded = match shared {
-            Some(w) if w < self.width.max(student_width) => format!(
-                "; output layers padded to different widths, compared over the first {w} logits"
+        let padded = match student_width {
+            Some(sw) if sw != self.width => format!(
+                "; output layers padded to different widths, compared over the first {} logits",
+                sw.min(self.width)
             ),
             _ => String::new(),
         };

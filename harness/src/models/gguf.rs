@@ -96,35 +96,21 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
                 .and_then(|v| Ok(v.to_f32()? as f64))
                 .unwrap_or(10000.0),
         ),
-        rope_parameters: None,
-        rope_local_base_freq: None,
-        partial_rotary_factor: None,
-        rope_scaling: None,
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
-        attention_bias: false,
-        sliding_window: None,
-        use_sliding_window: None,
-        layer_types: None,
-        sliding_window_pattern: None,
-        hidden_act: None,
-        hidden_activation: None,
-        query_pre_attn_scalar: None,
-        attn_logit_softcapping: None,
-        final_logit_softcapping: None,
-        use_bidirectional_attention: None,
-        // llama.cpp's Qwen2: biases on q, k and v, and Q/K rows as transformers has them.
-        qkv_bias: arch == "qwen2",
         flavor: super::llama::Flavor {
+            // llama.cpp's Qwen2: biases on q, k and v, and Q/K rows as transformers has them.
+            qkv_bias: arch == "qwen2",
             qk_norm: arch == "qwen3",
             ..Default::default()
         },
+        ..Default::default()
     })
 }
 
 /// Whether llama.cpp's converter permuted the Q/K rows for its interleaved RoPE: for `llama`
 /// only; `qwen2` and `qwen3` use the NEOX (rotate-half) layout and keep transformers' rows.
 fn permuted_qk(cfg: &LlamaConfig) -> bool {
-    !(cfg.qkv_bias || cfg.flavor.qk_norm)
+    !(cfg.flavor.qkv_bias || cfg.flavor.qk_norm)
 }
 
 /// Open a GGUF file and read its model settings.
@@ -175,9 +161,9 @@ pub fn load_llama_quantized(path: &Path, device: &Device) -> Result<(Llama, Llam
     for i in 0..cfg.num_hidden_layers {
         layers.push(LayerParts {
             input_norm: deq(f, &format!("blk.{i}.attn_norm.weight"))?,
-            q: proj(f, i, "attn_q", cfg.qkv_bias)?,
-            k: proj(f, i, "attn_k", cfg.qkv_bias)?,
-            v: proj(f, i, "attn_v", cfg.qkv_bias)?,
+            q: proj(f, i, "attn_q", cfg.flavor.qkv_bias)?,
+            k: proj(f, i, "attn_k", cfg.flavor.qkv_bias)?,
+            v: proj(f, i, "attn_v", cfg.flavor.qkv_bias)?,
             o: proj(f, i, "attn_output", false)?,
             qk_norm: if cfg.flavor.qk_norm {
                 Some((

@@ -52,8 +52,9 @@ struct Rope {
     factor: f64,
 }
 
-/// `config.json` of a Llama-family checkpoint.
-#[derive(Debug, Clone, Deserialize)]
+/// `config.json` of a Llama-family checkpoint. (`Default` is for settings read from elsewhere,
+/// GGUF metadata, which fill in what they have.)
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -112,10 +113,7 @@ pub struct LlamaConfig {
     /// Gemma 3: bidirectional attention (an embedding model), which a causal LM port refuses.
     #[serde(default)]
     pub use_bidirectional_attention: Option<bool>,
-    /// Biases on q, k and v only (Qwen2); set by the architecture, not read from config.json.
-    #[serde(skip)]
-    pub qkv_bias: bool,
-    /// The rest of the architecture's differences; set by the architecture.
+    /// What the architecture differs by; set by it, not read from config.json.
     #[serde(skip)]
     pub flavor: Flavor,
 }
@@ -394,7 +392,7 @@ impl Layer {
         let attn = vb.pp("self_attn");
         let mlp = vb.pp("mlp");
         let f = cfg.flavor;
-        let qkv_bias = cfg.qkv_bias || f.qkv_bias || cfg.attention_bias;
+        let qkv_bias = f.qkv_bias || cfg.attention_bias;
         let (q, k, v) = if f.fused_projections {
             let mut p = split_proj(h, &[qd, kv * d, kv * d], attn.pp("qkv_proj"))?.into_iter();
             (p.next().unwrap(), p.next().unwrap(), p.next().unwrap())
@@ -515,10 +513,7 @@ impl Layer {
         }
         let x = (x + attn)?;
         let n = self.post_norm.forward(&x)?;
-        let gate = match self.act {
-            super::nn::Activation::Silu => self.gate.forward(&n)?.silu()?,
-            act => act.forward(&self.gate.forward(&n)?)?,
-        };
+        let gate = self.act.forward(&self.gate.forward(&n)?)?;
         let mut ff = self.down.forward(&(gate * self.up.forward(&n)?)?)?;
         if let Some((_, after_ff)) = &self.sandwich {
             ff = after_ff.forward(&ff)?;

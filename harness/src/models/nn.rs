@@ -79,11 +79,7 @@ pub fn additive_mask(mask: &Tensor) -> Result<Tensor> {
 /// positions: 0 where a query may see a key (key position <= query position), the dtype's
 /// minimum elsewhere.
 pub fn causal_bias(seq: usize, past: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let keys = past + seq;
-    let bias: Vec<f32> = (0..seq)
-        .flat_map(|q| (0..keys).map(move |k| if k > past + q { f32::MIN } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(bias, (1, 1, seq, keys), device)
+    windowed_causal_bias(seq, past, None, device)
 }
 
 /// [`causal_bias`] with a sliding window of `window` keys (transformers'
@@ -94,12 +90,22 @@ pub fn sliding_causal_bias(
     window: usize,
     device: &candle_core::Device,
 ) -> Result<Tensor> {
+    windowed_causal_bias(seq, past, Some(window), device)
+}
+
+fn windowed_causal_bias(
+    seq: usize,
+    past: usize,
+    window: Option<usize>,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let keys = past + seq;
     let bias: Vec<f32> = (0..seq)
         .flat_map(|q| {
             let p = past + q;
             (0..keys).map(move |k| {
-                if k > p || k + window <= p {
+                let outside = window.is_some_and(|w| k + w <= p);
+                if k > p || outside {
                     f32::MIN
                 } else {
                     0.0

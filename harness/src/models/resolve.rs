@@ -105,7 +105,7 @@ impl ModelRef {
         }
         if let Some((id, file)) = arg.split_once(':') {
             if let Some((repo, revision)) = parse_hub_id(id) {
-                if !file.to_ascii_lowercase().ends_with(".gguf") || file.contains(['/', '\\']) {
+                if !is_gguf_file_name(file) {
                     bail!("{arg}: after ':' comes the name of one .gguf file of the repository (org/name-GGUF:model-Q8_0.gguf)");
                 }
                 return Ok(ModelRef::Hub {
@@ -162,6 +162,11 @@ impl ModelRef {
             ModelRef::Mock(_) => "mock",
         }
     }
+}
+
+/// Whether `name` can name one `.gguf` file of a repository (no folder part).
+pub fn is_gguf_file_name(name: &str) -> bool {
+    name.to_ascii_lowercase().ends_with(".gguf") && !name.contains(['/', '\\'])
 }
 
 /// `org/name` or `org/name@revision`, with Hub-legal characters.
@@ -312,12 +317,42 @@ fn offline_hint(repo: &str) -> String {
     )
 }
 
-/// Make a Hub checkpoint available locally and return its snapshot folder and resolved
-/// revision. With `HF_HUB_OFFLINE=1` only the cache is consulted.
-pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)> {
+/// A model repository at `revision` (default `main`), and the revision as a string.
+fn model_repo(repo: &str, revision: Option<&str>) -> (hf_hub::Repo, String) {
     let rev = revision.unwrap_or("main").to_string();
     let hf_repo =
         hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.clone());
+    (hf_repo, rev)
+}
+
+/// The commit a cached snapshot folder (`snapshots/<commit>`) holds, else `rev`.
+fn snapshot_commit(snapshot: Option<&Path>, rev: String) -> String {
+    snapshot
+        .and_then(Path::file_name)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or(rev)
+}
+
+/// The repository's listing and commit, retried; `what` names what was to be fetched in the
+/// error, `hint` how to go on without the Hub.
+fn repo_info(
+    api_repo: &hf_hub::api::sync::ApiRepo,
+    endpoint: &str,
+    what: &str,
+    hint: &str,
+) -> Result<hf_hub::api::RepoInfo> {
+    let retries = hub_retries(&|k| std::env::var(k).ok());
+    with_retries(retries, || api_repo.info()).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the Hugging Face Hub at {endpoint} to fetch {what} ({e}); {hint}"
+        )
+    })
+}
+
+/// Make a Hub checkpoint available locally and return its snapshot folder and resolved
+/// revision. With `HF_HUB_OFFLINE=1` only the cache is consulted.
+pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)> {
+    let (hf_repo, rev) = model_repo(repo, revision);
     let cache = hub_cache();
     if env_flag("HF_HUB_OFFLINE") {
         let cached = cache.repo(hf_repo.clone());
@@ -329,21 +364,17 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)>
             )
         })?;
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
-        let commit = dir
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or(rev);
+        let commit = snapshot_commit(Some(&dir), rev);
         return Ok((dir, commit));
     }
     let (api, endpoint) = hub_client(cache)?;
     let api_repo = api.repo(hf_repo);
-    let retries = hub_retries(&|k| std::env::var(k).ok());
-    let info = with_retries(retries, || api_repo.info()).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the Hugging Face Hub at {endpoint} to fetch '{repo}' ({e}); {}",
-            offline_hint(repo)
-        )
-    })?;
+    let info = repo_info(
+        &api_repo,
+        &endpoint,
+        &format!("'{repo}'"),
+        &offline_hint(repo),
+    )?;
     let present: std::collections::BTreeSet<&str> =
         info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
     let mut dir = None;
@@ -366,9 +397,7 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)>
 /// vocabulary) and return its path and the resolved commit. With `HF_HUB_OFFLINE=1` only the
 /// cache is consulted.
 pub fn download_gguf(repo: &str, revision: Option<&str>, file: &str) -> Result<(PathBuf, String)> {
-    let rev = revision.unwrap_or("main").to_string();
-    let hf_repo =
-        hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.clone());
+    let (hf_repo, rev) = model_repo(repo, revision);
     let cache = hub_cache();
     let hint = || {
         format!(
@@ -383,22 +412,17 @@ pub fn download_gguf(repo: &str, revision: Option<&str>, file: &str) -> Result<(
                 hint()
             )
         })?;
-        let commit = path
-            .parent()
-            .and_then(|d| d.file_name())
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or(rev);
+        let commit = snapshot_commit(path.parent(), rev);
         return Ok((path, commit));
     }
     let (api, endpoint) = hub_client(cache)?;
     let api_repo = api.repo(hf_repo);
-    let retries = hub_retries(&|k| std::env::var(k).ok());
-    let info = with_retries(retries, || api_repo.info()).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the Hugging Face Hub at {endpoint} to fetch {file} of '{repo}' ({e}); {}",
-            hint()
-        )
-    })?;
+    let info = repo_info(
+        &api_repo,
+        &endpoint,
+        &format!("{file} of '{repo}'"),
+        &hint(),
+    )?;
     let present: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
     check_gguf_listed(repo, file, &present)?;
     let path = api_repo
