@@ -18,6 +18,7 @@ pub fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
 
 /// `K N ROWS,ROWS,..` from the command line: a layer's input and output widths (default
 /// BERT-base's feed-forward, 768 and 3072) and the row counts to time.
+#[allow(dead_code)] // not every example takes a layer shape
 pub fn shape_args(default_rows: &str) -> anyhow::Result<(usize, usize, Vec<usize>)> {
     let args: Vec<String> = std::env::args().collect();
     let k = args.get(1).map_or(Ok(768), |s| s.parse())?;

@@ -7,6 +7,7 @@
 //! every x86-64 host.
 
 pub mod attention;
+pub mod decoder_ops;
 pub mod dispatch;
 pub mod isa;
 pub mod ops;

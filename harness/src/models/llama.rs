@@ -23,6 +23,7 @@ use super::decoder::{BuiltDecoder, DecoderArch, DecoderNet};
 use super::encoder::BuildError;
 use super::linear::Lin;
 use super::nn::KvCache;
+use crate::kernels::decoder_ops::{CausalAttention, RmsNormOp, RopeOp, SwiGluOp};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
@@ -259,6 +260,14 @@ impl RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fused(x) {
+            return x.contiguous()?.apply_op2_no_bwd(
+                &self.weight,
+                &RmsNormOp {
+                    eps: self.eps as f32,
+                },
+            );
+        }
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
         x.broadcast_div(&(var + self.eps)?.sqrt()?)?
             .broadcast_mul(&self.weight)
@@ -333,16 +342,37 @@ struct Layer {
     sliding: bool,
 }
 
-/// cos and sin for the positions of one forward pass, shaped for the layout.
-enum RopeTables {
+/// cos and sin for the positions of one forward pass, shaped for the layout, and as
+/// `(seq, rotary_dim / 2)` tables for the fused CPU op ([`RopeOp`]).
+struct RopeTables {
+    layout: Tables,
+    half_cos: Tensor,
+    half_sin: Tensor,
+}
+
+enum Tables {
     RotateHalf { cos: Tensor, sin: Tensor },
     Interleaved { cos: Tensor, sin: Tensor },
 }
 
 impl RopeTables {
+    /// Rotate `(batch, seq, heads * head_dim)` projections in place of their layout (CPU).
+    fn apply_rows(&self, x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+        x.contiguous()?.apply_op3_no_bwd(
+            &self.half_cos,
+            &self.half_sin,
+            &RopeOp {
+                heads,
+                head_dim,
+                interleaved: matches!(self.layout, Tables::Interleaved { .. }),
+            },
+        )
+    }
+
+    /// Rotate `(batch, heads, seq, head_dim)` heads with candle's ops (any device).
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            RopeTables::RotateHalf { cos, sin } => {
+        match &self.layout {
+            Tables::RotateHalf { cos, sin } => {
                 let (rot, d) = (cos.dim(D::Minus1)?, x.dim(D::Minus1)?);
                 if rot < d {
                     // Partial rotary (Phi-3): the rest of each head passes through.
@@ -355,7 +385,7 @@ impl RopeTables {
                 }
                 x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?
             }
-            RopeTables::Interleaved { cos, sin } => {
+            Tables::Interleaved { cos, sin } => {
                 candle_nn::rotary_emb::rope_i(&x.contiguous()?, cos, sin)
             }
         }
@@ -463,9 +493,13 @@ impl Layer {
         &self,
         x: &Tensor,
         rope: &RopeTables,
-        bias: &Tensor,
+        mask: &LayerMask,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
+        if fused(x) {
+            return self.forward_fused(x, rope, mask, cache);
+        }
+        let bias = mask.bias;
         let (b, s, _) = x.dims3()?;
         let n = self.input_norm.forward(x)?;
         let split = |t: Tensor, heads: usize| -> Result<Tensor> {
@@ -507,19 +541,92 @@ impl Layer {
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, s, self.heads * self.head_dim))?;
-        let mut attn = self.o.forward(&ctx)?;
+        self.finish(x, &ctx)
+    }
+
+    /// [`Layer::forward`] on the CPU in f32 through the fused ops of `decoder_ops`: the
+    /// projections stay `(batch, seq, heads * head_dim)` throughout (no transposes, no
+    /// repeated KV heads) and the cache holds keys and values in that layout.
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        mask: &LayerMask,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let d = self.head_dim;
+        let n = self.input_norm.forward(x)?;
+        let (mut q, mut k) = (self.q.forward(&n)?, self.k.forward(&n)?);
+        if let Some((qn, kn)) = &self.qk_norm {
+            let per_head = |norm: &RmsNorm, t: &Tensor, heads: usize| {
+                norm.forward(&t.reshape((b, s, heads, d))?)?
+                    .reshape((b, s, heads * d))
+            };
+            (q, k) = (
+                per_head(qn, &q, self.heads)?,
+                per_head(kn, &k, self.kv_heads)?,
+            );
+        }
+        let q = rope.apply_rows(&q, self.heads, d)?;
+        let k = rope.apply_rows(&k, self.kv_heads, d)?;
+        let v = self.v.forward(&n)?.contiguous()?;
+        let (k, v) = match cache {
+            Some((c, i)) => c.extend_on(i, k, v, 1)?,
+            None => (k, v),
+        };
+        let ctx = q.apply_op3_no_bwd(
+            &k,
+            &v,
+            &CausalAttention {
+                heads: self.heads,
+                kv_heads: self.kv_heads,
+                head_dim: d,
+                scale: (1.0 / self.score_div) as f32,
+                softcap: self.attn_softcap.map(|c| c as f32),
+                window: mask.window,
+                key_valid: mask.key_valid,
+            },
+        )?;
+        self.finish(x, &ctx)
+    }
+
+    /// The output projection, the residual, and the feed-forward block.
+    fn finish(&self, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        let mut attn = self.o.forward(ctx)?;
         if let Some((after_attn, _)) = &self.sandwich {
             attn = after_attn.forward(&attn)?;
         }
         let x = (x + attn)?;
         let n = self.post_norm.forward(&x)?;
-        let gate = self.act.forward(&self.gate.forward(&n)?)?;
-        let mut ff = self.down.forward(&(gate * self.up.forward(&n)?)?)?;
+        let (gate, up) = (self.gate.forward(&n)?, self.up.forward(&n)?);
+        let hidden = match self.act {
+            super::nn::Activation::Silu if fused(&gate) => gate
+                .contiguous()?
+                .apply_op2_no_bwd(&up.contiguous()?, &SwiGluOp)?,
+            _ => (self.act.forward(&gate)? * up)?,
+        };
+        let mut ff = self.down.forward(&hidden)?;
         if let Some((_, after_ff)) = &self.sandwich {
             ff = after_ff.forward(&ff)?;
         }
         x + ff
     }
+}
+
+/// Whether a tensor takes the fused CPU ops of `decoder_ops` (f32 on the CPU).
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// What one layer masks: the additive bias `(batch or 1, 1, seq, keys)` for candle's ops, and
+/// the same as parameters for the fused attention.
+struct LayerMask<'a> {
+    bias: &'a Tensor,
+    /// The sliding window of this layer (Gemma's local layers).
+    window: Option<usize>,
+    /// `batch * keys`: false for padding.
+    key_valid: Option<&'a [bool]>,
 }
 
 /// `LlamaForCausalLM`.
@@ -652,25 +759,25 @@ impl Llama {
         let half: Vec<f32> = (past..past + seq)
             .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
             .collect();
-        Ok(match self.rope {
+        let a = Tensor::from_vec(half, (seq, d / 2), device)?;
+        let (half_cos, half_sin) = (a.cos()?, a.sin()?);
+        let layout = match self.rope {
             RopeLayout::RotateHalf => {
-                let full: Vec<f32> = half
-                    .chunks(d / 2)
-                    .flat_map(|c| c.iter().chain(c.iter()).copied())
-                    .collect();
-                let a = Tensor::from_vec(full, (1, 1, seq, d), device)?;
-                RopeTables::RotateHalf {
-                    cos: a.cos()?,
-                    sin: a.sin()?,
-                }
+                let (cos, sin) = (
+                    Tensor::cat(&[&half_cos, &half_cos], 1)?.reshape((1, 1, seq, d))?,
+                    Tensor::cat(&[&half_sin, &half_sin], 1)?.reshape((1, 1, seq, d))?,
+                );
+                Tables::RotateHalf { cos, sin }
             }
-            RopeLayout::Interleaved => {
-                let a = Tensor::from_vec(half, (seq, d / 2), device)?;
-                RopeTables::Interleaved {
-                    cos: a.cos()?,
-                    sin: a.sin()?,
-                }
-            }
+            RopeLayout::Interleaved => Tables::Interleaved {
+                cos: half_cos.clone(),
+                sin: half_sin.clone(),
+            },
+        };
+        Ok(RopeTables {
+            layout,
+            half_cos,
+            half_sin,
         })
     }
 
@@ -686,10 +793,18 @@ impl Llama {
             .window
             .map(|w| super::nn::sliding_causal_bias(seq, 0, w, device)?.broadcast_add(&padding))
             .transpose()?;
+        let valid: Vec<bool> = mask
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|m| m > 0.5)
+            .collect();
         let mut x = self.embed(input_ids)?;
         for layer in &self.layers {
-            let (rope, bias) = self.for_layer(layer, &ropes, &causal, windowed.as_ref());
-            x = layer.forward(&x, rope, bias, None)?;
+            let (rope, mut mask) = self.for_layer(layer, &ropes, &causal, windowed.as_ref());
+            mask.key_valid = Some(&valid);
+            x = layer.forward(&x, rope, &mask, None)?;
         }
         self.head(&x)
     }
@@ -701,14 +816,19 @@ impl Llama {
         ropes: &'a (RopeTables, Option<RopeTables>),
         causal: &'a Tensor,
         windowed: Option<&'a Tensor>,
-    ) -> (&'a RopeTables, &'a Tensor) {
+    ) -> (&'a RopeTables, LayerMask<'a>) {
+        let mut mask = LayerMask {
+            bias: causal,
+            window: None,
+            key_valid: None,
+        };
         if !layer.sliding {
-            return (&ropes.0, causal);
+            return (&ropes.0, mask);
         }
-        (
-            ropes.1.as_ref().unwrap_or(&ropes.0),
-            windowed.unwrap_or(causal),
-        )
+        if let Some(w) = windowed {
+            (mask.bias, mask.window) = (w, self.window);
+        }
+        (ropes.1.as_ref().unwrap_or(&ropes.0), mask)
     }
 
     fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
@@ -744,8 +864,8 @@ impl Llama {
             .transpose()?;
         let mut x = self.embed(input_ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let (rope, bias) = self.for_layer(layer, &ropes, &causal, windowed.as_ref());
-            x = layer.forward(&x, rope, bias, Some((&mut *cache, i)))?;
+            let (rope, mask) = self.for_layer(layer, &ropes, &causal, windowed.as_ref());
+            x = layer.forward(&x, rope, &mask, Some((&mut *cache, i)))?;
         }
         cache.len += seq;
         if last_only {

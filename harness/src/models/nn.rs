@@ -134,7 +134,11 @@ impl KvCache {
             .layers
             .iter()
             .map(|l| match l {
-                Some((k, v)) => Ok(Some((k.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?))),
+                Some((k, v)) => {
+                    let mut times = vec![1; k.rank()];
+                    times[0] = n;
+                    Ok(Some((k.repeat(times.clone())?, v.repeat(times)?)))
+                }
                 None => Ok(None),
             })
             .collect::<Result<_>>()?;
@@ -147,11 +151,23 @@ impl KvCache {
     /// Append this step's `(batch, heads, seq, head_dim)` keys and values for layer `i`;
     /// return everything cached for it.
     pub fn extend(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        self.extend_on(i, k, v, 2)
+    }
+
+    /// [`KvCache::extend`] for keys and values laid out with positions along `dim` (the
+    /// fused decoder ops keep `(batch, seq, kv_heads * head_dim)`, positions on 1).
+    pub fn extend_on(
+        &mut self,
+        i: usize,
+        k: Tensor,
+        v: Tensor,
+        dim: usize,
+    ) -> Result<(Tensor, Tensor)> {
         if self.layers.len() <= i {
             self.layers.resize(i + 1, None);
         }
         let kv = match self.layers[i].take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], dim)?, Tensor::cat(&[&pv, &v], dim)?),
             None => (k, v),
         };
         self.layers[i] = Some(kv.clone());
