@@ -2,6 +2,51 @@
 
 use candle_core::Result;
 
+/// `dst (m x n) = beta * lhs (m x k) · rhs (k x n)` on the calling thread, over strided
+/// operands whose rows have unit column stride in `dst` and `lhs` (`rhs` is addressed by both
+/// strides, so a row-major `(n x k)` matrix is read transposed): the per-head products of the
+/// fused attention kernels.
+///
+/// # Safety
+/// Every element addressed by the sizes and strides must lie inside its allocation, and
+/// `dst`'s elements must not be written by anyone else during the call.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn strided_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: *const f32,
+    rhs_cs: usize,
+    rhs_rs: usize,
+    beta: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        1,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
 /// Scaled dot-product attention for every (sequence, head) pair without reshaping copies:
 /// the GEMM reads each head's queries, keys and values straight out of the fused projection
 /// through strides, scores stay in a per-head buffer (scale applied by the GEMM, padding bias
@@ -56,27 +101,7 @@ impl candle_core::CustomOp2 for FusedAttention {
                         base.add(2 * h + hi * d),
                     );
                     // scores = scale * q k^T: (s x d) by (d x s).
-                    gemm::gemm(
-                        s,
-                        s,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        s as isize,
-                        false,
-                        q,
-                        1,
-                        h3 as isize,
-                        k,
-                        h3 as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+                    strided_gemm(s, s, d, scores.as_mut_ptr(), s, q, h3, k, h3, 1, scale);
                     let bias = &bias[bi * s..(bi + 1) * s];
                     for row in scores.chunks_mut(s) {
                         let mut max = f32::NEG_INFINITY;
@@ -96,27 +121,7 @@ impl candle_core::CustomOp2 for FusedAttention {
                     }
                     // context = probs v: (s x s) by (s x d), into the head's columns.
                     let dst = (out_ptr as *mut f32).add(bi * s * h + hi * d);
-                    gemm::gemm(
-                        s,
-                        d,
-                        s,
-                        dst,
-                        1,
-                        h as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        s as isize,
-                        v,
-                        1,
-                        h3 as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+                    strided_gemm(s, d, s, dst, h, scores.as_ptr(), s, v, 1, h3, 1.0);
                 }
             }
         });

@@ -13,6 +13,8 @@
 use candle_core::{CpuStorage, Layout, Result, Shape};
 use rayon::prelude::*;
 
+use super::attention::strided_gemm;
+
 /// The f32 values of a contiguous input, or an error naming the op.
 fn f32_input<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
@@ -248,26 +250,18 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
                     let kp = k.as_ptr().add(bi * t * kw + g * d);
                     let vp = v.as_ptr().add(bi * t * kw + g * d);
                     // scores = scale * q kᵀ: (s x d) by (d x t).
-                    gemm::gemm(
+                    strided_gemm(
                         s,
                         t,
                         d,
                         scores.as_mut_ptr(),
-                        1,
-                        t as isize,
-                        false,
+                        t,
                         qp,
-                        1,
-                        qw as isize,
+                        qw,
                         kp,
-                        kw as isize,
+                        kw,
                         1,
-                        0.0,
                         self.scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     );
                     for (i, row) in scores.chunks_mut(t).enumerate() {
                         let p = past + i;
@@ -296,27 +290,7 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
                     }
                     // context = probs v: (s x t) by (t x d), into the head's columns.
                     let dst = (out_ptr as *mut f32).add(bi * s * qw + hi * d);
-                    gemm::gemm(
-                        s,
-                        d,
-                        t,
-                        dst,
-                        1,
-                        qw as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        t as isize,
-                        vp,
-                        1,
-                        kw as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+                    strided_gemm(s, d, t, dst, qw, scores.as_ptr(), t, vp, 1, kw, 1.0);
                 }
             }
         });
@@ -495,7 +469,9 @@ mod tests {
         let mut valid = vec![true; b * t];
         valid[t + 6] = false; // the second sequence's last key is padding
         valid[t + 5] = false;
-        let cases: [(Option<f32>, Option<usize>, Option<&[bool]>); 4] = [
+        // (soft-cap, window, valid keys)
+        type Case<'a> = (Option<f32>, Option<usize>, Option<&'a [bool]>);
+        let cases: [Case; 4] = [
             (None, None, None),
             (Some(0.5), None, None),
             (None, Some(3), None),
