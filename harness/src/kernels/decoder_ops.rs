@@ -14,14 +14,7 @@ use candle_core::{CpuStorage, Layout, Result, Shape};
 use rayon::prelude::*;
 
 use super::attention::strided_gemm;
-
-/// The f32 values of a contiguous input, or an error naming the op.
-fn f32_input<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("{op} needs contiguous f32 inputs"),
-    }
-}
+use super::ops::contiguous_f32;
 
 /// Rows per rayon job of the row-wise ops: below this a fork costs more than the work.
 const ROWS_PER_JOB: usize = 32;
@@ -44,8 +37,8 @@ impl candle_core::CustomOp2 for RmsNormOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_input(s1, l1, self.name())?;
-        let w = f32_input(s2, l2, self.name())?;
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
         let width = w.len();
         if l1.shape().dims().last() != Some(&width) {
             candle_core::bail!(
@@ -97,10 +90,10 @@ impl candle_core::CustomOp3 for RopeOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_input(s1, l1, self.name())?;
+        let x = contiguous_f32(s1, l1, self.name())?;
         let (cos, sin) = (
-            f32_input(s2, l2, self.name())?,
-            f32_input(s3, l3, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+            contiguous_f32(s3, l3, self.name())?,
         );
         let dims = l1.shape().dims();
         let (seq, half) = l2.shape().dims2()?;
@@ -155,8 +148,8 @@ impl candle_core::CustomOp2 for SwiGluOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (
-            f32_input(s1, l1, self.name())?,
-            f32_input(s2, l2, self.name())?,
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
         );
         if l1.shape() != l2.shape() {
             candle_core::bail!("swiglu: gate {:?}, up {:?}", l1.shape(), l2.shape());
@@ -207,9 +200,9 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = f32_input(s1, l1, self.name())?;
-        let k = f32_input(s2, l2, self.name())?;
-        let v = f32_input(s3, l3, self.name())?;
+        let q = contiguous_f32(s1, l1, self.name())?;
+        let k = contiguous_f32(s2, l2, self.name())?;
+        let v = contiguous_f32(s3, l3, self.name())?;
         let (b, s, qw) = l1.shape().dims3()?;
         let (kb, t, kw) = l2.shape().dims3()?;
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);

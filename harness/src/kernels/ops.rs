@@ -75,7 +75,7 @@ impl candle_core::CustomOp1 for FastGeluErf {
 
 /// The f32 values of a custom op's contiguous input (the ops here are applied to
 /// `.contiguous()` tensors; anything else is refused, naming the op).
-fn contiguous_f32<'a>(
+pub(super) fn contiguous_f32<'a>(
     storage: &'a candle_core::CpuStorage,
     layout: &candle_core::Layout,
     op: &str,
