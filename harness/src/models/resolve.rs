@@ -570,6 +570,19 @@ mod tests {
         let t = AliasTable::builtin();
         assert_eq!(t.0["gpt2"].base, "openai-community/gpt2");
         assert_eq!(t.0["distilgpt2"].base, "distilbert/distilgpt2");
+        // The LLM families: each a plain Hub id, so --teacher llama-3.2-3b --student
+        // llama-3.2-1b resolves without a task table.
+        for (alias, repo) in [
+            ("smollm2-135m", "HuggingFaceTB/SmolLM2-135M"),
+            ("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B"),
+            ("llama-3.2-1b", "meta-llama/Llama-3.2-1B"),
+            ("phi-4-mini", "microsoft/Phi-4-mini-instruct"),
+            ("gemma-3-1b", "google/gemma-3-1b-pt"),
+        ] {
+            assert_eq!(t.0[alias].base, repo);
+            assert!(t.0[alias].tasks.is_empty(), "{alias}");
+            assert!(parse_hub_id(repo).is_some(), "{repo}");
+        }
     }
 
     #[test]
