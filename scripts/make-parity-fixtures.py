@@ -412,10 +412,13 @@ def make_gpt2_lm():
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<|endoftext|>"])
 
 
-def write_word_tokenizer(path, vocab_size, specials):
+def write_word_tokenizer(path, vocab_size, specials, fill=False):
     """A word-level tokenizer.json that fits a tiny decoder's vocabulary: the special tokens,
     then the commonest English words, lower-cased; anything else is [UNK]. It only lets the
-    command-line tests run text through the tiny decoders; parity is checked on token ids."""
+    command-line tests run text through the tiny decoders; parity is checked on token ids.
+    With `fill`, `[unusedN]` tokens take the rest of the ids, so that the tokenizer covers the
+    whole embedding table as a real one does (llama.cpp's Gemma 3 converter trims embedding
+    rows past the tokenizer's last id)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders
 
     words = ("the of and to in a is was for on as with by he at from his an were are which "
@@ -428,6 +431,8 @@ def write_word_tokenizer(path, vocab_size, specials):
         if len(vocab) >= vocab_size:
             break
         vocab.setdefault(w, len(vocab))
+    while fill and len(vocab) < vocab_size:
+        vocab[f"[unused{len(vocab)}]"] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -524,6 +529,88 @@ def make_phi3_lm():
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
 
 
+def make_llama3_rope_lm():
+    """LlamaForCausalLM with Llama 3's RoPE scaling (rope_type llama3, as Llama 3.1 / 3.2 / 3.3
+    have it), with an original length (64) that puts the 8-dimension heads' four frequencies in
+    every band: one kept (wavelength 6 < 16), one blended (63), two divided by the factor. Also
+    written as llama.cpp's converter writes Llama 3: the scaling as a `rope_freqs` tensor."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        rms_norm_eps=1e-5, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 64},
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    path, model, _, doc = decoder_fixture("llama3-rope-tiny", LlamaForCausalLM, cfg, SEED + 21, 3, [13, 5, 9])
+    inv = model.model.rotary_emb.inv_freq
+    plain = 1.0 / (10000.0 ** (torch.arange(0, 8, 2).float() / 8))
+    assert torch.allclose(inv[0], plain[0]) and not torch.allclose(inv[1:], plain[1:]), inv
+    save_json(path, doc)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+    # llama.cpp's LlamaModel.generate_extra_tensors: one divisor per pair of dimensions.
+    rp = cfg.rope_parameters
+    factor, low, high, old = rp["factor"], rp["low_freq_factor"], rp["high_freq_factor"], rp["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old / low, old / high
+    factors = []
+    for freq in plain.tolist():
+        wavelen = 2 * 3.141592653589793 / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    write_llama_gguf(model, cfg, os.path.join(path, "model-f32.gguf"), rope_freqs=factors)
+
+
+def make_qwen2_yarn_lm():
+    """Qwen2ForCausalLM with yarn RoPE scaling (as Qwen2.5's long-context configs enable it):
+    interpolated and extrapolated frequencies blended by a ramp, cos and sin scaled."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=103, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rms_norm_eps=1e-6, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 64},
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, use_sliding_window=False,
+    )
+    path, model, _, doc = decoder_fixture("qwen2-yarn-tiny", Qwen2ForCausalLM, cfg, SEED + 23, 3, [12, 6, 9])
+    assert model.model.rotary_emb.attention_scaling != 1.0
+    save_json(path, doc)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+
+
+def make_phi3_longrope_lm():
+    """Phi3ForCausalLM with longrope scaling (Phi-3 128k, Phi-3.5, Phi-4-mini): per-frequency
+    factors, short up to original_max_position_embeddings (4 here) and long past it, and
+    attention scaled by sqrt(1 + ln(max / original) / ln(original)). The main batch (13, 5, 9
+    tokens) runs on the long factors; `short` holds sequences of 4 and 3 tokens, which run on
+    the short ones."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    cfg = Phi3Config(
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        original_max_position_embeddings=4, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "short_factor": [1.0, 1.5, 2.0, 3.0], "long_factor": [2.0, 5.0, 11.0, 23.0]},
+        tie_word_embeddings=False, sliding_window=None,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    path, model, gen, doc = decoder_fixture("phi3-longrope-tiny", Phi3ForCausalLM, cfg, SEED + 25, 3, [13, 5, 9])
+    short = decoder_reference(model, gen, 3, cfg.vocab_size, [4, 3])
+    doc["short"] = {"input_ids": short["input_ids"], "logits": short["logits"]}
+    save_json(path, doc)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+
+
 def make_gemma2_lm():
     """Gemma2ForCausalLM, tiny and random: scaled embeddings, (1 + weight) RMSNorms before and
     after both sublayers, GELU (tanh) gating, query_pre_attn_scalar, soft-capped scores and
@@ -567,10 +654,10 @@ def make_gemma3_lm():
     path, model, _, doc = decoder_fixture("gemma3-tiny", Gemma3ForCausalLM, cfg, SEED + 19, 3, [13, 5, 9])
     assert model.config.model_type == "gemma3_text"
     save_json(path, doc)
-    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"], fill=True)
 
 
-def write_llama_gguf(model, cfg, out):
+def write_llama_gguf(model, cfg, out, rope_freqs=None):
     """The same tiny Llama as a GGUF file written the way llama.cpp's convert_hf_to_gguf.py
     writes it (tensor names, metadata, and the Q/K row permutation for its RoPE layout), in F32
     so the GGUF loader is checked against the very logits of expected.json. Needs `pip install gguf`."""
@@ -589,6 +676,8 @@ def write_llama_gguf(model, cfg, out):
     writer.add_head_count_kv(cfg.num_key_value_heads)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_rope_freq_base(10000.0)
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, dtype=np.float32))
     names = {
         "model.embed_tokens.weight": "token_embd.weight",
         "model.norm.weight": "output_norm.weight",
@@ -719,6 +808,9 @@ MAKERS = {
     "mistral": make_mistral_lm,
     "qwen3": make_qwen3_lm,
     "phi3": make_phi3_lm,
+    "llama3-rope": make_llama3_rope_lm,
+    "qwen2-yarn": make_qwen2_yarn_lm,
+    "phi3-longrope": make_phi3_longrope_lm,
     "gemma2": make_gemma2_lm,
     "gemma3": make_gemma3_lm,
     "hub-glue": make_hub_glue_parquet,

@@ -16,6 +16,9 @@ use serde::Deserialize;
 struct Expected {
     input_ids: Vec<Vec<u32>>,
     logits: Vec<Vec<Vec<f32>>>,
+    /// phi3-longrope-tiny: sequences short enough for longrope's short factors.
+    #[serde(default)]
+    short: Option<Box<Expected>>,
 }
 
 /// A decoder that maps (ids, mask) to logits of every position.
@@ -43,10 +46,15 @@ impl Decoder for Llama {
 /// Feed each sequence as a 3-token prompt, then one token at a time through the KV cache (as
 /// generation does): every position's logits must still match the reference.
 fn check_cached(model: &dyn Decoder, exp: &Expected) {
+    check_cached_after(model, exp, 3)
+}
+
+/// [`check_cached`] with a prompt of `prompt` tokens.
+fn check_cached_after(model: &dyn Decoder, exp: &Expected, prompt: usize) {
     for (ids, want) in exp.input_ids.iter().zip(&exp.logits) {
         let mut cache = KvCache::default();
         let mut got: Vec<Vec<f32>> = Vec::new();
-        let prompt = 3.min(ids.len());
+        let prompt = prompt.min(ids.len());
         let mut start = 0;
         for end in std::iter::once(prompt).chain(prompt + 1..=ids.len()) {
             let chunk =
@@ -488,4 +496,195 @@ fn a_qwen3_gguf_file_loads_and_matches_its_safetensors_twin() {
     check_cached(&kept, &exp);
     let backend = DecoderBackend::load("qwen3-gguf", &gguf, &Device::Cpu, false).unwrap();
     assert_eq!(backend.info().architecture, "qwen3");
+}
+
+#[test]
+fn llama3_yarn_and_longrope_scaled_rope_match_transformers() {
+    // Llama 3's RoPE (frequencies kept, blended and divided by band), yarn (Qwen2.5 long
+    // context: a ramp between interpolation and extrapolation, cos and sin scaled) and
+    // longrope (Phi-3 128k / Phi-4-mini: short factors up to the original length, long ones
+    // past it, attention scaled): every position within 1e-4 in a padded batch, one by one,
+    // through the KV cache and loaded by model_type; and each scaling is seen (plain RoPE
+    // misses by more than 1e-3).
+    use harness::models::decoder::DecoderBackend;
+    use harness::models::llama::Flavor;
+    for (name, arch, flavor) in [
+        ("llama3-rope-tiny", "llama", Flavor::default()),
+        (
+            "qwen2-yarn-tiny",
+            "qwen2",
+            Flavor {
+                qkv_bias: true,
+                ..Flavor::default()
+            },
+        ),
+        (
+            "phi3-longrope-tiny",
+            "phi3",
+            Flavor {
+                fused_projections: true,
+                ..Flavor::default()
+            },
+        ),
+    ] {
+        let (dir, vb, exp) = fixture(name);
+        let mut cfg: LlamaConfig =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        cfg.flavor = flavor;
+        let model = Llama::load(vb.clone(), &cfg).unwrap();
+        check_batches(&model, &exp);
+        // longrope picks its factors by the pass's last position, as transformers does: a
+        // prompt past the original length (4) keeps every step on the long factors that the
+        // reference's whole-sequence pass used.
+        check_cached_after(&model, &exp, if arch == "phi3" { 5 } else { 3 });
+        if let Some(short) = &exp.short {
+            check_batches(&model, short);
+            check_cached(&model, short);
+        }
+        let backend = DecoderBackend::load(name, &dir, &Device::Cpu, false).unwrap();
+        assert_eq!(backend.info().architecture, arch);
+        for (ids, want) in exp.input_ids.iter().zip(&exp.logits) {
+            let got = backend.window_logits(ids).unwrap();
+            for (g, w) in got.iter().zip(want) {
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() <= 1e-4, "{name}: {a} vs {b}");
+                }
+            }
+        }
+        let mut plain = cfg.clone();
+        plain.rope_parameters =
+            Some(serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}));
+        let off = Llama::load(vb, &plain).unwrap();
+        let all: Vec<&Vec<u32>> = exp.input_ids.iter().collect();
+        let want: Vec<&Vec<Vec<f32>>> = exp.logits.iter().collect();
+        let d = max_diff(&off, &all, &want);
+        // Ten times the tolerance at least (yarn moves these logits least: 5e-3).
+        assert!(d > 1e-3, "{name}: the check does not see the scaling ({d})");
+    }
+}
+
+#[test]
+fn a_llama3_gguf_file_carries_its_rope_scaling_as_rope_freqs() {
+    // llama.cpp's converter writes Llama 3's scaling as one divisor per pair of dimensions
+    // (`rope_freqs.weight`), not as metadata: both loaders apply it, and match transformers.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama3-rope-tiny");
+    let gguf = dir.join("model-f32.gguf");
+    let (_, _, exp) = fixture("llama3-rope-tiny");
+    let (deq, cfg) = harness::models::gguf::load_llama_dequantized(&gguf, &Device::Cpu).unwrap();
+    let divisors = cfg.rope_divisors.clone().expect("rope_freqs read");
+    assert_eq!(divisors.len(), 4);
+    assert_eq!(divisors[0], 1.0);
+    assert_eq!(divisors[3], 8.0);
+    check_batches(&deq, &exp);
+    check_cached(&deq, &exp);
+    let (kept, _) = harness::models::gguf::load_llama_quantized(&gguf, &Device::Cpu).unwrap();
+    check_batches(&kept, &exp);
+    check_cached(&kept, &exp);
+}
+
+/// Logits of `model` against `exp` for a GGUF file made by llama.cpp's converter, through both
+/// loaders (dequantized, and kept as stored), in a batch, one by one and through the KV cache.
+fn check_llamacpp_gguf(name: &str, exp: &Expected, prompt: usize) -> LlamaConfig {
+    let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+        .join("llamacpp-f32.gguf");
+    let (deq, cfg) = harness::models::gguf::load_llama_dequantized(&gguf, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    check_batches(&deq, exp);
+    check_cached_after(&deq, exp, prompt);
+    let (kept, _) = harness::models::gguf::load_llama_quantized(&gguf, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    check_batches(&kept, exp);
+    check_cached_after(&kept, exp, prompt);
+    cfg
+}
+
+#[test]
+fn gguf_files_from_llama_cpps_converter_match_transformers() {
+    // scripts/make-gguf-fixtures.py runs llama.cpp's convert_hf_to_gguf.py on the tiny
+    // checkpoints: Llama (permuted Q/K rows), Llama 3's RoPE as rope_freqs, Qwen2 (biases) and
+    // its yarn metadata, Qwen3 (q/k norms), Phi-3 (fused attn_qkv and gate-and-up ffn_up,
+    // partial rotary) and its longrope factor tensors. Each file, dequantized and kept as
+    // stored, gives transformers' logits within 1e-4.
+    for name in [
+        "llama-tiny",
+        "llama3-rope-tiny",
+        "qwen2-tiny",
+        "qwen2-yarn-tiny",
+        "qwen3-tiny",
+        "phi3-tiny",
+        "phi3-longrope-tiny",
+    ] {
+        let (_, _, exp) = fixture(name);
+        let prompt = if name == "phi3-longrope-tiny" { 5 } else { 3 };
+        let cfg = check_llamacpp_gguf(name, &exp, prompt);
+        if let Some(short) = &exp.short {
+            let _ = check_llamacpp_gguf(name, short, 3);
+        }
+        match name {
+            "llama3-rope-tiny" => assert!(cfg.rope_divisors.is_some()),
+            "phi3-tiny" => assert_eq!(cfg.partial_rotary_factor, Some(0.5)),
+            "phi3-longrope-tiny" | "qwen2-yarn-tiny" => assert!(cfg.rope_scaling.is_some()),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn gemma_gguf_files_follow_llama_cpps_rules_for_what_they_do_not_record() {
+    // A GGUF file of Gemma 2 or 3 records neither query_pre_attn_scalar nor (Gemma 3) the
+    // layer pattern: llama.cpp scales scores by the head width (hidden / heads for the 27B
+    // models) and makes every sixth Gemma 3 layer a full one. The files of the tiny Gemmas
+    // (whose configs differ on both counts) must match the safetensors model under those
+    // rules within 1e-4 (norms stored as 1 + w, sandwich norms, softcaps, sliding windows,
+    // Gemma 3's q/k norms and local RoPE base), and miss the transformers reference.
+    for (name, arch) in [("gemma2-tiny", "gemma2"), ("gemma3-tiny", "gemma3_text")] {
+        let (dir, vb, exp) = fixture(name);
+        let gguf = dir.join("llamacpp-f32.gguf");
+        let (deq, cfg) = harness::models::gguf::load_llama_dequantized(&gguf, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let mut hf: LlamaConfig =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        hf.flavor = cfg.flavor;
+        let all: Vec<&Vec<u32>> = exp.input_ids.iter().collect();
+        let want: Vec<&Vec<Vec<f32>>> = exp.logits.iter().collect();
+        assert!(
+            max_diff(&deq, &all, &want) > 1e-3,
+            "{name}: the GGUF rules should change the logits"
+        );
+        // The same model with llama.cpp's rules, from the safetensors.
+        hf.query_pre_attn_scalar = Some(16.0);
+        if arch == "gemma3_text" {
+            hf.layer_types = None;
+            hf.sliding_window_pattern = Some(6);
+        }
+        let rules = Llama::load(vb, &hf).unwrap();
+        let ids: Vec<Vec<u32>> = exp.input_ids.clone();
+        let twin = Expected {
+            logits: ids
+                .iter()
+                .map(|row| {
+                    let t = Tensor::from_vec(row.clone(), (1, row.len()), &Device::Cpu).unwrap();
+                    let m = Tensor::ones((1, row.len()), DType::U32, &Device::Cpu).unwrap();
+                    let l = rules.forward(&t, &m).unwrap().squeeze(0).unwrap();
+                    l.to_vec2::<f32>().unwrap()
+                })
+                .collect(),
+            input_ids: ids,
+            short: None,
+        };
+        check_batches(&deq, &twin);
+        check_cached(&deq, &twin);
+        let (kept, _) = harness::models::gguf::load_llama_quantized(&gguf, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        check_batches(&kept, &twin);
+        check_cached(&kept, &twin);
+        let backend =
+            harness::models::decoder::DecoderBackend::load(name, &gguf, &Device::Cpu, false)
+                .unwrap();
+        assert_eq!(harness::models::Backend::info(&backend).architecture, arch);
+    }
 }

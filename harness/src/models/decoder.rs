@@ -212,7 +212,7 @@ impl DecoderBackend {
             info: CheckpointInfo {
                 id: id.to_string(),
                 resolved: canonical(file),
-                architecture: gguf_architecture,
+                architecture: super::gguf::model_type(&gguf_architecture).to_string(),
                 parameters,
                 bytes_on_disk,
                 head_labels: None,

@@ -1,12 +1,23 @@
-//! GGUF files (llama.cpp's format) for Llama-family models (architectures `llama`, `qwen2`
-//! with q/k/v biases and `qwen3` with per-head q/k norms, the last two with unpermuted Q/K
-//! rows, as llama.cpp's converter writes them), loaded *dequantized* to f32 into the
-//! [`super::llama::Llama`] port: the teacher side of "quantized versus full precision".
+//! GGUF files (llama.cpp's format) for Llama-family models, loaded into the
+//! [`super::llama::Llama`] port either *dequantized* to f32 (the teacher side of "quantized
+//! versus full precision") or with the projections kept as stored. Architectures: `llama`,
+//! `qwen2` (q/k/v biases), `qwen3` (per-head q/k norms), `phi3` (fused `attn_qkv` and
+//! gate-and-up `ffn_up`, partial rotary, longrope factors), `gemma2` and `gemma3` (sandwich
+//! norms, softcaps, sliding-window layers).
 //!
-//! Two things differ from a Hugging Face checkpoint and are undone here: tensor names
-//! (`blk.N.attn_q.weight` for `model.layers.N.self_attn.q_proj.weight`, ...) and the row order
-//! of the Q and K projections, which llama.cpp's converter permutes for its interleaved RoPE
-//! layout (`LlamaModel.permute` in `convert_hf_to_gguf.py`).
+//! What differs from a Hugging Face checkpoint is undone here, as llama.cpp's converter
+//! (`convert_hf_to_gguf.py`) made it: tensor names (`blk.N.attn_q.weight` for
+//! `model.layers.N.self_attn.q_proj.weight`, ...), the row order of Llama's Q and K projections,
+//! which the converter permutes for its interleaved RoPE (`LlamaModel.permute`), and Gemma's
+//! norms, which it stores as `1 + weight`. Settings that a GGUF file does not carry follow
+//! llama.cpp's own rules: Gemma scales scores by the head width (by hidden / heads for the 27B
+//! models), Gemma 2 alternates sliding and full layers, Gemma 3 has a full layer every sixth
+//! unless `attention.sliding_window_pattern` says otherwise.
+//!
+//! RoPE scaling comes from `rope.scaling.*` metadata (`linear`, `yarn`), for Llama 3.1+ from the
+//! `rope_freqs.weight` tensor of per-pair divisors, and for Phi-3 from `rope_factors_short` /
+//! `rope_factors_long` with `rope.scaling.attn_factor`. The tests load files written by
+//! llama.cpp's own converter (`scripts/make-gguf-fixtures.py`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,10 +27,11 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::llama::{LayerParts, Llama, LlamaConfig, Proj, RopeLayout};
+use super::llama::{Llama, LlamaConfig, QuantizedWeights, RopeLayout};
 
-/// The Hugging Face name of a GGUF tensor, or `None` for tensors the port does not use.
-fn hf_name(gguf: &str) -> Option<String> {
+/// The Hugging Face name of a GGUF tensor of architecture `arch`, or `None` for tensors the
+/// port does not use or reads apart (`rope_freqs`, `rope_factors_*`).
+fn hf_name(gguf: &str, arch: &str) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -29,6 +41,7 @@ fn hf_name(gguf: &str) -> Option<String> {
     if let Some(f) = fixed {
         return Some(f.to_string());
     }
+    let gemma = arch.starts_with("gemma");
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, module) = rest.split_once('.')?;
     let (module, kind) = module.rsplit_once('.')?;
@@ -37,14 +50,21 @@ fn hf_name(gguf: &str) -> Option<String> {
     }
     let module = match module {
         "attn_norm" => "input_layernorm",
+        // Llama's norm before the feed-forward; Gemma has one after attention as well.
+        "ffn_norm" if gemma => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
+        "attn_qkv" => "self_attn.qkv_proj",
         "attn_output" => "self_attn.o_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
+        // Phi-3 keeps gate and up in one tensor under this name.
+        "ffn_up" if arch == "phi3" => "mlp.gate_up_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         _ => return None,
@@ -61,7 +81,18 @@ fn unpermute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
         .reshape((out, inp))
 }
 
-/// Read the model settings from GGUF metadata (`llama.*` keys).
+/// The GGUF architectures this loader reads.
+const ARCHITECTURES: [&str; 6] = ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
+
+/// transformers' `model_type` for a GGUF architecture (the label results carry).
+pub fn model_type(gguf_arch: &str) -> &str {
+    match gguf_arch {
+        "gemma3" => "gemma3_text",
+        other => other,
+    }
+}
+
+/// Read the model settings from GGUF metadata (`ARCH.*` keys).
 fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
     let arch = content
         .metadata
@@ -69,8 +100,11 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_default();
-    if !matches!(arch.as_str(), "llama" | "qwen2" | "qwen3") {
-        bail!("GGUF architecture '{arch}' is not supported (llama, qwen2 and qwen3)");
+    if !ARCHITECTURES.contains(&arch.as_str()) {
+        bail!(
+            "GGUF architecture '{arch}' is not supported ({})",
+            ARCHITECTURES.join(", ")
+        );
     }
     let get = |k: &str| {
         content
@@ -79,42 +113,117 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
             .with_context(|| format!("GGUF metadata lacks {arch}.{k}"))
     };
     let u = |k: &str| -> Result<usize> { Ok(get(k)?.to_u32()? as usize) };
+    let f = |k: &str| -> Result<f64> { Ok(get(k)?.to_f32()? as f64) };
     let heads = u("attention.head_count")?;
     let hidden = u("embedding_length")?;
+    let layers = u("block_count")?;
+    // Qwen3's and Gemma's heads are wider than hidden / heads; the converter records it.
+    let head_dim = u("attention.key_length").unwrap_or(hidden / heads);
+    // RoPE scaling as llama.cpp records it (`rope.scaling.*`); Llama 3's and Phi-3's scalings
+    // are tensors instead (read in `open`).
+    let scaling = content
+        .metadata
+        .get(&format!("{arch}.rope.scaling.type"))
+        .and_then(|v| v.to_string().ok())
+        .cloned();
+    let factor = f("rope.scaling.factor");
+    let rope_scaling = match scaling.as_deref() {
+        None | Some("none") => None,
+        Some("linear") => Some(serde_json::json!({
+            "rope_type": "linear",
+            "factor": factor.context("GGUF linear RoPE scaling without rope.scaling.factor")?,
+        })),
+        Some("yarn") => {
+            let mut y = serde_json::json!({
+                "rope_type": "yarn",
+                "factor": factor.context("GGUF yarn RoPE scaling without rope.scaling.factor")?,
+                "original_max_position_embeddings": u("rope.scaling.original_context_length")
+                    .context("GGUF yarn RoPE scaling without rope.scaling.original_context_length")?,
+            });
+            for (key, name) in [
+                ("rope.scaling.yarn_attn_factor", "attention_factor"),
+                ("rope.scaling.yarn_beta_fast", "beta_fast"),
+                ("rope.scaling.yarn_beta_slow", "beta_slow"),
+            ] {
+                if let Ok(v) = f(key) {
+                    y[name] = serde_json::json!(v);
+                }
+            }
+            Some(y)
+        }
+        // Phi-3's factors are tensors; `open` builds the settings from them.
+        Some("longrope") => None,
+        Some(other) => bail!(
+            "GGUF RoPE scaling '{other}' is not supported (none, linear, yarn, longrope, and Llama 3's rope_freqs are)"
+        ),
+    };
+    let gemma = arch.starts_with("gemma");
+    // llama.cpp: Gemma's scores are scaled by the head width, but by hidden / heads for the 27B
+    // models (46 layers for Gemma 2, 62 for Gemma 3), as Google's reference code does.
+    let big = (arch == "gemma2" && layers == 46) || (arch == "gemma3" && layers == 62);
+    let query_pre_attn_scalar = gemma.then(|| {
+        if big {
+            (hidden / heads) as f64
+        } else {
+            head_dim as f64
+        }
+    });
+    let window = u("attention.sliding_window").ok().filter(|&w| w > 0);
+    let pattern = match arch.as_str() {
+        "gemma2" => Some(2),
+        "gemma3" => Some(u("attention.sliding_window_pattern").unwrap_or(6)),
+        _ => None,
+    };
+    let rotary = u("rope.dimension_count").ok();
     Ok(LlamaConfig {
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size: u("feed_forward_length")?,
-        num_hidden_layers: u("block_count")?,
+        num_hidden_layers: layers,
         num_attention_heads: heads,
         num_key_value_heads: Some(u("attention.head_count_kv").unwrap_or(heads)),
-        // Qwen3's heads are wider than hidden / heads; the converter records it.
-        head_dim: Some(u("attention.key_length").unwrap_or(hidden / heads)),
-        rms_norm_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
-        rope_theta: Some(
-            get("rope.freq_base")
-                .and_then(|v| Ok(v.to_f32()? as f64))
-                .unwrap_or(10000.0),
-        ),
+        head_dim: Some(head_dim),
+        rms_norm_eps: f("attention.layer_norm_rms_epsilon")?,
+        rope_theta: Some(f("rope.freq_base").unwrap_or(10000.0)),
+        // Gemma 3's sliding layers turn at their own base (llama.cpp's default 10000).
+        rope_local_base_freq: (arch == "gemma3")
+            .then(|| f("rope.freq_base_swa").unwrap_or(10000.0)),
+        partial_rotary_factor: rotary
+            .filter(|&r| r != head_dim)
+            .map(|r| r as f64 / head_dim as f64),
+        rope_scaling,
+        max_position_embeddings: u("context_length").ok(),
+        original_max_position_embeddings: u("rope.scaling.original_context_length").ok(),
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        // Only Gemma's layers slide here; the others' windows are not applied (see README).
+        sliding_window: window.filter(|_| gemma),
+        sliding_window_pattern: pattern,
+        query_pre_attn_scalar,
+        attn_logit_softcapping: f("attn_logit_softcapping").ok(),
+        final_logit_softcapping: f("final_logit_softcapping").ok(),
         flavor: super::llama::Flavor {
             // llama.cpp's Qwen2: biases on q, k and v, and Q/K rows as transformers has them.
             qkv_bias: arch == "qwen2",
-            qk_norm: arch == "qwen3",
-            ..Default::default()
+            qk_norm: arch == "qwen3" || arch == "gemma3",
+            fused_projections: arch == "phi3",
+            gemma,
         },
         ..Default::default()
     })
 }
 
-/// Whether llama.cpp's converter permuted the Q/K rows for its interleaved RoPE: for `llama`
-/// only; `qwen2` and `qwen3` use the NEOX (rotate-half) layout and keep transformers' rows.
-fn permuted_qk(cfg: &LlamaConfig) -> bool {
-    !(cfg.flavor.qkv_bias || cfg.flavor.qk_norm)
+/// A GGUF file opened: its metadata, the model settings read from them, and its
+/// architecture.
+struct Opened {
+    file: std::fs::File,
+    content: gguf_file::Content,
+    cfg: LlamaConfig,
+    arch: String,
 }
 
-/// Open a GGUF file and read its model settings.
-fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, LlamaConfig)> {
+/// Open a GGUF file and read its model settings, with the RoPE tensors (`rope_freqs`, Phi-3's
+/// `rope_factors_*`) folded into them.
+fn open(path: &Path) -> Result<Opened> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let content = gguf_file::Content::read(&mut file)
@@ -124,98 +233,98 @@ fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, LlamaConfig)>
         .get("token_embd.weight")
         .context("GGUF file has no token_embd.weight")?;
     let vocab = embd.shape.dims()[0];
-    let cfg = config(&content, vocab)?;
-    Ok((file, content, cfg))
+    let mut cfg = config(&content, vocab)?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let mut vector = |name: &str| -> Result<Option<Vec<f32>>> {
+        if !content.tensor_infos.contains_key(name) {
+            return Ok(None);
+        }
+        let v = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .and_then(|q| q.dequantize(&Device::Cpu))
+            .and_then(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+            .with_context(|| format!("{}: cannot read {name}", path.display()))?;
+        Ok(Some(v))
+    };
+    // Llama 3.1+: the converter turns the `llama3` scaling into one divisor per rotated pair.
+    cfg.rope_divisors = vector("rope_freqs.weight")?;
+    // Phi-3 128k / Phi-4-mini: longrope's two factor lists, chosen per pass by length.
+    if let (Some(short), Some(long)) = (
+        vector("rope_factors_short.weight")?,
+        vector("rope_factors_long.weight")?,
+    ) {
+        let mut settings = serde_json::json!({
+            "rope_type": "longrope",
+            "short_factor": short,
+            "long_factor": long,
+        });
+        let key = format!("{arch}.rope.scaling.attn_factor");
+        if let Some(a) = content.metadata.get(&key).and_then(|v| v.to_f32().ok()) {
+            settings["attention_factor"] = serde_json::json!(a as f64);
+        }
+        cfg.rope_scaling = Some(settings);
+    }
+    Ok(Opened {
+        file,
+        content,
+        cfg,
+        arch,
+    })
 }
 
-/// Load a Llama-family GGUF file keeping the linear layers quantized (candle's `QMatMul`, with
-/// its quantized kernels) and the Q/K rows in llama.cpp's order, with the interleaved RoPE that
-/// order expects. Embeddings and norms are dequantized.
+/// Load a Llama-family GGUF file keeping the linear layers quantized (the integer GEMM for
+/// Q8_0 / Q4_0 / Q4_1, candle's kernels for the other formats) and Llama's Q/K rows in
+/// llama.cpp's order, with the interleaved RoPE that order expects. Embeddings and norms are
+/// dequantized.
 pub fn load_llama_quantized(path: &Path, device: &Device) -> Result<(Llama, LlamaConfig)> {
-    let (mut file, content, cfg) = open(path)?;
-    let read = |file: &mut std::fs::File, name: &str| {
-        content
-            .tensor(file, name, device)
-            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))
-    };
-    let deq = |file: &mut std::fs::File, name: &str| -> Result<Tensor> {
-        let t = read(file, name)?
-            .dequantize(device)
-            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
-        Ok(t.to_dtype(DType::F32)?)
-    };
-    // A layer's projection kept as stored, with its f32 bias when it has one (Qwen2's q/k/v).
-    let proj = |file: &mut std::fs::File, i: usize, m: &str, biased: bool| -> Result<Proj> {
-        let bias = if biased {
-            Some(deq(file, &format!("blk.{i}.{m}.bias"))?)
-        } else {
-            None
-        };
-        Ok(Proj::from_qtensor(
-            read(file, &format!("blk.{i}.{m}.weight"))?,
-            bias,
-        )?)
-    };
-    let f = &mut file;
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-    for i in 0..cfg.num_hidden_layers {
-        layers.push(LayerParts {
-            input_norm: deq(f, &format!("blk.{i}.attn_norm.weight"))?,
-            q: proj(f, i, "attn_q", cfg.flavor.qkv_bias)?,
-            k: proj(f, i, "attn_k", cfg.flavor.qkv_bias)?,
-            v: proj(f, i, "attn_v", cfg.flavor.qkv_bias)?,
-            o: proj(f, i, "attn_output", false)?,
-            qk_norm: if cfg.flavor.qk_norm {
-                Some((
-                    deq(f, &format!("blk.{i}.attn_q_norm.weight"))?,
-                    deq(f, &format!("blk.{i}.attn_k_norm.weight"))?,
-                ))
-            } else {
-                None
-            },
-            post_norm: deq(f, &format!("blk.{i}.ffn_norm.weight"))?,
-            gate: proj(f, i, "ffn_gate", false)?,
-            up: proj(f, i, "ffn_up", false)?,
-            down: proj(f, i, "ffn_down", false)?,
-        });
-    }
-    let head = if cfg.tie_word_embeddings {
-        "token_embd.weight"
-    } else {
-        "output.weight"
-    };
-    let lm_head = Proj::from_qtensor(read(f, head)?, None)?;
-    let embeddings = deq(f, "token_embd.weight")?;
-    let norm = deq(f, "output_norm.weight")?;
-    let model = Llama::from_parts(
-        &cfg,
-        embeddings,
-        layers,
-        norm,
-        lm_head,
-        // llama.cpp permutes Llama's Q/K rows for its interleaved RoPE; Qwen's it leaves.
-        if permuted_qk(&cfg) {
-            RopeLayout::Interleaved
-        } else {
-            RopeLayout::RotateHalf
-        },
-    )?;
-    Ok((model, cfg))
+    load(path, device, true)
 }
 
 /// Load a Llama-family GGUF file, dequantizing every tensor to f32.
 pub fn load_llama_dequantized(path: &Path, device: &Device) -> Result<(Llama, LlamaConfig)> {
-    let (mut file, content, cfg) = open(path)?;
+    load(path, device, false)
+}
+
+fn load(path: &Path, device: &Device, keep_quantized: bool) -> Result<(Llama, LlamaConfig)> {
+    let Opened {
+        mut file,
+        content,
+        cfg,
+        arch,
+    } = open(path)?;
     let kv = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
+    // Only Llama's converter permutes the Q/K rows (for llama.cpp's interleaved RoPE); the
+    // others use the NEOX (rotate-half) layout and keep transformers' rows.
+    let permuted = arch == "llama";
     let mut tensors = HashMap::new();
+    let mut quantized = QuantizedWeights::new();
     let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
     for name in names {
-        let Some(hf) = hf_name(&name) else { continue };
-        let t = content
+        let Some(hf) = hf_name(&name, &arch) else {
+            continue;
+        };
+        let q = content
             .tensor(&mut file, &name, device)
-            .and_then(|q| q.dequantize(device))
             .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
-        let permuted = permuted_qk(&cfg);
+        // Projections stay as stored when asked; the tied output layer shares the embedding
+        // table's blocks.
+        let projection = hf.ends_with("_proj.weight") || hf == "lm_head.weight";
+        if keep_quantized && projection {
+            quantized.insert(hf, q);
+            continue;
+        }
+        if keep_quantized && cfg.tie_word_embeddings && hf == "model.embed_tokens.weight" {
+            let copy = super::llama::quantized_rows(&q, 0, q.shape().dims2()?.0)?;
+            quantized.insert("lm_head.weight".into(), copy);
+        }
+        let t = q
+            .dequantize(device)
+            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
         let t = if permuted && name.ends_with("attn_q.weight") {
             unpermute(&t, cfg.num_attention_heads)?
         } else if permuted && name.ends_with("attn_k.weight") {
@@ -223,10 +332,22 @@ pub fn load_llama_dequantized(path: &Path, device: &Device) -> Result<(Llama, Ll
         } else {
             t
         };
-        tensors.insert(hf, t.to_dtype(DType::F32)?);
+        let t = t.to_dtype(DType::F32)?;
+        // The converter stores Gemma's norms as 1 + weight; the port adds the 1 itself.
+        let t = if cfg.flavor.gemma && hf.ends_with("norm.weight") {
+            (t - 1.0)?
+        } else {
+            t
+        };
+        tensors.insert(hf, t);
     }
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    let model = Llama::load(vb, &cfg)
+    let layout = if keep_quantized && permuted {
+        RopeLayout::Interleaved
+    } else {
+        RopeLayout::RotateHalf
+    };
+    let model = Llama::load_with(vb, &cfg, quantized, layout)
         .with_context(|| format!("{}: tensors do not match the metadata", path.display()))?;
     Ok((model, cfg))
 }
@@ -237,19 +358,39 @@ mod tests {
 
     #[test]
     fn names_map_to_transformers() {
+        let name = |gguf: &str, arch: &str| hf_name(gguf, arch).unwrap_or_default();
         assert_eq!(
-            hf_name("blk.3.attn_q.weight").unwrap(),
+            name("blk.3.attn_q.weight", "llama"),
             "model.layers.3.self_attn.q_proj.weight"
         );
         assert_eq!(
-            hf_name("blk.0.ffn_norm.weight").unwrap(),
+            name("blk.0.ffn_norm.weight", "llama"),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
+        // Gemma's ffn_norm is the norm before the feed-forward; the one after attention has
+        // a name of its own.
+        assert_eq!(
+            name("blk.0.ffn_norm.weight", "gemma2"),
+            "model.layers.0.pre_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            name("blk.0.post_attention_norm.weight", "gemma3"),
             "model.layers.0.post_attention_layernorm.weight"
         );
         assert_eq!(
-            hf_name("token_embd.weight").unwrap(),
+            name("blk.1.ffn_up.weight", "phi3"),
+            "model.layers.1.mlp.gate_up_proj.weight"
+        );
+        assert_eq!(
+            name("blk.1.ffn_up.weight", "qwen2"),
+            "model.layers.1.mlp.up_proj.weight"
+        );
+        assert_eq!(
+            name("token_embd.weight", "llama"),
             "model.embed_tokens.weight"
         );
-        assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(hf_name("rope_freqs.weight", "llama"), None);
+        assert_eq!(hf_name("rope_factors_long.weight", "phi3"), None);
     }
 
     #[test]

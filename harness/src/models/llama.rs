@@ -23,7 +23,9 @@ use super::decoder::{BuiltDecoder, DecoderArch, DecoderNet};
 use super::encoder::BuildError;
 use super::linear::Lin;
 use super::nn::KvCache;
+use super::rope::{PositionLimits, Rope, RopeScaling};
 use crate::kernels::decoder_ops::{CausalAttention, RmsNormOp, RopeOp, SwiGluOp};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
@@ -44,13 +46,6 @@ pub struct Flavor {
     pub fused_projections: bool,
     /// Gemma 2 / 3: scaled embeddings, `1 + weight` norms around both sublayers, softcaps.
     pub gemma: bool,
-}
-
-/// RoPE settings of one kind of layer: base, and the `linear` scaling factor (1 without).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Rope {
-    theta: f64,
-    factor: f64,
 }
 
 /// `config.json` of a Llama-family checkpoint. (`Default` is for settings read from elsewhere,
@@ -83,6 +78,16 @@ pub struct LlamaConfig {
     pub partial_rotary_factor: Option<f64>,
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// Read by `yarn` and `longrope` scaling (Phi-3 keeps the pretrained length at the top
+    /// level as `original_max_position_embeddings`).
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+    /// Per-pair divisors of the RoPE frequencies from a GGUF file's `rope_freqs.weight`
+    /// (llama.cpp's form of Llama 3's scaling); not in config.json.
+    #[serde(skip)]
+    pub rope_divisors: Option<Vec<f32>>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
     /// Llama's `attention_bias`: biases on q, k, v and o.
@@ -119,58 +124,32 @@ pub struct LlamaConfig {
     pub flavor: Flavor,
 }
 
-/// One RoPE settings object (`rope_parameters`, or transformers 4's `rope_scaling`) on top of
-/// `base`: its `rope_theta` when it has one, its `linear` factor; other RoPE types refused.
-fn rope_from(v: Option<&serde_json::Value>, base: Rope) -> Result<Rope> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
-        return Ok(base);
-    };
-    let theta = v
-        .get("rope_theta")
-        .and_then(|t| t.as_f64())
-        .unwrap_or(base.theta);
-    let kind = v
-        .get("rope_type")
-        .or_else(|| v.get("type"))
-        .and_then(|t| t.as_str())
-        .unwrap_or("default");
-    let factor = match kind {
-        "default" => base.factor,
-        "linear" => v
-            .get("factor")
-            .and_then(|f| f.as_f64())
-            .ok_or_else(|| candle_core::Error::msg("linear RoPE scaling without a factor"))?,
-        other => candle_core::bail!(
-            "rope_type '{other}' is not supported yet (only 'default' and 'linear')"
-        ),
-    };
-    Ok(Rope { theta, factor })
-}
-
 impl LlamaConfig {
     /// RoPE of the full-attention layers and of the sliding-window ones (the same but for
     /// Gemma 3).
     fn ropes(&self) -> Result<(Rope, Rope)> {
-        let top = Rope {
-            theta: self.rope_theta.unwrap_or(10000.0),
-            factor: 1.0,
+        let limits = PositionLimits {
+            max: self.max_position_embeddings,
+            original_max: self.original_max_position_embeddings,
         };
-        let top = rope_from(self.rope_scaling.as_ref(), top)?;
+        let mut top = Rope::plain(self.rope_theta.unwrap_or(10000.0));
+        if let Some(div) = &self.rope_divisors {
+            top.scaling = RopeScaling::Divisors(div.clone());
+        }
+        let top = Rope::from_settings(self.rope_scaling.as_ref(), &top, limits)?;
         let params = self.rope_parameters.as_ref();
         let per_type = params.is_some_and(|p| p.get("full_attention").is_some());
         if per_type {
             let p = params.expect("checked");
-            let full = rope_from(p.get("full_attention"), top)?;
-            let local = Rope {
-                theta: self.rope_local_base_freq.unwrap_or(full.theta),
-                factor: 1.0,
-            };
-            return Ok((full, rope_from(p.get("sliding_attention"), local)?));
+            let full = Rope::from_settings(p.get("full_attention"), &top, limits)?;
+            let local = Rope::plain(self.rope_local_base_freq.unwrap_or(full.theta));
+            let local = Rope::from_settings(p.get("sliding_attention"), &local, limits)?;
+            return Ok((full, local));
         }
-        let full = rope_from(params, top)?;
+        let full = Rope::from_settings(params, &top, limits)?;
         let local = match self.rope_local_base_freq {
-            Some(theta) => Rope { theta, factor: 1.0 },
-            None => full,
+            Some(theta) => Rope::plain(theta),
+            None => full.clone(),
         };
         Ok((full, local))
     }
@@ -278,16 +257,94 @@ impl Module for RmsNorm {
 /// candle's quantized kernels without dequantizing).
 pub type Proj = Lin;
 
-fn proj(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Proj> {
-    super::linear::linear_no_bias(in_dim, out_dim, vb)
+/// Projections kept as stored in a GGUF file, by their transformers name (`model.layers.0.
+/// self_attn.q_proj.weight`); the loader takes a projection from here before the VarBuilder.
+pub type QuantizedWeights = std::collections::HashMap<String, QTensor>;
+
+/// Where a model's weights come from: f32 tensors by name, and projections kept quantized.
+#[derive(Clone)]
+struct Source<'a> {
+    vb: VarBuilder<'a>,
+    /// Taken out as each projection is built (a `QTensor` is not `Clone`).
+    quantized: &'a std::cell::RefCell<QuantizedWeights>,
 }
 
-fn biased(in_dim: usize, out_dim: usize, vb: VarBuilder, bias: bool) -> Result<Proj> {
-    if bias {
-        super::linear::linear(in_dim, out_dim, vb)
-    } else {
-        proj(in_dim, out_dim, vb)
+impl<'a> Source<'a> {
+    fn pp(&self, name: impl ToString) -> Source<'a> {
+        Source {
+            vb: self.vb.pp(name),
+            quantized: self.quantized,
+        }
     }
+
+    /// The quantized `weight` at this prefix, if the file keeps it so.
+    fn quantized_weight(&self) -> Option<QTensor> {
+        self.quantized
+            .borrow_mut()
+            .remove(&format!("{}.weight", self.vb.prefix()))
+    }
+
+    /// A projection `(out_dim, in_dim)`, with its f32 bias when `bias`.
+    fn proj(&self, in_dim: usize, out_dim: usize, bias: bool) -> Result<Proj> {
+        if let Some(q) = self.quantized_weight() {
+            let b = if bias {
+                Some(self.vb.get(out_dim, "bias")?)
+            } else {
+                None
+            };
+            return Lin::from_qtensor(q, b);
+        }
+        if bias {
+            super::linear::linear(in_dim, out_dim, self.vb.clone())
+        } else {
+            super::linear::linear_no_bias(in_dim, out_dim, self.vb.clone())
+        }
+    }
+
+    /// `parts` row blocks of one fused `(sum of parts, in)` weight, each a bias-free projection
+    /// (quantized blocks are split by rows as stored, so the numbers do not change).
+    fn split(&self, in_dim: usize, parts: &[usize]) -> Result<Vec<Proj>> {
+        if let Some(q) = self.quantized_weight() {
+            let mut start = 0;
+            return parts
+                .iter()
+                .map(|&n| {
+                    let rows = quantized_rows(&q, start, n)?;
+                    start += n;
+                    Lin::from_qtensor(rows, None)
+                })
+                .collect();
+        }
+        let w = self
+            .vb
+            .get((parts.iter().sum::<usize>(), in_dim), "weight")?;
+        let mut start = 0;
+        parts
+            .iter()
+            .map(|&n| {
+                let part = w.narrow(0, start, n)?.contiguous()?;
+                start += n;
+                Ok(Lin::new(part, None))
+            })
+            .collect()
+    }
+}
+
+/// Rows `start..start + n` of a quantized `(rows, cols)` tensor: each row is a whole number of
+/// blocks, stored one row after another. (All rows: a copy.)
+pub fn quantized_rows(q: &QTensor, start: usize, n: usize) -> Result<QTensor> {
+    let (rows, cols) = q.shape().dims2()?;
+    if start + n > rows {
+        candle_core::bail!("rows {start}..{} of a {rows}-row tensor", start + n);
+    }
+    let data = q.data()?;
+    let row_bytes = data.len() / rows;
+    candle_core::quantized::ggml_file::qtensor_from_ggml(
+        q.dtype(),
+        &data[start * row_bytes..(start + n) * row_bytes],
+        vec![n, cols],
+        &q.device(),
+    )
 }
 
 /// How rotary embeddings pair the dimensions of a head.
@@ -298,21 +355,6 @@ pub enum RopeLayout {
     /// llama.cpp's layout: dimension 2i pairs with 2i + 1. GGUF Q/K rows are permuted for it,
     /// so a model that keeps GGUF weights as they are uses this layout.
     Interleaved,
-}
-
-/// The pieces of one decoder layer, for building a model from another weight source (GGUF).
-pub struct LayerParts {
-    pub input_norm: Tensor,
-    pub q: Proj,
-    pub k: Proj,
-    pub v: Proj,
-    pub o: Proj,
-    pub post_norm: Tensor,
-    pub gate: Proj,
-    pub up: Proj,
-    pub down: Proj,
-    /// Qwen3's `q_norm` and `k_norm` weights.
-    pub qk_norm: Option<(Tensor, Tensor)>,
 }
 
 struct Layer {
@@ -400,54 +442,44 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
 }
 
-/// `parts` row blocks of one fused `(sum of parts, in)` weight, each a bias-free projection.
-fn split_proj(in_dim: usize, parts: &[usize], vb: VarBuilder) -> Result<Vec<Proj>> {
-    let w = vb.get((parts.iter().sum::<usize>(), in_dim), "weight")?;
-    let mut start = 0;
-    parts
-        .iter()
-        .map(|&n| {
-            let part = w.narrow(0, start, n)?.contiguous()?;
-            start += n;
-            Ok(Lin::new(part, None))
-        })
-        .collect()
-}
-
 impl Layer {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig, sliding: bool) -> Result<Self> {
+    fn load(src: Source, cfg: &LlamaConfig, sliding: bool) -> Result<Self> {
+        let vb = src.vb.clone();
         let (h, d) = (cfg.hidden_size, cfg.head_dim());
         let kv = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
         let qd = cfg.num_attention_heads * d;
-        let attn = vb.pp("self_attn");
-        let mlp = vb.pp("mlp");
+        let attn = src.pp("self_attn");
+        let mlp = src.pp("mlp");
         let f = cfg.flavor;
         let qkv_bias = f.qkv_bias || cfg.attention_bias;
         let (q, k, v) = if f.fused_projections {
-            let mut p = split_proj(h, &[qd, kv * d, kv * d], attn.pp("qkv_proj"))?.into_iter();
+            let mut p = attn
+                .pp("qkv_proj")
+                .split(h, &[qd, kv * d, kv * d])?
+                .into_iter();
             (p.next().unwrap(), p.next().unwrap(), p.next().unwrap())
         } else {
             (
-                biased(h, qd, attn.pp("q_proj"), qkv_bias)?,
-                biased(h, kv * d, attn.pp("k_proj"), qkv_bias)?,
-                biased(h, kv * d, attn.pp("v_proj"), qkv_bias)?,
+                attn.pp("q_proj").proj(h, qd, qkv_bias)?,
+                attn.pp("k_proj").proj(h, kv * d, qkv_bias)?,
+                attn.pp("v_proj").proj(h, kv * d, qkv_bias)?,
             )
         };
         let i = cfg.intermediate_size;
         let (gate, up) = if f.fused_projections {
-            let mut p = split_proj(h, &[i, i], mlp.pp("gate_up_proj"))?.into_iter();
+            let mut p = mlp.pp("gate_up_proj").split(h, &[i, i])?.into_iter();
             (p.next().unwrap(), p.next().unwrap())
         } else {
             (
-                proj(h, i, mlp.pp("gate_proj"))?,
-                proj(h, i, mlp.pp("up_proj"))?,
+                mlp.pp("gate_proj").proj(h, i, false)?,
+                mlp.pp("up_proj").proj(h, i, false)?,
             )
         };
         let norm = |size: usize, name: &str| RmsNorm::load_for(size, cfg, vb.pp(name));
         let qk_norm = if f.qk_norm {
             Some((
-                RmsNorm::load_for(d, cfg, attn.pp("q_norm"))?,
-                RmsNorm::load_for(d, cfg, attn.pp("k_norm"))?,
+                RmsNorm::load_for(d, cfg, attn.vb.pp("q_norm"))?,
+                RmsNorm::load_for(d, cfg, attn.vb.pp("k_norm"))?,
             ))
         } else {
             None
@@ -472,11 +504,11 @@ impl Layer {
             q,
             k,
             v,
-            o: biased(qd, h, attn.pp("o_proj"), cfg.attention_bias)?,
+            o: attn.pp("o_proj").proj(qd, h, cfg.attention_bias)?,
             post_norm,
             gate,
             up,
-            down: proj(i, h, mlp.pp("down_proj"))?,
+            down: mlp.pp("down_proj").proj(i, h, false)?,
             heads: cfg.num_attention_heads,
             kv_heads: kv,
             head_dim: d,
@@ -649,14 +681,33 @@ pub struct Llama {
 
 impl Llama {
     pub fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        Self::load_with(vb, cfg, QuantizedWeights::new(), RopeLayout::RotateHalf)
+    }
+
+    /// [`Llama::load`] taking the projections in `quantized` as stored (GGUF files), with RoPE
+    /// pairing dimensions as `rope` says (llama.cpp permutes Llama's Q/K rows for
+    /// [`RopeLayout::Interleaved`]).
+    pub fn load_with(
+        vb: VarBuilder,
+        cfg: &LlamaConfig,
+        quantized: QuantizedWeights,
+        rope: RopeLayout,
+    ) -> Result<Self> {
         if cfg.use_bidirectional_attention == Some(true) {
             candle_core::bail!("use_bidirectional_attention: an embedding model, not a causal LM");
         }
+        let quantized = std::cell::RefCell::new(quantized);
+        let src = Source {
+            vb: vb.clone(),
+            quantized: &quantized,
+        };
         let base = vb.pp("model");
         let sliding = cfg.sliding_layers()?;
         let embed = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, base.pp("embed_tokens"))?;
         // A tied output projection stays in candle's layout, sharing the embedding table.
-        let lm_head = if !cfg.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
+        let lm_head = if let Some(q) = quantized.borrow_mut().remove("lm_head.weight") {
+            Lin::from_qtensor(q, None)?
+        } else if !cfg.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
             Lin::new(
                 vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?,
                 None,
@@ -665,69 +716,26 @@ impl Llama {
             Lin::tied(embed.embeddings().clone(), None)
         };
         let gemma = cfg.flavor.gemma;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(src.pp("model.layers").pp(i), cfg, sliding[i]))
+            .collect::<Result<Vec<_>>>()?;
+        // A projection the port did not ask for is a tensor it would silently ignore.
+        let mut left: Vec<String> = quantized.borrow().keys().cloned().collect();
+        if !left.is_empty() {
+            left.sort();
+            candle_core::bail!("tensors the model does not use: {}", left.join(", "));
+        }
         Ok(Llama {
-            layers: (0..cfg.num_hidden_layers)
-                .map(|i| Layer::load(base.pp("layers").pp(i), cfg, sliding[i]))
-                .collect::<Result<Vec<_>>>()?,
+            layers,
             norm: RmsNorm::load_for(cfg.hidden_size, cfg, base.pp("norm"))?,
             embed,
             lm_head,
             rotary_dim: cfg.rotary_dim(),
             ropes: cfg.ropes()?,
-            rope: RopeLayout::RotateHalf,
+            rope,
             embed_scale: gemma.then(|| (cfg.hidden_size as f64).sqrt()),
             final_softcap: cfg.final_logit_softcapping.filter(|_| gemma),
             window: cfg.sliding_window.filter(|_| sliding.iter().any(|&s| s)),
-        })
-    }
-
-    /// A model from already-built parts (the GGUF loaders).
-    pub fn from_parts(
-        cfg: &LlamaConfig,
-        embeddings: Tensor,
-        layers: Vec<LayerParts>,
-        norm: Tensor,
-        lm_head: Proj,
-        rope: RopeLayout,
-    ) -> Result<Self> {
-        let kv_heads = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
-        let norm_of = |w: Tensor| RmsNorm {
-            weight: w,
-            eps: cfg.rms_norm_eps,
-        };
-        Ok(Llama {
-            embed: Embedding::new(embeddings, cfg.hidden_size),
-            layers: layers
-                .into_iter()
-                .map(|p| Layer {
-                    input_norm: norm_of(p.input_norm),
-                    q: p.q,
-                    k: p.k,
-                    v: p.v,
-                    o: p.o,
-                    post_norm: norm_of(p.post_norm),
-                    gate: p.gate,
-                    up: p.up,
-                    down: p.down,
-                    heads: cfg.num_attention_heads,
-                    kv_heads,
-                    head_dim: cfg.head_dim(),
-                    qk_norm: p.qk_norm.map(|(q, k)| (norm_of(q), norm_of(k))),
-                    sandwich: None,
-                    act: super::nn::Activation::Silu,
-                    score_div: (cfg.head_dim() as f64).sqrt(),
-                    attn_softcap: None,
-                    sliding: false,
-                })
-                .collect(),
-            norm: norm_of(norm),
-            lm_head,
-            rotary_dim: cfg.head_dim(),
-            ropes: cfg.ropes()?,
-            rope,
-            embed_scale: None,
-            final_softcap: None,
-            window: None,
         })
     }
 
@@ -739,7 +747,7 @@ impl Llama {
         seq: usize,
         device: &Device,
     ) -> Result<(RopeTables, Option<RopeTables>)> {
-        let (full, local) = self.ropes;
+        let (full, local) = &self.ropes;
         let local = if local != full && self.layers.iter().any(|l| l.sliding) {
             Some(self.rope_tables(local, past, seq, device)?)
         } else {
@@ -750,17 +758,25 @@ impl Llama {
 
     /// cos and sin for positions `past..past + seq`: `(1, 1, seq, rotary_dim)` with the two
     /// halves repeated for `rotate_half`, `(seq, head_dim / 2)` for the interleaved kernel.
-    fn rope_tables(&self, r: Rope, past: usize, seq: usize, device: &Device) -> Result<RopeTables> {
+    fn rope_tables(
+        &self,
+        r: &Rope,
+        past: usize,
+        seq: usize,
+        device: &Device,
+    ) -> Result<RopeTables> {
         let d = self.rotary_dim;
-        // `linear` scaling divides the frequencies by its factor.
-        let inv: Vec<f32> = (0..d / 2)
-            .map(|i| 1.0 / (r.theta as f32).powf(2.0 * i as f32 / d as f32) / r.factor as f32)
-            .collect();
+        let (inv, attention_factor) = r.frequencies(d, past + seq)?;
         let half: Vec<f32> = (past..past + seq)
             .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
             .collect();
         let a = Tensor::from_vec(half, (seq, d / 2), device)?;
-        let (half_cos, half_sin) = (a.cos()?, a.sin()?);
+        let (mut half_cos, mut half_sin) = (a.cos()?, a.sin()?);
+        // yarn and longrope scale cos and sin (transformers' `attention_scaling`).
+        if attention_factor != 1.0 {
+            half_cos = (half_cos * attention_factor as f64)?;
+            half_sin = (half_sin * attention_factor as f64)?;
+        }
         let layout = match self.rope {
             RopeLayout::RotateHalf => {
                 let (cos, sin) = (
@@ -1061,7 +1077,14 @@ mod tests {
     #[test]
     fn rope_settings_are_read_in_every_spelling_and_unknown_types_refused() {
         let plain = Flavor::default();
-        let rope = |theta, factor| Rope { theta, factor };
+        let rope = |theta, factor: f64| Rope {
+            theta,
+            scaling: if factor == 1.0 {
+                RopeScaling::None
+            } else {
+                RopeScaling::Linear { factor }
+            },
+        };
         // transformers 4: top-level theta, linear scaling in rope_scaling (old key `type`).
         let cfg = config(
             serde_json::json!({"rope_theta": 500.0, "rope_scaling": {"type": "linear", "factor": 4.0}}),
@@ -1087,14 +1110,48 @@ mod tests {
             plain,
         );
         assert_eq!(cfg.ropes().unwrap(), (rope(1e6, 8.0), rope(1e4, 1.0)));
-        // Llama 3's scaling is refused by name rather than run wrong.
+        // Llama 3's scaling, as Llama 3.2 writes it in transformers 4's spelling.
         let cfg = config(
-            serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+            serde_json::json!({"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3",
+                "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}}),
+            plain,
+        );
+        let (full, _) = cfg.ropes().unwrap();
+        assert_eq!(full.theta, 500000.0);
+        assert!(matches!(
+            full.scaling,
+            RopeScaling::Llama3 { factor, .. } if factor == 32.0
+        ));
+        // Phi-3 128k: longrope reads the lengths at the top level.
+        let cfg = config(
+            serde_json::json!({"max_position_embeddings": 131072,
+                "original_max_position_embeddings": 4096,
+                "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.0], "long_factor": [2.0, 4.0]}}),
+            plain,
+        );
+        assert!(matches!(
+            cfg.ropes().unwrap().0.scaling,
+            RopeScaling::LongRope {
+                original_max: 4096,
+                ..
+            }
+        ));
+        // GGUF divisors apply when config.json says nothing else.
+        let mut cfg = config(serde_json::json!({}), plain);
+        cfg.rope_divisors = Some(vec![1.0, 8.0]);
+        assert_eq!(
+            cfg.ropes().unwrap().0.scaling,
+            RopeScaling::Divisors(vec![1.0, 8.0])
+        );
+        // Types the port does not know are refused by name rather than run wrong.
+        let cfg = config(
+            serde_json::json!({"rope_scaling": {"rope_type": "dynamic", "factor": 8.0}}),
             plain,
         );
         let err = cfg.ropes().unwrap_err().to_string();
         assert!(
-            err.contains("rope_type 'llama3' is not supported yet"),
+            err.contains("rope_type 'dynamic' is not supported"),
             "{err}"
         );
         // Phi-3's partial rotary, in either place; rounded down to an even width.

@@ -26,6 +26,7 @@ pub mod mock;
 pub mod mpnet;
 pub mod nn;
 pub mod resolve;
+pub mod rope;
 pub mod tokenizer;
 
 pub use backend::Backend;
