@@ -40,16 +40,8 @@ pub struct CellFile {
 pub fn checkpoint_key(r: &ModelRef) -> String {
     match r {
         ModelRef::Local(dir) => {
-            let stamp = weights_file(dir)
-                .and_then(|w| std::fs::metadata(w).ok())
-                .map(|m| {
-                    let mtime = m
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_secs());
-                    format!("{}b@{mtime}", m.len())
-                })
+            let stamp = weights_stamp(dir)
+                .map(|(bytes, mtime)| format!("{bytes}b@{mtime}"))
                 .unwrap_or_default();
             format!("{}#{stamp}", crate::models::canonical(dir))
         }
@@ -66,13 +58,19 @@ pub fn checkpoint_key(r: &ModelRef) -> String {
     }
 }
 
-/// The weight file of a local checkpoint (a `.gguf`, or the folder's safetensors or
-/// PyTorch file), when there is one.
-pub fn weights_file(dir: &Path) -> Option<PathBuf> {
-    match crate::models::decoder::gguf_path(dir) {
-        Ok(Some(gguf)) => Some(gguf),
-        _ => crate::models::find_weights(dir).ok().map(|w| w.path),
+/// Bytes and newest modification time of a local checkpoint's weights (a `.gguf`, the
+/// folder's safetensors file or shards, or its PyTorch file), when it has any.
+pub fn weights_stamp(dir: &Path) -> Option<(u64, u64)> {
+    let files = match crate::models::decoder::gguf_path(dir) {
+        Ok(Some(gguf)) => vec![gguf],
+        _ => crate::models::find_weights(dir).ok()?.files,
+    };
+    crate::models::WeightFile {
+        path: files[0].clone(),
+        is_safetensors: false,
+        files,
     }
+    .stamp()
 }
 
 /// `OUT/cells/<task>.<what>.json`: a role's cell (`teacher`, `student`) or a pair's file.

@@ -101,9 +101,7 @@ fn weights_mb(r: &ModelRef) -> Option<u64> {
     let ModelRef::Local(dir) = r else {
         return None;
     };
-    let bytes = std::fs::metadata(crate::cells::weights_file(dir)?)
-        .ok()?
-        .len();
+    let (bytes, _) = crate::cells::weights_stamp(dir)?;
     Some((bytes / 1_000_000).max(1))
 }
 

@@ -626,3 +626,132 @@ fn token_fidelity_compares_models_whose_output_layers_are_padded_differently() {
         "{note}"
     );
 }
+
+/// A copy of fixture `name` with its weights split over two safetensors shards and an index,
+/// as the Hub stores checkpoints of more than a few GB.
+fn sharded_copy(name: &str, dir: &Path) -> PathBuf {
+    let src = PathBuf::from(fixture(name));
+    let dst = dir.join(format!("{name}-sharded"));
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let half = names.len() / 2;
+    let mut map = serde_json::Map::new();
+    for (i, part) in [&names[..half], &names[half..]].iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let shard: std::collections::HashMap<String, candle_core::Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, dst.join(&file)).unwrap();
+        for n in part.iter() {
+            map.insert((*n).clone(), Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
+    std::fs::write(
+        dst.join("model.safetensors.index.json"),
+        serde_json::to_string_pretty(&index).unwrap(),
+    )
+    .unwrap();
+    dst
+}
+
+#[test]
+fn a_sharded_checkpoint_loads_from_a_hub_snapshot_and_scores_as_the_single_file() {
+    // Llama 3.1 8B, Qwen2.5 7B and Phi-4-mini are sharded on the Hub: the index's shards are
+    // read together, offline from the cache, and give the single file's numbers exactly.
+    let tmp = tempfile::tempdir().unwrap();
+    let sharded = sharded_copy("qwen3-tiny", tmp.path());
+    let home = tmp.path().join("hf-home");
+    common::fake_hub_snapshot(
+        &home,
+        "models",
+        "someone/qwen3-sharded",
+        sharded.to_str().unwrap(),
+    );
+    let data = wiki_dir(tmp.path());
+    let run = |out: &str, teacher: &str, envs: &[(&str, &str)]| {
+        let out = tmp.path().join(out);
+        let o = common::harness(
+            &[
+                "run",
+                "--quick",
+                "--teacher",
+                teacher,
+                "--student",
+                &fixture("qwen3-tiny"),
+                "--task",
+                "wikitext2",
+                "--context-length",
+                "16",
+                "--stride",
+                "8",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            envs,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let res: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        res
+    };
+    let hub = run(
+        "hub",
+        "someone/qwen3-sharded",
+        &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
+    );
+    let single = run("single", &fixture("qwen3-tiny"), &[]);
+    let (a, b) = (
+        &hub["tasks"]["wikitext2"]["teacher"],
+        &single["tasks"]["wikitext2"]["teacher"],
+    );
+    assert_eq!(a["metrics"], b["metrics"]);
+    assert_eq!(a["checkpoint"]["parameters"], b["checkpoint"]["parameters"]);
+    assert!(a["checkpoint"]["resolved"]
+        .as_str()
+        .unwrap()
+        .starts_with("someone/qwen3-sharded@"));
+    // Its size on disk is both shards'.
+    let shards: u64 = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    .iter()
+    .map(|n| std::fs::metadata(sharded.join(n)).unwrap().len())
+    .sum();
+    assert_eq!(a["checkpoint"]["bytes_on_disk"], shards);
+
+    // A shard missing from the folder is named, and nothing runs.
+    std::fs::remove_file(sharded.join("model-00002-of-00002.safetensors")).unwrap();
+    let o = harness(&[
+        "run",
+        "--quick",
+        "--teacher",
+        sharded.to_str().unwrap(),
+        "--student",
+        &fixture("qwen3-tiny"),
+        "--task",
+        "wikitext2",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        tmp.path().join("missing").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("1 of its 2 shards are missing (model-00002-of-00002.safetensors); the download is incomplete"),
+        "{err}"
+    );
+}

@@ -12,31 +12,115 @@ use tokenizers::Tokenizer;
 
 use super::encoder::Pooling;
 
-/// The weight file of a checkpoint folder.
+/// The weights of a checkpoint folder: one file, or the shards that a safetensors index names
+/// (`model.safetensors.index.json`, as the Hub stores models of more than a few GB).
 #[derive(Debug, Clone)]
 pub struct WeightFile {
+    /// The weight file, or the index of a sharded checkpoint.
     pub path: PathBuf,
     pub is_safetensors: bool,
+    /// Every file holding tensors: `path` itself, or the index's shards in name order.
+    pub files: Vec<PathBuf>,
 }
 
-/// Find the weights: `model.safetensors` preferred, `pytorch_model.bin` accepted.
-pub fn find_weights(dir: &Path) -> Result<WeightFile> {
-    for (name, is_safetensors) in [("model.safetensors", true), ("pytorch_model.bin", false)] {
-        let path = dir.join(name);
-        if path.exists() {
-            return Ok(WeightFile {
-                path,
-                is_safetensors,
-            });
+impl WeightFile {
+    /// Bytes of every file holding tensors, and the newest modification time among them
+    /// (seconds since the epoch): what changes when any shard is replaced.
+    pub fn stamp(&self) -> Option<(u64, u64)> {
+        let mut bytes = 0;
+        let mut newest = 0;
+        for f in &self.files {
+            let m = std::fs::metadata(f).ok()?;
+            bytes += m.len();
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            newest = newest.max(mtime);
         }
+        Some((bytes, newest))
     }
-    if dir.join("model.safetensors.index.json").exists()
-        || dir.join("pytorch_model.bin.index.json").exists()
+}
+
+/// The shard files a safetensors index names (its `weight_map` values), each once, in name
+/// order; every one must be beside the index.
+pub fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
+    let raw: serde_json::Value = read_json(index)?;
+    let map = raw
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| {
+            format!(
+                "{}: no weight_map; not a safetensors index",
+                index.display()
+            )
+        })?;
+    let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        bail!("{}: the weight_map names no files", index.display());
+    }
+    let dir = index.parent().unwrap_or(Path::new("."));
+    if let Some(bad) = names
+        .iter()
+        .find(|n| n.contains('/') || n.contains('\\') || n.starts_with('.'))
     {
-        bail!("{}: sharded checkpoints are not supported yet; merge the shards into one model.safetensors", dir.display());
+        bail!(
+            "{}: shard name '{bad}' is not a file beside the index",
+            index.display()
+        );
+    }
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !dir.join(n).exists())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{}: {} of its {} shards are missing ({}); the download is incomplete, fetch them again",
+            index.display(),
+            missing.len(),
+            names.len(),
+            missing.join(", ")
+        );
+    }
+    Ok(names.iter().map(|n| dir.join(n)).collect())
+}
+
+/// Find the weights: `model.safetensors` preferred, then the shards of
+/// `model.safetensors.index.json`, then `pytorch_model.bin`.
+pub fn find_weights(dir: &Path) -> Result<WeightFile> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(WeightFile {
+            files: vec![single.clone()],
+            path: single,
+            is_safetensors: true,
+        });
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        return Ok(WeightFile {
+            files: shards_of_index(&index)?,
+            path: index,
+            is_safetensors: true,
+        });
+    }
+    let bin = dir.join("pytorch_model.bin");
+    if bin.exists() {
+        return Ok(WeightFile {
+            files: vec![bin.clone()],
+            path: bin,
+            is_safetensors: false,
+        });
+    }
+    if dir.join("pytorch_model.bin.index.json").exists() {
+        bail!("{}: sharded pytorch_model.bin checkpoints are not supported; use the repository's safetensors shards (model.safetensors.index.json), or convert the shards to safetensors", dir.display());
     }
     bail!(
-        "{}: no weights found (expected model.safetensors or pytorch_model.bin)",
+        "{}: no weights found (expected model.safetensors, model.safetensors.index.json with its shards, or pytorch_model.bin)",
         dir.display()
     )
 }
@@ -46,7 +130,7 @@ pub fn find_weights(dir: &Path) -> Result<WeightFile> {
 pub(crate) fn count_parameters(w: &WeightFile) -> Result<u64> {
     let is_float = |d: DType| d.is_float();
     if w.is_safetensors {
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&w.path)? };
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&w.files)? };
         Ok(st
             .tensors()
             .iter()
@@ -75,7 +159,7 @@ pub(crate) struct OpenedWeights {
 
 pub(crate) fn open_weights(dir: &Path, device: &Device) -> Result<OpenedWeights> {
     let file = find_weights(dir)?;
-    let bytes_on_disk = std::fs::metadata(&file.path)?.len();
+    let bytes_on_disk = file.stamp().map_or(0, |(bytes, _)| bytes);
     let corrupt = |e: candle_core::Error| {
         anyhow::anyhow!(
             "{}: cannot read weights; the file is truncated or corrupt ({e}); download it again",
@@ -88,7 +172,7 @@ pub(crate) fn open_weights(dir: &Path, device: &Device) -> Result<OpenedWeights>
             Err(e) => e,
         })?;
     let vb = if file.is_safetensors {
-        unsafe { VarBuilder::from_mmaped_safetensors(&[&file.path], DType::F32, device) }
+        unsafe { VarBuilder::from_mmaped_safetensors(&file.files, DType::F32, device) }
     } else {
         VarBuilder::from_pth(&file.path, DType::F32, device)
     }
@@ -182,4 +266,66 @@ pub(crate) fn pooling_settings(dir: &Path) -> Result<(Pooling, bool)> {
         })
     };
     Ok((pooling, normalize))
+}
+
+#[cfg(test)]
+mod sharded_tests {
+    use super::*;
+
+    fn index(dir: &Path, map: serde_json::Value) -> PathBuf {
+        let p = dir.join("model.safetensors.index.json");
+        std::fs::write(&p, serde_json::json!({ "weight_map": map }).to_string()).unwrap();
+        p
+    }
+
+    #[test]
+    fn an_index_names_its_shards_once_each_and_every_one_must_be_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = index(
+            tmp.path(),
+            serde_json::json!({"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-2.safetensors"}),
+        );
+        let err = shards_of_index(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("2 of its 2 shards are missing (m-1.safetensors, m-2.safetensors)"),
+            "{err}"
+        );
+        std::fs::write(tmp.path().join("m-1.safetensors"), b"").unwrap();
+        std::fs::write(tmp.path().join("m-2.safetensors"), b"").unwrap();
+        let got = shards_of_index(&p).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                tmp.path().join("m-1.safetensors"),
+                tmp.path().join("m-2.safetensors")
+            ]
+        );
+        let w = find_weights(tmp.path()).unwrap();
+        assert_eq!((w.files.len(), w.path, w.is_safetensors), (2, p, true));
+    }
+
+    #[test]
+    fn an_index_that_points_outside_its_folder_or_names_nothing_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = index(
+            tmp.path(),
+            serde_json::json!({"a": "../elsewhere.safetensors"}),
+        );
+        let err = shards_of_index(&p).unwrap_err().to_string();
+        assert!(err.contains("is not a file beside the index"), "{err}");
+        let p = index(tmp.path(), serde_json::json!({}));
+        let err = shards_of_index(&p).unwrap_err().to_string();
+        assert!(err.contains("names no files"), "{err}");
+        std::fs::write(&p, "{}").unwrap();
+        let err = shards_of_index(&p).unwrap_err().to_string();
+        assert!(err.contains("no weight_map"), "{err}");
+        // Sharded .bin files are refused with what to use instead.
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::write(bin.path().join("pytorch_model.bin.index.json"), "{}").unwrap();
+        let err = find_weights(bin.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("sharded pytorch_model.bin checkpoints are not supported"),
+            "{err}"
+        );
+    }
 }

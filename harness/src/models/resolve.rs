@@ -303,7 +303,11 @@ pub fn with_retries<T, E>(retries: usize, mut f: impl FnMut() -> Result<T, E>) -
 /// Files a snapshot needs, in order of preference within each group.
 const WANTED: &[&[&str]] = &[
     &["config.json"],
-    &["model.safetensors", "pytorch_model.bin"],
+    &[
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+    ],
     &["tokenizer.json", "vocab.txt"],
     &["tokenizer_config.json"],
     &["special_tokens_map.json"],
@@ -313,7 +317,7 @@ const WANTED: &[&[&str]] = &[
 
 fn offline_hint(repo: &str) -> String {
     format!(
-        "without network, download '{repo}' on a machine that has it (e.g. `huggingface-cli download {repo}`) and pass the folder instead: --teacher path/to/folder (config.json, tokenizer.json or vocab.txt, model.safetensors or pytorch_model.bin)"
+        "without network, download '{repo}' on a machine that has it (e.g. `huggingface-cli download {repo}`) and pass the folder instead: --teacher path/to/folder (config.json, tokenizer.json or vocab.txt, model.safetensors (or its shards with model.safetensors.index.json) or pytorch_model.bin)"
     )
 }
 
@@ -385,6 +389,22 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)>
                 .with_context(|| format!("downloading {name} of '{repo}' from {endpoint}"))?;
             if *name == "config.json" {
                 dir = path.parent().map(Path::to_path_buf);
+            }
+            if *name == "model.safetensors.index.json" {
+                // A sharded checkpoint: every shard the index names.
+                let raw: serde_json::Value = super::read_json(&path)?;
+                let mut shards: Vec<&str> = raw
+                    .get("weight_map")
+                    .and_then(|m| m.as_object())
+                    .map(|m| m.values().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                shards.sort_unstable();
+                shards.dedup();
+                for shard in shards {
+                    api_repo.get(shard).with_context(|| {
+                        format!("downloading {shard} of '{repo}' from {endpoint}")
+                    })?;
+                }
             }
         }
     }
