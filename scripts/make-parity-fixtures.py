@@ -657,6 +657,41 @@ def make_gemma3_lm():
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"], fill=True)
 
 
+def make_gemma3_multimodal_lm():
+    """Gemma3ForConditionalGeneration (model_type gemma3: Gemma 3 4B / 12B / 27B as published),
+    tiny and random, with a tiny SigLIP vision tower: the harness runs its language model on
+    text alone. The text half is gemma3-tiny's settings with a final-logit softcap; weights are
+    saved as transformers 5.25 writes them to disk: language_model.model.* as on
+    the Hub (the Rust test renames them to its in-memory model.language_model.* to check both)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    text = Gemma3TextConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+        rms_norm_eps=1e-6, query_pre_attn_scalar=16, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        final_logit_softcapping=5.0, attn_logit_softcapping=None,
+        hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, image_size=28, patch_size=14)
+    cfg = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                       image_token_index=100, boi_token_index=98, eoi_token_index=99,
+                       attn_implementation="eager")
+    cfg.vocab_size = text.vocab_size
+    path, model, _, doc = decoder_fixture("gemma3-multimodal-tiny", Gemma3ForConditionalGeneration, cfg, SEED + 27, 3, [13, 5, 9])
+    assert model.config.model_type == "gemma3"
+    # Text only: no id reaches the image token (100), which the vision tower would replace.
+    assert max(max(r) for r in doc["input_ids"]) < 100
+    save_json(path, doc)
+    write_word_tokenizer(path, text.vocab_size, ["[UNK]", "<s>", "</s>"], fill=True)
+
+
 def write_llama_gguf(model, cfg, out, rope_freqs=None):
     """The same tiny Llama as a GGUF file written the way llama.cpp's convert_hf_to_gguf.py
     writes it (tensor names, metadata, and the Q/K row permutation for its RoPE layout), in F32
@@ -813,6 +848,7 @@ MAKERS = {
     "phi3-longrope": make_phi3_longrope_lm,
     "gemma2": make_gemma2_lm,
     "gemma3": make_gemma3_lm,
+    "gemma3-multimodal": make_gemma3_multimodal_lm,
     "hub-glue": make_hub_glue_parquet,
     "hub-wikitext": make_hub_wikitext_parquet,
 }

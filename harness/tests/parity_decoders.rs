@@ -688,3 +688,55 @@ fn gemma_gguf_files_follow_llama_cpps_rules_for_what_they_do_not_record() {
         assert_eq!(harness::models::Backend::info(&backend).architecture, arch);
     }
 }
+
+#[test]
+fn gemma3_multimodal_checkpoints_run_their_language_model_on_text() {
+    // Gemma 3 4B / 12B / 27B are published as Gemma3ForConditionalGeneration (model_type
+    // gemma3, text_config, a SigLIP tower): loaded by model_type, the language model gives
+    // transformers' text-only logits within 1e-4 under the Hub's tensor names
+    // (language_model.model.*) and under transformers 5's (model.language_model.*), and the
+    // parameters counted are the language model's.
+    use harness::models::decoder::DecoderBackend;
+    let (dir, _, exp) = fixture("gemma3-multimodal-tiny");
+    let check = |backend: &DecoderBackend, what: &str| {
+        for (ids, want) in exp.input_ids.iter().zip(&exp.logits) {
+            let got = backend.window_logits(ids).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() <= 1e-4, "{what}: {a} vs {b}");
+                }
+            }
+        }
+    };
+    let hub = DecoderBackend::load("gemma3-mm", &dir, &Device::Cpu, false).unwrap();
+    assert_eq!(hub.info().architecture, "gemma3");
+    check(&hub, "hub names");
+    let all = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let language: u64 = all
+        .iter()
+        .filter(|(n, _)| n.starts_with("language_model."))
+        .map(|(_, t)| t.elem_count() as u64)
+        .sum();
+    assert!(language < all.values().map(|t| t.elem_count() as u64).sum::<u64>());
+    assert_eq!(hub.info().parameters, language);
+
+    // transformers 5's names, in a copy of the folder.
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
+    }
+    let renamed: std::collections::HashMap<String, Tensor> = all
+        .into_iter()
+        .map(|(n, t)| {
+            let n = match n.strip_prefix("language_model.model.") {
+                Some(rest) => format!("model.language_model.{rest}"),
+                None => n,
+            };
+            (n, t)
+        })
+        .collect();
+    candle_core::safetensors::save(&renamed, tmp.path().join("model.safetensors")).unwrap();
+    let v5 = DecoderBackend::load("gemma3-mm-v5", tmp.path(), &Device::Cpu, false).unwrap();
+    check(&v5, "transformers 5 names");
+}

@@ -125,6 +125,22 @@ pub fn find_weights(dir: &Path) -> Result<WeightFile> {
     )
 }
 
+/// Count floating-point parameters of the tensors whose names start with one of `prefixes`
+/// (a multimodal checkpoint's language model), in safetensors files.
+pub(crate) fn count_parameters_under(w: &WeightFile, prefixes: &[&str]) -> Result<u64> {
+    if !w.is_safetensors {
+        return count_parameters(w);
+    }
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&w.files)? };
+    Ok(st
+        .tensors()
+        .iter()
+        .filter(|(name, _)| prefixes.iter().any(|p| name.starts_with(p)))
+        .filter(|(_, v)| DType::try_from(v.dtype()).is_ok_and(|d| d.is_float()))
+        .map(|(_, v)| v.shape().iter().product::<usize>() as u64)
+        .sum())
+}
+
 /// Count floating-point parameters listed in a weight file (integer buffers such as BERT's
 /// `position_ids` are not parameters).
 pub(crate) fn count_parameters(w: &WeightFile) -> Result<u64> {

@@ -55,6 +55,7 @@ pub static DECODERS: &[DecoderArch] = &[
     super::llama::PHI3_ARCH,
     super::llama::GEMMA2_ARCH,
     super::llama::GEMMA3_ARCH,
+    super::llama::GEMMA3_MULTIMODAL_ARCH,
 ];
 
 /// What a decoder architecture's builder hands back.
@@ -280,6 +281,13 @@ impl DecoderBackend {
             BuildError::Config(e) => bad_config(e),
             BuildError::Weights(e) => wrap(e),
         })?;
+        // A multimodal checkpoint counts the language model it runs, not its vision tower.
+        let parameters = if model_type == "gemma3" {
+            let lm = ["language_model.", "model.language_model.", "lm_head."];
+            super::checkpoint::count_parameters_under(&weights, &lm)?
+        } else {
+            parameters
+        };
         let json = dir.join("tokenizer.json");
         if !json.exists() {
             bail!(
@@ -615,7 +623,8 @@ mod tests {
                 "qwen3",
                 "phi3",
                 "gemma2",
-                "gemma3_text"
+                "gemma3_text",
+                "gemma3"
             ]
         );
         let mistral = serde_json::json!({"model_type": "mistral", "sliding_window": 4096});

@@ -989,20 +989,78 @@ pub const GEMMA2_ARCH: DecoderArch = DecoderArch {
     max_positions: |_| None,
 };
 
+/// Gemma 3's flavor: Gemma 2's plus q/k norms.
+const GEMMA3: Flavor = Flavor {
+    gemma: true,
+    qk_norm: true,
+    qkv_bias: false,
+    fused_projections: false,
+};
+
+/// transformers' `Gemma3TextConfig` defaults, for the keys a config leaves out (the Hub's
+/// Gemma 3 4B / 12B / 27B `text_config`s name little more than their sizes and RoPE scaling).
+fn with_gemma3_defaults(text: &serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::json!({
+        "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
+        "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6, "tie_word_embeddings": true,
+        "query_pre_attn_scalar": 256, "sliding_window": 4096, "sliding_window_pattern": 6,
+        // `default_theta`: global and local bases.
+        "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
+    });
+    if let (Some(o), Some(given)) = (out.as_object_mut(), text.as_object()) {
+        for (k, v) in given {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
 /// Gemma 3's text model (`Gemma3ForCausalLM`, `model_type` `gemma3_text`: the 1B model, or
 /// the language half of the larger ones saved alone).
 pub const GEMMA3_ARCH: DecoderArch = DecoderArch {
     model_type: "gemma3_text",
+    build: |raw, vb| build(&with_gemma3_defaults(raw), vb, GEMMA3),
+    max_positions: |_| None,
+};
+
+/// Gemma 3 4B / 12B / 27B as published (`Gemma3ForConditionalGeneration`, `model_type`
+/// `gemma3`): the language model of `text_config`, with its weights under
+/// `language_model.model.*` (the Hub's files) or `model.language_model.*` (transformers 5's
+/// names); the vision tower is not loaded, as the harness's tasks are text.
+pub const GEMMA3_MULTIMODAL_ARCH: DecoderArch = DecoderArch {
+    model_type: "gemma3",
     build: |raw, vb| {
-        let flavor = Flavor {
-            gemma: true,
-            qk_norm: true,
-            ..Flavor::default()
-        };
-        build(raw, vb, flavor)
+        let text = raw.get("text_config").ok_or_else(|| {
+            BuildError::Config(serde::de::Error::custom(
+                "model_type gemma3 without a text_config",
+            ))
+        })?;
+        let prefix = MULTIMODAL_PREFIXES
+            .iter()
+            .find(|p| vb.contains_tensor(&format!("{p}embed_tokens.weight")))
+            .ok_or_else(|| {
+                BuildError::Weights(candle_core::Error::msg(format!(
+                    "no language model weights (looked for {}embed_tokens.weight)",
+                    MULTIMODAL_PREFIXES.join("embed_tokens.weight, ")
+                )))
+            })?;
+        let vb = vb.rename_f(move |name: &str| match name.strip_prefix("model.") {
+            Some(rest) => format!("{prefix}{rest}"),
+            None => name.to_string(),
+        });
+        let mut text = with_gemma3_defaults(text);
+        // transformers' Gemma3ForConditionalGeneration does not soft-cap its logits (only
+        // Gemma3ForCausalLM does); the released configs set no cap either way.
+        text["final_logit_softcapping"] = serde_json::Value::Null;
+        build(&text, vb, GEMMA3)
     },
     max_positions: |_| None,
 };
+
+/// Where a multimodal checkpoint keeps its language model's `model.*` tensors.
+pub const MULTIMODAL_PREFIXES: [&str; 2] = ["language_model.model.", "model.language_model."];
 
 /// The attention window, when the config turns one on: attention is computed over every
 /// earlier position here, which equals the windowed model's only while a sequence fits the
@@ -1163,6 +1221,32 @@ mod tests {
         );
         assert_eq!(cfg.rotary_dim(), 2);
         assert_eq!(config(serde_json::json!({}), plain).rotary_dim(), 4);
+    }
+
+    #[test]
+    fn a_sparse_gemma3_text_config_takes_transformers_defaults() {
+        // google/gemma-3-4b-pt's text_config, as published: sizes and RoPE scaling only.
+        let sparse = serde_json::json!({"hidden_size": 2560, "intermediate_size": 10240,
+            "model_type": "gemma3_text", "num_hidden_layers": 34,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024});
+        let mut cfg: LlamaConfig = serde_json::from_value(with_gemma3_defaults(&sparse)).unwrap();
+        cfg.flavor = GEMMA3;
+        assert_eq!(
+            (cfg.vocab_size, cfg.num_attention_heads, cfg.head_dim()),
+            (262_208, 8, 256)
+        );
+        assert_eq!(cfg.num_key_value_heads, Some(4));
+        assert_eq!(cfg.query_pre_attn_scalar, Some(256.0));
+        assert_eq!(cfg.sliding_window, Some(1024));
+        assert!(cfg.tie_word_embeddings);
+        // Global layers at 1e6 with the linear factor, local ones at 1e4 unscaled.
+        let (full, local) = cfg.ropes().unwrap();
+        assert_eq!(full.theta, 1e6);
+        assert_eq!(full.scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(local, Rope::plain(1e4));
+        let sliding = cfg.sliding_layers().unwrap();
+        assert_eq!(sliding.iter().filter(|s| !**s).count(), 5);
+        assert!(!sliding[5] && sliding[0] && sliding[6]);
     }
 
     #[test]
