@@ -476,17 +476,35 @@ def make_qwen2_lm():
 
 
 def make_mistral_lm():
-    """MistralForCausalLM, tiny and random, with a sliding window longer than the test's
-    sequences (the harness caps sequences at the window)."""
+    """MistralForCausalLM, tiny and random, with a sliding window (4) shorter than the test's
+    sequences, on every layer as Mistral 7B v0.1 has it: the harness masks it exactly."""
     from transformers import MistralConfig, MistralForCausalLM
 
     cfg = MistralConfig(
         vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
-        rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=32, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=4, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, attn_implementation="eager",
     )
     path, _, _, doc = decoder_fixture("mistral-tiny", MistralForCausalLM, cfg, SEED + 11, 3, [14, 4, 8])
+    save_json(path, doc)
+    write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
+
+
+def make_qwen2_window_lm():
+    """Qwen2ForCausalLM with use_sliding_window and max_window_layers 1: the second of its two
+    layers attends through a window of 4, the first sees everything (Qwen's rule)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=103, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True,
+        use_sliding_window=True, sliding_window=4, max_window_layers=1,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, attn_implementation="eager",
+    )
+    path, model, _, doc = decoder_fixture("qwen2-window-tiny", Qwen2ForCausalLM, cfg, SEED + 29, 3, [12, 6, 9])
+    assert model.config.layer_types == ["full_attention", "sliding_attention"], model.config.layer_types
     save_json(path, doc)
     write_word_tokenizer(path, cfg.vocab_size, ["[UNK]", "<s>", "</s>"])
 
@@ -841,6 +859,7 @@ MAKERS = {
     "llama": make_llama_lm,
     "qwen2": make_qwen2_lm,
     "mistral": make_mistral_lm,
+    "qwen2-window": make_qwen2_window_lm,
     "qwen3": make_qwen3_lm,
     "phi3": make_phi3_lm,
     "llama3-rope": make_llama3_rope_lm,

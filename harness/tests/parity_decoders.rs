@@ -157,27 +157,39 @@ fn llama_logits_match_transformers_in_a_padded_batch_and_one_by_one() {
 
 #[test]
 fn qwen2_and_mistral_logits_match_transformers_through_the_llama_port() {
-    // Qwen2ForCausalLM (biases on q, k, v; tied embeddings) and MistralForCausalLM (a
-    // sliding window longer than the sequences): every position within 1e-4, in a padded
+    // Qwen2ForCausalLM (biases on q, k, v; tied embeddings), MistralForCausalLM (a sliding
+    // window of 4 on every layer under sequences of up to 14) and Qwen2 with
+    // use_sliding_window (its second layer slides): every position within 1e-4, in a padded
     // batch, one sequence at a time and through the KV cache; and loaded by model_type as a
-    // user's folder is, where Mistral's window becomes the longest sequence it takes.
+    // user's folder is, with no length limit (windows are masked exactly).
     use harness::models::decoder::DecoderBackend;
     use harness::models::Backend;
-    for (name, qkv_bias, window) in [
-        ("qwen2-tiny", true, None),
-        ("mistral-tiny", false, Some(32)),
+    for (name, qkv_bias) in [
+        ("qwen2-tiny", true),
+        ("mistral-tiny", false),
+        ("qwen2-window-tiny", true),
     ] {
         let (dir, vb, exp) = fixture(name);
         let mut cfg: LlamaConfig =
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();
         cfg.flavor.qkv_bias = qkv_bias;
-        let model = Llama::load(vb, &cfg).unwrap();
+        let model = Llama::load(vb.clone(), &cfg).unwrap();
         check_batches(&model, &exp);
         check_cached(&model, &exp);
+        if cfg.sliding_window.is_some_and(|w| w < 8) {
+            // The window is seen: without it the logits miss.
+            let mut open = cfg.clone();
+            open.sliding_window = None;
+            let all: Vec<&Vec<u32>> = exp.input_ids.iter().collect();
+            let want: Vec<&Vec<Vec<f32>>> = exp.logits.iter().collect();
+            let d = max_diff(&Llama::load(vb, &open).unwrap(), &all, &want);
+            assert!(d > 1e-3, "{name}: the window is not seen ({d})");
+        }
         let backend = DecoderBackend::load(name, &dir, &Device::Cpu, false).unwrap();
-        assert_eq!(backend.info().architecture, name.trim_end_matches("-tiny"));
-        assert_eq!(Backend::max_positions(&backend), window, "{name}");
+        let arch = name.trim_end_matches("-tiny").trim_end_matches("-window");
+        assert_eq!(backend.info().architecture, arch);
+        assert_eq!(Backend::max_positions(&backend), None, "{name}");
         for (ids, want) in exp.input_ids.iter().zip(&exp.logits) {
             let got = backend.window_logits(ids).unwrap();
             for (g, w) in got.iter().zip(want) {

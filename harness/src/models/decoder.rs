@@ -627,17 +627,16 @@ mod tests {
                 "gemma3"
             ]
         );
-        let mistral = serde_json::json!({"model_type": "mistral", "sliding_window": 4096});
-        assert_eq!(
-            decoder_arch(&mistral).and_then(|a| (a.max_positions)(&mistral)),
-            Some(4096)
-        );
-        // Qwen2 declares a window but leaves it off unless use_sliding_window.
-        let qwen = serde_json::json!({"model_type": "qwen2", "sliding_window": 4096});
-        assert_eq!(
-            decoder_arch(&qwen).and_then(|a| (a.max_positions)(&qwen)),
-            None
-        );
+        // Sliding windows are masked exactly, so they set no length limit.
+        for windowed in [
+            serde_json::json!({"model_type": "mistral", "sliding_window": 4096}),
+            serde_json::json!({"model_type": "qwen2", "sliding_window": 4096, "use_sliding_window": true}),
+        ] {
+            assert_eq!(
+                decoder_arch(&windowed).and_then(|a| (a.max_positions)(&windowed)),
+                None
+            );
+        }
         let gpt2 = serde_json::json!({"model_type": "gpt2", "n_positions": 1024});
         assert_eq!(
             decoder_arch(&gpt2).and_then(|a| (a.max_positions)(&gpt2)),

@@ -6,8 +6,9 @@
 //!
 //! The relatives share the port and differ by the [`Flavor`] their architecture sets:
 //! - `models/qwen2/modeling_qwen2.py` (Qwen2, Qwen2.5): biases on q, k and v;
-//! - `models/mistral/modeling_mistral.py`: a sliding attention window, which caps the sequence
-//!   length here instead (as for Qwen2 and Phi-3 when their config turns one on);
+//! - `models/mistral/modeling_mistral.py`: a sliding attention window on every layer, masked
+//!   exactly (as Phi-3's when its config sets one, and Qwen's layers from `max_window_layers`
+//!   on when `use_sliding_window`);
 //! - `models/qwen3/modeling_qwen3.py`: an RMSNorm over each head of q and k before RoPE;
 //! - `models/phi3/modeling_phi3.py`: q, k, v in one `qkv_proj` and gate and up in one
 //!   `gate_up_proj` (split at load), RoPE over a `partial_rotary_factor` share of each head;
@@ -98,6 +99,13 @@ pub struct LlamaConfig {
     pub sliding_window: Option<usize>,
     #[serde(default)]
     pub use_sliding_window: Option<bool>,
+    /// Qwen2 / Qwen3: layers from this index on slide when `use_sliding_window`.
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+    /// The architecture's `model_type` (its window rules differ: Mistral's and Phi-3's apply
+    /// to every layer when set, Qwen's only with `use_sliding_window`).
+    #[serde(default)]
+    pub model_type: Option<String>,
     /// `full_attention` / `sliding_attention` per layer (Gemma; derived from
     /// `sliding_window_pattern` when absent).
     #[serde(default)]
@@ -165,33 +173,43 @@ impl LlamaConfig {
         ((self.head_dim() as f64 * factor) as usize) & !1
     }
 
-    /// Whether each layer attends through a sliding window (Gemma's `layer_types`; for the
-    /// other relatives the window caps the sequence instead, so no layer slides here).
+    /// Whether each layer attends through a sliding window, as transformers decides: the
+    /// config's `layer_types` when it has them; else Gemma's pattern (Gemma 2 alternates,
+    /// Gemma 3 has a full layer every `sliding_window_pattern`), Qwen's layers from
+    /// `max_window_layers` on when `use_sliding_window`, and every layer of Mistral and Phi-3
+    /// when they set a window.
     fn sliding_layers(&self) -> Result<Vec<bool>> {
         let n = self.num_hidden_layers;
-        if !self.flavor.gemma || self.sliding_window.is_none() {
+        let Some(_) = self.sliding_window else {
+            return Ok(vec![false; n]);
+        };
+        let qwen = matches!(self.model_type.as_deref(), Some("qwen2" | "qwen3"));
+        if qwen && self.use_sliding_window != Some(true) {
             return Ok(vec![false; n]);
         }
-        match &self.layer_types {
-            Some(types) => {
-                if types.len() != n {
-                    candle_core::bail!("layer_types has {} entries for {n} layers", types.len());
-                }
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        "sliding_attention" => Ok(true),
-                        "full_attention" => Ok(false),
-                        other => candle_core::bail!("layer type '{other}' is not supported"),
-                    })
-                    .collect()
+        if let Some(types) = &self.layer_types {
+            if types.len() != n {
+                candle_core::bail!("layer_types has {} entries for {n} layers", types.len());
             }
-            // Gemma 2 alternates; Gemma 3 has a full layer every `sliding_window_pattern`.
-            None => {
-                let pattern = self.sliding_window_pattern.unwrap_or(2);
-                Ok((0..n).map(|i| (i + 1) % pattern != 0).collect())
-            }
+            return types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(true),
+                    "full_attention" => Ok(false),
+                    other => candle_core::bail!("layer type '{other}' is not supported"),
+                })
+                .collect();
         }
+        if self.flavor.gemma {
+            // Gemma 2 alternates; Gemma 3 has a full layer every `sliding_window_pattern`.
+            let pattern = self.sliding_window_pattern.unwrap_or(2);
+            return Ok((0..n).map(|i| (i + 1) % pattern != 0).collect());
+        }
+        if qwen {
+            let from = self.max_window_layers.unwrap_or(28);
+            return Ok((0..n).map(|i| i >= from).collect());
+        }
+        Ok(vec![true; n])
     }
 
     fn activation(&self) -> Result<super::nn::Activation> {
@@ -940,14 +958,14 @@ pub const QWEN2_ARCH: DecoderArch = DecoderArch {
         };
         build(raw, vb, flavor)
     },
-    max_positions: sliding_window,
+    max_positions: |_| None,
 };
 
 /// Mistral (`MistralForCausalLM`): Llama with a sliding attention window.
 pub const MISTRAL_ARCH: DecoderArch = DecoderArch {
     model_type: "mistral",
     build: |raw, vb| build(raw, vb, Flavor::default()),
-    max_positions: sliding_window,
+    max_positions: |_| None,
 };
 
 /// Qwen3 (`Qwen3ForCausalLM`): Llama with an RMSNorm over each head of q and k.
@@ -960,7 +978,7 @@ pub const QWEN3_ARCH: DecoderArch = DecoderArch {
         };
         build(raw, vb, flavor)
     },
-    max_positions: sliding_window,
+    max_positions: |_| None,
 };
 
 /// Phi-3 and Phi-4-mini (`Phi3ForCausalLM`): fused projections, partial rotary.
@@ -973,7 +991,7 @@ pub const PHI3_ARCH: DecoderArch = DecoderArch {
         };
         build(raw, vb, flavor)
     },
-    max_positions: sliding_window,
+    max_positions: |_| None,
 };
 
 /// Gemma 2 (`Gemma2ForCausalLM`).
@@ -1062,24 +1080,6 @@ pub const GEMMA3_MULTIMODAL_ARCH: DecoderArch = DecoderArch {
 /// Where a multimodal checkpoint keeps its language model's `model.*` tensors.
 pub const MULTIMODAL_PREFIXES: [&str; 2] = ["language_model.model.", "model.language_model."];
 
-/// The attention window, when the config turns one on: attention is computed over every
-/// earlier position here, which equals the windowed model's only while a sequence fits the
-/// window, so the window becomes the longest sequence the model takes (windows and requests
-/// are cut to it, and say so).
-fn sliding_window(raw: &serde_json::Value) -> Option<usize> {
-    let window = raw.get("sliding_window").and_then(|v| v.as_u64())? as usize;
-    // Qwen's window is off unless `use_sliding_window`; Mistral's and Phi-3's are on when set.
-    let qwen = matches!(
-        raw.get("model_type").and_then(|v| v.as_str()),
-        Some("qwen2" | "qwen3")
-    );
-    let on = raw
-        .get("use_sliding_window")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(!qwen);
-    on.then_some(window)
-}
-
 fn build(
     raw: &serde_json::Value,
     vb: VarBuilder,
@@ -1089,12 +1089,8 @@ fn build(
     cfg.flavor = flavor;
     Ok(BuiltDecoder {
         net: Box::new(Llama::load(vb, &cfg)?),
-        // Gemma's windows are masked exactly; the others' cap the sequence.
-        max_positions: if flavor.gemma {
-            None
-        } else {
-            sliding_window(raw)
-        },
+        // Sliding windows are masked exactly: no length limit.
+        max_positions: None,
         vocab_size: cfg.vocab_size,
         hidden: cfg.hidden_size,
     })
@@ -1250,7 +1246,7 @@ mod tests {
     }
 
     #[test]
-    fn sliding_layers_follow_layer_types_or_the_pattern_and_only_for_gemma() {
+    fn sliding_layers_follow_layer_types_the_pattern_or_each_relatives_rule() {
         let gemma = Flavor {
             gemma: true,
             ..Flavor::default()
@@ -1266,9 +1262,30 @@ mod tests {
             config(with_pattern, gemma).sliding_layers().unwrap(),
             [true, true, true, true, true, false]
         );
-        // Other relatives cap the sequence instead: no layer slides.
+        // Mistral and Phi-3: every layer slides when a window is set.
         assert_eq!(
             config(window, Flavor::default()).sliding_layers().unwrap(),
+            [true; 6]
+        );
+        // Qwen: only with use_sliding_window, from max_window_layers on.
+        let qwen =
+            serde_json::json!({"model_type": "qwen2", "sliding_window": 4, "max_window_layers": 4});
+        assert_eq!(
+            config(qwen.clone(), Flavor::default())
+                .sliding_layers()
+                .unwrap(),
+            [false; 6]
+        );
+        let mut on = qwen;
+        on["use_sliding_window"] = serde_json::json!(true);
+        assert_eq!(
+            config(on, Flavor::default()).sliding_layers().unwrap(),
+            [false, false, false, false, true, true]
+        );
+        assert_eq!(
+            config(serde_json::json!({}), Flavor::default())
+                .sliding_layers()
+                .unwrap(),
             [false; 6]
         );
         let wrong = serde_json::json!({"sliding_window": 4, "layer_types": ["full_attention"]});
