@@ -646,6 +646,149 @@ fn an_interrupted_multiple_choice_run_keeps_the_finished_teacher_cell() {
 }
 
 #[test]
+fn a_multiple_choice_cell_resumes_from_its_saved_progress() {
+    // A long cell (MMLU takes an hour) saves its answers every minute in
+    // cells/<task>.<role>.partial.json; a rerun with the same settings continues after them.
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("data"), "arc/ARC-Easy-Test.jsonl", ARC);
+    let first = run(tmp.path(), "mock:t", "mock:s:sharpness=2", "arc_easy", &[]);
+    let done = first.checked_results();
+    let cell: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(first.out.join("cells/arc_easy.student.json")).unwrap(),
+    )
+    .unwrap();
+    // As if the student had been stopped after two examples, the first answered otherwise
+    // than the mock would (so that its use shows): its progress file and no cell.
+    let mut answers = cell["answers"].as_array().unwrap()[..2].to_vec();
+    answers[0]["logprobs"] = serde_json::json!([-1.0, -9.0, -9.0]);
+    let progress = serde_json::json!({
+        "cache_key": cell["cell"]["cache_key"],
+        "answers": answers,
+        "latencies_ms": [5.0, 6.0],
+        "seconds": 0.011,
+        "energy_j": 0.5,
+        "peak_rss_bytes": 1000.0,
+        "elapsed_s": 30.0,
+    });
+    std::fs::remove_file(first.out.join("cells/arc_easy.student.json")).unwrap();
+    let partial = first.out.join("cells/arc_easy.student.partial.json");
+    std::fs::write(&partial, progress.to_string()).unwrap();
+    let again = run(tmp.path(), "mock:t", "mock:s:sharpness=2", "arc_easy", &[]);
+    let got = again.checked_results();
+    let err = again.stderr();
+    assert!(
+        err.contains("student arc_easy: resuming after 2/3 examples"),
+        "{err}"
+    );
+    let s = &got["tasks"]["arc_easy"]["student"];
+    // Question a (gold "5", choice 1) is now answered "1": one right answer fewer.
+    assert_eq!(s["metrics"]["acc"], 0.0);
+    assert_eq!(
+        done["tasks"]["arc_easy"]["student"]["metrics"]["acc"],
+        1.0 / 3.0
+    );
+    let p = &s["profile"];
+    let samples = p["latency_samples_ms"].as_array().unwrap();
+    assert_eq!(samples.len(), 3);
+    assert_eq!(
+        (samples[0].as_f64(), samples[1].as_f64()),
+        (Some(5.0), Some(6.0))
+    );
+    assert!(s["elapsed_s"].as_f64().unwrap() >= 30.0);
+    assert!(p["batch1_pass_s"].as_f64().unwrap() >= 0.011);
+    assert!(s["scored_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("batch-1 pass, resumed from a checkpoint after 2 of 3 examples"));
+    assert!(!partial.exists(), "the progress file outlived its cell");
+
+    // Progress saved under other settings is not used.
+    std::fs::remove_file(again.out.join("cells/arc_easy.student.json")).unwrap();
+    let mut other = progress.clone();
+    other["cache_key"] = serde_json::json!("another model");
+    std::fs::write(&partial, other.to_string()).unwrap();
+    let third = run(tmp.path(), "mock:t", "mock:s:sharpness=2", "arc_easy", &[]);
+    let res = third.checked_results();
+    assert!(!third.stderr().contains("resuming"), "{}", third.stderr());
+    assert_eq!(
+        res["tasks"]["arc_easy"]["student"]["metrics"],
+        done["tasks"]["arc_easy"]["student"]["metrics"]
+    );
+}
+
+#[test]
+fn a_run_stopped_inside_a_multiple_choice_cell_saves_its_progress_and_resumes() {
+    // Saving after every example (HARNESS_CHECKPOINT_S=0), the mocks stop answering after
+    // four requests: the teacher's three examples (and a warm-up) finish, the student's do
+    // not. The rerun scores only what is left and gives the uninterrupted numbers.
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("data"), "arc/ARC-Easy-Test.jsonl", ARC);
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    let args = [
+        "run",
+        "--quick",
+        "--teacher",
+        "mock:t",
+        "--student",
+        "mock:s:sharpness=2",
+        "--task",
+        "arc_easy",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = harness(
+        &args,
+        &[
+            ("HARNESS_CHECKPOINT_S", "0"),
+            ("HARNESS_MOCK_FAIL_AFTER", "2"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("HARNESS_MOCK_FAIL_AFTER"), "{err}");
+    // Each mock process counts its own requests: the teacher (warm-up + 1 example) stops in
+    // its second example, having saved one answer.
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("cells/arc_easy.teacher.partial.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["answers"].as_array().unwrap().len(), 1);
+    assert_eq!(saved["latencies_ms"].as_array().unwrap().len(), 1);
+    let again = harness(&args, &[("HARNESS_CHECKPOINT_S", "0")]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let err = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(
+        err.contains("teacher arc_easy: resuming after 1/3 examples"),
+        "{err}"
+    );
+    let got: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    write(&other.path().join("data"), "arc/ARC-Easy-Test.jsonl", ARC);
+    let want = run(
+        other.path(),
+        "mock:t",
+        "mock:s:sharpness=2",
+        "arc_easy",
+        &[],
+    )
+    .checked_results();
+    for role in ["teacher", "student"] {
+        assert_eq!(
+            got["tasks"]["arc_easy"][role]["metrics"], want["tasks"]["arc_easy"][role]["metrics"],
+            "{role}"
+        );
+    }
+    assert!(!out.join("cells/arc_easy.teacher.partial.json").exists());
+}
+
+#[test]
 fn few_shot_on_a_task_without_a_few_shot_split_and_a_zero_limit_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     write(&tmp.path().join("data"), "arc/ARC-Easy-Test.jsonl", ARC);

@@ -50,8 +50,8 @@ pub(super) struct FidelityFile {
 }
 
 pub(super) struct Timed {
-    latencies_ms: Vec<f64>,
-    figures: RegionFigures,
+    pub latencies_ms: Vec<f64>,
+    pub figures: RegionFigures,
 }
 
 /// Run `f` under the profiler's probes (time, peak memory, energy).

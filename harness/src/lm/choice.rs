@@ -14,11 +14,94 @@ use reports::{Calibration, Cell, Comparison, Disagreement, Mode};
 use tasks::choice::{self, ChoiceSet, DocAnswer, Scoring};
 use tasks::request::Request;
 
-use super::cells::{measured, profile_of, LmCellFile};
+use super::cells::{profile_of, LmCellFile, Timed};
 use crate::fidelity::{RESAMPLES, SEED, SHOW_DISAGREEMENTS};
 use crate::models::Backend;
 use crate::plan::RunPlan;
 use crate::profile::energy::EnergyMeter;
+use crate::profile::probe::{Figure, Region, RegionFigures, Source};
+
+/// How often a multiple-choice cell saves what it has finished (seconds): a full MMLU cell
+/// takes an hour or more, and an interrupted run resumes from the last save instead of the
+/// cell's first example. `HARNESS_CHECKPOINT_S` overrides it (0: after every example).
+const CHECKPOINT_EVERY_S: f64 = 60.0;
+
+fn checkpoint_every_s() -> f64 {
+    std::env::var("HARNESS_CHECKPOINT_S")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .unwrap_or(CHECKPOINT_EVERY_S)
+}
+
+/// A multiple-choice cell's progress, `OUT/cells/<task>.<role>.partial.json`: the answers so
+/// far with their latencies and the measured figures of the time they took. Read back only
+/// under the same cache key (same model, task version, data and settings); removed once the
+/// cell is written.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct ChoiceProgress {
+    pub cache_key: String,
+    pub answers: Vec<DocAnswer>,
+    pub latencies_ms: Vec<f64>,
+    /// Measured seconds, joules (when energy is read or estimated) and peak RSS bytes of
+    /// the timed pass so far.
+    pub seconds: f64,
+    pub energy_j: Option<f64>,
+    pub peak_rss_bytes: Option<f64>,
+    /// Wall seconds of the cell so far, set-up included.
+    pub elapsed_s: f64,
+}
+
+/// The measured pass of a cell as segments between checkpoints: seconds and joules add up,
+/// the peak is the largest; the labels are the last segment's.
+struct Segments {
+    seconds: f64,
+    energy_j: Option<f64>,
+    peak_rss: Option<f64>,
+    last: Option<RegionFigures>,
+}
+
+impl Segments {
+    fn from(progress: Option<&ChoiceProgress>) -> Self {
+        Segments {
+            seconds: progress.map_or(0.0, |p| p.seconds),
+            energy_j: progress.map_or(Some(0.0), |p| p.energy_j),
+            peak_rss: progress.and_then(|p| p.peak_rss_bytes),
+            last: None,
+        }
+    }
+
+    fn add(&mut self, f: RegionFigures) {
+        self.seconds += f.seconds;
+        self.energy_j = match (self.energy_j, f.energy.value) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.peak_rss = match (self.peak_rss, f.peak_rss.value) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.last = Some(f);
+    }
+
+    fn figures(self) -> RegionFigures {
+        let last = self.last.expect("at least one segment");
+        let with = |f: Figure, value: Option<f64>| Figure {
+            value,
+            source: if value.is_some() {
+                f.source
+            } else {
+                Source::Missing
+            },
+            ..f
+        };
+        RegionFigures {
+            seconds: self.seconds,
+            energy: with(last.energy, self.energy_j),
+            peak_rss: with(last.peak_rss, self.peak_rss),
+        }
+    }
+}
 
 /// Every example's log-likelihoods by one model, one request batch per example (so each is
 /// timed), with a progress line every tenth of the set.
@@ -34,6 +117,11 @@ pub(super) fn choice_cell(
     say: &dyn Fn(String),
 ) -> Result<LmCellFile> {
     let started = Instant::now();
+    let partial = crate::cells::cell_path(&plan.out, task, &format!("{role}.partial"));
+    let progress: Option<ChoiceProgress> =
+        crate::cells::read_cached(&partial, &key, |p: &ChoiceProgress| &p.cache_key).filter(|p| {
+            p.answers.len() <= set.docs.len() && p.answers.len() == p.latencies_ms.len()
+        });
     let ask = |doc: &choice::ChoiceDoc| -> Result<DocAnswer> {
         let lls = model
             .run(
@@ -65,25 +153,59 @@ pub(super) fn choice_cell(
         n as u64,
         &format!("{role} {task}"),
     );
-    let answers_timed = measured(meter, |lat| {
-        let mut out = Vec::with_capacity(n);
-        for (i, doc) in set.docs.iter().enumerate() {
-            let t0 = Instant::now();
-            out.push(ask(doc).with_context(|| format!("{task}: example {}", doc.id))?);
-            lat.push(t0.elapsed().as_secs_f64() * 1e3);
-            bar.inc(1);
-            if (i + 1) % step == 0 && i + 1 < n {
-                say(format!(
-                    "{role} {task}: {}/{n} examples ({:.0} s)",
-                    i + 1,
-                    started.elapsed().as_secs_f64()
-                ));
-            }
+    let resumed = progress.as_ref().map_or(0, |p| p.answers.len());
+    let earlier_s = progress.as_ref().map_or(0.0, |p| p.elapsed_s);
+    if resumed > 0 {
+        say(format!(
+            "{role} {task}: resuming after {resumed}/{n} examples from {}",
+            partial.display()
+        ));
+        bar.inc(resumed as u64);
+    }
+    let mut segments = Segments::from(progress.as_ref());
+    let (mut answers, mut latencies_ms) = match progress {
+        Some(p) => (p.answers, p.latencies_ms),
+        None => (Vec::with_capacity(n), Vec::with_capacity(n)),
+    };
+    let mut region = Region::start(meter);
+    let mut saved = Instant::now();
+    let every_s = checkpoint_every_s();
+    for (i, doc) in set.docs.iter().enumerate().skip(resumed) {
+        let t0 = Instant::now();
+        answers.push(ask(doc).with_context(|| format!("{task}: example {}", doc.id))?);
+        latencies_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        bar.inc(1);
+        if (i + 1) % step == 0 && i + 1 < n {
+            say(format!(
+                "{role} {task}: {}/{n} examples ({:.0} s)",
+                i + 1,
+                earlier_s + started.elapsed().as_secs_f64()
+            ));
         }
-        Ok(out)
-    });
+        if saved.elapsed().as_secs_f64() >= every_s && i + 1 < n {
+            // Close the measured segment, save, and open the next one.
+            segments.add(region.stop());
+            let snapshot = ChoiceProgress {
+                cache_key: key.clone(),
+                answers: answers.clone(),
+                latencies_ms: latencies_ms.clone(),
+                seconds: segments.seconds,
+                energy_j: segments.energy_j,
+                peak_rss_bytes: segments.peak_rss,
+                elapsed_s: earlier_s + started.elapsed().as_secs_f64(),
+            };
+            reports::io::write_json_atomic(&partial, &snapshot)
+                .with_context(|| format!("cannot save progress to {}", partial.display()))?;
+            saved = Instant::now();
+            region = Region::start(meter);
+        }
+    }
+    segments.add(region.stop());
     bar.finish_and_clear();
-    let (answers, timed) = answers_timed?;
+    let timed = Timed {
+        latencies_ms,
+        figures: segments.figures(),
+    };
     let profile = match &plan.profile {
         Some(_) => {
             // Tokens each example runs: its context once and every continuation (counted
@@ -118,10 +240,14 @@ pub(super) fn choice_cell(
             metrics: choice::score(set.scoring, &set.docs, &answers),
             n_truncated: 0,
             probe: None,
-            elapsed_s: started.elapsed().as_secs_f64(),
+            elapsed_s: earlier_s + started.elapsed().as_secs_f64(),
             cache_key: key,
             profile,
-            scored_by: None,
+            scored_by: (resumed > 0).then(|| {
+                format!(
+                    "batch-1 pass, resumed from a checkpoint after {resumed} of {n} examples (times and energy summed over both processes)"
+                )
+            }),
         },
         continuations: Vec::new(),
         answers,

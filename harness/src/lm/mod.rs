@@ -421,6 +421,12 @@ impl LmCells {
             };
             reports::io::write_json_atomic(&cell_path(&plan.out, name, role.name()), &cf)?;
             if pt.task.kind() == LmKind::Choice {
+                // The cell is saved: its progress file has served.
+                let partial = cell_path(&plan.out, name, &format!("{}.partial", role.name()));
+                if partial.exists() {
+                    std::fs::remove_file(&partial)
+                        .with_context(|| format!("cannot remove {}", partial.display()))?;
+                }
                 self.finished
                     .push((format!("{name}.{}", role.name()), cf.cell.cache_key.clone()));
             }

@@ -5,6 +5,10 @@
 //! On the command line it is `mock:NAME`, optionally with `:labels=a,b` (a classification head
 //! with those labels) and `:sharpness=X` (how peaked its next-token distributions are, so a
 //! "student" can differ from a "teacher"), e.g. `--teacher mock:t --student mock:s:sharpness=2`.
+//!
+//! For tests of interrupted runs, `HARNESS_MOCK_FAIL_AFTER=N` in the environment makes every
+//! mock fail its log-likelihood requests after the first N (an environment variable, not part
+//! of the spec, so that the cache key of the rerun is the same).
 
 use anyhow::{bail, Result};
 use reports::CheckpointInfo;
@@ -23,6 +27,9 @@ pub struct MockBackend {
     info: CheckpointInfo,
     labels: Option<Vec<String>>,
     sharpness: f32,
+    /// Log-likelihood requests answered so far, and after how many to fail.
+    answered: std::sync::atomic::AtomicUsize,
+    fail_after: Option<usize>,
 }
 
 impl MockBackend {
@@ -42,6 +49,10 @@ impl MockBackend {
             },
             labels,
             sharpness: 1.0,
+            answered: Default::default(),
+            fail_after: std::env::var("HARNESS_MOCK_FAIL_AFTER")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 
@@ -169,6 +180,12 @@ impl Backend for MockBackend {
             Request::Classify { inputs, .. } => Response::Rows(self.logits(task, inputs)?),
             Request::Embed { inputs, .. } => Response::Rows(self.embeddings(inputs)),
             Request::LogLikelihood { pairs, batch_size } => {
+                let n = self
+                    .answered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if self.fail_after.is_some_and(|limit| n >= limit) {
+                    bail!("mock: stopped after {n} requests (HARNESS_MOCK_FAIL_AFTER)");
+                }
                 Response::LogLikelihoods(loglikelihoods(self, pairs, batch_size)?)
             }
             Request::LogLikelihoodRolling { text, window } => {
