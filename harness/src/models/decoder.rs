@@ -188,12 +188,7 @@ impl DecoderBackend {
                 "gguf metadata",
             )
         };
-        let gguf_architecture = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_else(|| "llama".into());
+        let gguf_architecture = super::gguf::architecture(&content);
         let eos = super::gguf_tokenizer::special_ids(&content)
             .get("eos")
             .copied();

@@ -92,14 +92,19 @@ pub fn model_type(gguf_arch: &str) -> &str {
     }
 }
 
-/// Read the model settings from GGUF metadata (`ARCH.*` keys).
-fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
-    let arch = content
+/// A GGUF file's `general.architecture` (empty when it has none).
+pub fn architecture(content: &gguf_file::Content) -> String {
+    content
         .metadata
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())
         .cloned()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Read the model settings from GGUF metadata (`ARCH.*` keys).
+fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
+    let arch = architecture(content);
     if !ARCHITECTURES.contains(&arch.as_str()) {
         bail!(
             "GGUF architecture '{arch}' is not supported ({})",
@@ -234,12 +239,7 @@ fn open(path: &Path) -> Result<Opened> {
         .context("GGUF file has no token_embd.weight")?;
     let vocab = embd.shape.dims()[0];
     let mut cfg = config(&content, vocab)?;
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
+    let arch = architecture(&content);
     let mut vector = |name: &str| -> Result<Option<Vec<f32>>> {
         if !content.tensor_infos.contains_key(name) {
             return Ok(None);
