@@ -79,7 +79,9 @@ pub struct DecoderBackend {
     device: Device,
     /// Longest sequence the position embeddings allow (`None`: rotary, no hard limit).
     max_positions: Option<usize>,
-    eos: Option<u32>,
+    /// Tokens that end a generation: `eos_token_id`, one id or several (Llama 3 instruct and
+    /// Gemma 3 list their end-of-turn tokens too).
+    eos: Vec<u32>,
     /// Parameters outside the embedding lookups, for the 2N FLOPs-per-token estimate.
     matmul_parameters: u64,
 }
@@ -189,9 +191,11 @@ impl DecoderBackend {
             )
         };
         let gguf_architecture = super::gguf::architecture(&content);
-        let eos = super::gguf_tokenizer::special_ids(&content)
+        let eos: Vec<u32> = super::gguf_tokenizer::special_ids(&content)
             .get("eos")
-            .copied();
+            .copied()
+            .into_iter()
+            .collect();
         drop(f);
         let (model, _cfg) = if dequantize {
             super::gguf::load_llama_dequantized(file, device)?
@@ -294,10 +298,7 @@ impl DecoderBackend {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{}: cannot parse tokenizer", json.display()))?;
         super::check_tokenizer_fits(dir, &tokenizer, vocab)?;
-        let eos = raw
-            .get("eos_token_id")
-            .and_then(|v| v.as_u64())
-            .map(|v| v as u32);
+        let eos = eos_ids(raw.get("eos_token_id"));
         let embeddings = (vocab * hidden + max_positions.unwrap_or(0) * hidden) as u64;
         Ok(DecoderBackend {
             info: CheckpointInfo {
@@ -411,13 +412,13 @@ impl DecoderBackend {
         let decode_started = Instant::now();
         while tokens.len() < new_tokens {
             let last = *tokens.last().expect("one token");
-            if Some(last) == self.eos {
+            if self.eos.contains(&last) {
                 stopped_at_eos = true;
                 break;
             }
             tokens.push(step(&[last], &mut cache)?);
         }
-        if tokens.last().is_some_and(|t| Some(*t) == self.eos) {
+        if tokens.last().is_some_and(|t| self.eos.contains(t)) {
             stopped_at_eos = true;
         }
         let decode_s = decode_started.elapsed().as_secs_f64();
@@ -568,6 +569,19 @@ impl Backend for DecoderBackend {
     }
 }
 
+/// `eos_token_id` of a config: one id, or a list of them.
+fn eos_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Array(ids)) => ids
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        Some(x) => x.as_u64().map(|x| x as u32).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
 /// The hard position limit of a decoder at `path`, read from its `config.json` without loading
 /// weights (GPT-2's `n_positions`; Llama and GGUF files: none), so that both models of a pair
 /// can agree on a context length before either is loaded.
@@ -582,6 +596,18 @@ pub fn peek_max_positions(path: &Path) -> Result<Option<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eos_is_one_id_or_a_list() {
+        assert_eq!(eos_ids(Some(&serde_json::json!(2))), [2]);
+        // Llama 3 instruct: end of text, end of message, end of turn.
+        assert_eq!(
+            eos_ids(Some(&serde_json::json!([128001, 128008, 128009]))),
+            [128001, 128008, 128009]
+        );
+        assert!(eos_ids(Some(&serde_json::Value::Null)).is_empty());
+        assert!(eos_ids(None).is_empty());
+    }
 
     #[test]
     fn the_results_schema_knows_every_architecture() {
