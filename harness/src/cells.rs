@@ -65,12 +65,7 @@ pub fn weights_stamp(dir: &Path) -> Option<(u64, u64)> {
         Ok(Some(gguf)) => vec![gguf],
         _ => crate::models::find_weights(dir).ok()?.files,
     };
-    crate::models::WeightFile {
-        path: files[0].clone(),
-        is_safetensors: false,
-        files,
-    }
-    .stamp()
+    crate::models::checkpoint::files_stamp(&files)
 }
 
 /// `OUT/cells/<task>.<what>.json`: a role's cell (`teacher`, `student`) or a pair's file.

@@ -27,38 +27,48 @@ impl WeightFile {
     /// Bytes of every file holding tensors, and the newest modification time among them
     /// (seconds since the epoch): what changes when any shard is replaced.
     pub fn stamp(&self) -> Option<(u64, u64)> {
-        let mut bytes = 0;
-        let mut newest = 0;
-        for f in &self.files {
-            let m = std::fs::metadata(f).ok()?;
-            bytes += m.len();
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
-            newest = newest.max(mtime);
-        }
-        Some((bytes, newest))
+        files_stamp(&self.files)
     }
+}
+
+/// Total bytes of `files` and their newest modification time (seconds since the epoch);
+/// `None` when one cannot be read.
+pub fn files_stamp(files: &[PathBuf]) -> Option<(u64, u64)> {
+    let mut bytes = 0;
+    let mut newest = 0;
+    for f in files {
+        let m = std::fs::metadata(f).ok()?;
+        bytes += m.len();
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        newest = newest.max(mtime);
+    }
+    Some((bytes, newest))
+}
+
+/// The files a safetensors index's `weight_map` names, each once, in name order; `None`
+/// without a `weight_map`.
+pub fn shard_names(index: &serde_json::Value) -> Option<Vec<&str>> {
+    let map = index.get("weight_map")?.as_object()?;
+    let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    Some(names)
 }
 
 /// The shard files a safetensors index names (its `weight_map` values), each once, in name
 /// order; every one must be beside the index.
 pub fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
     let raw: serde_json::Value = read_json(index)?;
-    let map = raw
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .with_context(|| {
-            format!(
-                "{}: no weight_map; not a safetensors index",
-                index.display()
-            )
-        })?;
-    let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
+    let names = shard_names(&raw).with_context(|| {
+        format!(
+            "{}: no weight_map; not a safetensors index",
+            index.display()
+        )
+    })?;
     if names.is_empty() {
         bail!("{}: the weight_map names no files", index.display());
     }
@@ -126,30 +136,27 @@ pub fn find_weights(dir: &Path) -> Result<WeightFile> {
 }
 
 /// Count floating-point parameters of the tensors whose names start with one of `prefixes`
-/// (a multimodal checkpoint's language model), in safetensors files.
+/// (a multimodal checkpoint's language model).
 pub(crate) fn count_parameters_under(w: &WeightFile, prefixes: &[&str]) -> Result<u64> {
-    if !w.is_safetensors {
-        return count_parameters(w);
-    }
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&w.files)? };
-    Ok(st
-        .tensors()
-        .iter()
-        .filter(|(name, _)| prefixes.iter().any(|p| name.starts_with(p)))
-        .filter(|(_, v)| DType::try_from(v.dtype()).is_ok_and(|d| d.is_float()))
-        .map(|(_, v)| v.shape().iter().product::<usize>() as u64)
-        .sum())
+    count_float_parameters(w, &|name| prefixes.iter().any(|p| name.starts_with(p)))
 }
 
 /// Count floating-point parameters listed in a weight file (integer buffers such as BERT's
 /// `position_ids` are not parameters).
 pub(crate) fn count_parameters(w: &WeightFile) -> Result<u64> {
+    count_float_parameters(w, &|_| true)
+}
+
+/// Floating-point elements of the tensors whose names `keep` accepts, read from the files'
+/// headers (nothing is loaded).
+fn count_float_parameters(w: &WeightFile, keep: &dyn Fn(&str) -> bool) -> Result<u64> {
     let is_float = |d: DType| d.is_float();
     if w.is_safetensors {
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&w.files)? };
         Ok(st
             .tensors()
             .iter()
+            .filter(|(name, _)| keep(name))
             .filter(|(_, v)| DType::try_from(v.dtype()).map(is_float).unwrap_or(false))
             .map(|(_, v)| v.shape().iter().product::<usize>() as u64)
             .sum())
@@ -157,6 +164,7 @@ pub(crate) fn count_parameters(w: &WeightFile) -> Result<u64> {
         let infos = candle_core::pickle::read_pth_tensor_info(&w.path, false, None)?;
         Ok(infos
             .iter()
+            .filter(|i| keep(&i.name))
             .filter(|i| is_float(i.dtype))
             .map(|i| i.layout.shape().elem_count() as u64)
             .sum())

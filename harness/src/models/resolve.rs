@@ -393,14 +393,7 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)>
             if *name == "model.safetensors.index.json" {
                 // A sharded checkpoint: every shard the index names.
                 let raw: serde_json::Value = super::read_json(&path)?;
-                let mut shards: Vec<&str> = raw
-                    .get("weight_map")
-                    .and_then(|m| m.as_object())
-                    .map(|m| m.values().filter_map(|v| v.as_str()).collect())
-                    .unwrap_or_default();
-                shards.sort_unstable();
-                shards.dedup();
-                for shard in shards {
+                for shard in super::checkpoint::shard_names(&raw).unwrap_or_default() {
                     api_repo.get(shard).with_context(|| {
                         format!("downloading {shard} of '{repo}' from {endpoint}")
                     })?;
