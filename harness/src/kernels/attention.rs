@@ -84,9 +84,8 @@ impl candle_core::CustomOp2 for FusedAttention {
         let threads = candle_core::utils::get_num_threads().clamp(1, items.max(1));
         let per = items.div_ceil(threads);
         let out_ptr = out.as_mut_ptr() as usize;
-        // On rayon's running pool (no thread start per call), one job per thread's share.
-        use rayon::prelude::*;
-        (0..threads).into_par_iter().for_each(|t| {
+        // One job per thread's share, on the kernels' pool.
+        super::pool::for_each_job(threads, |t| {
             let mut scores = vec![0f32; s * s];
             for item in t * per..((t + 1) * per).min(items) {
                 let (bi, hi) = (item / self.heads, item % self.heads);

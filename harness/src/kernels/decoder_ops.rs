@@ -11,12 +11,12 @@
 //! order of a few sums; parity tests hold every family to transformers within 1e-4.
 
 use candle_core::{CpuStorage, Layout, Result, Shape};
-use rayon::prelude::*;
 
 use super::attention::strided_gemm;
 use super::ops::contiguous_f32;
+use super::pool::{for_each_chunk_mut, for_each_job};
 
-/// Rows per rayon job of the row-wise ops: below this a fork costs more than the work.
+/// Rows per job of the row-wise ops: below this a fork costs more than the work.
 const ROWS_PER_JOB: usize = 32;
 
 /// `x / sqrt(mean(x²) + eps) * weight` over the last dimension (`LlamaRMSNorm`), as one
@@ -49,17 +49,17 @@ impl candle_core::CustomOp2 for RmsNormOp {
         let mut out = vec![0f32; x.len()];
         let inv_n = 1.0 / width as f32;
         let eps = self.eps;
-        x.par_chunks(width * ROWS_PER_JOB)
-            .zip(out.par_chunks_mut(width * ROWS_PER_JOB))
-            .for_each(|(xs, ys)| {
-                for (x, y) in xs.chunks(width).zip(ys.chunks_mut(width)) {
-                    let mean = x.iter().map(|v| v * v).sum::<f32>() * inv_n;
-                    let r = (mean + eps).sqrt();
-                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-                        *y = x / r * w;
-                    }
+        let per_job = width * ROWS_PER_JOB;
+        for_each_chunk_mut(&mut out, per_job, |i, ys| {
+            let xs = &x[i * per_job..i * per_job + ys.len()];
+            for (x, y) in xs.chunks(width).zip(ys.chunks_mut(width)) {
+                let mean = x.iter().map(|v| v * v).sum::<f32>() * inv_n;
+                let r = (mean + eps).sqrt();
+                for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                    *y = x / r * w;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -106,24 +106,26 @@ impl candle_core::CustomOp3 for RopeOp {
             );
         }
         let mut out = x.to_vec();
-        out.par_chunks_mut(row).enumerate().for_each(|(r, y)| {
-            let p = r % seq;
-            let (c, s) = (
-                &cos[p * half..(p + 1) * half],
-                &sin[p * half..(p + 1) * half],
-            );
-            for head in y.chunks_mut(d) {
-                if self.interleaved {
-                    for i in 0..half {
-                        let (a, b) = (head[2 * i], head[2 * i + 1]);
-                        head[2 * i] = a * c[i] - b * s[i];
-                        head[2 * i + 1] = a * s[i] + b * c[i];
-                    }
-                } else {
-                    for i in 0..half {
-                        let (a, b) = (head[i], head[i + half]);
-                        head[i] = a * c[i] - b * s[i];
-                        head[i + half] = b * c[i] + a * s[i];
+        for_each_chunk_mut(&mut out, row * ROWS_PER_JOB, |i, rows| {
+            for (j, y) in rows.chunks_mut(row).enumerate() {
+                let p = (i * ROWS_PER_JOB + j) % seq;
+                let (c, s) = (
+                    &cos[p * half..(p + 1) * half],
+                    &sin[p * half..(p + 1) * half],
+                );
+                for head in y.chunks_mut(d) {
+                    if self.interleaved {
+                        for i in 0..half {
+                            let (a, b) = (head[2 * i], head[2 * i + 1]);
+                            head[2 * i] = a * c[i] - b * s[i];
+                            head[2 * i + 1] = a * s[i] + b * c[i];
+                        }
+                    } else {
+                        for i in 0..half {
+                            let (a, b) = (head[i], head[i + half]);
+                            head[i] = a * c[i] - b * s[i];
+                            head[i + half] = b * c[i] + a * s[i];
+                        }
                     }
                 }
             }
@@ -156,14 +158,16 @@ impl candle_core::CustomOp2 for SwiGluOp {
         }
         let mut out = vec![0f32; g.len()];
         const CHUNK: usize = 1 << 14;
-        out.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    // candle's silu: x / (1 + exp(-x)).
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
-            });
+        for_each_chunk_mut(&mut out, CHUNK, |i, o| {
+            let (g, u) = (
+                &g[i * CHUNK..i * CHUNK + o.len()],
+                &u[i * CHUNK..i * CHUNK + o.len()],
+            );
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                // candle's silu: x / (1 + exp(-x)).
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -229,7 +233,7 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
         let threads = candle_core::utils::get_num_threads().clamp(1, items.max(1));
         let per = items.div_ceil(threads);
         let out_ptr = out.as_mut_ptr() as usize;
-        (0..threads).into_par_iter().for_each(|th| {
+        for_each_job(threads, |th| {
             let mut scores = vec![0f32; s * t];
             for item in th * per..((th + 1) * per).min(items) {
                 let (bi, hi) = (item / h, item % h);

@@ -10,6 +10,8 @@ pub mod attention;
 pub mod decoder_ops;
 pub mod dispatch;
 pub mod isa;
+pub mod norm;
 pub mod ops;
+pub mod pool;
 pub mod qgemm;
 pub mod sgemm;

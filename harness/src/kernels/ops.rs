@@ -1,6 +1,6 @@
 //! candle custom ops around the kernels: the fast exact GELU, rounding to Q8_0 blocks, and a
 //! packed weight as a linear-layer op, with the helpers they share (a contiguous f32 input,
-//! an element-wise map over rayon's threads).
+//! an element-wise map over the kernels' pool).
 
 use candle_core::{DType, Result, Tensor};
 
@@ -88,7 +88,7 @@ pub(super) fn contiguous_f32<'a>(
 
 /// An element-wise custom op on the CPU: `f` maps each `chunk`-long stretch of the contiguous
 /// f32 input to the same stretch of a new output of the same shape, stretches spread over
-/// rayon's threads.
+/// the kernels' pool.
 fn map_chunks_parallel(
     storage: &candle_core::CpuStorage,
     layout: &candle_core::Layout,
@@ -96,18 +96,17 @@ fn map_chunks_parallel(
     chunk: usize,
     f: impl Fn(&[f32], &mut [f32]) + Sync,
 ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-    use rayon::prelude::*;
     let src = contiguous_f32(storage, layout, op)?;
     let mut dst = vec![0f32; src.len()];
-    src.par_chunks(chunk)
-        .zip(dst.par_chunks_mut(chunk))
-        .for_each(|(s, d)| f(s, d));
+    super::pool::for_each_chunk_mut(&mut dst, chunk, |i, d| {
+        f(&src[i * chunk..i * chunk + d.len()], d)
+    });
     Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
 }
 
 /// Round f32 values (rows a multiple of 32 wide) to what Q8_0 blocks hold, exactly as
 /// candle's `BlockQ8_0::from_float` then `to_float` do (`d = amax / 127` stored as f16,
-/// `q = round(x / d)`, value `q * d`), in one pass over rayon's threads instead of candle's
+/// `q = round(x / d)`, value `q * d`), in one pass over the kernels' pool instead of candle's
 /// single-threaded quantize into blocks and dequantize out of them.
 pub(crate) struct RoundToQ8_0;
 

@@ -513,7 +513,7 @@ type RoundingChunk<'a> = (
 );
 
 /// Round input rows (their width a multiple of [`QK`], as the weight's `k` is) to Q8_0 blocks
-/// exactly as candle's `BlockQ8_0::from_float` does, spread over rayon's threads. With
+/// exactly as candle's `BlockQ8_0::from_float` does, spread over the kernels' pool. With
 /// `as_bytes`, the values are also given as bytes `q + as_bytes` (for the VNNI kernels).
 fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> QuantizedRows {
     let blocks = x.len() / QK;
@@ -568,11 +568,10 @@ fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> Quantized
         );
     if blocks <= CHUNK {
         // Small inputs (a batch-1 token, a short sentence) stay on the calling thread: handing
-        // one chunk to rayon's pool and waiting costs more than rounding it.
+        // one chunk to the pool and waiting costs more than rounding it.
         chunks.for_each(chunk);
     } else {
-        use rayon::prelude::*;
-        chunks.collect::<Vec<_>>().into_par_iter().for_each(chunk);
+        super::pool::for_each_item(chunks.collect(), chunk);
     }
     rows
 }

@@ -451,16 +451,9 @@ pub(super) fn split_jobs(
     }
 }
 
-/// Run `jobs`, on rayon's pool when there is more than one: the threads candle's own GEMM
-/// uses, already running, so a product costs no thread start and the cores are not
-/// oversubscribed.
+/// Run `jobs` on the kernels' pool ([`super::pool`]), the calling thread taking one.
 pub(super) fn run_jobs(jobs: Vec<Job>, run: impl Fn(Job) + Sync + Send) {
-    if jobs.len() == 1 {
-        jobs.into_iter().for_each(run);
-    } else {
-        use rayon::prelude::*;
-        jobs.into_par_iter().for_each(run);
-    }
+    super::pool::for_each_job(jobs.len(), |i| run(jobs[i].clone()));
 }
 
 /// Copy rows `m0..m0 + mc`, columns `k0..k0 + kc` of `x` (row length `k`) into tiles of

@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 
 use super::linear::Lin;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::checkpoint::head_label_names;
 use super::encoder::{BuildError, Built, EncoderArch};
 use super::linear;
-use super::nn::{self, Activation};
+use super::nn::{self, Activation, LayerNorm};
 use super::EncoderNet;
 use crate::profile::flops::EncoderDims;
 
@@ -146,10 +146,10 @@ impl BertLayer {
         let ctx = nn::self_attention(&self.qkv.forward(x)?, self.heads, mask_bias)?;
         let x = self
             .attention_norm
-            .forward(&(self.attention_output.forward(&ctx)? + x)?)?;
+            .forward_residual(&self.attention_output.forward(&ctx)?, x)?;
         let inner = linear::dense_act(&self.intermediate, self.act, &x)?;
         self.output_norm
-            .forward(&(self.output.forward(&inner)? + x)?)
+            .forward_residual(&self.output.forward(&inner)?, &x)
     }
 }
 

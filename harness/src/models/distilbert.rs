@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 
 use super::linear::Lin;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::checkpoint::head_label_names;
 use super::encoder::{BuildError, Built, EncoderArch};
 use super::linear;
-use super::nn::{self, Activation};
+use super::nn::{self, Activation, LayerNorm};
 use super::EncoderNet;
 use crate::profile::flops::EncoderDims;
 
@@ -75,10 +75,10 @@ impl TransformerBlock {
         let ctx = nn::self_attention(&self.qkv.forward(x)?, self.heads, mask_bias)?;
         let x = self
             .sa_layer_norm
-            .forward(&(self.out_lin.forward(&ctx)? + x)?)?;
+            .forward_residual(&self.out_lin.forward(&ctx)?, x)?;
         let inner = linear::dense_act(&self.lin1, self.act, &x)?;
         self.output_layer_norm
-            .forward(&(self.lin2.forward(&inner)? + x)?)
+            .forward_residual(&self.lin2.forward(&inner)?, &x)
     }
 }
 

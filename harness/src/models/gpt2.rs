@@ -8,13 +8,13 @@
 //! uses, so one quantization path serves all ports.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::decoder::{BuiltDecoder, DecoderArch, DecoderNet};
 use super::encoder::BuildError;
 use super::linear::Lin;
-use super::nn::{self, Activation, KvCache};
+use super::nn::{self, Activation, KvCache, LayerNorm};
 
 fn default_act() -> String {
     "gelu_new".into()

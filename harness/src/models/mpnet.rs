@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 
 use super::linear::Lin;
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::checkpoint::head_label_names;
 use super::encoder::{BuildError, Built, EncoderArch};
 use super::linear;
-use super::nn::{self, Activation};
+use super::nn::{self, Activation, LayerNorm};
 use super::EncoderNet;
 use crate::profile::flops::EncoderDims;
 
@@ -116,10 +116,12 @@ impl MpnetLayer {
     fn forward(&self, x: &Tensor, mask_bias: &Tensor, position_bias: &Tensor) -> Result<Tensor> {
         let (q, k, v) = nn::split3(&self.qkv.forward(x)?)?;
         let ctx = nn::attention(&q, &k, &v, self.heads, mask_bias, Some(position_bias))?;
-        let x = self.attention_norm.forward(&(self.o.forward(&ctx)? + x)?)?;
+        let x = self
+            .attention_norm
+            .forward_residual(&self.o.forward(&ctx)?, x)?;
         let inner = linear::dense_act(&self.intermediate, self.act, &x)?;
         self.output_norm
-            .forward(&(self.output.forward(&inner)? + x)?)
+            .forward_residual(&self.output.forward(&inner)?, &x)
     }
 }
 

@@ -2,10 +2,12 @@
 //! the current (`weight`/`bias`) and the original TF-converted (`gamma`/`beta`) tensor names,
 //! additive attention masks, the KV cache, multi-head attention and pooling.
 
+use candle_core::Module;
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::kernels::attention::FusedAttention;
+use crate::kernels::norm::AddLayerNorm;
 use crate::kernels::ops::FastGeluErf;
 
 /// Activation functions named by `hidden_act` / `activation` in `config.json`.
@@ -53,7 +55,64 @@ pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     // The hints only matter for random weights (a VarMap): identity scale, zero shift.
     let weight = vb.get_with_hints(size, w, candle_nn::Init::Const(1.0))?;
     let bias = vb.get_with_hints(size, b, candle_nn::Init::Const(0.0))?;
-    Ok(LayerNorm::new(weight, bias, eps))
+    LayerNorm::new(weight, bias, eps)
+}
+
+/// candle's LayerNorm, run on the CPU by [`AddLayerNorm`] (the same arithmetic in one pass on
+/// the kernels' pool), which also takes the residual a post-norm layer adds just before it.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    candle: candle_nn::LayerNorm,
+    /// The scale and shift as f32 values when the weights live on the CPU in f32.
+    cpu: Option<(Vec<f32>, Vec<f32>)>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
+        let cpu = if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            Some((
+                weight.flatten_all()?.to_vec1::<f32>()?,
+                bias.flatten_all()?.to_vec1::<f32>()?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            candle: candle_nn::LayerNorm::new(weight, bias, eps),
+            cpu,
+            eps: eps as f32,
+        })
+    }
+
+    /// `LayerNorm(x + residual)`.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match self.fused(x) {
+            Some(op) => x
+                .contiguous()?
+                .apply_op2_no_bwd(&residual.contiguous()?, &op),
+            None => self.candle.forward(&(x + residual)?),
+        }
+    }
+
+    /// The fused op, where it applies to `x`.
+    fn fused(&self, x: &Tensor) -> Option<AddLayerNorm<'_>> {
+        let (weight, bias) = self.cpu.as_ref()?;
+        (x.device().is_cpu() && x.dtype() == DType::F32).then_some(AddLayerNorm {
+            weight,
+            bias,
+            eps: self.eps,
+        })
+    }
+}
+
+impl candle_core::Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.fused(x) {
+            Some(op) => x.contiguous()?.apply_op1_no_bwd(&op),
+            None => self.candle.forward(x),
+        }
+    }
 }
 
 /// Split a fused `(batch, seq, 3h)` projection into its three `(batch, seq, h)` parts.

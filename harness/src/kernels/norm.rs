@@ -1,0 +1,157 @@
+//! LayerNorm over the last dimension, with the residual that precedes it in a post-norm
+//! encoder layer (`LayerNorm(x + residual)`, BERT's `BertSelfOutput` and `BertOutput`)
+//! added in the same pass.
+//!
+//! candle 0.11 runs the add on its barrier pool and the LayerNorm as rayon jobs of one row
+//! each, which the calling thread sleeps through: two hand-offs between pools and an extra
+//! tensor per norm, at every layer (issue 16). Here both are one pass per row on the kernels'
+//! pool. The arithmetic is candle's, operation for operation (`candle-nn/src/ops.rs`,
+//! `LayerNorm::cpu_fwd`: one pass for the sum and the sum of squares, `var = E[x²] - mean²`),
+//! so outputs are bit-identical to `candle_nn::LayerNorm::forward(&(x + residual))`.
+
+use candle_core::{CpuStorage, Layout, Result, Shape};
+
+use super::ops::contiguous_f32;
+use super::pool::for_each_chunk_mut;
+
+/// Values per job: below this a hand-off costs more than the rows.
+const VALUES_PER_JOB: usize = 1 << 14;
+
+/// `LayerNorm(x)`: `x.apply_op1_no_bwd(&op)`, or `LayerNorm(x + residual)`:
+/// `x.apply_op2_no_bwd(&residual, &op)` (same shape, both contiguous f32).
+pub struct AddLayerNorm<'a> {
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    pub eps: f32,
+}
+
+impl AddLayerNorm<'_> {
+    fn run(&self, x: &[f32], residual: Option<&[f32]>, shape: &Shape) -> Result<CpuStorage> {
+        let width = self.weight.len();
+        if shape.dims().last() != Some(&width) || self.bias.len() != width || width == 0 {
+            candle_core::bail!(
+                "layer-norm: weight of {width} and bias of {} for inputs of shape {shape:?}",
+                self.bias.len()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        let rows_per_job = VALUES_PER_JOB.div_ceil(width);
+        let per_job = rows_per_job * width;
+        let (w, b, eps, n) = (self.weight, self.bias, self.eps, width as f32);
+        for_each_chunk_mut(&mut out, per_job, |i, ys| {
+            let start = i * per_job;
+            let xs = &x[start..start + ys.len()];
+            match residual {
+                Some(r) => {
+                    let rs = &r[start..start + ys.len()];
+                    for ((y, &x), &r) in ys.iter_mut().zip(xs).zip(rs) {
+                        *y = x + r;
+                    }
+                }
+                None => ys.copy_from_slice(xs),
+            }
+            for y in ys.chunks_exact_mut(width) {
+                let (mut sum, mut sum2) = (0f32, 0f32);
+                for &v in y.iter() {
+                    sum += v;
+                    sum2 += v * v;
+                }
+                let mean = sum / n;
+                let var = sum2 / n - mean * mean;
+                let inv_std = (var + eps).sqrt().recip();
+                for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
+                    *y = (*y - mean) * inv_std * w + b;
+                }
+            }
+        });
+        Ok(CpuStorage::F32(out))
+    }
+}
+
+impl candle_core::CustomOp1 for AddLayerNorm<'_> {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        Ok((self.run(x, None, l1.shape())?, l1.shape().clone()))
+    }
+}
+
+impl candle_core::CustomOp2 for AddLayerNorm<'_> {
+    fn name(&self) -> &'static str {
+        "add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "add-layer-norm: input {:?}, residual {:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let r = contiguous_f32(s2, l2, self.name())?;
+        Ok((self.run(x, Some(r), l1.shape())?, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::linear::tests::matrix;
+    use candle_core::{Module, Tensor};
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn matches_candles_add_then_layer_norm_bit_for_bit() {
+        // One row, a few rows in one job, and rows over several jobs (the last one short).
+        for (rows, width) in [(1, 384), (7, 768), (100, 384), (45, 1000)] {
+            let x = (matrix(rows, width, 3) * 4.0).unwrap();
+            let r = (matrix(rows, width, 4) + 0.5).unwrap();
+            let w = (matrix(1, width, 5).squeeze(0).unwrap() + 1.0).unwrap();
+            let b = matrix(1, width, 6).squeeze(0).unwrap();
+            let candle = candle_nn::LayerNorm::new(w.clone(), b.clone(), 1e-12);
+            let (wv, bv) = (w.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+            let op = AddLayerNorm {
+                weight: &wv,
+                bias: &bv,
+                eps: 1e-12,
+            };
+            let want = candle.forward(&(&x + &r).unwrap()).unwrap();
+            let got = x.apply_op2_no_bwd(&r, &op).unwrap();
+            assert_eq!(bits(&got), bits(&want), "{rows} x {width} with a residual");
+            let want = candle.forward(&x).unwrap();
+            let got = x.apply_op1_no_bwd(&op).unwrap();
+            assert_eq!(bits(&got), bits(&want), "{rows} x {width} alone");
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_refused_by_name() {
+        let (w, b) = (vec![1f32; 8], vec![0f32; 8]);
+        let op = AddLayerNorm {
+            weight: &w,
+            bias: &b,
+            eps: 1e-5,
+        };
+        let err = matrix(2, 6, 1).apply_op1_no_bwd(&op).unwrap_err();
+        assert!(err.to_string().contains("weight of 8"), "{err}");
+        let err = matrix(2, 8, 1)
+            .apply_op2_no_bwd(&matrix(3, 8, 2), &op)
+            .unwrap_err();
+        assert!(err.to_string().contains("residual"), "{err}");
+    }
+}
