@@ -47,6 +47,11 @@ pub(super) unsafe fn strided_gemm(
     )
 }
 
+thread_local! {
+    /// Each thread's buffer for one head's scores, kept for its next job.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Scaled dot-product attention for every (sequence, head) pair without reshaping copies:
 /// the GEMM reads each head's queries, keys and values straight out of the fused projection
 /// through strides, scores stay in a per-head buffer (scale applied by the GEMM, padding bias
@@ -81,13 +86,15 @@ impl candle_core::CustomOp2 for FusedAttention {
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0f32; b * s * h];
         let items = b * self.heads;
-        let threads = candle_core::utils::get_num_threads().clamp(1, items.max(1));
-        let per = items.div_ceil(threads);
         let out_ptr = out.as_mut_ptr() as usize;
-        // One job per thread's share, on the kernels' pool.
-        super::pool::for_each_job(threads, |t| {
-            let mut scores = vec![0f32; s * s];
-            for item in t * per..((t + 1) * per).min(items) {
+        // One job per (sequence, head), taken in turn by the pool's threads, each with its
+        // own score buffer.
+        super::pool::for_each_job(items, |item| {
+            SCORES.with_borrow_mut(|scores| {
+                if scores.len() < s * s {
+                    scores.resize(s * s, 0.0);
+                }
+                let scores = &mut scores[..s * s];
                 let (bi, hi) = (item / self.heads, item % self.heads);
                 let base = qkv[bi * s * h3..].as_ptr();
                 // SAFETY: offsets stay inside this sequence's rows of qkv; every
@@ -122,7 +129,7 @@ impl candle_core::CustomOp2 for FusedAttention {
                     let dst = (out_ptr as *mut f32).add(bi * s * h + hi * d);
                     strided_gemm(s, d, s, dst, h, scores.as_ptr(), s, v, 1, h3, 1.0);
                 }
-            }
+            })
         });
         Ok((
             candle_core::CpuStorage::F32(out),

@@ -230,7 +230,7 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
         let groups = h / kvh;
         let mut out = vec![0f32; b * s * qw];
         let items = b * h;
-        let threads = candle_core::utils::get_num_threads().clamp(1, items.max(1));
+        let threads = super::pool::threads().clamp(1, items.max(1));
         let per = items.div_ceil(threads);
         let out_ptr = out.as_mut_ptr() as usize;
         for_each_job(threads, |th| {

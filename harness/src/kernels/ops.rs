@@ -193,7 +193,7 @@ impl candle_core::CustomOp1 for PackedLinear<'_> {
             m,
             self.bias,
             &mut out,
-            candle_core::utils::get_num_threads(),
+            super::pool::threads(),
             self.epilogue,
         );
         let mut shape = dims.to_vec();

@@ -57,7 +57,7 @@ pub fn collect(device: &str) -> Environment {
             .unwrap_or_else(|| std::env::consts::ARCH.to_string()),
         cpu_flags: flags,
         logical_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        threads_used: candle_core::utils::get_num_threads(),
+        threads_used: crate::kernels::pool::threads(),
         memory_bytes,
         os: format!(
             "{} {}",
