@@ -8,6 +8,9 @@
 #   scripts/bench-vs-ort.sh [--shapes 1x128,8x128,32x128] [--rounds 3] [--models bert-base,distilbert]
 #                           [--quantize q8_0]   (the harness side quantized; ORT stays f32)
 #                           [--ort-int8]        (also ORT's own dynamic int8 model)
+#
+# HARNESS=path/to/harness runs that binary instead of building this tree (another commit's,
+# for a before/after on the same host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then
@@ -17,5 +20,8 @@ if [[ -z "${PYTHON:-}" ]]; then
     fi
     PYTHON=target/bench-venv/bin/python
 fi
-cargo build --release -p harness
-exec "$PYTHON" scripts/bench_vs_ort.py --harness target/release/harness "$@"
+if [[ -z "${HARNESS:-}" ]]; then
+    cargo build --release -p harness
+    HARNESS=target/release/harness
+fi
+exec "$PYTHON" scripts/bench_vs_ort.py --harness "$HARNESS" "$@"

@@ -8,6 +8,9 @@
 # PYTHON is not given).
 #
 #   scripts/minilm-sts-vs-ort.sh [--threads 2]
+#
+# HARNESS=path/to/harness runs that binary instead of building this tree (another commit's,
+# for a before/after on the same host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=2
@@ -19,7 +22,10 @@ if [[ -z "${PYTHON:-}" ]]; then
     target/bench-venv/bin/pip install -q numpy safetensors onnx onnxruntime tokenizers
     PYTHON=target/bench-venv/bin/python
 fi
-cargo build --release -p harness
+if [[ -z "${HARNESS:-}" ]]; then
+    cargo build --release -p harness
+    HARNESS=target/release/harness
+fi
 W=target/minilm-vs-ort
 mkdir -p "$W"
 L6=../shared/models/all-MiniLM-L6-v2
@@ -31,7 +37,7 @@ for m in "$L6" "$L3"; do
         --threads "$THREADS" --json "$W/ort-$(basename "$m").json" >/dev/null
 done
 rm -rf "$W/harness"
-RAYON_NUM_THREADS="$THREADS" target/release/harness run --teacher "$L6" --student "$L3" --task stsb \
+RAYON_NUM_THREADS="$THREADS" "$HARNESS" run --teacher "$L6" --student "$L3" --task stsb \
     --data-dir "$DATA" --out "$W/harness" --quiet >/dev/null
 "$PYTHON" - "$W" <<'PY'
 import json, os, sys
