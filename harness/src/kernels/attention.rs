@@ -52,6 +52,17 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Run `f` on this thread's score buffer, `len` long (its values are left from the thread's
+/// last job: every user writes all of it before reading).
+pub(super) fn with_scores<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCORES.with_borrow_mut(|scores| {
+        if scores.len() < len {
+            scores.resize(len, 0.0);
+        }
+        f(&mut scores[..len])
+    })
+}
+
 /// Scaled dot-product attention for every (sequence, head) pair without reshaping copies:
 /// the GEMM reads each head's queries, keys and values straight out of the fused projection
 /// through strides, scores stay in a per-head buffer (scale applied by the GEMM, padding bias
@@ -90,11 +101,7 @@ impl candle_core::CustomOp2 for FusedAttention {
         // One job per (sequence, head), taken in turn by the pool's threads, each with its
         // own score buffer.
         super::pool::for_each_job(items, |item| {
-            SCORES.with_borrow_mut(|scores| {
-                if scores.len() < s * s {
-                    scores.resize(s * s, 0.0);
-                }
-                let scores = &mut scores[..s * s];
+            with_scores(s * s, |scores| {
                 let (bi, hi) = (item / self.heads, item % self.heads);
                 let base = qkv[bi * s * h3..].as_ptr();
                 // SAFETY: offsets stay inside this sequence's rows of qkv; every

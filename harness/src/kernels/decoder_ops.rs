@@ -12,7 +12,7 @@
 
 use candle_core::{CpuStorage, Layout, Result, Shape};
 
-use super::attention::strided_gemm;
+use super::attention::{strided_gemm, with_scores};
 use super::ops::contiguous_f32;
 use super::pool::{for_each_chunk_mut, for_each_job};
 
@@ -230,12 +230,10 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
         let groups = h / kvh;
         let mut out = vec![0f32; b * s * qw];
         let items = b * h;
-        let threads = super::pool::threads().clamp(1, items.max(1));
-        let per = items.div_ceil(threads);
         let out_ptr = out.as_mut_ptr() as usize;
-        for_each_job(threads, |th| {
-            let mut scores = vec![0f32; s * t];
-            for item in th * per..((th + 1) * per).min(items) {
+        // One job per (sequence, head), taken in turn by the pool's threads.
+        for_each_job(items, |item| {
+            with_scores(s * t, |scores| {
                 let (bi, hi) = (item / h, item % h);
                 let g = hi / groups;
                 let valid = self.key_valid.map(|m| &m[bi * t..(bi + 1) * t]);
@@ -289,7 +287,7 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
                     let dst = (out_ptr as *mut f32).add(bi * s * qw + hi * d);
                     strided_gemm(s, d, t, dst, qw, scores.as_ptr(), t, vp, 1, kw, 1.0);
                 }
-            }
+            })
         });
         Ok((CpuStorage::F32(out), Shape::from((b, s, qw))))
     }
