@@ -43,6 +43,11 @@ pub fn threads() -> usize {
 /// Run `f(i)` for every `i` in `0..jobs`, spread over the pool's threads; returns when all
 /// have run. One job runs on the calling thread without any hand-off.
 pub fn for_each_job(jobs: usize, f: impl Fn(usize) + Sync + Send) {
+    for_each_job_on(pool(), jobs, f)
+}
+
+/// [`for_each_job`] on the given pool.
+fn for_each_job_on(pool: Pool, jobs: usize, f: impl Fn(usize) + Sync + Send) {
     if jobs == 1 || IN_JOB.get() {
         // One job, or a job of this pool asking for more: the calling thread runs them (the
         // pool is busy with the outer call, and candle's pool admits one call at a time).
@@ -53,7 +58,7 @@ pub fn for_each_job(jobs: usize, f: impl Fn(usize) + Sync + Send) {
         let _flag = InJob(IN_JOB.replace(true));
         f(i)
     };
-    match pool() {
+    match pool {
         // Each thread, the caller included, takes the next jobs until none is left.
         Pool::Barrier => {
             candle_core::utils::barrier_pool().execute_chunked(jobs, |range| range.for_each(&job))
@@ -133,16 +138,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_job_runs_once() {
-        for jobs in [0, 1, 2, 3, 17, 100] {
-            let hits: Vec<AtomicUsize> = (0..jobs).map(|_| AtomicUsize::new(0)).collect();
-            for_each_job(jobs, |i| {
-                hits[i].fetch_add(1, Ordering::Relaxed);
-            });
-            assert!(
-                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
-                "{jobs} jobs"
-            );
+    fn every_job_runs_once_on_either_pool() {
+        for pool in [Pool::Barrier, Pool::Rayon] {
+            for jobs in [0, 1, 2, 3, 17, 100] {
+                let hits: Vec<AtomicUsize> = (0..jobs).map(|_| AtomicUsize::new(0)).collect();
+                for_each_job_on(pool, jobs, |i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                let once = hits.iter().all(|h| h.load(Ordering::Relaxed) == 1);
+                assert!(once, "{jobs} jobs on {pool:?}");
+            }
         }
     }
 
@@ -168,12 +173,14 @@ mod tests {
 
     #[test]
     fn nested_use_runs_inline_instead_of_deadlocking() {
-        let total = AtomicUsize::new(0);
-        for_each_job(4, |_| {
-            for_each_job(4, |_| {
-                total.fetch_add(1, Ordering::Relaxed);
-            })
-        });
-        assert_eq!(total.into_inner(), 16);
+        for pool in [Pool::Barrier, Pool::Rayon] {
+            let total = AtomicUsize::new(0);
+            for_each_job_on(pool, 4, |_| {
+                for_each_job_on(pool, 4, |_| {
+                    total.fetch_add(1, Ordering::Relaxed);
+                })
+            });
+            assert_eq!(total.into_inner(), 16, "{pool:?}");
+        }
     }
 }
