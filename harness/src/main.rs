@@ -196,7 +196,7 @@ fn main() -> ExitCode {
     harness::logging::init(cli.verbose);
     tracing::debug!(args = ?std::env::args().collect::<Vec<_>>(), version = env!("HARNESS_VERSION_LINE"), "harness started");
     // A bad kernel setting is refused before any work, not at the first product.
-    if let Err(e) = harness::kernels::isa::check_env() {
+    if let Err(e) = harness::kernels::check_env() {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_ERROR);
     }

@@ -531,31 +531,41 @@ fn a_bad_mock_option_is_refused_before_anything_runs() {
 }
 
 #[test]
-fn an_unknown_kernel_level_is_refused_before_anything_runs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let o = common::harness(
-        &[
-            "run",
-            "--teacher",
-            "mock:t",
-            "--student",
-            "mock:s",
-            "--task",
-            "sst2",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[("HARNESS_KERNELS", "avx1024")],
-    );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(!out.exists());
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(
-        err.contains("HARNESS_KERNELS=\"avx1024\" is not a kernel level: use `avx2`"),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err}");
+fn an_unknown_kernel_setting_is_refused_before_anything_runs() {
+    for (var, value, want) in [
+        (
+            "HARNESS_KERNELS",
+            "avx1024",
+            "HARNESS_KERNELS=\"avx1024\" is not a kernel level: use `avx2`",
+        ),
+        (
+            "HARNESS_POOL",
+            "rayn",
+            "HARNESS_POOL=\"rayn\" is not a pool: use `rayon`",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let o = common::harness(
+            &[
+                "run",
+                "--teacher",
+                "mock:t",
+                "--student",
+                "mock:s",
+                "--task",
+                "sst2",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[(var, value)],
+        );
+        assert_eq!(o.status.code(), Some(2), "{var}");
+        assert!(!out.exists(), "{var}");
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(err.contains(want), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 }
 
 /// ARC-layout questions whose mock answers are known: after "Answer:" (token 53) the mock

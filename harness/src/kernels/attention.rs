@@ -52,15 +52,9 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Run `f` on this thread's score buffer, `len` long (its values are left from the thread's
-/// last job: every user writes all of it before reading).
+/// Run `f` on this thread's score buffer, `len` long ([`super::pool::with_scratch`]).
 pub(super) fn with_scores<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCORES.with_borrow_mut(|scores| {
-        if scores.len() < len {
-            scores.resize(len, 0.0);
-        }
-        f(&mut scores[..len])
-    })
+    super::pool::with_scratch(&SCORES, len, f)
 }
 
 /// Scaled dot-product attention for every (sequence, head) pair without reshaping copies:

@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, Layout, Result, Shape};
 
 use super::attention::{strided_gemm, with_scores};
-use super::ops::contiguous_f32;
+use super::ops::{contiguous_f32, map_chunks_parallel};
 use super::pool::{for_each_chunk_mut, for_each_job};
 
 /// Rows per job of the row-wise ops: below this a fork costs more than the work.
@@ -37,7 +37,6 @@ impl candle_core::CustomOp2 for RmsNormOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
         let width = w.len();
         if l1.shape().dims().last() != Some(&width) {
@@ -46,12 +45,9 @@ impl candle_core::CustomOp2 for RmsNormOp {
                 l1.shape()
             );
         }
-        let mut out = vec![0f32; x.len()];
         let inv_n = 1.0 / width as f32;
         let eps = self.eps;
-        let per_job = width * ROWS_PER_JOB;
-        for_each_chunk_mut(&mut out, per_job, |i, ys| {
-            let xs = &x[i * per_job..i * per_job + ys.len()];
+        map_chunks_parallel(s1, l1, self.name(), width * ROWS_PER_JOB, |xs, ys| {
             for (x, y) in xs.chunks(width).zip(ys.chunks_mut(width)) {
                 let mean = x.iter().map(|v| v * v).sum::<f32>() * inv_n;
                 let r = (mean + eps).sqrt();
@@ -59,8 +55,7 @@ impl candle_core::CustomOp2 for RmsNormOp {
                     *y = x / r * w;
                 }
             }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        })
     }
 }
 

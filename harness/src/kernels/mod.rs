@@ -15,3 +15,10 @@ pub mod ops;
 pub mod pool;
 pub mod qgemm;
 pub mod sgemm;
+
+/// Check the kernels' environment settings (`HARNESS_KERNELS`, `HARNESS_POOL`) up front, so a
+/// bad value is a clear error before any work rather than a panic at the first product.
+pub fn check_env() -> Result<(), String> {
+    isa::check_env()?;
+    pool::check_env()
+}

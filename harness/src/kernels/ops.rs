@@ -89,7 +89,7 @@ pub(super) fn contiguous_f32<'a>(
 /// An element-wise custom op on the CPU: `f` maps each `chunk`-long stretch of the contiguous
 /// f32 input to the same stretch of a new output of the same shape, stretches spread over
 /// the kernels' pool.
-fn map_chunks_parallel(
+pub(super) fn map_chunks_parallel(
     storage: &candle_core::CpuStorage,
     layout: &candle_core::Layout,
     op: &str,

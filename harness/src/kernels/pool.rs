@@ -23,12 +23,29 @@ pub enum Pool {
     Rayon,
 }
 
-/// The pool of this process, read once from `HARNESS_POOL`.
+/// A value of `HARNESS_POOL` read: unset, empty or `barrier` for candle's barrier pool,
+/// `rayon` for rayon's, or an error naming the choices.
+fn parse_pool(value: Option<&str>) -> Result<Pool, String> {
+    match value {
+        None | Some("") | Some("barrier") => Ok(Pool::Barrier),
+        Some("rayon") => Ok(Pool::Rayon),
+        Some(other) => Err(format!(
+            "HARNESS_POOL={other:?} is not a pool: use `rayon` (or leave it unset for the \
+             shared barrier pool)"
+        )),
+    }
+}
+
+/// Check `HARNESS_POOL` up front, so a bad value is a clear error before any work.
+pub fn check_env() -> Result<(), String> {
+    parse_pool(std::env::var("HARNESS_POOL").ok().as_deref()).map(|_| ())
+}
+
+/// The pool of this process, read once from `HARNESS_POOL` (the CLI has checked it by then).
 pub fn pool() -> Pool {
     static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
-    *POOL.get_or_init(|| match std::env::var("HARNESS_POOL").as_deref() {
-        Ok("rayon") => Pool::Rayon,
-        _ => Pool::Barrier,
+    *POOL.get_or_init(|| {
+        parse_pool(std::env::var("HARNESS_POOL").ok().as_deref()).unwrap_or_else(|e| panic!("{e}"))
     })
 }
 
@@ -82,6 +99,22 @@ impl Drop for InJob {
     fn drop(&mut self) {
         IN_JOB.set(self.0)
     }
+}
+
+/// Run `f` on `len` values of one of this thread's scratch buffers, grown as needed and kept
+/// for the thread's next job instead of allocated and zeroed for each. The values are left
+/// from earlier use: every user writes what it reads.
+pub fn with_scratch<R>(
+    buffer: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    buffer.with_borrow_mut(|b| {
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+        f(&mut b[..len])
+    })
 }
 
 /// Run `f(i, chunk)` for every `chunk`-long stretch `i` of `dst` (the last may be shorter),
@@ -149,6 +182,19 @@ mod tests {
                 assert!(once, "{jobs} jobs on {pool:?}");
             }
         }
+    }
+
+    #[test]
+    fn pool_settings_are_read_or_refused_by_name() {
+        assert_eq!(parse_pool(None), Ok(Pool::Barrier));
+        assert_eq!(parse_pool(Some("")), Ok(Pool::Barrier));
+        assert_eq!(parse_pool(Some("barrier")), Ok(Pool::Barrier));
+        assert_eq!(parse_pool(Some("rayon")), Ok(Pool::Rayon));
+        let err = parse_pool(Some("rayn")).unwrap_err();
+        assert!(
+            err.contains("HARNESS_POOL=\"rayn\" is not a pool: use `rayon`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -164,12 +164,8 @@ impl PackedWeight {
     ) {
         let k = self.k;
         let mc_max = MC.min(rows.len()).next_multiple_of(self.tile_rows());
-        PACKED_ROWS.with_borrow_mut(|a| {
-            // Every value a pass reads is written by `pack_rows` first: grow without
-            // clearing, and keep the buffer for the thread's next product.
-            if a.len() < mc_max * KC.min(k) {
-                a.resize(mc_max * KC.min(k), 0.0);
-            }
+        // Every value a pass reads is written by `pack_rows` first.
+        super::pool::with_scratch(&PACKED_ROWS, mc_max * KC.min(k), |a| {
             self.passes(op, rows, cols, a)
         })
     }

@@ -2,8 +2,7 @@
 //! the current (`weight`/`bias`) and the original TF-converted (`gamma`/`beta`) tensor names,
 //! additive attention masks, the KV cache, multi-head attention and pooling.
 
-use candle_core::Module;
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::kernels::attention::FusedAttention;
@@ -106,7 +105,7 @@ impl LayerNorm {
     }
 }
 
-impl candle_core::Module for LayerNorm {
+impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self.fused(x) {
             Some(op) => x.contiguous()?.apply_op1_no_bwd(&op),
