@@ -200,7 +200,8 @@ fn config(content: &gguf_file::Content, vocab: usize) -> Result<LlamaConfig> {
         max_position_embeddings: u("context_length").ok(),
         original_max_position_embeddings: u("rope.scaling.original_context_length").ok(),
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
-        // Only Gemma's layers slide here; the others' windows are not applied (see README).
+        // Only Gemma's layers slide: llama.cpp applies no window to `phi3` (its PR 13676) or
+        // `llama` files, and a GGUF model should score what llama.cpp computes (README).
         sliding_window: window.filter(|_| gemma),
         sliding_window_pattern: pattern,
         query_pre_attn_scalar,
