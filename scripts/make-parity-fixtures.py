@@ -277,6 +277,32 @@ def make_distilbert_textattack_layout():
     save_expected(path, PAIRS, batch, "logits", logits.tolist())
 
 
+def make_distilbert_sharded_bin():
+    """The textattack-style DistilBERT above, its state dict cut into three `pytorch_model-0000N-of-00003.bin`
+    shards with a `pytorch_model.bin.index.json`, as `save_pretrained(safe_serialization=False,
+    max_shard_size=...)` lays out older large checkpoints. Built from distilbert-mnli-tiny's own
+    file (made first when missing), so both folders hold the same weights and expected outputs."""
+    src = os.path.join(ROOT, "distilbert-mnli-tiny")
+    if not os.path.exists(os.path.join(src, "pytorch_model.bin")):
+        make_distilbert_textattack_layout()
+    path = os.path.join(ROOT, "distilbert-mnli-tiny-sharded")
+    fresh(path)
+    state = torch.load(os.path.join(src, "pytorch_model.bin"), weights_only=True)
+    names = list(state)
+    parts = [names[i::3] for i in range(3)]
+    weight_map, total = {}, 0
+    for i, part in enumerate(parts):
+        shard = f"pytorch_model-{i + 1:05d}-of-00003.bin"
+        torch.save({n: state[n].contiguous() for n in part}, os.path.join(path, shard))
+        for n in part:
+            weight_map[n] = shard
+            total += state[n].numel() * state[n].element_size()
+    with open(os.path.join(path, "pytorch_model.bin.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    for f in ("config.json", "vocab.txt", "tokenizer_config.json", "expected.json"):
+        shutil.copy(os.path.join(src, f), os.path.join(path, f))
+
+
 def make_mpnet_encoder():
     path = os.path.join(ROOT, "mpnet-encoder-tiny")
     fresh(path)
@@ -853,6 +879,7 @@ MAKERS = {
     "bert-stsb": make_bert_regression,
     "bert-encoder": make_bert_encoder,
     "distilbert-mnli": make_distilbert_textattack_layout,
+    "distilbert-sharded-bin": make_distilbert_sharded_bin,
     "mpnet-encoder": make_mpnet_encoder,
     "mpnet-rte": make_mpnet_classifier,
     "gpt2": make_gpt2_lm,

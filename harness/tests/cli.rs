@@ -419,7 +419,7 @@ fn missing_weights() {
         dir.to_str().unwrap(),
         &fixture("bert-encoder-tiny"),
         "stsb",
-        "no weights found (expected model.safetensors, model.safetensors.index.json with its shards, or pytorch_model.bin)",
+        "no weights found (expected model.safetensors, model.safetensors.index.json with its shards, pytorch_model.bin, or pytorch_model.bin.index.json with its shards)",
     );
 }
 

@@ -100,6 +100,21 @@ fn distilbert_from_pytorch_bin_and_vocab_txt_matches_transformers() {
 }
 
 #[test]
+fn distilbert_from_sharded_pytorch_bin_matches_transformers() {
+    // The same weights cut into three pickle shards with pytorch_model.bin.index.json.
+    check("distilbert-mnli-tiny-sharded", "distilbert");
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        max_length: None,
+    };
+    let whole = EncoderBackend::load("a", &fixture("distilbert-mnli-tiny"), &opts).unwrap();
+    let sharded =
+        EncoderBackend::load("b", &fixture("distilbert-mnli-tiny-sharded"), &opts).unwrap();
+    // Parameters are counted over every shard.
+    assert_eq!(sharded.info().parameters, whole.info().parameters);
+}
+
+#[test]
 fn mpnet_with_relative_position_bias_matches_transformers() {
     check("mpnet-encoder-tiny", "mpnet");
 }

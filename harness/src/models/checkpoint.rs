@@ -1,4 +1,5 @@
-//! Checkpoint files: where the weights of a folder are (safetensors or `pytorch_model.bin`),
+//! Checkpoint files: where the weights of a folder are (safetensors or `pytorch_model.bin`, each
+//! whole or in shards),
 //! JSON configs, sentence-transformers' pooling settings, head label names, and the check that
 //! a tokenizer fits the model's vocabulary.
 
@@ -12,8 +13,9 @@ use tokenizers::Tokenizer;
 
 use super::encoder::Pooling;
 
-/// The weights of a checkpoint folder: one file, or the shards that a safetensors index names
-/// (`model.safetensors.index.json`, as the Hub stores models of more than a few GB).
+/// The weights of a checkpoint folder: one file, or the shards that an index names
+/// (`model.safetensors.index.json`, as the Hub stores models of more than a few GB, or the
+/// older `pytorch_model.bin.index.json`).
 #[derive(Debug, Clone)]
 pub struct WeightFile {
     /// The weight file, or the index of a sharded checkpoint.
@@ -49,8 +51,8 @@ pub fn files_stamp(files: &[PathBuf]) -> Option<(u64, u64)> {
     Some((bytes, newest))
 }
 
-/// The files a safetensors index's `weight_map` names, each once, in name order; `None`
-/// without a `weight_map`.
+/// The files a weight index's `weight_map` names, each once, in name order; `None` without a
+/// `weight_map`.
 pub fn shard_names(index: &serde_json::Value) -> Option<Vec<&str>> {
     let map = index.get("weight_map")?.as_object()?;
     let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
@@ -59,16 +61,12 @@ pub fn shard_names(index: &serde_json::Value) -> Option<Vec<&str>> {
     Some(names)
 }
 
-/// The shard files a safetensors index names (its `weight_map` values), each once, in name
-/// order; every one must be beside the index.
+/// The shard files a weight index names (its `weight_map` values), each once, in name order;
+/// every one must be beside the index.
 pub fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
     let raw: serde_json::Value = read_json(index)?;
-    let names = shard_names(&raw).with_context(|| {
-        format!(
-            "{}: no weight_map; not a safetensors index",
-            index.display()
-        )
-    })?;
+    let names = shard_names(&raw)
+        .with_context(|| format!("{}: no weight_map; not a weight index", index.display()))?;
     if names.is_empty() {
         bail!("{}: the weight_map names no files", index.display());
     }
@@ -100,7 +98,8 @@ pub fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Find the weights: `model.safetensors` preferred, then the shards of
-/// `model.safetensors.index.json`, then `pytorch_model.bin`.
+/// `model.safetensors.index.json`, then `pytorch_model.bin`, then the shards of
+/// `pytorch_model.bin.index.json`.
 pub fn find_weights(dir: &Path) -> Result<WeightFile> {
     let single = dir.join("model.safetensors");
     if single.exists() {
@@ -126,11 +125,16 @@ pub fn find_weights(dir: &Path) -> Result<WeightFile> {
             is_safetensors: false,
         });
     }
-    if dir.join("pytorch_model.bin.index.json").exists() {
-        bail!("{}: sharded pytorch_model.bin checkpoints are not supported; use the repository's safetensors shards (model.safetensors.index.json), or convert the shards to safetensors", dir.display());
+    let bin_index = dir.join("pytorch_model.bin.index.json");
+    if bin_index.exists() {
+        return Ok(WeightFile {
+            files: shards_of_index(&bin_index)?,
+            path: bin_index,
+            is_safetensors: false,
+        });
     }
     bail!(
-        "{}: no weights found (expected model.safetensors, model.safetensors.index.json with its shards, or pytorch_model.bin)",
+        "{}: no weights found (expected model.safetensors, model.safetensors.index.json with its shards, pytorch_model.bin, or pytorch_model.bin.index.json with its shards)",
         dir.display()
     )
 }
@@ -161,13 +165,22 @@ fn count_float_parameters(w: &WeightFile, keep: &dyn Fn(&str) -> bool) -> Result
             .map(|(_, v)| v.shape().iter().product::<usize>() as u64)
             .sum())
     } else {
-        let infos = candle_core::pickle::read_pth_tensor_info(&w.path, false, None)?;
-        Ok(infos
-            .iter()
-            .filter(|i| keep(&i.name))
-            .filter(|i| is_float(i.dtype))
-            .map(|i| i.layout.shape().elem_count() as u64)
-            .sum())
+        let mut total = 0;
+        for file in &w.files {
+            let infos = candle_core::pickle::read_pth_tensor_info(file, false, None).map_err(
+                |e| match w.files.len() {
+                    1 => e,
+                    _ => candle_core::Error::Msg(format!("shard {}: {e}", file.display())),
+                },
+            )?;
+            total += infos
+                .iter()
+                .filter(|i| keep(&i.name))
+                .filter(|i| is_float(i.dtype))
+                .map(|i| i.layout.shape().elem_count() as u64)
+                .sum::<u64>();
+        }
+        Ok(total)
     }
 }
 
@@ -197,8 +210,11 @@ pub(crate) fn open_weights(dir: &Path, device: &Device) -> Result<OpenedWeights>
         })?;
     let vb = if file.is_safetensors {
         unsafe { VarBuilder::from_mmaped_safetensors(&file.files, DType::F32, device) }
+    } else if let [single] = file.files.as_slice() {
+        VarBuilder::from_pth(single, DType::F32, device)
     } else {
-        VarBuilder::from_pth(&file.path, DType::F32, device)
+        ShardedPth::open(&file.files)
+            .map(|b| VarBuilder::from_backend(Box::new(b), DType::F32, device.clone()))
     }
     .map_err(corrupt)?;
     Ok(OpenedWeights {
@@ -207,6 +223,74 @@ pub(crate) fn open_weights(dir: &Path, device: &Device) -> Result<OpenedWeights>
         parameters,
         vb,
     })
+}
+
+/// The shards of a `pytorch_model.bin` checkpoint as one weight source: each tensor is read
+/// from the shard that holds it, when a layer asks for it (as candle's `from_pth` does for one
+/// file).
+struct ShardedPth {
+    shards: Vec<candle_core::pickle::PthTensors>,
+    /// Which shard holds each tensor.
+    owner: std::collections::HashMap<String, usize>,
+}
+
+impl ShardedPth {
+    /// Open every shard's pickle index; a tensor stored in two shards is refused (which copy a
+    /// layer got would depend on the order the shards were read).
+    fn open(files: &[PathBuf]) -> candle_core::Result<Self> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut owner = std::collections::HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            let pth = candle_core::pickle::PthTensors::new(f, None)?;
+            for name in pth.tensor_infos().keys() {
+                if let Some(j) = owner.insert(name.clone(), i) {
+                    candle_core::bail!(
+                        "tensor {name} is in two shards ({} and {})",
+                        files[j].display(),
+                        f.display()
+                    );
+                }
+            }
+            shards.push(pth);
+        }
+        Ok(ShardedPth { shards, owner })
+    }
+
+    fn shard(&self, name: &str) -> candle_core::Result<&candle_core::pickle::PthTensors> {
+        match self.owner.get(name) {
+            Some(&i) => Ok(&self.shards[i]),
+            None => Err(candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt()),
+        }
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for ShardedPth {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        candle_nn::var_builder::SimpleBackend::get(self.shard(name)?, s, name, h, dtype, dev)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        candle_nn::var_builder::SimpleBackend::get_unchecked(self.shard(name)?, name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.owner.contains_key(name)
+    }
 }
 
 /// Refuse a tokenizer with more tokens than the model has embedding rows.
@@ -343,13 +427,75 @@ mod sharded_tests {
         std::fs::write(&p, "{}").unwrap();
         let err = shards_of_index(&p).unwrap_err().to_string();
         assert!(err.contains("no weight_map"), "{err}");
-        // Sharded .bin files are refused with what to use instead.
+        // A .bin index is read the same way.
         let bin = tempfile::tempdir().unwrap();
         std::fs::write(bin.path().join("pytorch_model.bin.index.json"), "{}").unwrap();
         let err = find_weights(bin.path()).unwrap_err().to_string();
         assert!(
-            err.contains("sharded pytorch_model.bin checkpoints are not supported"),
+            err.contains("pytorch_model.bin.index.json: no weight_map"),
             "{err}"
         );
+    }
+
+    fn sharded_fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/distilbert-mnli-tiny-sharded")
+    }
+
+    #[test]
+    fn a_sharded_pytorch_bin_reads_every_tensor_from_its_shard() {
+        let dir = sharded_fixture();
+        let w = find_weights(&dir).unwrap();
+        assert_eq!((w.files.len(), w.is_safetensors), (3, false));
+        let sharded = open_weights(&dir, &Device::Cpu).unwrap();
+        let whole =
+            open_weights(&dir.with_file_name("distilbert-mnli-tiny"), &Device::Cpu).unwrap();
+        assert_eq!(sharded.parameters, whole.parameters);
+        let index: serde_json::Value =
+            read_json(&dir.join("pytorch_model.bin.index.json")).unwrap();
+        let names: Vec<&String> = index["weight_map"].as_object().unwrap().keys().collect();
+        assert!(names.len() > 10);
+        for name in names {
+            assert!(sharded.vb.contains_tensor(name), "{name}");
+            let a = sharded.vb.get_unchecked(name).unwrap();
+            let b = whole.vb.get_unchecked(name).unwrap();
+            let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+            assert_eq!(
+                diff.max(0).unwrap().to_scalar::<f32>().unwrap(),
+                0.0,
+                "{name}"
+            );
+        }
+        assert!(!sharded.vb.contains_tensor("no.such.tensor"));
+        assert!(sharded.vb.get_unchecked("no.such.tensor").is_err());
+    }
+
+    #[test]
+    fn a_tensor_in_two_shards_or_a_corrupt_shard_is_refused() {
+        let src = sharded_fixture();
+        let tmp = tempfile::tempdir().unwrap();
+        let first = src.join("pytorch_model-00001-of-00003.bin");
+        std::fs::copy(&first, tmp.path().join("a.bin")).unwrap();
+        std::fs::copy(&first, tmp.path().join("b.bin")).unwrap();
+        let map = serde_json::json!({"weight_map": {"x": "a.bin", "y": "b.bin"}});
+        let index = tmp.path().join("pytorch_model.bin.index.json");
+        std::fs::write(&index, map.to_string()).unwrap();
+        let err = format!(
+            "{:#}",
+            open_weights(tmp.path(), &Device::Cpu).err().unwrap()
+        );
+        assert!(err.contains("is in two shards"), "{err}");
+        // A truncated shard: the message says which file and what to do.
+        let bytes = std::fs::read(&first).unwrap();
+        std::fs::write(tmp.path().join("b.bin"), &bytes[..bytes.len() / 2]).unwrap();
+        std::fs::remove_file(tmp.path().join("a.bin")).unwrap();
+        let map = serde_json::json!({"weight_map": {"y": "b.bin"}});
+        std::fs::write(&index, map.to_string()).unwrap();
+        let err = format!(
+            "{:#}",
+            open_weights(tmp.path(), &Device::Cpu).err().unwrap()
+        );
+        assert!(err.contains("truncated or corrupt"), "{err}");
+        assert!(err.contains("download it again"), "{err}");
     }
 }

@@ -307,6 +307,7 @@ const WANTED: &[&[&str]] = &[
         "model.safetensors",
         "model.safetensors.index.json",
         "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
     ],
     &["tokenizer.json", "vocab.txt"],
     &["tokenizer_config.json"],
@@ -317,7 +318,7 @@ const WANTED: &[&[&str]] = &[
 
 fn offline_hint(repo: &str) -> String {
     format!(
-        "without network, download '{repo}' on a machine that has it (e.g. `huggingface-cli download {repo}`) and pass the folder instead: --teacher path/to/folder (config.json, tokenizer.json or vocab.txt, model.safetensors (or its shards with model.safetensors.index.json) or pytorch_model.bin)"
+        "without network, download '{repo}' on a machine that has it (e.g. `huggingface-cli download {repo}`) and pass the folder instead: --teacher path/to/folder (config.json, tokenizer.json or vocab.txt, model.safetensors or pytorch_model.bin, or their shards with model.safetensors.index.json or pytorch_model.bin.index.json)"
     )
 }
 
@@ -390,7 +391,7 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<(PathBuf, String)>
             if *name == "config.json" {
                 dir = path.parent().map(Path::to_path_buf);
             }
-            if *name == "model.safetensors.index.json" {
+            if name.ends_with(".index.json") {
                 // A sharded checkpoint: every shard the index names.
                 let raw: serde_json::Value = super::read_json(&path)?;
                 for shard in super::checkpoint::shard_names(&raw).unwrap_or_default() {
