@@ -652,6 +652,57 @@ fn hub_ids_load_from_a_hub_snapshot_cache_offline() {
 }
 
 #[test]
+fn a_sharded_pytorch_bin_loads_from_a_hub_snapshot_and_scores_as_the_single_file() {
+    // Older large checkpoints are pytorch_model-0000N-of-0000M.bin shards with an index.
+    let tmp = tempfile::tempdir().unwrap();
+    glue_dir(&tmp.path().join("glue"));
+    let home = tmp.path().join("hf-home");
+    fake_hub_cache(
+        &home,
+        "tiny-org/distilbert-sharded",
+        "distilbert-mnli-tiny-sharded",
+    );
+    let data = tmp.path().join("glue");
+    let score = |out: &str, teacher: &str, envs: &[(&str, &str)]| {
+        let out = tmp.path().join(out);
+        let o = harness(
+            &[
+                "run",
+                "--quick",
+                "--teacher",
+                teacher,
+                "--student",
+                &fixture("bert-encoder-tiny"),
+                "--task",
+                "mnli",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            envs,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let res: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        res["tasks"]["mnli"]["teacher"].clone()
+    };
+    let hub = score(
+        "hub",
+        "tiny-org/distilbert-sharded",
+        &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
+    );
+    let single = score("single", &fixture("distilbert-mnli-tiny"), &[]);
+    assert_eq!(hub["mode"], "head");
+    assert_eq!(hub["metrics"], single["metrics"]);
+    assert_eq!(
+        hub["checkpoint"]["parameters"],
+        single["checkpoint"]["parameters"]
+    );
+}
+
+#[test]
 fn list_prints_tasks_and_models() {
     let out = harness(&["list", "tasks"], &[]);
     assert!(out.status.success());
