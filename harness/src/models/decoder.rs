@@ -155,6 +155,7 @@ impl DecoderBackend {
             .with_context(|| format!("{}: cannot open", file.display()))?;
         let content = gguf_file::Content::read(&mut f)
             .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file ({e})", file.display()))?;
+        super::gguf::refuse_split(&content, file)?;
         let parameters: u64 = content
             .tensor_infos
             .values()

@@ -92,6 +92,30 @@ pub fn model_type(gguf_arch: &str) -> &str {
     }
 }
 
+/// Refuse one part of a split GGUF model (`llama-gguf-split`'s `NAME-00001-of-0000N.gguf`,
+/// how the Hub stores files past its size limit): the other parts hold tensors this file
+/// lacks, so loading it alone would fail later with a less useful message.
+pub fn refuse_split(content: &gguf_file::Content, path: &Path) -> Result<()> {
+    let count = content
+        .metadata
+        .get("split.count")
+        .and_then(|v| {
+            v.to_u16()
+                .map(u64::from)
+                .or_else(|_| v.to_u32().map(u64::from))
+                .ok()
+        })
+        .unwrap_or(1);
+    if count > 1 {
+        bail!(
+            "{}: part of a GGUF model split into {count} files, which this harness does not load; join the parts first (llama.cpp: `llama-gguf-split --merge {} merged.gguf`) and pass the merged file",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// A GGUF file's `general.architecture` (empty when it has none).
 pub fn architecture(content: &gguf_file::Content) -> String {
     content
@@ -234,6 +258,7 @@ fn open(path: &Path) -> Result<Opened> {
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file ({e})", path.display()))?;
+    refuse_split(&content, path)?;
     let embd = content
         .tensor_infos
         .get("token_embd.weight")
@@ -356,6 +381,41 @@ fn load(path: &Path, device: &Device, keep_quantized: bool) -> Result<(Llama, Ll
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_part_of_a_split_model_is_refused_with_how_to_join_it() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/llama-tiny/model-f32.gguf");
+        let mut f = std::fs::File::open(&src).unwrap();
+        let content = gguf_file::Content::read(&mut f).unwrap();
+        refuse_split(&content, &src).unwrap();
+        let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+            .tensor_infos
+            .keys()
+            .map(|n| (n.clone(), content.tensor(&mut f, n, &Device::Cpu).unwrap()))
+            .collect();
+        let mut metadata: Vec<(&str, &gguf_file::Value)> = content
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        let (count, no) = (gguf_file::Value::U16(2), gguf_file::Value::U16(0));
+        metadata.extend([("split.count", &count), ("split.no", &no)]);
+        let tmp = tempfile::tempdir().unwrap();
+        let part = tmp.path().join("model-00001-of-00002.gguf");
+        let refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        gguf_file::write(&mut std::fs::File::create(&part).unwrap(), &metadata, &refs).unwrap();
+        let err = load_llama_dequantized(&part, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("part of a GGUF model split into 2 files"),
+            "{err}"
+        );
+        assert!(err.contains("llama-gguf-split --merge"), "{err}");
+    }
 
     #[test]
     fn names_map_to_transformers() {
