@@ -665,28 +665,22 @@ fn a_sharded_pytorch_bin_loads_from_a_hub_snapshot_and_scores_as_the_single_file
     let data = tmp.path().join("glue");
     let score = |out: &str, teacher: &str, envs: &[(&str, &str)]| {
         let out = tmp.path().join(out);
-        let o = harness(
-            &[
-                "run",
-                "--quick",
-                "--teacher",
-                teacher,
-                "--student",
-                &fixture("bert-encoder-tiny"),
-                "--task",
-                "mnli",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            envs,
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let res: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
-                .unwrap();
-        res["tasks"]["mnli"]["teacher"].clone()
+        let student = fixture("bert-encoder-tiny");
+        let args = [
+            "run",
+            "--quick",
+            "--teacher",
+            teacher,
+            "--student",
+            &student,
+            "--task",
+            "mnli",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        common::run_results(&args, envs, &out)["tasks"]["mnli"]["teacher"].clone()
     };
     let hub = score(
         "hub",

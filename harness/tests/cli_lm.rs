@@ -679,7 +679,7 @@ fn a_sharded_checkpoint_loads_from_a_hub_snapshot_and_scores_as_the_single_file(
     let data = wiki_dir(tmp.path());
     let run = |out: &str, teacher: &str, envs: &[(&str, &str)]| {
         let out = tmp.path().join(out);
-        let o = common::harness(
+        common::run_results(
             &[
                 "run",
                 "--quick",
@@ -699,12 +699,8 @@ fn a_sharded_checkpoint_loads_from_a_hub_snapshot_and_scores_as_the_single_file(
                 out.to_str().unwrap(),
             ],
             envs,
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let res: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
-                .unwrap();
-        res
+            &out,
+        )
     };
     let hub = run(
         "hub",

@@ -362,14 +362,7 @@ impl Int8Weight {
                 for p in cols.clone() {
                     let width = NR.min(n - p * NR);
                     let mut panel_bias = [0f32; NR];
-                    let init = if b0 > 0 {
-                        Init::Accumulate
-                    } else if let Some(b) = bias {
-                        panel_bias[..width].copy_from_slice(&b[p * NR..p * NR + width]);
-                        Init::Bias
-                    } else {
-                        Init::Zero
-                    };
+                    let init = Init::for_pass(b0 == 0, bias, p * NR, width, &mut panel_bias);
                     for t in (0..mc).step_by(mr) {
                         let r = mr.min(mc - t);
                         let row = m0 + t;

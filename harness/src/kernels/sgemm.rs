@@ -199,14 +199,7 @@ impl PackedWeight {
                     let panels = pw.min(cols.end - p);
                     let width = (panels * NR).min(n - p * NR);
                     let mut tile_bias = [0f32; 2 * NR];
-                    let init = if k0 > 0 {
-                        Init::Accumulate
-                    } else if let Some(b) = bias {
-                        tile_bias[..width].copy_from_slice(&b[p * NR..p * NR + width]);
-                        Init::Bias
-                    } else {
-                        Init::Zero
-                    };
+                    let init = Init::for_pass(k0 == 0, bias, p * NR, width, &mut tile_bias);
                     let b = packed[(p * k + k0) * NR..].as_ptr();
                     let tiles = mc.div_ceil(mr);
                     let next_panel = if p + panels < cols.end {
@@ -510,6 +503,28 @@ pub(super) enum Init {
     Bias,
     /// A later pass: continue from what the output holds.
     Accumulate,
+}
+
+impl Init {
+    /// What the tile over output columns `col..col + width` starts from on a pass over `k`
+    /// (`first`: the pass at depth 0), copying the bias of those columns into `tile_bias`
+    /// when it starts from the bias.
+    pub(super) fn for_pass(
+        first: bool,
+        bias: Option<&[f32]>,
+        col: usize,
+        width: usize,
+        tile_bias: &mut [f32],
+    ) -> Init {
+        match bias {
+            _ if !first => Init::Accumulate,
+            Some(b) => {
+                tile_bias[..width].copy_from_slice(&b[col..col + width]);
+                Init::Bias
+            }
+            None => Init::Zero,
+        }
+    }
 }
 
 /// One microkernel call: `c (R x width) (+)= a (R x kc) b (kc x 16·panels)`.

@@ -30,6 +30,14 @@ pub fn harness(args: &[&str], envs: &[(&str, &str)]) -> Output {
     cmd.output().expect("harness runs")
 }
 
+/// Run the binary, require success (its stderr is the failure message), and return the
+/// results.json it wrote in `out`.
+pub fn run_results(args: &[&str], envs: &[(&str, &str)], out: &Path) -> Value {
+    let o = harness(args, envs);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
 pub fn write(dir: &Path, rel: &str, text: &str) {
     let p = dir.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
