@@ -101,37 +101,26 @@ pub fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
 /// `model.safetensors.index.json`, then `pytorch_model.bin`, then the shards of
 /// `pytorch_model.bin.index.json`.
 pub fn find_weights(dir: &Path) -> Result<WeightFile> {
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(WeightFile {
-            files: vec![single.clone()],
-            path: single,
-            is_safetensors: true,
-        });
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        return Ok(WeightFile {
-            files: shards_of_index(&index)?,
-            path: index,
-            is_safetensors: true,
-        });
-    }
-    let bin = dir.join("pytorch_model.bin");
-    if bin.exists() {
-        return Ok(WeightFile {
-            files: vec![bin.clone()],
-            path: bin,
-            is_safetensors: false,
-        });
-    }
-    let bin_index = dir.join("pytorch_model.bin.index.json");
-    if bin_index.exists() {
-        return Ok(WeightFile {
-            files: shards_of_index(&bin_index)?,
-            path: bin_index,
-            is_safetensors: false,
-        });
+    // (file, is_safetensors), in order of preference; an `.index.json` names shards.
+    for (name, is_safetensors) in [
+        ("model.safetensors", true),
+        ("model.safetensors.index.json", true),
+        ("pytorch_model.bin", false),
+        ("pytorch_model.bin.index.json", false),
+    ] {
+        let path = dir.join(name);
+        if path.exists() {
+            let files = if name.ends_with(".index.json") {
+                shards_of_index(&path)?
+            } else {
+                vec![path.clone()]
+            };
+            return Ok(WeightFile {
+                path,
+                is_safetensors,
+                files,
+            });
+        }
     }
     bail!(
         "{}: no weights found (expected model.safetensors, model.safetensors.index.json with its shards, pytorch_model.bin, or pytorch_model.bin.index.json with its shards)",
