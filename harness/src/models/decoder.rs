@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::{gguf_file, GgmlDType};
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use reports::CheckpointInfo;
@@ -151,11 +151,7 @@ impl DecoderBackend {
     }
 
     fn load_gguf(id: &str, file: &Path, device: &Device, dequantize: bool) -> Result<Self> {
-        let mut f = std::fs::File::open(file)
-            .with_context(|| format!("{}: cannot open", file.display()))?;
-        let content = gguf_file::Content::read(&mut f)
-            .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file ({e})", file.display()))?;
-        super::gguf::refuse_split(&content, file)?;
+        let (_, content) = super::gguf::read_header(file)?;
         let parameters: u64 = content
             .tensor_infos
             .values()
@@ -197,7 +193,6 @@ impl DecoderBackend {
             .copied()
             .into_iter()
             .collect();
-        drop(f);
         let (model, _cfg) = if dequantize {
             super::gguf::load_llama_dequantized(file, device)?
         } else {

@@ -92,6 +92,17 @@ pub fn model_type(gguf_arch: &str) -> &str {
     }
 }
 
+/// Open a GGUF file and read its header (metadata and tensor table), refusing one part of a
+/// split model ([`refuse_split`]): what every reader of a GGUF file starts with.
+pub fn read_header(path: &Path) -> Result<(std::fs::File, gguf_file::Content)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file ({e})", path.display()))?;
+    refuse_split(&content, path)?;
+    Ok((file, content))
+}
+
 /// Refuse one part of a split GGUF model (`llama-gguf-split`'s `NAME-00001-of-0000N.gguf`,
 /// how the Hub stores files past its size limit): the other parts hold tensors this file
 /// lacks, so loading it alone would fail later with a less useful message.
@@ -254,11 +265,7 @@ struct Opened {
 /// Open a GGUF file and read its model settings, with the RoPE tensors (`rope_freqs`, Phi-3's
 /// `rope_factors_*`) folded into them.
 fn open(path: &Path) -> Result<Opened> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file ({e})", path.display()))?;
-    refuse_split(&content, path)?;
+    let (mut file, content) = read_header(path)?;
     let embd = content
         .tensor_infos
         .get("token_embd.weight")

@@ -115,10 +115,7 @@ pub fn tokenizer_json(content: &Content, origin: &str) -> Result<serde_json::Val
 
 /// Build the tokenizer of a GGUF file from its metadata.
 pub fn from_gguf(path: &Path) -> Result<Tokenizer> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let content = Content::read(&mut file)
-        .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file ({e})", path.display()))?;
+    let (_, content) = super::gguf::read_header(path)?;
     from_content(&content, &path.display().to_string())
 }
 
