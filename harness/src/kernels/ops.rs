@@ -211,15 +211,17 @@ impl candle_core::CustomOp1 for PackedLinear<'_> {
             candle_core::bail!("linear layer expects inputs of width {k}, got shape {dims:?}");
         }
         let m = x.len() / k.max(1);
-        let mut out = vec![0f32; m * n];
-        self.weight.matmul_then(
+        let mut out = Vec::with_capacity(m * n);
+        self.weight.matmul_then_uninit(
             x,
             m,
             self.bias,
-            &mut out,
+            &mut out.spare_capacity_mut()[..m * n],
             super::pool::threads(),
             self.epilogue,
         );
+        // SAFETY: `matmul_then_uninit` writes every one of the m x n outputs.
+        unsafe { out.set_len(m * n) };
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
         Ok((

@@ -452,7 +452,7 @@ impl PackedGemm for Int8Weight {
         epilogue: Option<Epilogue>,
     ) {
         let (n, k) = (self.n, self.k);
-        check_operands(n, k, x, m, bias, out);
+        check_operands(n, k, x, m, bias, out.len());
         if m == 0 || n == 0 {
             return;
         }
