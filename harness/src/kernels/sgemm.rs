@@ -50,10 +50,13 @@ pub const MC: usize = 240;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_A: usize = 64;
 
-/// Fewest rows a job of a row-split product takes (from `2 x threads` of these on, products
-/// are split by rows), and how many such jobs each thread is given to take in turn.
+/// From `2 x threads` times this many rows on, products are split into blocks of rows.
 const ROWS_PER_BLOCK_JOB: usize = 120;
-const BLOCK_JOBS_PER_THREAD: usize = 4;
+/// The largest and smallest row block of a row-split product ([`MC`]: a larger block is cut
+/// into MC-row pieces anyway; four 6-row tiles: below that the weight's extra reads cost more
+/// than the wait they save).
+const MAX_BLOCK_ROWS: usize = MC;
+const MIN_BLOCK_ROWS: usize = 24;
 
 /// Products below this many multiply-adds run on the calling thread alone: a fork costs more
 /// than they take.
@@ -471,17 +474,24 @@ pub(super) fn split_jobs(
     if threads == 1 {
         vec![(0..m, 0..panels)]
     } else if m >= 2 * threads * ROWS_PER_BLOCK_JOB {
-        // Many rows: blocks of rows, several per thread, taken in turn. A thread that finishes
-        // early takes the next block instead of waiting at the barrier for the other (the
-        // cores of a VM do not run at one speed: 5% of a BERT-base 8 x 128 pass was spent so),
-        // and each block packs only its own rows (split by columns, every thread packs all of
-        // them). Blocks of at least ROWS_PER_BLOCK_JOB rows keep the weight's extra reads small.
-        let blocks = (threads * BLOCK_JOBS_PER_THREAD).min(m / ROWS_PER_BLOCK_JOB);
-        let per = m.div_ceil(blocks).next_multiple_of(mr);
-        (0..m)
-            .step_by(per)
-            .map(|r| (r..(r + per).min(m), 0..panels))
-            .collect()
+        // Many rows: blocks of rows, taken in turn. A thread that finishes early takes the
+        // next block instead of waiting at the barrier for the other (the cores of a VM do not
+        // run at one speed: 5% of a BERT-base 8 x 128 pass was spent so), and each block packs
+        // only its own rows (split by columns, every thread packs all of them). Blocks shrink
+        // as the rows run out (guided scheduling: a fraction of what is left, at least
+        // MIN_BLOCK_ROWS), so the last blocks are small and so is the wait for whoever takes
+        // them; with eight equal blocks the barrier waits were still 3% of that pass.
+        let mut jobs = Vec::new();
+        let mut r = 0;
+        while r < m {
+            let size = ((m - r) / (2 * threads))
+                .clamp(MIN_BLOCK_ROWS, MAX_BLOCK_ROWS)
+                .next_multiple_of(mr)
+                .min(m - r);
+            jobs.push((r..r + size, 0..panels));
+            r += size;
+        }
+        jobs
     } else if panels >= 2 * threads || m < mr * threads {
         let per = panels.div_ceil(threads).next_multiple_of(pw);
         (0..panels)
@@ -865,11 +875,15 @@ mod tests {
             }
             assert!(seen.iter().all(|&v| v == 1), "{m} x {panels}: {jobs:?}");
             if m >= 2 * threads * ROWS_PER_BLOCK_JOB {
-                // Row blocks, more than one per thread, each at least the minimum but the last.
+                // Row blocks, more than one per thread, within the bounds but the last, no
+                // larger than the one before (guided), the last ones small.
                 assert!(jobs.len() > threads, "{m} rows: {jobs:?}");
-                assert!(jobs[..jobs.len() - 1]
+                let sizes: Vec<usize> = jobs.iter().map(|(r, _)| r.len()).collect();
+                assert!(sizes[..sizes.len() - 1]
                     .iter()
-                    .all(|(r, _)| r.len() >= ROWS_PER_BLOCK_JOB));
+                    .all(|&s| (MIN_BLOCK_ROWS..MAX_BLOCK_ROWS + mr).contains(&s)));
+                assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "{sizes:?}");
+                assert!(sizes[sizes.len() - 1] <= MIN_BLOCK_ROWS + mr, "{sizes:?}");
             }
         }
     }
