@@ -39,36 +39,65 @@ fn gelu_erf_in_place_baseline(xs: &mut [f32]) {
     }
 }
 
-/// [`gelu_erf_in_place_baseline`] compiled for AVX2.
+/// [`gelu_erf_in_place_baseline`] in AVX2 registers, eight values at a time, the scalar
+/// operations one for one (a multiply then an add, never a fused multiply-add), so the bits
+/// are the baseline's. Written out rather than left to the compiler: the epilogue calls it on
+/// 16 values at a time, where the compiler's loop (built for long slices) spent most of its
+/// time outside its vector body.
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn gelu_erf_in_place_avx2(xs: &mut [f32]) {
-    for x in xs {
+    use std::arch::x86_64::*;
+    let mut chunks = xs.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = _mm256_loadu_ps(c.as_ptr());
+        // `clamp` keeps a NaN, as `max` and `min` do with the NaN as their second operand.
+        let x = _mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+        let x = _mm256_min_ps(_mm256_set1_ps(4.0), _mm256_max_ps(_mm256_set1_ps(-4.0), x));
+        let x2 = _mm256_mul_ps(x, x);
+        let mut p = _mm256_set1_ps(GELU_A[0]);
+        for a in &GELU_A[1..] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(*a));
+        }
+        let mut q = _mm256_set1_ps(GELU_B[0]);
+        for b in &GELU_B[1..] {
+            q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(*b));
+        }
+        let erf = _mm256_div_ps(_mm256_mul_ps(x, p), q);
+        let half_v = _mm256_mul_ps(_mm256_set1_ps(0.5), v);
+        let y = _mm256_mul_ps(half_v, _mm256_add_ps(_mm256_set1_ps(1.0), erf));
+        _mm256_storeu_ps(c.as_mut_ptr(), y);
+    }
+    for x in chunks.into_remainder() {
         *x = gelu_erf(*x);
     }
 }
 
+/// The numerator and denominator of [`gelu_erf`]'s rational erf, highest power first.
+const GELU_A: [f32; 7] = [
+    -2.726_142_3e-10,
+    2.770_681_4e-8,
+    -2.101_024e-6,
+    -5.692_506_4e-5,
+    -7.349_906_3e-4,
+    -2.954_6e-3,
+    -1.609_603_3e-2,
+];
+const GELU_B: [f32; 5] = [
+    -1.456_607_2e-5,
+    -2.133_740_6e-4,
+    -1.682_827e-3,
+    -7.373_329e-3,
+    -1.426_474e-2,
+];
+
 #[inline(always)]
 fn gelu_erf(v: f32) -> f32 {
-    const A: [f32; 7] = [
-        -2.726_142_3e-10,
-        2.770_681_4e-8,
-        -2.101_024e-6,
-        -5.692_506_4e-5,
-        -7.349_906_3e-4,
-        -2.954_6e-3,
-        -1.609_603_3e-2,
-    ];
-    const B: [f32; 5] = [
-        -1.456_607_2e-5,
-        -2.133_740_6e-4,
-        -1.682_827e-3,
-        -7.373_329e-3,
-        -1.426_474e-2,
-    ];
+    const A: [f32; 7] = GELU_A;
+    const B: [f32; 5] = GELU_B;
     let x = (v * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = A[0];
@@ -268,7 +297,8 @@ mod tests {
 
     #[test]
     fn gelu_gives_the_baseline_loops_bits_and_matches_erf() {
-        // Both tails of the clamp, zero, and values over the range that matters.
+        // Both tails of the clamp, zero, and values over the range that matters; nine extra
+        // values leave a tail past the last multiple of 8.
         let mut xs: Vec<f32> = (-4000..4000).map(|i| i as f32 / 400.0).collect();
         xs.extend([
             0.0,
@@ -279,6 +309,7 @@ mod tests {
             f32::MIN_POSITIVE,
             3.3e3,
             -3.3e3,
+            0.3,
         ]);
         let mut got = xs.clone();
         gelu_erf_in_place(&mut got);
