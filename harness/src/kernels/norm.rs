@@ -37,7 +37,7 @@ impl AddLayerNorm<'_> {
         let mut out = vec![0f32; x.len()];
         let rows_per_job = VALUES_PER_JOB.div_ceil(width);
         let per_job = rows_per_job * width;
-        let (w, b, eps, n) = (self.weight, self.bias, self.eps, width as f32);
+        let (w, b, eps) = (self.weight, self.bias, self.eps);
         for_each_chunk_mut(&mut out, per_job, |i, ys| {
             let start = i * per_job;
             let xs = &x[start..start + ys.len()];
@@ -50,21 +50,74 @@ impl AddLayerNorm<'_> {
                 }
                 None => ys.copy_from_slice(xs),
             }
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 was just checked; `ys` is whole rows of `width`.
+                return unsafe { normalize_rows_avx2(ys, w, b, eps) };
+            }
             for y in ys.chunks_exact_mut(width) {
                 let (mut sum, mut sum2) = (0f32, 0f32);
                 for &v in y.iter() {
                     sum += v;
                     sum2 += v * v;
                 }
-                let mean = sum / n;
-                let var = sum2 / n - mean * mean;
-                let inv_std = (var + eps).sqrt().recip();
-                for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
-                    *y = (*y - mean) * inv_std * w + b;
-                }
+                normalize(y, sum, sum2, w, b, eps);
             }
         });
         Ok(CpuStorage::F32(out))
+    }
+}
+
+/// Normalise one row from its sum and sum of squares (candle's arithmetic, in its order).
+#[inline(always)]
+fn normalize(y: &mut [f32], sum: f32, sum2: f32, w: &[f32], b: &[f32], eps: f32) {
+    let n = y.len() as f32;
+    let mean = sum / n;
+    let var = sum2 / n - mean * mean;
+    let inv_std = (var + eps).sqrt().recip();
+    for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
+        *y = (*y - mean) * inv_std * w + b;
+    }
+}
+
+/// The rows of `ys` normalised with AVX2, bit for bit as the scalar loop: eight rows at a
+/// time are read eight columns at a time and transposed in registers, so that lane `i` of
+/// the running sums adds row `i`'s values in column order, as the scalar loop does, but
+/// eight rows' sums advance together instead of one add after another (that dependency
+/// chain was most of a LayerNorm's time); the normalising pass is the scalar code compiled
+/// for eight lanes (no fused multiply-adds, so the same roundings).
+///
+/// # Safety
+/// The CPU must have AVX2; `ys` holds whole rows of `w.len()` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn normalize_rows_avx2(ys: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    use std::arch::x86_64::*;
+    let width = w.len();
+    let vector_cols = width / 8 * 8;
+    for group in ys.chunks_mut(8 * width) {
+        let rows = group.len() / width;
+        let (mut sum, mut sum2) = ([0f32; 8], [0f32; 8]);
+        if rows == 8 {
+            let (mut s, mut s2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for j in (0..vector_cols).step_by(8) {
+                let r = std::array::from_fn(|i| _mm256_loadu_ps(group.as_ptr().add(i * width + j)));
+                for v in super::sgemm::transpose8(r) {
+                    s = _mm256_add_ps(s, v);
+                    s2 = _mm256_add_ps(s2, _mm256_mul_ps(v, v));
+                }
+            }
+            _mm256_storeu_ps(sum.as_mut_ptr(), s);
+            _mm256_storeu_ps(sum2.as_mut_ptr(), s2);
+        }
+        let from = if rows == 8 { vector_cols } else { 0 };
+        for (i, y) in group.chunks_exact_mut(width).enumerate() {
+            for &v in &y[from..] {
+                sum[i] += v;
+                sum2[i] += v * v;
+            }
+            normalize(y, sum[i], sum2[i], w, b, eps);
+        }
     }
 }
 
@@ -118,7 +171,9 @@ mod tests {
     #[test]
     fn matches_candles_add_then_layer_norm_bit_for_bit() {
         // One row, a few rows in one job, and rows over several jobs (the last one short).
-        for (rows, width) in [(1, 384), (7, 768), (100, 384), (45, 1000)] {
+        // Groups of eight rows (AVX2) and the rows after them, widths with a tail past a
+        // multiple of 8.
+        for (rows, width) in [(1, 384), (7, 768), (100, 384), (45, 1000), (16, 13), (9, 7)] {
             let x = (matrix(rows, width, 3) * 4.0).unwrap();
             let r = (matrix(rows, width, 4) + 0.5).unwrap();
             let w = (matrix(1, width, 5).squeeze(0).unwrap() + 1.0).unwrap();

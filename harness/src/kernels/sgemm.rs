@@ -625,7 +625,9 @@ unsafe fn pack_rows_avx2(
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+pub(super) unsafe fn transpose8(
+    r: [std::arch::x86_64::__m256; 8],
+) -> [std::arch::x86_64::__m256; 8] {
     use std::arch::x86_64::*;
     // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves exchanged.
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
