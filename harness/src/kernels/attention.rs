@@ -187,7 +187,7 @@ pub(super) unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64
 }
 
 /// Longest sequence whose heads take [`head_avx2`]; longer ones go to the `gemm` crate, whose
-/// packed kernels are faster there (BERT-base at 128 tokens: 4.6% of a pass against 2.8%),
+/// packed kernels are faster there (BERT-base at 128 tokens: 3.5% of a pass against 2.8%),
 /// and which from 17 rows on gives [`head_avx2`]'s bits, so a sentence's outputs do not
 /// depend on which side of this length its batch falls (tested up to 128).
 const MAX_AVX2_HEAD_LEN: usize = 32;
@@ -253,8 +253,8 @@ unsafe fn head_gemm(hd: &Head, bias: &[f32], scores: &mut [f32]) {
 /// these sizes (a 32 x 32 x 32 product for a MiniLM head on an STS-B sentence) was most of
 /// the products' time. A sentence's outputs do not depend on the padding after it (tested),
 /// which the small-matrix path did not give: `scores = scale q kᵀ` over a transposed
-/// copy of the keys (4 queries by 16 keys a step), the softmax, then `context = p v` (2
-/// queries by 32 values, or 1 by 64, a step). `scratch` holds `d x s8` for the keys and
+/// copy of the keys (4 queries by 16 keys a step), the softmax, then `context = p v` (4
+/// queries by 16 values a step). `scratch` holds `d x s8` for the keys and
 /// `s x s8` for the scores (`s8`: `s` rounded up to 8, zeros past `s`).
 ///
 /// # Safety
@@ -282,91 +282,100 @@ unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
             }
         }
     }
-    let mut i0 = 0;
-    while i0 < s {
-        match s - i0 {
-            1 => scores_block::<1>(hd, i0, kt, scores),
-            2 => scores_block::<2>(hd, i0, kt, scores),
-            3 => scores_block::<3>(hd, i0, kt, scores),
-            _ => scores_block::<4>(hd, i0, kt, scores),
+    // Key blocks outside, query blocks inside: a block's 16 keys (d x 64 bytes of `kt`) stay
+    // in L1 while every query passes.
+    let mut j0 = 0;
+    while j0 < s8 {
+        let keys = if j0 + 16 <= s8 { 16 } else { 8 };
+        let mut i0 = 0;
+        while i0 < s {
+            match s - i0 {
+                1 => scores_block::<1>(hd, i0, j0, keys, kt, scores),
+                2 => scores_block::<2>(hd, i0, j0, keys, kt, scores),
+                3 => scores_block::<3>(hd, i0, j0, keys, kt, scores),
+                _ => scores_block::<4>(hd, i0, j0, keys, kt, scores),
+            }
+            i0 += 4;
         }
-        i0 += 4;
+        j0 += keys;
     }
     for row in scores.chunks_exact_mut(s8) {
         softmax_with_bias(&mut row[..s], bias);
     }
-    let mut i0 = 0;
-    while i0 < s {
-        if d == 64 {
-            context_rows::<1, 8>(hd, i0, scores);
-            i0 += 1;
-        } else if s - i0 >= 2 {
-            context_rows::<2, 4>(hd, i0, scores);
-            i0 += 2;
-        } else {
-            context_rows::<1, 4>(hd, i0, scores);
-            i0 += 1;
+    // 16 context columns of 4 queries a step: each value row read serves four queries.
+    for c0 in (0..d).step_by(16) {
+        let mut i0 = 0;
+        while i0 < s {
+            match s - i0 {
+                1 => context_rows::<1>(hd, i0, c0, scores),
+                2 => context_rows::<2>(hd, i0, c0, scores),
+                3 => context_rows::<3>(hd, i0, c0, scores),
+                _ => context_rows::<4>(hd, i0, c0, scores),
+            }
+            i0 += 4;
         }
     }
 }
 
-/// Scores of queries `i0..i0 + R` against every key, 16 keys (8 for the last odd group) a
-/// step: `scores[i][j] = scale * Σ_c q[i][c] kt[c][j]`.
+/// Scores of queries `i0..i0 + R` against keys `j0..j0 + keys` (16, or 8 for the last odd
+/// group): `scores[i][j] = scale * Σ_c q[i][c] kt[c][j]`.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scores_block<const R: usize>(hd: &Head, i0: usize, kt: &[f32], scores: &mut [f32]) {
+unsafe fn scores_block<const R: usize>(
+    hd: &Head,
+    i0: usize,
+    j0: usize,
+    keys: usize,
+    kt: &[f32],
+    scores: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let s8 = hd.s.next_multiple_of(8);
     let scale = _mm256_set1_ps(hd.scale);
-    let mut j0 = 0;
-    while j0 < s8 {
-        let two = j0 + 16 <= s8;
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for c in 0..hd.d {
-            let kp = kt.as_ptr().add(c * s8 + j0);
-            let k0 = _mm256_loadu_ps(kp);
-            let k1 = if two { _mm256_loadu_ps(kp.add(8)) } else { k0 };
-            for (i, a) in acc.iter_mut().enumerate() {
-                let qv = _mm256_broadcast_ss(&*hd.q.add((i0 + i) * hd.ld + c));
-                a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
-                a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
-            }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            let row = scores.as_mut_ptr().add((i0 + i) * s8 + j0);
-            _mm256_storeu_ps(row, _mm256_mul_ps(a[0], scale));
-            if two {
-                _mm256_storeu_ps(row.add(8), _mm256_mul_ps(a[1], scale));
-            }
-        }
-        j0 += if two { 16 } else { 8 };
-    }
-}
-
-/// Context rows `i0..i0 + R` (`DV` registers of 8 values each, `d = 8 DV`):
-/// `dst[i] = Σ_j p[i][j] v[j]`, keys in order.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn context_rows<const R: usize, const DV: usize>(hd: &Head, i0: usize, p: &[f32]) {
-    use std::arch::x86_64::*;
-    let s8 = hd.s.next_multiple_of(8);
-    let mut acc = [[_mm256_setzero_ps(); DV]; R];
-    for j in 0..hd.s {
-        let vrow = hd.v.add(j * hd.ld);
-        let vs: [__m256; DV] = std::array::from_fn(|c| _mm256_loadu_ps(vrow.add(8 * c)));
+    let two = keys == 16;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for c in 0..hd.d {
+        let kp = kt.as_ptr().add(c * s8 + j0);
+        let k0 = _mm256_loadu_ps(kp);
+        let k1 = if two { _mm256_loadu_ps(kp.add(8)) } else { k0 };
         for (i, a) in acc.iter_mut().enumerate() {
-            let pv = _mm256_broadcast_ss(&p[(i0 + i) * s8 + j]);
-            for (x, &vv) in a.iter_mut().zip(&vs) {
-                *x = _mm256_fmadd_ps(pv, vv, *x);
-            }
+            let qv = _mm256_broadcast_ss(&*hd.q.add((i0 + i) * hd.ld + c));
+            a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
+            a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
         }
     }
     for (i, a) in acc.iter().enumerate() {
-        for (c, &x) in a.iter().enumerate() {
-            _mm256_storeu_ps(hd.dst.add((i0 + i) * hd.ldd + 8 * c), x);
+        let row = scores.as_mut_ptr().add((i0 + i) * s8 + j0);
+        _mm256_storeu_ps(row, _mm256_mul_ps(a[0], scale));
+        if two {
+            _mm256_storeu_ps(row.add(8), _mm256_mul_ps(a[1], scale));
         }
+    }
+}
+
+/// Context rows `i0..i0 + R`, columns `c0..c0 + 16`: `dst[i][c] = Σ_j p[i][j] v[j][c]`,
+/// keys in order.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn context_rows<const R: usize>(hd: &Head, i0: usize, c0: usize, p: &[f32]) {
+    use std::arch::x86_64::*;
+    let s8 = hd.s.next_multiple_of(8);
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for j in 0..hd.s {
+        let vrow = hd.v.add(j * hd.ld + c0);
+        let (v0, v1) = (_mm256_loadu_ps(vrow), _mm256_loadu_ps(vrow.add(8)));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let pv = _mm256_broadcast_ss(&p[(i0 + i) * s8 + j]);
+            a[0] = _mm256_fmadd_ps(pv, v0, a[0]);
+            a[1] = _mm256_fmadd_ps(pv, v1, a[1]);
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        let out = hd.dst.add((i0 + i) * hd.ldd + c0);
+        _mm256_storeu_ps(out, a[0]);
+        _mm256_storeu_ps(out.add(8), a[1]);
     }
 }
 
