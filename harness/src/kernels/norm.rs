@@ -90,7 +90,7 @@ fn normalize(y: &mut [f32], sum: f32, sum2: f32, w: &[f32], b: &[f32], eps: f32)
 /// # Safety
 /// The CPU must have AVX2; `ys` holds whole rows of `w.len()` values.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 unsafe fn normalize_rows_avx2(ys: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     use std::arch::x86_64::*;
     let width = w.len();

@@ -603,7 +603,7 @@ fn pack_rows_scalar(
 /// `a` must hold `ceil(mc / mr) * mr * kc` values.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 unsafe fn pack_rows_avx2(
     x: &[f32],
     k: usize,
@@ -648,7 +648,7 @@ unsafe fn pack_rows_avx2(
 /// Eight registers of eight values transposed: lane `i` of output `j` is lane `j` of input `i`.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 pub(super) unsafe fn transpose8(
     r: [std::arch::x86_64::__m256; 8],
 ) -> [std::arch::x86_64::__m256; 8] {
@@ -686,7 +686,7 @@ pub(super) unsafe fn transpose8(
 /// masked stores, `vmaskmovps`, took most of the packing time).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 unsafe fn store_lanes(dst: *mut f32, v: std::arch::x86_64::__m256, lanes: usize) {
     use std::arch::x86_64::*;
     match lanes {
