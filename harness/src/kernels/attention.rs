@@ -258,8 +258,8 @@ unsafe fn head_gemm(hd: &Head, bias: &[f32], scores: &mut [f32]) {
 /// `s x s8` for the scores (`s8`: `s` rounded up to 8, zeros past `s`).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; `d` is 32 or 64; the head's rows must lie in their
-/// allocations and `dst`'s rows be written by nobody else.
+/// The CPU must have AVX2 and FMA; `d` is 32 or 64; `bias` holds `s` values; the head's rows
+/// must lie in their allocations and `dst`'s rows be written by nobody else.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
@@ -300,7 +300,8 @@ unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
         j0 += keys;
     }
     for row in scores.chunks_exact_mut(s8) {
-        softmax_with_bias(&mut row[..s], bias);
+        // The features are this function's own; no need to ask again for every row.
+        softmax_with_bias_avx2(&mut row[..s], bias);
     }
     // 16 context columns of 4 queries a step: each value row read serves four queries.
     for c0 in (0..d).step_by(16) {

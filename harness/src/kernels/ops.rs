@@ -96,16 +96,14 @@ const GELU_B: [f32; 5] = [
 
 #[inline(always)]
 fn gelu_erf(v: f32) -> f32 {
-    const A: [f32; 7] = GELU_A;
-    const B: [f32; 5] = GELU_B;
     let x = (v * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
     let x2 = x * x;
-    let mut p = A[0];
-    for a in &A[1..] {
+    let mut p = GELU_A[0];
+    for a in &GELU_A[1..] {
         p = p * x2 + a;
     }
-    let mut q = B[0];
-    for b in &B[1..] {
+    let mut q = GELU_B[0];
+    for b in &GELU_B[1..] {
         q = q * x2 + b;
     }
     0.5 * v * (1.0 + x * p / q)
