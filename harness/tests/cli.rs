@@ -620,7 +620,7 @@ fn hub_ids_load_from_a_hub_snapshot_cache_offline() {
     fake_hub_cache(&home, "tiny-org/bert-encoder", "bert-encoder-tiny");
     fake_hub_cache(&home, "tiny-org/mpnet-encoder", "mpnet-encoder-tiny");
     let out = tmp.path().join("out");
-    let output = harness(
+    let res = common::run_results(
         &[
             "run",
             "--quick",
@@ -636,14 +636,8 @@ fn hub_ids_load_from_a_hub_snapshot_cache_offline() {
             out.to_str().unwrap(),
         ],
         &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
+        &out,
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let res: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(res["teacher"]["source"], "hub");
     assert_eq!(
         res["tasks"]["stsb"]["teacher"]["checkpoint"]["resolved"],
@@ -723,7 +717,7 @@ fn glue_comes_from_the_hub_parquet_files_without_data_dir() {
     // The dataset cache layout: datasets--nyu-mll--glue/{refs/main, snapshots/<commit>/sst2/*.parquet}
     common::fake_hub_snapshot(&home, "datasets", "nyu-mll/glue", &fixture("hub-glue"));
     let out = tmp.path().join("out");
-    let output = harness(
+    let res = common::run_results(
         &[
             "run",
             "--quick",
@@ -737,14 +731,8 @@ fn glue_comes_from_the_hub_parquet_files_without_data_dir() {
             out.to_str().unwrap(),
         ],
         &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
+        &out,
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let res: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(res["settings"]["data_source"], "hub:nyu-mll/glue");
     assert_eq!(res["tasks"]["sst2"]["n_examples"], 4);
     assert_eq!(res["tasks"]["sst2"]["student"]["mode"], "probe");

@@ -402,7 +402,7 @@ fn decoder_aliases_load_from_a_hub_snapshot_cache_offline() {
     }
     let data = wiki_dir(tmp.path());
     let out = tmp.path().join("out");
-    let o = common::harness(
+    let res = common::run_results(
         &[
             "run",
             "--quick",
@@ -422,10 +422,8 @@ fn decoder_aliases_load_from_a_hub_snapshot_cache_offline() {
             out.to_str().unwrap(),
         ],
         &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", home.to_str().unwrap())],
+        &out,
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let res: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(res["teacher"]["source"], "alias");
     let ck = &res["tasks"]["wikitext2"]["student"]["checkpoint"];
     assert_eq!(ck["architecture"], "gpt2");
