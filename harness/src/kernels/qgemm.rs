@@ -51,6 +51,8 @@
 
 mod vnni;
 
+use std::mem::MaybeUninit;
+
 use super::isa::{self, IntLevel};
 use super::sgemm::{
     check_operands, run_jobs, split_jobs, Epilogue, Init, PackedGemm, PackedWeight, SendPtr, NR,
@@ -451,9 +453,44 @@ impl PackedGemm for Int8Weight {
         threads: usize,
         epilogue: Option<Epilogue>,
     ) {
+        // SAFETY: initialised values are valid `MaybeUninit`s, and the product writes only f32s.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(
+                out.as_mut_ptr().cast::<std::mem::MaybeUninit<f32>>(),
+                out.len(),
+            )
+        };
+        self.matmul_then_uninit(x, m, bias, out, threads, epilogue)
+    }
+
+    /// The first block pass of every tile stores its outputs without reading them (as the
+    /// f32 GEMM's first pass does), so the output needs no zero-fill.
+    fn matmul_then_uninit(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [std::mem::MaybeUninit<f32>],
+        threads: usize,
+        epilogue: Option<Epilogue>,
+    ) {
         let (n, k) = (self.n, self.k);
         check_operands(n, k, x, m, bias, out.len());
         if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            // No block pass runs: the product is the bias.
+            for row in out.chunks_exact_mut(n) {
+                for (j, v) in row.iter_mut().enumerate() {
+                    v.write(bias.map_or(0.0, |b| b[j]));
+                }
+                // SAFETY: the row was just written.
+                let row = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), n) };
+                if let Some(f) = epilogue {
+                    row.chunks_mut(NR).for_each(f);
+                }
+            }
             return;
         }
         let format = self.format.kernel_format();
@@ -463,7 +500,7 @@ impl PackedGemm for Int8Weight {
             (_, _) => Some(0),
         };
         let rows = quantize_rows(x, format == BlockFormat::Q4_0, as_bytes);
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out.as_mut_ptr().cast::<f32>());
         let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, self.tile_rows(), 1);
         // Q4_1's activation runs after its correction below.
         let main_epilogue = if self.min_offsets.is_some() {
@@ -472,11 +509,14 @@ impl PackedGemm for Int8Weight {
             epilogue
         };
         run_jobs(jobs, |(rows_range, cols)| {
-            // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`; the CPU
-            // features were checked when the weight was laid out.
+            // SAFETY: jobs cover disjoint rows or disjoint column panels of `out`, and the first
+            // block pass of each tile writes it before any pass reads it; the CPU features were
+            // checked when the weight was laid out.
             unsafe { self.passes(&rows, bias, main_epilogue, out_ptr, rows_range, cols) }
         });
         if let Some(offsets) = &self.min_offsets {
+            // SAFETY: the block passes have written every value.
+            let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0, out.len()) };
             // `d_x Σ q_x` per row and block, times `8 d + m` per output and block.
             let scaled: Vec<f32> = rows
                 .d
@@ -499,11 +539,31 @@ impl PackedGemm for Int8Weight {
 }
 
 /// One chunk of [`quantize_rows`]'s work: inputs, scales, then the i16 values, block sums and
-/// bytes (each empty when not kept).
+/// bytes (each empty when not kept; the values and bytes not yet written).
 type RoundingChunk<'a> = (
-    ((&'a [f32], &'a mut [f32]), &'a mut [i16]),
-    (&'a mut [i32], &'a mut [u8]),
+    ((&'a [f32], &'a mut [f32]), &'a mut [MaybeUninit<i16>]),
+    (&'a mut [i32], &'a mut [MaybeUninit<u8>]),
 );
+
+/// `len` values to be written before they are read (an input's rounded values are as large as
+/// the input: zero-filling them first was a memset of a whole extra pass over them).
+fn unwritten<T>(on: bool, len: usize) -> Vec<MaybeUninit<T>> {
+    let mut v = Vec::with_capacity(if on { len } else { 0 });
+    // SAFETY: `MaybeUninit` needs no initialisation, and the capacity is there.
+    unsafe { v.set_len(v.capacity().min(len)) };
+    v
+}
+
+/// `v` once every element has been written.
+///
+/// # Safety
+/// Every element of `v` must be initialised.
+unsafe fn written<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: same allocation, length and capacity; `MaybeUninit<T>` has `T`'s layout, and the
+    // caller promises every element is initialised.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
+}
 
 /// Round input rows (their width a multiple of [`QK`], as the weight's `k` is) to Q8_0 blocks
 /// exactly as candle's `BlockQ8_0::from_float` does, spread over the kernels' pool. With
@@ -512,36 +572,27 @@ fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> Quantized
     let blocks = x.len() / QK;
     // The VNNI kernels read only the bytes: the i16 values are then rounded into a buffer per
     // chunk instead of kept for the whole input.
-    fn sized<T: Clone + Default>(on: bool, len: usize) -> Vec<T> {
-        if on {
-            vec![T::default(); len]
-        } else {
-            Vec::new()
-        }
-    }
-    let mut rows = QuantizedRows {
-        q: sized(as_bytes.is_none(), x.len()),
-        bytes: sized(as_bytes.is_some(), x.len()),
-        d: vec![0.0; blocks],
-        sums: sized(with_sums, blocks),
-    };
+    let mut q = unwritten::<i16>(as_bytes.is_none(), x.len());
+    let mut bytes = unwritten::<u8>(as_bytes.is_some(), x.len());
+    let mut d = vec![0.0; blocks];
+    let mut sums = vec![0; if with_sums { blocks } else { 0 }];
     // One pass per chunk of 64 blocks: round, then the block sums and bytes while the values
     // are in L1.
     const CHUNK: usize = 64;
     let chunk = |(((x, d), q), (sums, bytes)): RoundingChunk| {
-        let mut scratch = [0i16; CHUNK * QK];
+        let mut scratch = [MaybeUninit::<i16>::uninit(); CHUNK * QK];
         let q = if q.is_empty() {
             &mut scratch[..x.len()]
         } else {
             q
         };
-        round_to_q8_0(x, q, d);
+        let q = round_to_q8_0_into(x, q, d);
         for (sum, block) in sums.iter_mut().zip(q.chunks_exact(QK)) {
             *sum = block.iter().map(|&q| i32::from(q)).sum();
         }
         if let Some(offset) = as_bytes {
             for (b, &q) in bytes.iter_mut().zip(q.iter()) {
-                *b = (q + offset) as u8;
+                b.write((q + offset) as u8);
             }
         }
     };
@@ -554,11 +605,9 @@ fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> Quantized
     }
     let chunks = x
         .chunks(CHUNK * QK)
-        .zip(rows.d.chunks_mut(CHUNK))
-        .zip(or_empty(rows.q.chunks_mut(CHUNK * QK)))
-        .zip(
-            or_empty(rows.sums.chunks_mut(CHUNK)).zip(or_empty(rows.bytes.chunks_mut(CHUNK * QK))),
-        );
+        .zip(d.chunks_mut(CHUNK))
+        .zip(or_empty(q.chunks_mut(CHUNK * QK)))
+        .zip(or_empty(sums.chunks_mut(CHUNK)).zip(or_empty(bytes.chunks_mut(CHUNK * QK))));
     if blocks <= CHUNK {
         // Small inputs (a batch-1 token, a short sentence) stay on the calling thread: handing
         // one chunk to the pool and waiting costs more than rounding it.
@@ -566,23 +615,41 @@ fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> Quantized
     } else {
         super::pool::for_each_item(chunks.collect(), chunk);
     }
-    rows
+    // SAFETY: the chunks cover the input, and each chunk rounded all of its values and wrote
+    // all of its bytes (the vectors are empty when not kept).
+    let (q, bytes) = unsafe { (written(q), written(bytes)) };
+    QuantizedRows { q, bytes, d, sums }
 }
 
 /// Round each 32-value block of `x` to Q8_0 exactly as candle's `BlockQ8_0::from_float`
 /// does (`d = amax / 127` kept as f16, `q = round(x / d)`): values into `q`, scales into `d`.
 pub(crate) fn round_to_q8_0(x: &[f32], q: &mut [i16], d: &mut [f32]) {
+    // SAFETY: an `i16` is a valid `MaybeUninit<i16>`, and only `i16`s are written.
+    let q = unsafe { &mut *(q as *mut [i16] as *mut [MaybeUninit<i16>]) };
+    round_to_q8_0_into(x, q, d);
+}
+
+/// [`round_to_q8_0`] into values not yet written; returns them, written.
+fn round_to_q8_0_into<'a>(x: &[f32], q: &'a mut [MaybeUninit<i16>], d: &mut [f32]) -> &'a [i16] {
+    assert!(
+        x.len() == q.len() && x.len() == d.len() * QK,
+        "one scale per 32 values"
+    );
     #[cfg(target_arch = "x86_64")]
     if PackedWeight::supported() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { round_blocks_avx2(x, q, d) };
+        // SAFETY: the CPU has AVX2 (checked just above); the sizes were checked.
+        unsafe { round_blocks_avx2(x, q, d) };
+        // SAFETY: every value was written.
+        return unsafe { &*(q as *const [MaybeUninit<i16>] as *const [i16]) };
     }
-    round_blocks(x, q, d)
+    round_blocks(x, q, d);
+    // SAFETY: every value was written.
+    unsafe { &*(q as *const [MaybeUninit<i16>] as *const [i16]) }
 }
 
 /// [`round_to_q8_0`], generic code.
 #[inline(always)]
-fn round_blocks(x: &[f32], q: &mut [i16], d: &mut [f32]) {
+fn round_blocks(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]) {
     for ((x, q), d) in x
         .chunks_exact(QK)
         .zip(q.chunks_exact_mut(QK))
@@ -593,18 +660,60 @@ fn round_blocks(x: &[f32], q: &mut [i16], d: &mut [f32]) {
         let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
         *d = half::f16::from_f32(scale).to_f32();
         for (q, &v) in q.iter_mut().zip(x) {
-            *q = (f32::round(v * inv) as i8).into();
+            q.write((f32::round(v * inv) as i8).into());
         }
     }
 }
 
-/// [`round_blocks`] compiled for AVX2: `f32::round` becomes an inline vector rounding (same
-/// results) instead of a call to libm's `roundf` per value, which was ~4% of a Q8_0 BERT-base
-/// forward.
+/// [`round_blocks`] in AVX2, with the same results: the absolute maximum by lanes (`max`
+/// is exact and ignores NaN in either order, as `f32::max` does), `round` as truncation plus
+/// one away from zero when the dropped fraction is at least a half (Rust's rounding, exact
+/// for every finite value), and `as i8`'s saturation (NaN to 0) before narrowing. The scalar
+/// loop it replaces was compiled with a scalar maximum and ~7% of a Q8_0 BERT-base pass.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn round_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32]) {
-    round_blocks(x, q, d)
+#[target_feature(enable = "avx2")]
+unsafe fn round_blocks_avx2(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let sign = _mm256_set1_ps(-0.0);
+    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+    let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+    for ((x, q), d) in x
+        .chunks_exact(QK)
+        .zip(q.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+    {
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i)));
+        // `max_ps(a, m)` returns `m` when `a` is NaN.
+        let mut m = _mm256_setzero_ps();
+        for &v in &v {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        *d = half::f16::from_f32(scale).to_f32();
+        let inv = _mm256_set1_ps(inv);
+        let ints: [__m256i; 4] = std::array::from_fn(|i| {
+            let p = _mm256_mul_ps(v[i], inv);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
+            let away =
+                _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_andnot_ps(sign, _mm256_sub_ps(p, t)), half);
+            let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(sign, p), one));
+            let r = _mm256_add_ps(t, step);
+            // `as i8`: NaN to 0, then saturate.
+            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+            _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+        });
+        // `packs` interleaves 128-bit lanes; the permute puts the values back in order.
+        let fix = |a, b| _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, fix(ints[0], ints[1]));
+        _mm256_storeu_si256(
+            q.as_mut_ptr().add(16) as *mut __m256i,
+            fix(ints[2], ints[3]),
+        );
+    }
 }
 
 /// One microkernel call: `c (R x width) (+)= x (R x nb·32) wᵀ` over `blocks` blocks.
@@ -938,6 +1047,52 @@ mod tests {
     }
 
     #[test]
+    fn the_avx2_rounding_gives_the_generic_loops_values() {
+        if !PackedWeight::supported() {
+            eprintln!("skipped: this CPU lacks AVX2");
+            return;
+        }
+        // Random blocks at several magnitudes, then blocks built to hit the corners: values
+        // exactly halfway between steps (a block whose maximum is 127 has d = 1), zeros,
+        // NaN and infinities, subnormals (whose 1 / d overflows) and the largest floats.
+        let mut x: Vec<f32> = values(64 * QK, 11)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * [1e-3, 1.0, 1e4, 3e-39][i / (16 * QK)])
+            .collect();
+        // Maximum 127, so d = 1 and the others sit exactly halfway: -15.5 ..= 14.5.
+        x.push(127.0);
+        x.extend((1..QK).map(|i| i as f32 - 16.5));
+        x.extend([0.0; QK]);
+        x.extend((0..QK).map(|i| [f32::NAN, 1.0, -2.5, 0.5][i % 4]));
+        x.extend((0..QK).map(|i| [f32::INFINITY, 3.0, f32::NEG_INFINITY, -0.0][i % 4]));
+        x.extend((0..QK).map(|i| [1e-40, -3e-41, 0.0, 7e-45][i % 4]));
+        x.extend((0..QK).map(|i| [f32::MAX, -f32::MAX, 1.0, -1e30][i % 4]));
+        let blocks = x.len() / QK;
+        let (mut q, mut d) = (vec![0i16; x.len()], vec![0f32; blocks]);
+        let (mut q_ref, mut d_ref) = (vec![MaybeUninit::new(0i16); x.len()], vec![0f32; blocks]);
+        round_to_q8_0(&x, &mut q, &mut d);
+        round_blocks(&x, &mut q_ref, &mut d_ref);
+        // SAFETY: initialised before the call.
+        assert!(q
+            .iter()
+            .zip(&q_ref)
+            .all(|(a, b)| *a == unsafe { b.assume_init() }));
+        assert_eq!(
+            d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            d_ref.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        // The corners are there: halves away from zero, NaN to 0, saturation at -128.
+        let at = |block: usize, i: usize| q[block * QK + i];
+        assert_eq!(
+            (at(64, 1), at(64, 16), at(64, 17), at(64, 31)),
+            (-16, -1, 1, 15)
+        );
+        assert_eq!((at(66, 0), at(66, 2)), (0, -127));
+        assert_eq!((at(68, 0), at(68, 1), at(68, 2)), (127, -128, 0));
+    }
+
+    #[test]
     fn a_row_does_not_depend_on_its_batch() {
         // 200 rows cross a row block (96) and are split over threads by rows or by panels.
         let (m, n, k) = (200, 40, 1088);
@@ -1048,6 +1203,45 @@ mod tests {
                     "{level:?} {dtype:?}: {}",
                     weight.bytes()
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn an_output_full_of_garbage_is_overwritten_not_read() {
+        // NaN in every output before the product: a value read before its first write would
+        // come out NaN. One block pass and several (more than PASS_BLOCKS blocks), each
+        // format, with and without bias; and a weight of depth zero, whose product is the bias.
+        for level in levels("an_output_full_of_garbage_is_overwritten_not_read") {
+            for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
+                for &(m, n, k) in &[(13, 45, 64), (250, 20, 40 * QK), (3, 5, 0)] {
+                    let (x, w, b) = (values(m * k, 1), values(n * k, 2), values(n, 3));
+                    let weight = if k == 0 {
+                        Int8Weight::from_blocks_for(format(dtype), &[], n, 0, level).unwrap()
+                    } else {
+                        layout(&quantized(&w, n, k, dtype).0, dtype, n, k, level)
+                    };
+                    for bias in [None, Some(&b[..])] {
+                        let mut want = vec![0f32; m * n];
+                        weight.matmul_then(&x, m, bias, &mut want, 2, None);
+                        let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); m * n];
+                        weight.matmul_then_uninit(&x, m, bias, &mut got, 2, None);
+                        // SAFETY: every element was initialised (to NaN) before the call.
+                        let got: Vec<f32> =
+                            got.iter().map(|v| unsafe { v.assume_init() }).collect();
+                        assert!(got.iter().all(|v| v.is_finite()), "{level:?} {dtype:?} {k}");
+                        assert_eq!(
+                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{level:?} {dtype:?} {m}x{n}x{k} bias={}",
+                            bias.is_some()
+                        );
+                        if k == 0 {
+                            let bias_rows = bias.map_or(vec![0.0; m * n], |b| b.repeat(m));
+                            assert_eq!(got, bias_rows);
+                        }
+                    }
+                }
             }
         }
     }
