@@ -24,7 +24,8 @@ def run(binary, env_kv, args, out):
         env[k] = v
     subprocess.run([binary, "profile", "--model", args.model, "--batch-sizes", args.batch_sizes,
                     "--seq-lens", args.seq_lens, "--min-iterations", "15", "--min-time-s",
-                    str(args.min_time_s), "--warmup", "2", "--out", out, "--quiet"],
+                    str(args.min_time_s), "--warmup", "2", "--out", out, "--quiet"]
+                   + (["--quantize", args.quantize] if args.quantize else []),
                    env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     doc = json.load(open(os.path.join(out, "profile.json")))
     return {f"{p['batch_size']}x{p['seq_len']}": p["latency_ms"]["p50"]
@@ -38,6 +39,7 @@ def main():
     ap.add_argument("--batch-sizes", default="1,32")
     ap.add_argument("--seq-lens", default="16,32")
     ap.add_argument("--min-time-s", type=float, default=0.7)
+    ap.add_argument("--quantize", help="both sides' linear layers in this format (e.g. q8_0)")
     ap.add_argument("--a", required=True, help="binary A (the baseline)")
     ap.add_argument("--b", required=True, help="binary B")
     ap.add_argument("--a-env", action="append", default=[], help="KEY=VALUE for A's runs")
