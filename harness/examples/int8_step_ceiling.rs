@@ -47,8 +47,10 @@ mod kernels {
         t
     }
 
+    /// The byte steps: `EXACT` takes the signs off the activations onto the weights first
+    /// (`vpabsb`, `vpsignb`), else the activations go in as unsigned bytes (MLAS).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn k_sign(w: &[i8], q: &[i8], reps: usize) -> __m256i {
+    pub unsafe fn k_bytes<const EXACT: bool>(w: &[i8], q: &[i8], reps: usize) -> __m256i {
         let ones = _mm256_set1_epi16(1);
         let mut sums = [[_mm256_setzero_si256(); 2]; 6];
         for _ in 0..reps {
@@ -61,46 +63,19 @@ mod kernels {
                     let b = _mm256_set1_epi32(std::ptr::read_unaligned(
                         q.as_ptr().add(i * 64 + step * 4) as *const i32,
                     ));
-                    let a = _mm256_abs_epi8(b);
+                    let (a, w0, w1) = if EXACT {
+                        let a = _mm256_abs_epi8(b);
+                        (a, _mm256_sign_epi8(w0, b), _mm256_sign_epi8(w1, b))
+                    } else {
+                        (b, w0, w1)
+                    };
                     sum[0] = _mm256_add_epi32(
                         sum[0],
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(a, _mm256_sign_epi8(w0, b)), ones),
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(a, w0), ones),
                     );
                     sum[1] = _mm256_add_epi32(
                         sum[1],
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(a, _mm256_sign_epi8(w1, b)), ones),
-                    );
-                }
-            }
-        }
-        let mut t = _mm256_setzero_si256();
-        for s in sums {
-            t = _mm256_add_epi32(t, _mm256_add_epi32(s[0], s[1]));
-        }
-        t
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn k_ubs(w: &[i8], q: &[i8], reps: usize) -> __m256i {
-        let ones = _mm256_set1_epi16(1);
-        let mut sums = [[_mm256_setzero_si256(); 2]; 6];
-        for _ in 0..reps {
-            // Opaque each round, so no load is hoisted out of the repeats.
-            let (w, q) = std::hint::black_box((w, q));
-            for step in 0..8 {
-                let w0 = _mm256_loadu_si256(w.as_ptr().add(step * 64) as *const __m256i);
-                let w1 = _mm256_loadu_si256(w.as_ptr().add(step * 64 + 32) as *const __m256i);
-                for (i, sum) in sums.iter_mut().enumerate() {
-                    let b = _mm256_set1_epi32(std::ptr::read_unaligned(
-                        q.as_ptr().add(i * 64 + step * 4) as *const i32,
-                    ));
-                    sum[0] = _mm256_add_epi32(
-                        sum[0],
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(b, w0), ones),
-                    );
-                    sum[1] = _mm256_add_epi32(
-                        sum[1],
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(b, w1), ones),
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(a, w1), ones),
                     );
                 }
             }
@@ -136,8 +111,8 @@ fn main() {
         let (a, b, c) = unsafe {
             (
                 rate(&|| k_i16(&w, &q16, reps)),
-                rate(&|| k_sign(&w, &q8, reps)),
-                rate(&|| k_ubs(&w, &q8, reps)),
+                rate(&|| k_bytes::<true>(&w, &q8, reps)),
+                rate(&|| k_bytes::<false>(&w, &q8, reps)),
             )
         };
         println!(

@@ -440,31 +440,12 @@ impl PackedGemm for Int8Weight {
         self.k
     }
 
-    /// `out (m, n) = round_q8_0(x) (m, k) Wᵀ + bias`, split over up to `threads` threads,
-    /// then `epilogue` on every finished stretch of an output row (at most [`NR`] values).
+    /// `out (m, n) = round_q8_0(x) (m, k) Wᵀ + bias` into an output that is written before it
+    /// is read (the first block pass of every tile stores without loading, as the f32 GEMM's
+    /// first pass does, so it needs no zero-fill), split over up to `threads` threads, then
+    /// `epilogue` on every finished stretch of an output row (at most [`NR`] values).
     ///
     /// Panics when the slices do not have the stated sizes.
-    fn matmul_then(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        out: &mut [f32],
-        threads: usize,
-        epilogue: Option<Epilogue>,
-    ) {
-        // SAFETY: initialised values are valid `MaybeUninit`s, and the product writes only f32s.
-        let out = unsafe {
-            std::slice::from_raw_parts_mut(
-                out.as_mut_ptr().cast::<std::mem::MaybeUninit<f32>>(),
-                out.len(),
-            )
-        };
-        self.matmul_then_uninit(x, m, bias, out, threads, epilogue)
-    }
-
-    /// The first block pass of every tile stores its outputs without reading them (as the
-    /// f32 GEMM's first pass does), so the output needs no zero-fill.
     fn matmul_then_uninit(
         &self,
         x: &[f32],

@@ -312,11 +312,20 @@ pub trait PackedGemm: Sync {
         out: &mut [f32],
         threads: usize,
         epilogue: Option<Epilogue>,
-    );
+    ) {
+        // SAFETY: initialised values are valid `MaybeUninit`s, and the product writes only f32s.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(
+                out.as_mut_ptr().cast::<std::mem::MaybeUninit<f32>>(),
+                out.len(),
+            )
+        };
+        self.matmul_then_uninit(x, m, bias, out, threads, epilogue)
+    }
 
     /// [`Self::matmul_then`] into an output that need not be initialised: when it returns,
-    /// every one of the `m x n` values has been written (callers rely on this to skip
-    /// zero-filling a fresh buffer; the default zero-fills, then multiplies).
+    /// every one of the `m x n` values has been written, none read before (callers rely on
+    /// this to skip zero-filling a fresh buffer).
     fn matmul_then_uninit(
         &self,
         x: &[f32],
@@ -325,13 +334,7 @@ pub trait PackedGemm: Sync {
         out: &mut [std::mem::MaybeUninit<f32>],
         threads: usize,
         epilogue: Option<Epilogue>,
-    ) {
-        out.fill(std::mem::MaybeUninit::new(0.0));
-        // SAFETY: every value was just initialised.
-        let out =
-            unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) };
-        self.matmul_then(x, m, bias, out, threads, epilogue)
-    }
+    );
 }
 
 impl PackedGemm for PackedWeight {
@@ -345,29 +348,10 @@ impl PackedGemm for PackedWeight {
         self.k
     }
 
-    /// [`PackedWeight::matmul`], then `epilogue` on every finished stretch of an output row (at most
-    /// [`NR`] values, while they are in L1): an activation fused into the product.
-    fn matmul_then(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        out: &mut [f32],
-        threads: usize,
-        epilogue: Option<Epilogue>,
-    ) {
-        // SAFETY: initialised values are valid `MaybeUninit`s, and the product writes only f32s.
-        let out = unsafe {
-            std::slice::from_raw_parts_mut(
-                out.as_mut_ptr().cast::<std::mem::MaybeUninit<f32>>(),
-                out.len(),
-            )
-        };
-        self.matmul_then_uninit(x, m, bias, out, threads, epilogue)
-    }
-
-    /// The first pass over `k` of every tile stores its outputs without reading them, so the
-    /// output needs no zero-fill (that memset was 1.4% of a BERT-base 8 x 128 pass).
+    /// [`PackedWeight::matmul`], then `epilogue` on every finished stretch of an output row (at
+    /// most [`NR`] values, while they are in L1): an activation fused into the product. The
+    /// first pass over `k` of every tile stores its outputs without reading them, so the output
+    /// needs no zero-fill (that memset was 1.4% of a BERT-base 8 x 128 pass).
     fn matmul_then_uninit(
         &self,
         x: &[f32],
