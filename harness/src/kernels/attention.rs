@@ -410,9 +410,23 @@ impl candle_core::CustomOp2 for FusedAttention {
         let bias = &s2.as_slice::<f32>()?[a2..b2];
         let (b, s, h3) = l1.shape().dims3()?;
         let h = h3 / 3;
+        if self.heads == 0 || h3 % 3 != 0 || h % self.heads != 0 {
+            candle_core::bail!(
+                "fused-attention: {h3} query/key/value columns do not split into {} heads",
+                self.heads
+            );
+        }
+        if bias.len() != b * s {
+            candle_core::bail!(
+                "fused-attention: a bias of {} values for {b} sequences of {s}",
+                bias.len()
+            );
+        }
         let d = h / self.heads;
         let scale = 1.0 / (d as f32).sqrt();
-        let mut out = vec![0f32; b * s * h];
+        // Every (sequence, head) writes all of its rows of its `d` columns, and the heads'
+        // columns make up `h`, so every value is written (the products do not read it first).
+        let mut out = super::unwritten::<f32>(b * s * h);
         let items = b * self.heads;
         let out_ptr = out.as_mut_ptr() as usize;
         // One job per (sequence, head), taken in turn by the pool's threads, each with its
@@ -460,6 +474,8 @@ impl candle_core::CustomOp2 for FusedAttention {
                 }
             })
         });
+        // SAFETY: every value was written, as said where `out` was made.
+        let out = unsafe { super::written(out) };
         Ok((
             candle_core::CpuStorage::F32(out),
             candle_core::Shape::from((b, s, h)),
@@ -537,6 +553,65 @@ mod tests {
         let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
         let sum: f64 = e.iter().sum();
         e.iter().map(|v| v / sum).collect()
+    }
+
+    #[test]
+    fn the_op_writes_every_head_of_every_sequence() {
+        // Two sequences (the second with two padded keys), three heads of four values: every
+        // output against an f64 reference, so a value the op failed to write would show.
+        let (b, s, heads, d) = (2, 5, 3, 4);
+        let h = heads * d;
+        let qkv = crate::kernels::sgemm::test_values(b * s * 3 * h, 31);
+        let mut bias = vec![0f32; b * s];
+        bias[2 * s - 2..].fill(-1e4);
+        let dev = candle_core::Device::Cpu;
+        let q = candle_core::Tensor::from_slice(&qkv, (b, s, 3 * h), &dev).unwrap();
+        let m = candle_core::Tensor::from_slice(&bias, (b, s), &dev).unwrap();
+        let got = q
+            .apply_op2_no_bwd(&m, &FusedAttention { heads })
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let at = |bi: usize, t: usize, c: usize| f64::from(qkv[(bi * s + t) * 3 * h + c]);
+        for (bi, hi, i) in
+            (0..b).flat_map(|bi| (0..heads).flat_map(move |hi| (0..s).map(move |i| (bi, hi, i))))
+        {
+            let scores: Vec<f64> = (0..s)
+                .map(|j| {
+                    let dot: f64 = (0..d)
+                        .map(|e| at(bi, i, hi * d + e) * at(bi, j, h + hi * d + e))
+                        .sum();
+                    dot / (d as f64).sqrt() + f64::from(bias[bi * s + j])
+                })
+                .collect();
+            let top = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let total: f64 = scores.iter().map(|v| (v - top).exp()).sum();
+            for e in 0..d {
+                let want: f64 = (0..s)
+                    .map(|j| (scores[j] - top).exp() / total * at(bi, j, 2 * h + hi * d + e))
+                    .sum();
+                let g = got[(bi * s + i) * h + hi * d + e];
+                assert!(
+                    (f64::from(g) - want).abs() < 1e-5,
+                    "seq {bi} head {hi} row {i}: {g} vs {want}"
+                );
+            }
+        }
+        // Columns that do not split into the heads, and a bias of the wrong size, are errors.
+        let err = q
+            .apply_op2_no_bwd(&m, &FusedAttention { heads: 5 })
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("do not split into 5 heads"),
+            "{err}"
+        );
+        let short = candle_core::Tensor::from_slice(&bias[..s], (1, s), &dev).unwrap();
+        let err = q
+            .apply_op2_no_bwd(&short, &FusedAttention { heads })
+            .unwrap_err();
+        assert!(err.to_string().contains("a bias of 5 values"), "{err}");
     }
 
     #[test]

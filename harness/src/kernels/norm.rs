@@ -34,7 +34,8 @@ impl AddLayerNorm<'_> {
                 self.bias.len()
             );
         }
-        let mut out = vec![0f32; x.len()];
+        // Every value is written (the input or input + residual) before it is normalised.
+        let mut out = super::unwritten::<f32>(x.len());
         let rows_per_job = VALUES_PER_JOB.div_ceil(width);
         let per_job = rows_per_job * width;
         let (w, b, eps) = (self.weight, self.bias, self.eps);
@@ -45,11 +46,17 @@ impl AddLayerNorm<'_> {
                 Some(r) => {
                     let rs = &r[start..start + ys.len()];
                     for ((y, &x), &r) in ys.iter_mut().zip(xs).zip(rs) {
-                        *y = x + r;
+                        y.write(x + r);
                     }
                 }
-                None => ys.copy_from_slice(xs),
+                None => {
+                    for (y, &x) in ys.iter_mut().zip(xs) {
+                        y.write(x);
+                    }
+                }
             }
+            // SAFETY: every value of the chunk was just written.
+            let ys = unsafe { &mut *(ys as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") {
                 // SAFETY: AVX2 was just checked; `ys` is whole rows of `width`.
@@ -64,7 +71,8 @@ impl AddLayerNorm<'_> {
                 normalize(y, sum, sum2, w, b, eps);
             }
         });
-        Ok(CpuStorage::F32(out))
+        // SAFETY: the chunks cover `out`, and each wrote all of its values.
+        Ok(CpuStorage::F32(unsafe { super::written(out) }))
     }
 }
 

@@ -57,6 +57,7 @@ use super::isa::{self, IntLevel};
 use super::sgemm::{
     check_operands, run_jobs, split_jobs, Epilogue, Init, PackedGemm, PackedWeight, SendPtr, NR,
 };
+use super::{unwritten, written};
 
 /// GGUF block formats [`Int8Weight::from_blocks`] lays out (32 values per block, an f16
 /// scale `d` first: Q8_0 then 32 signed bytes, Q4_0 then 16 bytes of two 4-bit values each,
@@ -526,26 +527,6 @@ type RoundingChunk<'a> = (
     (&'a mut [i32], &'a mut [MaybeUninit<u8>]),
 );
 
-/// `len` values to be written before they are read (an input's rounded values are as large as
-/// the input: zero-filling them first was a memset of a whole extra pass over them).
-fn unwritten<T>(on: bool, len: usize) -> Vec<MaybeUninit<T>> {
-    let mut v = Vec::with_capacity(if on { len } else { 0 });
-    // SAFETY: `MaybeUninit` needs no initialisation, and the capacity is there.
-    unsafe { v.set_len(v.capacity().min(len)) };
-    v
-}
-
-/// `v` once every element has been written.
-///
-/// # Safety
-/// Every element of `v` must be initialised.
-unsafe fn written<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: same allocation, length and capacity; `MaybeUninit<T>` has `T`'s layout, and the
-    // caller promises every element is initialised.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
-}
-
 /// Round input rows (their width a multiple of [`QK`], as the weight's `k` is) to Q8_0 blocks
 /// exactly as candle's `BlockQ8_0::from_float` does, spread over the kernels' pool. With
 /// `as_bytes`, the values are also given as bytes `q + as_bytes` (for the VNNI kernels).
@@ -553,8 +534,9 @@ fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> Quantized
     let blocks = x.len() / QK;
     // The VNNI kernels read only the bytes: the i16 values are then rounded into a buffer per
     // chunk instead of kept for the whole input.
-    let mut q = unwritten::<i16>(as_bytes.is_none(), x.len());
-    let mut bytes = unwritten::<u8>(as_bytes.is_some(), x.len());
+    let kept = |on: bool| if on { x.len() } else { 0 };
+    let mut q = unwritten::<i16>(kept(as_bytes.is_none()));
+    let mut bytes = unwritten::<u8>(kept(as_bytes.is_some()));
     let mut d = vec![0.0; blocks];
     let mut sums = vec![0; if with_sums { blocks } else { 0 }];
     // One pass per chunk of 64 blocks: round, then the block sums and bytes while the values
