@@ -55,7 +55,8 @@ use std::mem::MaybeUninit;
 
 use super::isa::{self, IntLevel};
 use super::sgemm::{
-    check_operands, run_jobs, split_jobs, Epilogue, Init, PackedGemm, PackedWeight, SendPtr, NR,
+    bias_only, check_operands, run_jobs, split_jobs, Epilogue, Init, PackedGemm, PackedWeight,
+    SendPtr, NR,
 };
 use super::{unwritten, written};
 
@@ -463,17 +464,7 @@ impl PackedGemm for Int8Weight {
         }
         if k == 0 {
             // No block pass runs: the product is the bias.
-            for row in out.chunks_exact_mut(n) {
-                for (j, v) in row.iter_mut().enumerate() {
-                    v.write(bias.map_or(0.0, |b| b[j]));
-                }
-                // SAFETY: the row was just written.
-                let row = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), n) };
-                if let Some(f) = epilogue {
-                    row.chunks_mut(NR).for_each(f);
-                }
-            }
-            return;
+            return bias_only(out, n, bias, epilogue);
         }
         let format = self.format.kernel_format();
         let as_bytes = match (self.level, format) {
@@ -598,15 +589,16 @@ fn round_to_q8_0_into<'a>(x: &[f32], q: &'a mut [MaybeUninit<i16>], d: &mut [f32
         x.len() == q.len() && x.len() == d.len() * QK,
         "one scale per 32 values"
     );
-    #[cfg(target_arch = "x86_64")]
     if PackedWeight::supported() {
-        // SAFETY: the CPU has AVX2 (checked just above); the sizes were checked.
-        unsafe { round_blocks_avx2(x, q, d) };
-        // SAFETY: every value was written.
-        return unsafe { &*(q as *const [MaybeUninit<i16>] as *const [i16]) };
+        // SAFETY: the CPU has AVX2 (`supported` is false off x86-64); the sizes were checked.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            round_blocks_avx2(x, q, d)
+        };
+    } else {
+        round_blocks(x, q, d);
     }
-    round_blocks(x, q, d);
-    // SAFETY: every value was written.
+    // SAFETY: either loop wrote every value.
     unsafe { &*(q as *const [MaybeUninit<i16>] as *const [i16]) }
 }
 

@@ -372,16 +372,7 @@ impl PackedGemm for PackedWeight {
             return;
         }
         if k == 0 {
-            for row in out.chunks_exact_mut(n) {
-                for (j, v) in row.iter_mut().enumerate() {
-                    v.write(bias.map_or(0.0, |b| b[j]));
-                }
-                if let Some(f) = epilogue {
-                    // SAFETY: the row was just written.
-                    f(unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), n) });
-                }
-            }
-            return;
+            return bias_only(out, n, bias, epilogue);
         }
         let out_ptr = SendPtr(out.as_mut_ptr().cast::<f32>());
         let jobs = split_jobs(
@@ -502,6 +493,26 @@ pub(super) fn split_jobs(
             .step_by(per)
             .map(|r| (r..(r + per).min(m), 0..panels))
             .collect()
+    }
+}
+
+/// The product of a weight of depth 0: every row of `out` (rows of `n`) is the bias (or
+/// zeros), then `epilogue` on it in stretches of at most [`NR`] values, as a product's would.
+pub(super) fn bias_only(
+    out: &mut [std::mem::MaybeUninit<f32>],
+    n: usize,
+    bias: Option<&[f32]>,
+    epilogue: Option<Epilogue>,
+) {
+    for row in out.chunks_exact_mut(n) {
+        for (j, v) in row.iter_mut().enumerate() {
+            v.write(bias.map_or(0.0, |b| b[j]));
+        }
+        if let Some(f) = epilogue {
+            // SAFETY: the row was just written.
+            let row = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), n) };
+            row.chunks_mut(NR).for_each(f);
+        }
     }
 }
 
@@ -1015,8 +1026,8 @@ mod tests {
     #[test]
     fn matches_f64_reference_on_edge_shapes() {
         // Rows and columns that are not multiples of either tile (6 x 16, 12 x 32), depths
-        // in one pass and in several that are not multiples of KC, more rows than MC, one row, one column, an odd number
-        // of panels (the AVX-512 kernel's last tile has one).
+        // in one pass and in several that are not multiples of KC, more rows than MC, one
+        // row, one column, an odd number of panels (the AVX-512 kernel's last tile has one).
         for level in levels("matches_f64_reference_on_edge_shapes") {
             for &(m, n, k) in &[
                 (1, 1, 1),
