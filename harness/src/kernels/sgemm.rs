@@ -9,10 +9,10 @@
 //!
 //! - the weight `(n, k)` is stored as panels of [`NR`] = 16 output columns; panel `p` holds,
 //!   for each `k`, the 16 values `W[16p + j][k]` side by side (zeros past `n`), so a
-//!   `kc x 16` slice of a panel is one contiguous run that stays in L1;
+//!   `kc x 16` slice of a panel is one contiguous run that the kernel streams (`kc` up to 768
+//!   with AVX2, see [`pass_depth`]);
 //! - the input is copied per call into tiles of [`MR`] = 6 rows (`kc` values per row
-//!   interleaved), a block of at most [`MC`] x [`KC`] that stays in L2 (depths of up to 384
-//!   go in one pass, [`MC`] x 384);
+//!   interleaved), a block of at most [`MC`] x `kc`;
 //! - a 6 x 16 microkernel keeps its outputs in twelve AVX registers and does 12 FMAs per
 //!   two weight loads and six broadcasts;
 //! - output columns (or, for very narrow layers, rows) are split over the cores once per call:
@@ -42,22 +42,33 @@ pub const NR: usize = 16;
 /// Input rows per microkernel call of the AVX2 kernel (the AVX-512 kernel takes
 /// [`avx512::MR`]).
 pub const MR: usize = 6;
-/// Depth of one pass over a panel: 256 x 16 floats = 16 KiB of weights in L1.
+/// Depth of one pass over a panel at the AVX-512 level: 256 x 16 floats = 16 KiB of weights
+/// per panel in L1.
 pub const KC: usize = 256;
-/// Depths up to this run in one pass (MiniLM's 384: a 24 KiB panel share), which saves the
-/// second pass's reload of every output and a second packing of the rows: MiniLM-L6 batch 32
-/// at 16-48 tokens took 4-6% less time than with passes of 256 + 128 (alternating runs).
+/// At the AVX-512 level, depths up to this run in one pass (MiniLM's 384: a 24 KiB panel
+/// share), which saves the second pass's reload of every output and a second packing of the
+/// rows: MiniLM-L6 batch 32 at 16-48 tokens took 4-6% less time than with passes of 256 + 128
+/// (alternating runs, AVX2 kernel, session 17).
 const ONE_PASS_DEPTH: usize = 384;
+/// At the AVX2 level, passes over `k` go up to this deep, `k` cut into even passes (3072 into
+/// 4 x 768, 1536 into 2 x 768). A pass's panel share (48 KiB) no longer fits L1, but the
+/// kernel's weight loads are two lines every six FMA cycles, which L2 feeds with the hardware
+/// prefetcher; what deeper passes save is each extra pass's reload and store of every output
+/// tile and its second packing of the rows. On a Zen 3 host, 2 threads, alternating in one
+/// process: 3-10% more GFLOP/s on every BERT-base and MiniLM product shape than passes of 256
+/// (BENCHMARKS.md, session 18).
+const AVX2_MAX_PASS_DEPTH: usize = 768;
 
-/// How deep each pass over `k` goes: all of `k` up to [`ONE_PASS_DEPTH`], else [`KC`].
-fn pass_depth(k: usize) -> usize {
-    if k <= ONE_PASS_DEPTH {
-        k
-    } else {
-        KC
+/// How deep each pass over `k` goes for the kernels of `level`.
+fn pass_depth(level: F32Level, k: usize) -> usize {
+    match level {
+        F32Level::Avx2 => k.div_ceil(k.div_ceil(AVX2_MAX_PASS_DEPTH).max(1)),
+        F32Level::Avx512 if k <= ONE_PASS_DEPTH => k,
+        F32Level::Avx512 => KC,
     }
 }
-/// Rows of input packed at once: 240 x 256 floats = 240 KiB in L2.
+/// Rows of input packed at once: 240 x `kc` floats (240 KiB at 256, 720 KiB at 768, which the
+/// kernel's prefetch streams from L2 and L3).
 pub const MC: usize = 240;
 
 /// How far ahead of the current packed row values the kernel prefetches (floats).
@@ -182,7 +193,7 @@ impl PackedWeight {
         let k = self.k;
         let mc_max = MC.min(rows.len()).next_multiple_of(self.tile_rows());
         // Every value a pass reads is written by `pack_rows` first.
-        super::pool::with_scratch(&PACKED_ROWS, mc_max * pass_depth(k), |a| {
+        super::pool::with_scratch(&PACKED_ROWS, mc_max * pass_depth(self.level, k), |a| {
             self.passes(op, rows, cols, a)
         })
     }
@@ -210,7 +221,7 @@ impl PackedWeight {
             let mc = MC.min(rows.end - m0);
             let mut k0 = 0;
             while k0 < k {
-                let kc = pass_depth(k).min(k - k0);
+                let kc = pass_depth(self.level, k).min(k - k0);
                 pack_rows(x, k, m0, mc, k0, kc, a, mr);
                 for p in cols.clone().step_by(pw) {
                     let panels = pw.min(cols.end - p);
@@ -1024,6 +1035,23 @@ mod tests {
     }
 
     #[test]
+    fn passes_cover_the_depth_evenly_up_to_each_levels_limit() {
+        for (k, avx2, avx512) in [
+            (1, 1, 1),
+            (384, 384, 384),
+            (385, 385, 256),
+            (768, 768, 256),
+            (769, 385, 256),
+            (1000, 500, 256),
+            (1536, 768, 256),
+            (3072, 768, 256),
+        ] {
+            assert_eq!(pass_depth(F32Level::Avx2, k), avx2, "AVX2, k = {k}");
+            assert_eq!(pass_depth(F32Level::Avx512, k), avx512, "AVX-512, k = {k}");
+        }
+    }
+
+    #[test]
     fn matches_f64_reference_on_edge_shapes() {
         // Rows and columns that are not multiples of either tile (6 x 16, 12 x 32), depths
         // in one pass and in several that are not multiples of KC, more rows than MC, one
@@ -1038,6 +1066,7 @@ mod tests {
                 (250, 20, 520),
                 (2, 100, 64),
                 (128, 48, 768),
+                (9, 40, 1000),
                 (25, 80, 40),
                 (12, 33, 17),
             ] {
@@ -1065,6 +1094,7 @@ mod tests {
             (1, 384, 384, 1),
             (13, 45, 300, 2),
             (250, 100, 520, 2),
+            (9, 40, 1000, 2),
             (32, 1536, 384, 2),
             (7, 17, 3, 1),
         ] {
