@@ -42,26 +42,17 @@ impl AddLayerNorm<'_> {
         for_each_chunk_mut(&mut out, per_job, |i, ys| {
             let start = i * per_job;
             let xs = &x[start..start + ys.len()];
-            match residual {
-                Some(r) => {
-                    let rs = &r[start..start + ys.len()];
-                    for ((y, &x), &r) in ys.iter_mut().zip(xs).zip(rs) {
-                        y.write(x + r);
-                    }
-                }
-                None => {
-                    for (y, &x) in ys.iter_mut().zip(xs) {
-                        y.write(x);
-                    }
-                }
-            }
-            // SAFETY: every value of the chunk was just written.
-            let ys = unsafe { &mut *(ys as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            let rs = residual.map(|r| &r[start..start + ys.len()]);
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: AVX2 was just checked; `ys` is whole rows of `width`.
-                return unsafe { normalize_rows_avx2(ys, w, b, eps) };
+                // SAFETY: AVX2 was just checked; `ys` is whole rows of `width`, as long as `xs`
+                // and `rs`.
+                return unsafe {
+                    let ys = add_into_avx2(ys, xs, rs);
+                    normalize_rows_avx2(ys, w, b, eps)
+                };
             }
+            let ys = add_into(ys, xs, rs);
             for y in ys.chunks_exact_mut(width) {
                 let (mut sum, mut sum2) = (0f32, 0f32);
                 for &v in y.iter() {
@@ -74,6 +65,45 @@ impl AddLayerNorm<'_> {
         // SAFETY: the chunks cover `out`, and each wrote all of its values.
         Ok(CpuStorage::F32(unsafe { super::written(out) }))
     }
+}
+
+/// Write `x + residual` (or `x`) into `ys`, value by value, and return it as written.
+#[inline(always)]
+fn add_into<'a>(
+    ys: &'a mut [std::mem::MaybeUninit<f32>],
+    xs: &[f32],
+    residual: Option<&[f32]>,
+) -> &'a mut [f32] {
+    assert!(ys.len() == xs.len() && residual.is_none_or(|r| r.len() == xs.len()));
+    match residual {
+        Some(rs) => {
+            for ((y, &x), &r) in ys.iter_mut().zip(xs).zip(rs) {
+                y.write(x + r);
+            }
+        }
+        None => {
+            for (y, &x) in ys.iter_mut().zip(xs) {
+                y.write(x);
+            }
+        }
+    }
+    // SAFETY: every value was just written (the lengths are equal, so the zips covered `ys`).
+    unsafe { &mut *(ys as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// [`add_into`] compiled for AVX2: eight lanes instead of the baseline's four (SSE2), the same
+/// adds. The SSE2 loop was 1.1% of an all-MiniLM-L6-v2 32 x 32 pass.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_into_avx2<'a>(
+    ys: &'a mut [std::mem::MaybeUninit<f32>],
+    xs: &[f32],
+    residual: Option<&[f32]>,
+) -> &'a mut [f32] {
+    add_into(ys, xs, residual)
 }
 
 /// Normalise one row from its sum and sum of squares (candle's arithmetic, in its order).
