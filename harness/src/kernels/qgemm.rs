@@ -55,8 +55,8 @@ use std::mem::MaybeUninit;
 
 use super::isa::{self, IntLevel};
 use super::sgemm::{
-    bias_only, check_operands, run_jobs, split_jobs, Epilogue, Init, PackedGemm, PackedWeight,
-    SendPtr, NR,
+    bias_only, check_operands, epilogue_on_tile, run_jobs, split_jobs, Epilogue, Init, PackedGemm,
+    PackedWeight, SendPtr, NR,
 };
 use super::{unwritten, written};
 
@@ -418,9 +418,7 @@ impl Int8Weight {
                             (_, _, _) => kernel::<1, true>(&tile),
                         }
                         if let (Some(f), true) = (epilogue, last) {
-                            for i in 0..r {
-                                f(std::slice::from_raw_parts_mut(c.add(i * n), width));
-                            }
+                            epilogue_on_tile(f, c, n, r, width);
                         }
                     }
                 }
@@ -445,7 +443,7 @@ impl PackedGemm for Int8Weight {
     /// `out (m, n) = round_q8_0(x) (m, k) Wᵀ + bias` into an output that is written before it
     /// is read (the first block pass of every tile stores without loading, as the f32 GEMM's
     /// first pass does, so it needs no zero-fill), split over up to `threads` threads, then
-    /// `epilogue` on every finished stretch of an output row (at most [`NR`] values).
+    /// `epilogue` on every output once (a tile's gathered into one stretch).
     ///
     /// Panics when the slices do not have the stated sizes.
     fn matmul_then_uninit(

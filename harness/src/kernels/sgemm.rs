@@ -34,7 +34,9 @@ mod avx512;
 
 use super::isa::{self, F32Level};
 
-/// What runs on each finished stretch of an output row (an activation), from any thread.
+/// What runs on finished outputs (an element-wise activation), from any thread: it is handed
+/// them in stretches (a tile's outputs gathered into one, or part of a row) and must treat
+/// each value alone.
 pub type Epilogue<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
 
 /// Output columns per weight panel (two AVX registers).
@@ -274,10 +276,7 @@ impl PackedWeight {
                             },
                         }
                         if let (Some(f), true) = (epilogue, k0 + kc == k) {
-                            for i in 0..r {
-                                let row = std::slice::from_raw_parts_mut(c.add(i * n), width);
-                                row.chunks_mut(NR).for_each(f);
-                            }
+                            epilogue_on_tile(f, c, n, r, width);
                         }
                     }
                 }
@@ -312,8 +311,8 @@ pub trait PackedGemm: Sync {
     /// Input features.
     fn k(&self) -> usize;
     /// `out (m, n) = x (m, k) Wᵀ + bias`, split over up to `threads` threads, then `epilogue`
-    /// on every finished stretch of an output row (at most [`NR`] values, while they are in
-    /// L1): an activation fused into the product. Panics when the slices do not have the
+    /// on every output once, while its tile is in L1 (gathered into one stretch of at most a
+    /// tile's outputs): an activation fused into the product. Panics when the slices do not have the
     /// stated sizes.
     fn matmul_then(
         &self,
@@ -359,8 +358,8 @@ impl PackedGemm for PackedWeight {
         self.k
     }
 
-    /// [`PackedWeight::matmul`], then `epilogue` on every finished stretch of an output row (at
-    /// most [`NR`] values, while they are in L1): an activation fused into the product. The
+    /// [`PackedWeight::matmul`], then `epilogue` on every output once, each tile's gathered
+    /// while it is in L1: an activation fused into the product. The
     /// first pass over `k` of every tile stores its outputs without reading them, so the output
     /// needs no zero-fill (that memset was 1.4% of a BERT-base 8 x 128 pass).
     fn matmul_then_uninit(
@@ -526,6 +525,58 @@ pub(super) fn bias_only(
         }
     }
 }
+
+/// Most outputs one microkernel tile holds at any level (AVX-512: 12 rows x 32 columns).
+const TILE_VALUES: usize = 12 * 2 * NR;
+
+/// Run `f` on a finished tile of `rows` output rows of `width` values, `ld` apart, copied into
+/// one stretch and back (all in L1), so that an activation sees a tile's outputs in one call:
+/// GELU interleaves four vectors' dependency chains, which a row's 16 values (two vectors)
+/// could not fill (`ops::gelu_erf_in_place`). Compiled for AVX2, which every caller's kernel
+/// needs: full-width rows then move as the 32-byte registers the microkernel stored them
+/// from (16-byte loads of them missed store-to-load forwarding and took most of what the
+/// gathering saves, as did a `memcpy` call per row).
+///
+/// # Safety
+/// The CPU must have AVX2; the rows must lie inside one allocation and be written by nobody
+/// else meanwhile.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
+pub(super) unsafe fn epilogue_on_tile(
+    f: Epilogue,
+    c: *mut f32,
+    ld: usize,
+    rows: usize,
+    width: usize,
+) {
+    if rows == 1 {
+        return f(std::slice::from_raw_parts_mut(c, width));
+    }
+    assert!(
+        rows * width <= TILE_VALUES,
+        "{rows} x {width} is not a tile"
+    );
+    let mut tile = [std::mem::MaybeUninit::<f32>::uninit(); TILE_VALUES];
+    let stretch = tile.as_mut_ptr().cast::<f32>();
+    let copy = |from: *const f32, to: *mut f32| match width {
+        NR => to
+            .cast::<[f32; NR]>()
+            .write_unaligned(from.cast::<[f32; NR]>().read_unaligned()),
+        W2 => to
+            .cast::<[f32; W2]>()
+            .write_unaligned(from.cast::<[f32; W2]>().read_unaligned()),
+        _ => std::ptr::copy_nonoverlapping(from, to, width),
+    };
+    for i in 0..rows {
+        copy(c.add(i * ld), stretch.add(i * width));
+    }
+    f(std::slice::from_raw_parts_mut(stretch, rows * width));
+    for i in 0..rows {
+        copy(stretch.add(i * width), c.add(i * ld));
+    }
+}
+
+/// Two panels' width (the AVX-512 tile's).
+const W2: usize = 2 * NR;
 
 /// Run `jobs` on the kernels' pool ([`super::pool`]), the calling thread taking one.
 pub(super) fn run_jobs(jobs: Vec<Job>, run: impl Fn(Job) + Sync + Send) {
