@@ -246,6 +246,19 @@ unsafe fn head_gemm(hd: &Head, bias: &[f32], scores: &mut [f32]) {
     );
 }
 
+/// `f::<R>(args)` for the `rows` queries left of a block of four: `R` is `rows` up to 4.
+#[cfg(target_arch = "x86_64")]
+macro_rules! up_to_four_rows {
+    ($rows:expr, $f:ident($($arg:expr),*)) => {
+        match $rows {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            _ => $f::<4>($($arg),*),
+        }
+    };
+}
+
 /// One head's attention in AVX2 registers, the two products as the `gemm` crate's general
 /// kernels compute them (each output one FMA per term in order from zero, then times the
 /// scale: its bits from 17 rows on; under 17 its small-matrix path sums in another order, so
@@ -289,12 +302,7 @@ unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
         let keys = if j0 + 16 <= s8 { 16 } else { 8 };
         let mut i0 = 0;
         while i0 < s {
-            match s - i0 {
-                1 => scores_block::<1>(hd, i0, j0, keys, kt, scores),
-                2 => scores_block::<2>(hd, i0, j0, keys, kt, scores),
-                3 => scores_block::<3>(hd, i0, j0, keys, kt, scores),
-                _ => scores_block::<4>(hd, i0, j0, keys, kt, scores),
-            }
+            up_to_four_rows!(s - i0, scores_block(hd, i0, j0, keys, kt, scores));
             i0 += 4;
         }
         j0 += keys;
@@ -307,12 +315,7 @@ unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
     for c0 in (0..d).step_by(16) {
         let mut i0 = 0;
         while i0 < s {
-            match s - i0 {
-                1 => context_rows::<1>(hd, i0, c0, scores),
-                2 => context_rows::<2>(hd, i0, c0, scores),
-                3 => context_rows::<3>(hd, i0, c0, scores),
-                _ => context_rows::<4>(hd, i0, c0, scores),
-            }
+            up_to_four_rows!(s - i0, context_rows(hd, i0, c0, scores));
             i0 += 4;
         }
     }
