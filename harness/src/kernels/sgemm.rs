@@ -312,8 +312,8 @@ pub trait PackedGemm: Sync {
     fn k(&self) -> usize;
     /// `out (m, n) = x (m, k) Wᵀ + bias`, split over up to `threads` threads, then `epilogue`
     /// on every output once, while its tile is in L1 (gathered into one stretch of at most a
-    /// tile's outputs): an activation fused into the product. Panics when the slices do not have the
-    /// stated sizes.
+    /// tile's outputs): an activation fused into the product. Panics when the slices do not
+    /// have the stated sizes.
     fn matmul_then(
         &self,
         x: &[f32],
@@ -359,9 +359,9 @@ impl PackedGemm for PackedWeight {
     }
 
     /// [`PackedWeight::matmul`], then `epilogue` on every output once, each tile's gathered
-    /// while it is in L1: an activation fused into the product. The
-    /// first pass over `k` of every tile stores its outputs without reading them, so the output
-    /// needs no zero-fill (that memset was 1.4% of a BERT-base 8 x 128 pass).
+    /// while it is in L1: an activation fused into the product. The first pass over `k` of
+    /// every tile stores its outputs without reading them, so the output needs no zero-fill
+    /// (that memset was 1.4% of a BERT-base 8 x 128 pass).
     fn matmul_then_uninit(
         &self,
         x: &[f32],
