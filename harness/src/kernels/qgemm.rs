@@ -502,7 +502,7 @@ impl PackedGemm for Int8Weight {
                     *o += c;
                 }
                 if let Some(f) = epilogue {
-                    row.chunks_mut(NR).for_each(f);
+                    f(row);
                 }
             }
         }

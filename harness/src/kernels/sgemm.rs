@@ -215,6 +215,7 @@ impl PackedWeight {
             out,
         } = *op;
         let (n, k) = (self.n, self.k);
+        let depth = pass_depth(self.level, k);
         let packed = self.panels();
         // Rows and column panels one microkernel call covers.
         let (mr, pw) = (self.tile_rows(), self.tile_panels());
@@ -223,7 +224,7 @@ impl PackedWeight {
             let mc = MC.min(rows.end - m0);
             let mut k0 = 0;
             while k0 < k {
-                let kc = pass_depth(self.level, k).min(k - k0);
+                let kc = depth.min(k - k0);
                 pack_rows(x, k, m0, mc, k0, kc, a, mr);
                 for p in cols.clone().step_by(pw) {
                     let panels = pw.min(cols.end - p);
@@ -507,7 +508,7 @@ pub(super) fn split_jobs(
 }
 
 /// The product of a weight of depth 0: every row of `out` (rows of `n`) is the bias (or
-/// zeros), then `epilogue` on it in stretches of at most [`NR`] values, as a product's would.
+/// zeros), then `epilogue` on the row.
 pub(super) fn bias_only(
     out: &mut [std::mem::MaybeUninit<f32>],
     n: usize,
@@ -520,14 +521,14 @@ pub(super) fn bias_only(
         }
         if let Some(f) = epilogue {
             // SAFETY: the row was just written.
-            let row = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), n) };
-            row.chunks_mut(NR).for_each(f);
+            f(unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), n) });
         }
     }
 }
 
-/// Most outputs one microkernel tile holds at any level (AVX-512: 12 rows x 32 columns).
-const TILE_VALUES: usize = 12 * 2 * NR;
+/// Most outputs one microkernel tile holds at any level (AVX-512: 12 rows x 32 columns; the
+/// integer GEMM's tiles are at most as many rows by [`NR`]).
+const TILE_VALUES: usize = avx512::MR * W2;
 
 /// Run `f` on a finished tile of `rows` output rows of `width` values, `ld` apart, copied into
 /// one stretch and back (all in L1), so that an activation sees a tile's outputs in one call:
@@ -1216,11 +1217,13 @@ mod tests {
 
     #[test]
     fn the_epilogue_sees_every_finished_output_once() {
-        // Depths over ONE_PASS_DEPTH (three passes: the epilogue must run after the last
-        // only) and under it, widths that leave a partial panel, both ways of splitting.
+        // Depths of several passes at every level (1000: two passes with AVX2, four with
+        // AVX-512; 520: three with AVX-512; the epilogue must run after the last only) and of
+        // one, widths that leave a partial panel, both ways of splitting.
         let levels = levels("the_epilogue_sees_every_finished_output_once");
         for (level, &(m, n, k, threads)) in levels.iter().flat_map(|l| {
             [
+                (13, 45, 1000, 2),
                 (13, 45, 520, 2),
                 (13, 45, 300, 2),
                 (7, 100, 20, 2),
