@@ -12,7 +12,9 @@
 //!   `kc x 16` slice of a panel is one contiguous run that the kernel streams (`kc` up to 768
 //!   with AVX2, see [`pass_depth`]);
 //! - the input is copied per call into tiles of [`MR`] = 6 rows (`kc` values per row
-//!   interleaved), a block of at most [`MC`] x `kc`;
+//!   interleaved), a block of at most [`MC`] x `kc`; except that with AVX2 a product of at
+//!   most [`MC`] rows (a batch-1 pass) reads its rows where they are, six row pointers a tile
+//!   (see [`IN_PLACE_MAX_ROWS`]);
 //! - a 6 x 16 microkernel keeps its outputs in twelve AVX registers and does 12 FMAs per
 //!   two weight loads and six broadcasts;
 //! - output columns (or, for very narrow layers, rows) are split over the cores once per call:
@@ -72,6 +74,16 @@ fn pass_depth(level: F32Level, k: usize) -> usize {
 /// Rows of input packed at once: 240 x `kc` floats (240 KiB at 256, 720 KiB at 768, which the
 /// kernel's prefetch streams from L2 and L3).
 pub const MC: usize = 240;
+
+/// With AVX2, products of up to this many rows read their input rows where they are instead
+/// of packing them into tiles first. Such a product is split by columns, so every thread
+/// packed every row, and its rows are reused for only `n / 16` panels: packing was 1.8-2.4% of
+/// a batch-1 pass (DistilBERT 1 x 128, MiniLM 1 x 32). The kernel broadcasts from six rows
+/// instead of one packed run, which the L1 and its prefetcher serve as well: alternating in
+/// one process, 2 threads, every BERT-base and MiniLM product shape at 32 and 128 rows ran
+/// 1-7% faster in place (BENCHMARKS.md, session 19). Larger products keep packing: their row
+/// blocks stream from L2 and L3 through the kernel's prefetch of the packed run.
+const IN_PLACE_MAX_ROWS: usize = MC;
 
 /// How far ahead of the current packed row values the kernel prefetches (floats).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -193,6 +205,9 @@ impl PackedWeight {
         cols: std::ops::Range<usize>,
     ) {
         let k = self.k;
+        if self.rows_in_place(op.m) {
+            return self.passes(op, rows, cols, &mut []);
+        }
         let mc_max = MC.min(rows.len()).next_multiple_of(self.tile_rows());
         // Every value a pass reads is written by `pack_rows` first.
         super::pool::with_scratch(&PACKED_ROWS, mc_max * pass_depth(self.level, k), |a| {
@@ -210,10 +225,12 @@ impl PackedWeight {
     ) {
         let Operands {
             x,
+            m,
             bias,
             epilogue,
             out,
         } = *op;
+        let in_place = self.rows_in_place(m);
         let (n, k) = (self.n, self.k);
         let depth = pass_depth(self.level, k);
         let packed = self.panels();
@@ -225,7 +242,9 @@ impl PackedWeight {
             let mut k0 = 0;
             while k0 < k {
                 let kc = depth.min(k - k0);
-                pack_rows(x, k, m0, mc, k0, kc, a, mr);
+                if !in_place {
+                    pack_rows(x, k, m0, mc, k0, kc, a, mr);
+                }
                 for p in cols.clone().step_by(pw) {
                     let panels = pw.min(cols.end - p);
                     let width = (panels * NR).min(n - p * NR);
@@ -251,9 +270,15 @@ impl PackedWeight {
                             (std::ptr::null_mut(), 0)
                         };
                         let next_b = if t == 0 { next_panel } else { std::ptr::null() };
+                        let tile_a = if in_place {
+                            x[(m0 + first) * k + k0..].as_ptr()
+                        } else {
+                            a[t * kc * mr..].as_ptr()
+                        };
                         let tile = Tile {
                             kc,
-                            a: a[t * kc * mr..].as_ptr(),
+                            a: tile_a,
+                            lda: k,
                             b,
                             panel_stride: k * NR,
                             panels,
@@ -267,13 +292,21 @@ impl PackedWeight {
                         };
                         match self.level {
                             F32Level::Avx512 => avx512::tile(r, &tile),
+                            F32Level::Avx2 if in_place => match r {
+                                6 => kernel::<6, false>(&tile),
+                                5 => kernel::<5, false>(&tile),
+                                4 => kernel::<4, false>(&tile),
+                                3 => kernel::<3, false>(&tile),
+                                2 => kernel::<2, false>(&tile),
+                                _ => kernel::<1, false>(&tile),
+                            },
                             F32Level::Avx2 => match r {
-                                6 => kernel::<6>(&tile),
-                                5 => kernel::<5>(&tile),
-                                4 => kernel::<4>(&tile),
-                                3 => kernel::<3>(&tile),
-                                2 => kernel::<2>(&tile),
-                                _ => kernel::<1>(&tile),
+                                6 => kernel::<6, true>(&tile),
+                                5 => kernel::<5, true>(&tile),
+                                4 => kernel::<4, true>(&tile),
+                                3 => kernel::<3, true>(&tile),
+                                2 => kernel::<2, true>(&tile),
+                                _ => kernel::<1, true>(&tile),
                             },
                         }
                         if let (Some(f), true) = (epilogue, k0 + kc == k) {
@@ -285,6 +318,12 @@ impl PackedWeight {
             }
             m0 += mc;
         }
+    }
+
+    /// Whether a product of `m` rows reads its input rows where they are instead of packing
+    /// them first (see [`IN_PLACE_MAX_ROWS`]).
+    fn rows_in_place(&self, m: usize) -> bool {
+        self.level == F32Level::Avx2 && m <= IN_PLACE_MAX_ROWS
     }
 
     /// Input rows per microkernel call at this weight's level.
@@ -401,6 +440,7 @@ impl PackedGemm for PackedWeight {
                 self.block(
                     &Operands {
                         x,
+                        m,
                         bias,
                         epilogue,
                         out: out_ptr,
@@ -423,6 +463,8 @@ thread_local! {
 #[derive(Clone, Copy)]
 struct Operands<'a> {
     x: &'a [f32],
+    /// Rows of `x` (and of the output).
+    m: usize,
     bias: Option<&'a [f32]>,
     epilogue: Option<Epilogue<'a>>,
     out: SendPtr,
@@ -814,7 +856,9 @@ impl Init {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Tile<'a> {
     kc: usize,
+    /// The tile's input rows: packed (`MR` values per step of `k`), or in place, `lda` apart.
     a: *const f32,
+    lda: usize,
     /// The first panel's weights for this pass; the next panel's are `panel_stride` floats on.
     b: *const f32,
     panel_stride: usize,
@@ -832,9 +876,11 @@ struct Tile<'a> {
     next_b: *const f32,
 }
 
+/// The AVX2 microkernel: `R` rows by one panel over one pass, its rows packed (`PACKED`:
+/// [`MR`] values a step of `k`) or read in place (`lda` apart).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<const R: usize>(t: &Tile) {
+unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
     use std::arch::x86_64::*;
     for i in 0..t.next.1 {
         let c = t.next.0.wrapping_add(i * t.ldc) as *const i8;
@@ -864,7 +910,9 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
         // The packed rows stream from L2 (a 240 x 256 block is 240 KiB): fetch them a few
         // lines ahead. Without this the kernel ran at ~70% of peak on 240-row blocks and at
         // ~100% when the rows fit in L1.
-        _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH_A) as *const i8);
+        if PACKED {
+            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH_A) as *const i8);
+        }
         // The first tile of a panel also pulls in the next panel's weights (one 64-byte line
         // per step), which would otherwise arrive from L3 a line at a time when that panel
         // starts; later tiles re-prefetch lines already in L1, which costs a load slot only.
@@ -874,11 +922,11 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
         let b0 = _mm256_loadu_ps(b);
         let b1 = _mm256_loadu_ps(b.add(8));
         for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*a.add(i));
+            let av = _mm256_broadcast_ss(&*a.add(if PACKED { i } else { i * t.lda }));
             row[0] = _mm256_fmadd_ps(av, b0, row[0]);
             row[1] = _mm256_fmadd_ps(av, b1, row[1]);
         }
-        a = a.add(MR);
+        a = a.add(if PACKED { MR } else { 1 });
         b = b.add(NR);
     }
     for (i, row) in acc.iter().enumerate() {
@@ -929,7 +977,7 @@ pub(super) unsafe fn store_output_row(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel<const R: usize>(_: &Tile) {
+unsafe fn kernel<const R: usize, const PACKED: bool>(_: &Tile) {
     unreachable!("PackedWeight::supported() is false off x86-64")
 }
 
@@ -1200,17 +1248,38 @@ mod tests {
     #[test]
     fn a_row_does_not_depend_on_its_batch() {
         // 300 rows cross an MC block boundary and are split over threads by rows or panels;
-        // each row alone must give exactly the same bits.
+        // each row alone, and each run of rows, must give exactly the same bits. With AVX2 a
+        // product of at most MC rows reads its rows in place and a larger one packs them, so
+        // this also pins the two ways of reading rows to the same sums; 1000 deep is two
+        // passes at AVX2 (four at AVX-512).
         for level in levels("a_row_does_not_depend_on_its_batch") {
-            let (m, n, k) = (300, 40, 600);
-            let (x, w, b) = (values(m * k, 4), values(n * k, 5), values(n, 6));
-            let packed = PackedWeight::pack_for(&w, n, k, level);
-            let mut batch = vec![0f32; m * n];
-            packed.matmul(&x, m, Some(&b), &mut batch, 2);
-            for i in [0, 5, 6, 11, 12, 239, 240, 299] {
-                let mut single = vec![0f32; n];
-                packed.matmul(&x[i * k..(i + 1) * k], 1, Some(&b), &mut single, 1);
-                assert_eq!(single, batch[i * n..(i + 1) * n], "{level:?} row {i}");
+            for (m, n, k) in [(300, 40, 600), (300, 40, 1000)] {
+                let (x, w, b) = (values(m * k, 4), values(n * k, 5), values(n, 6));
+                let packed = PackedWeight::pack_for(&w, n, k, level);
+                let mut batch = vec![0f32; m * n];
+                packed.matmul(&x, m, Some(&b), &mut batch, 2);
+                let runs = [
+                    0..1,
+                    5..6,
+                    6..7,
+                    11..12,
+                    12..13,
+                    239..240,
+                    240..241,
+                    299..300,
+                ];
+                for rows in runs.into_iter().chain([0..13, 5..133, 60..300, 240..300]) {
+                    for threads in [1, 2] {
+                        let mut part = vec![0f32; rows.len() * n];
+                        let x = &x[rows.start * k..rows.end * k];
+                        packed.matmul(x, rows.len(), Some(&b), &mut part, threads);
+                        assert_eq!(
+                            part,
+                            batch[rows.start * n..rows.end * n],
+                            "{level:?} {m}x{n}x{k} rows {rows:?} on {threads} threads"
+                        );
+                    }
+                }
             }
         }
     }
