@@ -11,10 +11,9 @@
 //!   for each `k`, the 16 values `W[16p + j][k]` side by side (zeros past `n`), so a
 //!   `kc x 16` slice of a panel is one contiguous run that the kernel streams (`kc` up to 768
 //!   with AVX2, see [`pass_depth`]);
-//! - the input is copied per call into tiles of [`MR`] = 6 rows (`kc` values per row
-//!   interleaved), a block of at most [`MC`] x `kc`; except that with AVX2 a product of at
-//!   most [`MC`] rows (a batch-1 pass) reads its rows where they are, six row pointers a tile
-//!   (see [`IN_PLACE_MAX_ROWS`]);
+//! - the input rows are read where they are, [`MR`] = 6 rows a tile, a block of at most
+//!   [`MC`] rows at a time (see [`PackedWeight::reads_rows_in_place`]; the AVX-512 kernel
+//!   takes them copied into tiles of its 12 rows, `kc` values per row interleaved);
 //! - a 6 x 16 microkernel keeps its outputs in twelve AVX registers and does 12 FMAs per
 //!   two weight loads and six broadcasts;
 //! - output columns (or, for very narrow layers, rows) are split over the cores once per call:
@@ -71,23 +70,9 @@ fn pass_depth(level: F32Level, k: usize) -> usize {
         F32Level::Avx512 => KC,
     }
 }
-/// Rows of input packed at once: 240 x `kc` floats (240 KiB at 256, 720 KiB at 768, which the
-/// kernel's prefetch streams from L2 and L3).
+/// Rows of input per row block: 240 x `kc` floats (240 KiB at 256, 720 KiB at 768, streamed
+/// from L2 and L3).
 pub const MC: usize = 240;
-
-/// With AVX2, products of up to this many rows read their input rows where they are instead
-/// of packing them into tiles first. Such a product is split by columns, so every thread
-/// packed every row, and its rows are reused for only `n / 16` panels: packing was 1.8-2.4% of
-/// a batch-1 pass (DistilBERT 1 x 128, MiniLM 1 x 32). The kernel broadcasts from six rows
-/// instead of one packed run, which the L1 and its prefetcher serve as well: alternating in
-/// one process, 2 threads, every BERT-base and MiniLM product shape at 32 and 128 rows ran
-/// 1-7% faster in place (BENCHMARKS.md, session 19). Larger products keep packing: their row
-/// blocks stream from L2 and L3 through the kernel's prefetch of the packed run.
-const IN_PLACE_MAX_ROWS: usize = MC;
-
-/// How far ahead of the current packed row values the kernel prefetches (floats).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const PREFETCH_A: usize = 64;
 
 /// From `2 x threads` times this many rows on, products are split into blocks of rows.
 const ROWS_PER_BLOCK_JOB: usize = 120;
@@ -205,7 +190,7 @@ impl PackedWeight {
         cols: std::ops::Range<usize>,
     ) {
         let k = self.k;
-        if self.rows_in_place(op.m) {
+        if self.reads_rows_in_place() {
             return self.passes(op, rows, cols, &mut []);
         }
         let mc_max = MC.min(rows.len()).next_multiple_of(self.tile_rows());
@@ -215,7 +200,8 @@ impl PackedWeight {
         })
     }
 
-    /// The passes of [`Self::block`] over `k`, with `a` as the buffer for packed rows.
+    /// The passes of [`Self::block`] over `k`, with `a` as the buffer for packed rows (empty
+    /// where the kernel reads them in place).
     unsafe fn passes(
         &self,
         op: &Operands,
@@ -225,12 +211,11 @@ impl PackedWeight {
     ) {
         let Operands {
             x,
-            m,
             bias,
             epilogue,
             out,
         } = *op;
-        let in_place = self.rows_in_place(m);
+        let in_place = self.reads_rows_in_place();
         let (n, k) = (self.n, self.k);
         let depth = pass_depth(self.level, k);
         let packed = self.panels();
@@ -292,21 +277,13 @@ impl PackedWeight {
                         };
                         match self.level {
                             F32Level::Avx512 => avx512::tile(r, &tile),
-                            F32Level::Avx2 if in_place => match r {
-                                6 => kernel::<6, false>(&tile),
-                                5 => kernel::<5, false>(&tile),
-                                4 => kernel::<4, false>(&tile),
-                                3 => kernel::<3, false>(&tile),
-                                2 => kernel::<2, false>(&tile),
-                                _ => kernel::<1, false>(&tile),
-                            },
                             F32Level::Avx2 => match r {
-                                6 => kernel::<6, true>(&tile),
-                                5 => kernel::<5, true>(&tile),
-                                4 => kernel::<4, true>(&tile),
-                                3 => kernel::<3, true>(&tile),
-                                2 => kernel::<2, true>(&tile),
-                                _ => kernel::<1, true>(&tile),
+                                6 => kernel::<6>(&tile),
+                                5 => kernel::<5>(&tile),
+                                4 => kernel::<4>(&tile),
+                                3 => kernel::<3>(&tile),
+                                2 => kernel::<2>(&tile),
+                                _ => kernel::<1>(&tile),
                             },
                         }
                         if let (Some(f), true) = (epilogue, k0 + kc == k) {
@@ -320,10 +297,20 @@ impl PackedWeight {
         }
     }
 
-    /// Whether a product of `m` rows reads its input rows where they are instead of packing
-    /// them first (see [`IN_PLACE_MAX_ROWS`]).
-    fn rows_in_place(&self, m: usize) -> bool {
-        self.level == F32Level::Avx2 && m <= IN_PLACE_MAX_ROWS
+    /// Whether the kernel reads the input rows where they are (AVX2: six row pointers a tile)
+    /// instead of a copy packed into tiles (AVX-512, whose 12-row tiles were written for packed
+    /// rows and have not been measured in place: no AVX-512 host since).
+    ///
+    /// Why in place: a product of up to a few hundred rows is split by columns, so every
+    /// thread packed every row, and reused them for only `n / 16` panels (packing was 1.8-2.4%
+    /// of a batch-1 pass: DistilBERT 1 x 128, MiniLM 1 x 32); a row block of a larger product
+    /// is packed once per pass, yet the copy was still 2.1% of MiniLM 32 x 32. Broadcasting
+    /// from six rows instead of one packed run costs nothing the L1 and its prefetchers do
+    /// not hide: alternating in one process, 2 threads, on a Zen 3 host, every BERT-base and
+    /// MiniLM product shape from 32 to 4,096 rows ran 1-7% faster in place (BENCHMARKS.md,
+    /// session 19).
+    fn reads_rows_in_place(&self) -> bool {
+        self.level == F32Level::Avx2
     }
 
     /// Input rows per microkernel call at this weight's level.
@@ -440,7 +427,6 @@ impl PackedGemm for PackedWeight {
                 self.block(
                     &Operands {
                         x,
-                        m,
                         bias,
                         epilogue,
                         out: out_ptr,
@@ -463,8 +449,6 @@ thread_local! {
 #[derive(Clone, Copy)]
 struct Operands<'a> {
     x: &'a [f32],
-    /// Rows of `x` (and of the output).
-    m: usize,
     bias: Option<&'a [f32]>,
     epilogue: Option<Epilogue<'a>>,
     out: SendPtr,
@@ -856,7 +840,8 @@ impl Init {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Tile<'a> {
     kc: usize,
-    /// The tile's input rows: packed (`MR` values per step of `k`), or in place, `lda` apart.
+    /// The tile's input rows: in place, `lda` apart (AVX2), or packed (AVX-512: its `MR`
+    /// values per step of `k`).
     a: *const f32,
     lda: usize,
     /// The first panel's weights for this pass; the next panel's are `panel_stride` floats on.
@@ -876,11 +861,10 @@ struct Tile<'a> {
     next_b: *const f32,
 }
 
-/// The AVX2 microkernel: `R` rows by one panel over one pass, its rows packed (`PACKED`:
-/// [`MR`] values a step of `k`) or read in place (`lda` apart).
+/// The AVX2 microkernel: `R` rows (in place, `lda` apart) by one panel over one pass.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
+unsafe fn kernel<const R: usize>(t: &Tile) {
     use std::arch::x86_64::*;
     for i in 0..t.next.1 {
         let c = t.next.0.wrapping_add(i * t.ldc) as *const i8;
@@ -907,12 +891,8 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
     let (mut a, mut b) = (t.a, t.b);
     let mut nb = if t.next_b.is_null() { t.b } else { t.next_b };
     for _ in 0..t.kc {
-        // The packed rows stream from L2 (a 240 x 256 block is 240 KiB): fetch them a few
-        // lines ahead. Without this the kernel ran at ~70% of peak on 240-row blocks and at
-        // ~100% when the rows fit in L1.
-        if PACKED {
-            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH_A) as *const i8);
-        }
+        // (The rows need no software prefetch: each row is one sequential stream, which the
+        // hardware prefetchers follow; the packed run of the AVX-512 kernel does need it.)
         // The first tile of a panel also pulls in the next panel's weights (one 64-byte line
         // per step), which would otherwise arrive from L3 a line at a time when that panel
         // starts; later tiles re-prefetch lines already in L1, which costs a load slot only.
@@ -922,11 +902,11 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
         let b0 = _mm256_loadu_ps(b);
         let b1 = _mm256_loadu_ps(b.add(8));
         for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*a.add(if PACKED { i } else { i * t.lda }));
+            let av = _mm256_broadcast_ss(&*a.add(i * t.lda));
             row[0] = _mm256_fmadd_ps(av, b0, row[0]);
             row[1] = _mm256_fmadd_ps(av, b1, row[1]);
         }
-        a = a.add(if PACKED { MR } else { 1 });
+        a = a.add(1);
         b = b.add(NR);
     }
     for (i, row) in acc.iter().enumerate() {
@@ -977,7 +957,7 @@ pub(super) unsafe fn store_output_row(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel<const R: usize, const PACKED: bool>(_: &Tile) {
+unsafe fn kernel<const R: usize>(_: &Tile) {
     unreachable!("PackedWeight::supported() is false off x86-64")
 }
 
@@ -1248,10 +1228,8 @@ mod tests {
     #[test]
     fn a_row_does_not_depend_on_its_batch() {
         // 300 rows cross an MC block boundary and are split over threads by rows or panels;
-        // each row alone, and each run of rows, must give exactly the same bits. With AVX2 a
-        // product of at most MC rows reads its rows in place and a larger one packs them, so
-        // this also pins the two ways of reading rows to the same sums; 1000 deep is two
-        // passes at AVX2 (four at AVX-512).
+        // each row alone, and runs of rows within and across blocks, split either way, must
+        // give exactly the same bits; 1000 deep is two passes at AVX2 (four at AVX-512).
         for level in levels("a_row_does_not_depend_on_its_batch") {
             for (m, n, k) in [(300, 40, 600), (300, 40, 1000)] {
                 let (x, w, b) = (values(m * k, 4), values(n * k, 5), values(n, 6));
