@@ -276,6 +276,18 @@ pub fn self_attention(qkv: &Tensor, heads: usize, mask_bias: &Tensor) -> Result<
 
 /// Mean of `hidden` (batch, seq, h) over positions where `mask` (batch, seq) is 1.
 pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if hidden.device().is_cpu() && hidden.dtype() == DType::F32 && hidden.rank() == 3 {
+        let mask = mask.to_dtype(DType::F32)?.contiguous()?;
+        return hidden
+            .contiguous()?
+            .apply_op2_no_bwd(&mask, &crate::kernels::ops::MaskedMean);
+    }
+    mean_pool_by_tensor_ops(hidden, mask)
+}
+
+/// [`mean_pool`] in candle's tensor ops (other devices and dtypes; the reference of the CPU
+/// kernel's test).
+fn mean_pool_by_tensor_ops(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let m = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
     let summed = hidden.broadcast_mul(&m)?.sum(1)?;
     let counts = m.sum(1)?.clamp(1e-9, f64::INFINITY)?;
@@ -287,6 +299,44 @@ mod tests {
     use super::*;
     use crate::models::linear::tests::matrix;
     use candle_core::Device;
+
+    #[test]
+    fn mean_pool_gives_candles_sums_bit_for_bit() {
+        // Masks with trailing padding, a hole in the middle, all ones, and none at all (the
+        // mean is then 0, divided by the 1e-9 floor); widths with and without a tail past 8.
+        let dev = Device::Cpu;
+        for (batch, seq, h) in [(4, 7, 384), (1, 1, 5), (3, 40, 33)] {
+            let hidden = (matrix(batch * seq, h, 7) * 3.0)
+                .unwrap()
+                .reshape((batch, seq, h))
+                .unwrap();
+            let mask: Vec<u32> = (0..batch * seq)
+                .map(|i| {
+                    let (b, s) = (i / seq, i % seq);
+                    match b % 4 {
+                        0 => (s < seq.div_ceil(2)) as u32,
+                        1 => (s != seq / 2) as u32,
+                        2 => 1,
+                        _ => 0,
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (batch, seq), &dev).unwrap();
+            let bits = |t: Tensor| -> Vec<u32> {
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.iter().map(|x| x.to_bits()).collect()
+            };
+            let got = mean_pool(&hidden, &mask).unwrap();
+            assert_eq!(got.dims(), [batch, h]);
+            let want = mean_pool_by_tensor_ops(&hidden, &mask).unwrap();
+            assert_eq!(bits(got), bits(want), "{batch} x {seq} x {h}");
+        }
+        // A mask that does not match the hidden states is an error, not a panic.
+        let hidden = Tensor::zeros((2, 3, 4), DType::F32, &dev).unwrap();
+        let mask = Tensor::ones((2, 4), DType::U32, &dev).unwrap();
+        let err = mean_pool(&hidden, &mask).unwrap_err().to_string();
+        assert!(err.contains("does not match"), "{err}");
+    }
 
     #[test]
     fn fast_gelu_matches_the_exact_erf_gelu() {
