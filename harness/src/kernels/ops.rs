@@ -83,7 +83,7 @@ unsafe fn gelu_erf_in_place_avx2(xs: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn gelu_erf_vectors<const W: usize>(
+pub(super) unsafe fn gelu_erf_vectors<const W: usize>(
     v: [std::arch::x86_64::__m256; W],
 ) -> [std::arch::x86_64::__m256; W] {
     use std::arch::x86_64::*;

@@ -502,7 +502,7 @@ impl PackedGemm for Int8Weight {
                     *o += c;
                 }
                 if let Some(f) = epilogue {
-                    f(row);
+                    f.apply(row);
                 }
             }
         }
@@ -1087,7 +1087,14 @@ mod tests {
             weight.matmul_then(&x, m, Some(&b), &mut plain, 2, None);
             let mut fused = vec![0f32; m * n];
             let square_plus_one = |xs: &mut [f32]| xs.iter_mut().for_each(|v| *v = *v * *v + 1.0);
-            weight.matmul_then(&x, m, Some(&b), &mut fused, 2, Some(&square_plus_one));
+            weight.matmul_then(
+                &x,
+                m,
+                Some(&b),
+                &mut fused,
+                2,
+                Some(Epilogue::Map(&square_plus_one)),
+            );
             square_plus_one(&mut plain);
             assert_eq!(fused, plain, "{level:?} {dtype:?}");
         }

@@ -10,8 +10,9 @@ use candle_nn::VarBuilder;
 
 use super::nn::Activation;
 use crate::kernels::dispatch::{self, candle_quantized_kernel, Kernel};
-use crate::kernels::ops::{gelu_erf_in_place, run_packed, RoundToQ8_0};
+use crate::kernels::ops::{run_packed, RoundToQ8_0};
 use crate::kernels::qgemm::{BlockFormat, Int8Weight};
+use crate::kernels::sgemm::Epilogue;
 use crate::kernels::sgemm::{PackedGemm, PackedWeight};
 
 /// A linear layer `y = x W^T + b` whose weight is f32 or quantized (GGUF blocks multiplied by
@@ -449,11 +450,12 @@ pub fn fused_linear(in_dim: usize, out_dim: usize, parts: &[VarBuilder]) -> Resu
 }
 
 /// Apply a linear layer then an activation; exact GELU after a packed layer runs inside the
-/// GEMM, on each output tile while it is still in L1, instead of as a pass of its own.
+/// GEMM (on the AVX2 kernel's registers, else on each output tile while it is still in L1),
+/// instead of as a pass of its own.
 pub fn dense_act(layer: &Lin, act: Activation, x: &Tensor) -> Result<Tensor> {
     // A padded layer (k-quant widths) pads its input in `forward`; it takes the plain path.
     if let (Some((w, bias)), Activation::GeluErf, 0) = (layer.packed(), act, layer.pad) {
-        return run_packed(w, bias, x, Some(&gelu_erf_in_place));
+        return run_packed(w, bias, x, Some(Epilogue::GeluErf));
     }
     act.forward(&layer.forward(x)?)
 }
