@@ -1,8 +1,8 @@
 //! Compute kernels, apart from the architecture ports that call them: the packed f32 GEMM
 //! ([`sgemm`]), the integer GEMM for Q8_0 / Q4_0 / Q4_1 weights ([`qgemm`]), fused self-attention
 //! ([`attention`]), candle custom ops around them (fast GELU, Q8_0 rounding, a packed linear
-//! layer, masked mean pooling: [`ops`]), and [`dispatch`], which names the kernel (the harness's or candle's) that
-//! multiplies a weight format on this host.
+//! layer, masked mean pooling: [`ops`]), and [`dispatch`], which names the kernel (the
+//! harness's or candle's) that multiplies a weight format on this host.
 //! Kernels are chosen at run time by CPU features, never at build time, so one binary serves
 //! every x86-64 host.
 

@@ -12,7 +12,7 @@
 //!   `kc x 16` slice of a panel is one contiguous run that the kernel streams (`kc` up to 768
 //!   with AVX2, see [`pass_depth`]);
 //! - the input rows are read where they are, [`MR`] = 6 rows a tile, a block of at most
-//!   [`MC`] rows at a time (see [`PackedWeight::reads_rows_in_place`]; the AVX-512 kernel
+//!   [`MC`] rows at a time (see `PackedWeight::reads_rows_in_place`; the AVX-512 kernel
 //!   takes them copied into tiles of its 12 rows, `kc` values per row interleaved);
 //! - a 6 x 16 microkernel keeps its outputs in twelve AVX registers and does 12 FMAs per
 //!   two weight loads and six broadcasts;
@@ -364,8 +364,7 @@ pub trait PackedGemm: Sync {
     /// `out (m, n) = x (m, k) Wᵀ + bias`, split over up to `threads` threads, then `epilogue`
     /// on every output once, while its tile is in L1 (gathered into one stretch of at most a
     /// tile's outputs; [`Epilogue::GeluErf`] on the AVX2 kernel's registers): an activation
-    /// fused into the product. Panics when the slices do not
-    /// have the stated sizes.
+    /// fused into the product. Panics when the slices do not have the stated sizes.
     fn matmul_then(
         &self,
         x: &[f32],
