@@ -371,7 +371,13 @@ impl Int8Weight {
                         let r = mr.min(mc - t);
                         let row = m0 + t;
                         let c = out.0.add(row * n + p * NR);
+                        // The AVX2 kernel applies GELU to its registers; any other epilogue
+                        // (and the VNNI kernels') runs on the stored tile.
+                        let in_kernel = last
+                            && matches!(epilogue, Some(Epilogue::GeluErf))
+                            && self.level == IntLevel::Avx2;
                         let tile = QTile {
+                            gelu: in_kernel,
                             blocks: nb,
                             q: x.q
                                 .get(row * k + b0 * QK..)
@@ -417,7 +423,7 @@ impl Int8Weight {
                             (_, BlockFormat::Q4_0, 2) => kernel::<2, true>(&tile),
                             (_, _, _) => kernel::<1, true>(&tile),
                         }
-                        if let (Some(f), true) = (epilogue, last) {
+                        if let (Some(f), true, false) = (epilogue, last, in_kernel) {
                             epilogue_on_tile(f, c, n, r, width);
                         }
                     }
@@ -672,6 +678,9 @@ unsafe fn round_blocks_avx2(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]
 /// One microkernel call: `c (R x width) (+)= x (R x nb·32) wᵀ` over `blocks` blocks.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct QTile<'a> {
+    /// Whether the AVX2 kernel applies GELU to the finished outputs before storing them (the
+    /// last block pass; see [`super::sgemm::gelu_on_rows`]).
+    gelu: bool,
     blocks: usize,
     /// Row 0's values at the pass's first block; rows `lda` apart (AVX2 kernel; null at VNNI
     /// levels).
@@ -765,6 +774,9 @@ unsafe fn kernel<const R: usize, const Q4: bool>(t: &QTile) {
         }
         w = w.add(if Q4 { PANEL_BLOCK / 2 } else { PANEL_BLOCK });
         ws = ws.add(NR);
+    }
+    if t.gelu {
+        super::sgemm::gelu_on_rows(&mut acc);
     }
     for (i, row) in acc.iter().enumerate() {
         store_output_row(t.c.add(i * t.ldc), t.width, *row);
@@ -1097,6 +1109,36 @@ mod tests {
             );
             square_plus_one(&mut plain);
             assert_eq!(fused, plain, "{level:?} {dtype:?}");
+        }
+    }
+
+    #[test]
+    fn gelu_in_the_kernel_gives_the_in_place_gelus_bits() {
+        // The AVX2 kernel applies GELU to its registers on the last block pass; every level
+        // and format must give what the product followed by `gelu_erf_in_place` gives: tiles
+        // of every row count, a partial panel, one and two block passes, both GELU tails.
+        for (level, dtype) in levels("gelu_in_the_kernel_gives_the_in_place_gelus_bits")
+            .into_iter()
+            .flat_map(|l| [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1].map(|d| (l, d)))
+        {
+            for (m, n, k, threads) in [(13, 45, 1088, 2), (5, 40, 64, 1), (37, 17, 96, 2)] {
+                let x: Vec<f32> = values(m * k, 12).iter().map(|v| v * 4.0).collect();
+                let b = values(n, 13);
+                let (q, _) = quantized(&values(n * k, 14), n, k, dtype);
+                let weight = layout(&q, dtype, n, k, level);
+                let mut want = vec![0f32; m * n];
+                weight.matmul_then(&x, m, Some(&b), &mut want, threads, None);
+                let spread = want
+                    .iter()
+                    .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                assert!(spread.0 < -6.0 && spread.1 > 6.0, "{m}x{n}x{k}: {spread:?}");
+                crate::kernels::ops::gelu_erf_in_place(&mut want);
+                let mut got = vec![f32::NAN; m * n];
+                let gelu = Some(Epilogue::GeluErf);
+                weight.matmul_then(&x, m, Some(&b), &mut got, threads, gelu);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{level:?} {dtype:?} {m}x{n}x{k}");
+            }
         }
     }
 

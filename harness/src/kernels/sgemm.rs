@@ -937,30 +937,39 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
         b = b.add(NR);
     }
     if t.gelu {
-        // GELU on the registers, four at a time (their dependency chains interleave, as in
-        // `ops::gelu_erf_in_place`), then two: the same operations on each value as the
-        // in-place GELU, so the same bits, without storing the tile, reading it back (which
-        // stalled on the stores: 4.4% of MiniLM 32 x 32 in the gathering copy) and storing it
-        // again. Lanes past `width` are computed and dropped.
-        let mut flat = [_mm256_setzero_ps(); 2 * MR];
-        for (i, row) in acc.iter().enumerate() {
-            flat[2 * i..2 * i + 2].copy_from_slice(row);
-        }
-        let mut quads = flat[..2 * R].chunks_exact_mut(4);
-        for q in &mut quads {
-            let y = super::ops::gelu_erf_vectors([q[0], q[1], q[2], q[3]]);
-            q.copy_from_slice(&y);
-        }
-        for pair in quads.into_remainder().chunks_exact_mut(2) {
-            let y = super::ops::gelu_erf_vectors([pair[0], pair[1]]);
-            pair.copy_from_slice(&y);
-        }
-        for (i, row) in acc.iter_mut().enumerate() {
-            *row = [flat[2 * i], flat[2 * i + 1]];
-        }
+        gelu_on_rows(&mut acc);
     }
     for (i, row) in acc.iter().enumerate() {
         store_output_row(t.c.add(i * t.ldc), t.width, *row);
+    }
+}
+
+/// Exact GELU on an AVX2 kernel's accumulators (`R` rows of two registers, `R` at most
+/// [`MR`]), four registers at a time (their dependency chains interleave, as in
+/// `ops::gelu_erf_in_place`), then two: the same operations on each value as the in-place
+/// GELU, so the same bits, without storing the tile, reading it back (which stalled on the
+/// stores: 4.4% of MiniLM 32 x 32 in the gathering copy) and storing it again. Lanes past a
+/// tile's width are computed and dropped.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn gelu_on_rows<const R: usize>(acc: &mut [[std::arch::x86_64::__m256; 2]; R]) {
+    use std::arch::x86_64::*;
+    let mut flat = [_mm256_setzero_ps(); 2 * MR];
+    for (i, row) in acc.iter().enumerate() {
+        flat[2 * i..2 * i + 2].copy_from_slice(row);
+    }
+    let mut quads = flat[..2 * R].chunks_exact_mut(4);
+    for q in &mut quads {
+        let y = super::ops::gelu_erf_vectors([q[0], q[1], q[2], q[3]]);
+        q.copy_from_slice(&y);
+    }
+    for pair in quads.into_remainder().chunks_exact_mut(2) {
+        let y = super::ops::gelu_erf_vectors([pair[0], pair[1]]);
+        pair.copy_from_slice(&y);
+    }
+    for (i, row) in acc.iter_mut().enumerate() {
+        *row = [flat[2 * i], flat[2 * i + 1]];
     }
 }
 
