@@ -247,6 +247,12 @@ impl PackedWeight {
                 if !in_place {
                     pack_rows(x, k, m0, mc, k0, kc, a, mr);
                 }
+                let last = k0 + kc == k;
+                // The AVX2 kernel applies GELU to its registers on the last pass; any other
+                // epilogue (and the AVX-512 kernel's) runs on the stored tile.
+                let in_kernel = last
+                    && matches!(epilogue, Some(Epilogue::GeluErf))
+                    && self.level == F32Level::Avx2;
                 for p in cols.clone().step_by(pw) {
                     let panels = pw.min(cols.end - p);
                     let width = (panels * NR).min(n - p * NR);
@@ -277,12 +283,6 @@ impl PackedWeight {
                         } else {
                             a[t * kc * mr..].as_ptr()
                         };
-                        let last = k0 + kc == k;
-                        // The AVX2 kernel applies GELU to its registers; any other epilogue
-                        // (and the AVX-512 kernel's) runs on the stored tile.
-                        let in_kernel = last
-                            && matches!(epilogue, Some(Epilogue::GeluErf))
-                            && self.level == F32Level::Avx2;
                         let tile = Tile {
                             gelu: in_kernel,
                             kc,
@@ -944,32 +944,25 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
     }
 }
 
-/// Exact GELU on an AVX2 kernel's accumulators (`R` rows of two registers, `R` at most
-/// [`MR`]), four registers at a time (their dependency chains interleave, as in
-/// `ops::gelu_erf_in_place`), then two: the same operations on each value as the in-place
-/// GELU, so the same bits, without storing the tile, reading it back (which stalled on the
-/// stores: 4.4% of MiniLM 32 x 32 in the gathering copy) and storing it again. Lanes past a
-/// tile's width are computed and dropped.
+/// Exact GELU on an AVX2 kernel's accumulators (`R` rows of two registers), two rows (four
+/// registers) at a time, their dependency chains interleaved as in `ops::gelu_erf_in_place`,
+/// then an odd last row: the same operations on each value as the in-place GELU, so the same
+/// bits, without storing the tile, reading it back (which stalled on the stores: 4.4% of
+/// MiniLM 32 x 32 in the gathering copy) and storing it again. Lanes past a tile's width are
+/// computed and dropped.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn gelu_on_rows<const R: usize>(acc: &mut [[std::arch::x86_64::__m256; 2]; R]) {
-    use std::arch::x86_64::*;
-    let mut flat = [_mm256_setzero_ps(); 2 * MR];
-    for (i, row) in acc.iter().enumerate() {
-        flat[2 * i..2 * i + 2].copy_from_slice(row);
+    use super::ops::gelu_erf_vectors;
+    let mut pairs = acc.chunks_exact_mut(2);
+    for rows in &mut pairs {
+        let [a, b, c, d] = gelu_erf_vectors([rows[0][0], rows[0][1], rows[1][0], rows[1][1]]);
+        rows[0] = [a, b];
+        rows[1] = [c, d];
     }
-    let mut quads = flat[..2 * R].chunks_exact_mut(4);
-    for q in &mut quads {
-        let y = super::ops::gelu_erf_vectors([q[0], q[1], q[2], q[3]]);
-        q.copy_from_slice(&y);
-    }
-    for pair in quads.into_remainder().chunks_exact_mut(2) {
-        let y = super::ops::gelu_erf_vectors([pair[0], pair[1]]);
-        pair.copy_from_slice(&y);
-    }
-    for (i, row) in acc.iter_mut().enumerate() {
-        *row = [flat[2 * i], flat[2 * i + 1]];
+    for row in pairs.into_remainder() {
+        *row = gelu_erf_vectors(*row);
     }
 }
 
@@ -1018,6 +1011,21 @@ pub(super) unsafe fn store_output_row(
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel<const R: usize>(_: &Tile) {
     unreachable!("PackedWeight::supported() is false off x86-64")
+}
+
+/// The GELU tests' reference: `plain` (a product's outputs) through `ops::gelu_erf_in_place`,
+/// after checking that they reach past both of the erf's clamps (|x / sqrt 2| > 4), so that
+/// both of GELU's tails and its middle are exercised.
+#[cfg(test)]
+pub(crate) fn gelu_reference(plain: &mut [f32], what: &str) {
+    let (lo, hi) = plain
+        .iter()
+        .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    assert!(
+        lo < -6.0 && hi > 6.0,
+        "{what}: outputs only span {lo}..{hi}"
+    );
+    super::ops::gelu_erf_in_place(plain);
 }
 
 /// `len` pseudo-random values in [-1, 1) from `seed`: the GEMM tests' inputs.
@@ -1383,11 +1391,7 @@ mod tests {
             for bias in [None, Some(&b[..])] {
                 let mut want = vec![0f32; m * n];
                 packed.matmul(&x, m, bias, &mut want, threads);
-                let spread = want
-                    .iter()
-                    .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-                assert!(spread.0 < -6.0 && spread.1 > 6.0, "{m}x{n}x{k}: {spread:?}");
-                super::super::ops::gelu_erf_in_place(&mut want);
+                gelu_reference(&mut want, &format!("{m}x{n}x{k}"));
                 let mut got = vec![f32::NAN; m * n];
                 packed.matmul_then(&x, m, bias, &mut got, threads, Some(Epilogue::GeluErf));
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
