@@ -5,8 +5,9 @@
 //!   CPU has it, else AVX2 + FMA (6 x 16 tiles). Both add the same products in the same order
 //!   (one FMA per `k`, increasing), so they give the same bits (tested).
 //! - integer GEMM ([`qgemm`](super::qgemm)): `vpdpbusd` with AVX-512 VNNI (16 columns a
-//!   register) or AVX-VNNI (8 a register), else AVX2 `vpmaddwd`. All three sum the same
-//!   exact integer block products, so they give the same bits too (tested).
+//!   register) or AVX-VNNI (8 a register), else AVX2 (`vpmaddwd` on i16 for Q8_0, `vpmaddubsw`
+//!   on bytes for Q4_0 / Q4_1). All three sum the same exact integer block products, so they
+//!   give the same bits too (tested).
 //!
 //! `HARNESS_KERNELS=avx2` holds both GEMMs at the AVX2 level (to measure one level against
 //! another on one machine, or to rule a kernel out when chasing a difference); any other value

@@ -11,14 +11,12 @@
 //! (exact), the outer in f32. Only the order of the f32 additions differs from candle's
 //! (tested against candle's kernel and against an f64 reference of the same blocks).
 //!
-//! Layout, for AVX2 without VNNI:
+//! Layout of Q8_0 weights for AVX2 without VNNI:
 //!
 //! - the weight `(n, k)` is stored in panels of [`NR`] = 16 output columns; for each block of
 //!   32 `k` and each step of 2 `k`, a panel holds 32 int8 values: columns 0-7 then 8-15, each
-//!   column's 2 values side by side. Q4_0 keeps them as nibbles (`q + 8`; columns 0-7 low,
-//!   8-15 high, 16 bytes a step), so a layer takes what its file does; the kernel subtracts
-//!   the 8s per block as 8 x the input block's sum. The blocks' scales sit in a separate
-//!   array, 16 f32 per panel and block (f16 converted once, at load);
+//!   column's 2 values side by side. The blocks' scales sit in a separate array, 16 f32 per
+//!   panel and block (f16 converted once, at load);
 //! - the input is rounded to Q8_0 once per call (in parallel over rows) into two row-major
 //!   arrays: the values as i16 and the block scales. The kernel broadcasts 2 values of a row
 //!   at a time straight from them; there is no packing pass over the input;
@@ -27,7 +25,15 @@
 //!   multiply-adds each, pairs summed to i32) and two `vpaddd`. Each block's i32 sums become
 //!   f32 and are scaled into the f32 accumulators.
 //!
-//! Why `vpmaddwd` on i16 rather than the usual `vpsignb` + `vpmaddubsw` + `vpmaddwd` on
+//! Q4_0 (and Q4_1) weights on AVX2 take the VNNI levels' layout and kernel instead (below),
+//! with `vpdpbusd` done as `vpmaddubsw` + `vpmaddwd` by ones + `vpaddd`: their unsigned
+//! nibbles (at most 15) times signed input bytes (at most 127 in magnitude) give pair sums
+//! far below `vpmaddubsw`'s i16 saturation, so the sums are the same exact integers and the
+//! results the same bits; per 32 multiply-adds it issues three instructions where the i16
+//! form needed two `vpmovzxbw`-widened nibble loads and four more (1.4-2x the GMAC/s, session
+//! 20 in BENCHMARKS.md). Q8_0 cannot: its signed-by-signed bytes, made unsigned, saturate.
+//!
+//! Why Q8_0 takes `vpmaddwd` on i16 rather than the usual `vpsignb` + `vpmaddubsw` + `vpmaddwd` on
 //! bytes: on this host `vpsignb`, `vpmaddubsw` and `vpmaddwd` all issue on the same two pipes
 //! (two per cycle in any mix), so the byte sequence spends three of those slots per 32
 //! multiply-adds and i16 two; in the kernel both ran at the same speed, and i16 needs neither
@@ -38,18 +44,18 @@
 //!
 //! With VNNI (AVX-512 VNNI or AVX-VNNI, chosen at run time by [`super::isa`]) the weight is
 //! laid out with 4 `k` per column side by side instead and multiplied by `vpdpbusd` (u8 x s8,
-//! four products summed into i32, no saturation) in [`vnni`]: one instruction per 64 (zmm)
+//! four products summed into i32, no saturation) in [`quads`]: one instruction per 64 (zmm)
 //! or 32 (ymm) multiply-adds. One operand must be unsigned, so for Q8_0 the input values go
 //! in as `q + 128` and the kernel takes `128 · Σ q_w` (kept per block and column) back off;
-//! for Q4_0 the weights' nibbles are already unsigned (`q + 8`) and the 8s come off as
-//! above. The block sums are the same exact integers as the AVX2 kernel's and are scaled in
+//! for Q4_0 the weights' nibbles are already unsigned (`q + 8`) and the kernel subtracts the
+//! 8s per block as 8 x the input block's sum. The block sums are the same exact integers as the AVX2 kernel's and are scaled in
 //! the same order, so every level gives the same bits (tested): ggml's Q8_0 arithmetic is
 //! kept, not approximated.
 //!
 //! A row's result does not depend on its batch (tested bit for bit). Runs where the f32
 //! kernels run (AVX2 and FMA, checked at run time); elsewhere layers stay on candle.
 
-mod vnni;
+mod quads;
 
 use std::mem::MaybeUninit;
 
@@ -161,8 +167,11 @@ pub struct Int8Weight {
     n: usize,
     k: usize,
     format: BlockFormat,
-    /// The kernels that multiply it (VNNI levels lay the values out 4 `k` a column).
+    /// The kernels that multiply it.
     level: IntLevel,
+    /// Whether the values are laid out 4 `k` a column for the [`quads`] kernels (VNNI levels,
+    /// and Q4_0 / Q4_1 at every level), rather than 2 `k` a column for the AVX2 i16 kernel.
+    quads: bool,
     /// Panel values, from `offset` on (64-byte aligned).
     quants: Vec<i8>,
     offset: usize,
@@ -179,9 +188,9 @@ pub struct Int8Weight {
     min_offsets: Option<PackedWeight>,
 }
 
-/// Input rows rounded to Q8_0 blocks: the values (as i16 for the AVX2 kernel, as bytes for
-/// VNNI: `q + 128` against Q8_0 weights, `q` against Q4_0), one scale per block and, for Q4_0
-/// weights, each block's sum of values.
+/// Input rows rounded to Q8_0 blocks: the values (as i16 for the AVX2 i16 kernel, as bytes
+/// for the [`quads`] kernels: `q + 128` against Q8_0 weights, `q` against Q4_0), one scale per
+/// block and, for Q4_0 weights, each block's sum of values.
 struct QuantizedRows {
     q: Vec<i16>,
     bytes: Vec<u8>,
@@ -221,8 +230,8 @@ impl Int8Weight {
         let mut quants = vec![0i8; panels * blocks * panel_block + 64];
         let offset = quants.as_ptr().align_offset(64).min(64);
         let mut scales = vec![0f32; panels * blocks * NR];
-        let quads = level != IntLevel::Avx2;
         let kernel_format = format.kernel_format();
+        let quads = level != IntLevel::Avx2 || kernel_format == BlockFormat::Q4_0;
         let mut offsets = if format == BlockFormat::Q4_1 {
             vec![0f32; n * blocks]
         } else {
@@ -261,24 +270,13 @@ impl Int8Weight {
                             if !panel_sums.is_empty() {
                                 panel_sums[b * NR + col] = qs.iter().map(|&q| i16::from(q)).sum();
                             }
-                            vnni::lay_out_block(kernel_format, &qs, col, dst);
+                            quads::lay_out_block(kernel_format, &qs, col, dst);
                             continue;
                         }
+                        // Q8_0 for the i16 kernel.
                         for (step, two) in qs.chunks_exact(2).enumerate() {
-                            match kernel_format {
-                                BlockFormat::Q8_0 => {
-                                    let at = step * 32 + half * 16 + c * 2;
-                                    dst[at..at + 2].copy_from_slice(two);
-                                }
-                                // Byte `c * 2 + kk` of a step: columns 0-7 in the low
-                                // nibble, 8-15 in the high one, stored as `q + 8` (0-15).
-                                BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                                    for (kk, &q) in two.iter().enumerate() {
-                                        let nibble = ((q + 8) as u8) << (4 * half);
-                                        dst[step * 16 + c * 2 + kk] |= nibble as i8;
-                                    }
-                                }
-                            }
+                            let at = step * 32 + half * 16 + c * 2;
+                            dst[at..at + 2].copy_from_slice(two);
                         }
                     }
                 }
@@ -288,6 +286,7 @@ impl Int8Weight {
             k,
             format,
             level,
+            quads,
             quants,
             offset,
             scales,
@@ -307,11 +306,12 @@ impl Int8Weight {
         self.level
     }
 
-    /// Input rows per microkernel call at this weight's level.
+    /// Input rows per microkernel call for this weight's level and layout.
     fn tile_rows(&self) -> usize {
-        match self.level {
-            IntLevel::Avx512Vnni => vnni::MR_512,
-            IntLevel::AvxVnni | IntLevel::Avx2 => MR,
+        match (self.level, self.quads) {
+            (IntLevel::Avx512Vnni, _) => quads::MR_512,
+            (IntLevel::Avx2, true) => quads::MR_AVX2,
+            (IntLevel::AvxVnni | IntLevel::Avx2, _) => MR,
         }
     }
 
@@ -363,11 +363,11 @@ impl Int8Weight {
             while b0 < blocks {
                 let nb = PASS_BLOCKS.min(blocks - b0);
                 let last = b0 + nb == blocks;
-                // The AVX2 kernel applies GELU to its registers on the last pass; any other
-                // epilogue (and the VNNI kernels') runs on the stored tile.
+                // The ymm kernels apply GELU to their registers on the last pass; any other
+                // epilogue (and the AVX-512 kernel's) runs on the stored tile.
                 let in_kernel = last
                     && matches!(epilogue, Some(Epilogue::GeluErf))
-                    && self.level == IntLevel::Avx2;
+                    && self.level != IntLevel::Avx512Vnni;
                 for p in cols.clone() {
                     let width = NR.min(n - p * NR);
                     let mut panel_bias = [0f32; NR];
@@ -406,22 +406,14 @@ impl Int8Weight {
                             init,
                             bias: &panel_bias,
                         };
-                        match (self.level, format, r) {
-                            (IntLevel::Avx512Vnni | IntLevel::AvxVnni, ..) => {
-                                vnni::tile(self.level, format, r, &tile)
-                            }
-                            (_, BlockFormat::Q8_0, 6) => kernel::<6, false>(&tile),
-                            (_, BlockFormat::Q8_0, 5) => kernel::<5, false>(&tile),
-                            (_, BlockFormat::Q8_0, 4) => kernel::<4, false>(&tile),
-                            (_, BlockFormat::Q8_0, 3) => kernel::<3, false>(&tile),
-                            (_, BlockFormat::Q8_0, 2) => kernel::<2, false>(&tile),
-                            (_, BlockFormat::Q8_0, _) => kernel::<1, false>(&tile),
-                            (_, BlockFormat::Q4_0, 6) => kernel::<6, true>(&tile),
-                            (_, BlockFormat::Q4_0, 5) => kernel::<5, true>(&tile),
-                            (_, BlockFormat::Q4_0, 4) => kernel::<4, true>(&tile),
-                            (_, BlockFormat::Q4_0, 3) => kernel::<3, true>(&tile),
-                            (_, BlockFormat::Q4_0, 2) => kernel::<2, true>(&tile),
-                            (_, _, _) => kernel::<1, true>(&tile),
+                        match (self.quads, r) {
+                            (true, _) => quads::tile(self.level, format, r, &tile),
+                            (false, 6) => kernel::<6>(&tile),
+                            (false, 5) => kernel::<5>(&tile),
+                            (false, 4) => kernel::<4>(&tile),
+                            (false, 3) => kernel::<3>(&tile),
+                            (false, 2) => kernel::<2>(&tile),
+                            (false, _) => kernel::<1>(&tile),
                         }
                         if let (Some(f), true, false) = (epilogue, last, in_kernel) {
                             epilogue_on_tile(f, c, n, r, width);
@@ -471,10 +463,10 @@ impl PackedGemm for Int8Weight {
             return bias_only(out, n, bias, epilogue);
         }
         let format = self.format.kernel_format();
-        let as_bytes = match (self.level, format) {
-            (IntLevel::Avx2, _) => None,
-            (_, BlockFormat::Q8_0) => Some(128),
-            (_, _) => Some(0),
+        let as_bytes = match (self.quads, format) {
+            (false, _) => None,
+            (true, BlockFormat::Q8_0) => Some(128),
+            (true, _) => Some(0),
         };
         let rows = quantize_rows(x, format == BlockFormat::Q4_0, as_bytes);
         let out_ptr = SendPtr(out.as_mut_ptr().cast::<f32>());
@@ -524,10 +516,11 @@ type RoundingChunk<'a> = (
 
 /// Round input rows (their width a multiple of [`QK`], as the weight's `k` is) to Q8_0 blocks
 /// exactly as candle's `BlockQ8_0::from_float` does, spread over the kernels' pool. With
-/// `as_bytes`, the values are also given as bytes `q + as_bytes` (for the VNNI kernels).
+/// `as_bytes`, the values are given as bytes `q + as_bytes` instead (for the [`quads`]
+/// kernels).
 fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> QuantizedRows {
     let blocks = x.len() / QK;
-    // The VNNI kernels read only the bytes: the i16 values are then rounded into a buffer per
+    // The quads kernels read only the bytes: the i16 values are then rounded into a buffer per
     // chunk instead of kept for the whole input.
     let kept = |on: bool| if on { x.len() } else { 0 };
     let mut q = unwritten::<i16>(kept(as_bytes.is_none()));
@@ -678,14 +671,14 @@ unsafe fn round_blocks_avx2(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]
 /// One microkernel call: `c (R x width) (+)= x (R x nb·32) wᵀ` over `blocks` blocks.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct QTile<'a> {
-    /// Whether the AVX2 kernel applies GELU to the finished outputs before storing them (the
+    /// Whether a ymm kernel applies GELU to the finished outputs before storing them (the
     /// last block pass; see [`super::sgemm::gelu_on_rows`]).
     gelu: bool,
     blocks: usize,
-    /// Row 0's values at the pass's first block; rows `lda` apart (AVX2 kernel; null at VNNI
-    /// levels).
+    /// Row 0's values at the pass's first block; rows `lda` apart (AVX2 i16 kernel; else
+    /// null).
     q: *const i16,
-    /// The same as bytes (VNNI kernels; null for AVX2).
+    /// The same as bytes ([`quads`] kernels; else null).
     bytes: *const u8,
     lda: usize,
     /// Row 0's block scales at the pass's first block; rows `ldd` apart.
@@ -697,7 +690,8 @@ struct QTile<'a> {
     /// The panel's values and scales at the pass's first block.
     w: *const i8,
     ws: *const f32,
-    /// Q8_0 at VNNI levels: the panel's block sums at the pass's first block (else null).
+    /// Q8_0 in the [`quads`] layout: the panel's block sums at the pass's first block (else
+    /// null).
     wsums: *const i16,
     c: *mut f32,
     ldc: usize,
@@ -706,9 +700,10 @@ struct QTile<'a> {
     bias: &'a [f32; NR],
 }
 
+/// The AVX2 kernel for Q8_0 weights in the i16 layout: `R` rows (at most [`MR`]) by one panel.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<const R: usize, const Q4: bool>(t: &QTile) {
+unsafe fn kernel<const R: usize>(t: &QTile) {
     use super::sgemm::{load_output_row, store_output_row};
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -735,20 +730,8 @@ unsafe fn kernel<const R: usize, const Q4: bool>(t: &QTile) {
         }
         let mut sums = [[_mm256_setzero_si256(); 2]; R];
         for step in 0..QK / 2 {
-            let (w0, w1) = if Q4 {
-                // Nibbles `q + 8`: the 8s come off per block below, as 8 x the row's sum.
-                let v = _mm_load_si128(w.add(step * 16) as *const __m128i);
-                let low = _mm_set1_epi8(0x0f);
-                (
-                    _mm256_cvtepu8_epi16(_mm_and_si128(v, low)),
-                    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(v), low)),
-                )
-            } else {
-                (
-                    _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32) as *const __m128i)),
-                    _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32 + 16) as *const __m128i)),
-                )
-            };
+            let w0 = _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32) as *const __m128i));
+            let w1 = _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32 + 16) as *const __m128i));
             let at = b * QK + step * 2;
             for (i, sum) in sums.iter_mut().enumerate() {
                 let q = _mm256_set1_epi32(std::ptr::read_unaligned(
@@ -758,13 +741,6 @@ unsafe fn kernel<const R: usize, const Q4: bool>(t: &QTile) {
                 sum[1] = _mm256_add_epi32(sum[1], _mm256_madd_epi16(w1, q));
             }
         }
-        if Q4 {
-            for (i, sum) in sums.iter_mut().enumerate() {
-                let offset = _mm256_set1_epi32(8 * *t.sums.add(i * t.ldd + b));
-                sum[0] = _mm256_sub_epi32(sum[0], offset);
-                sum[1] = _mm256_sub_epi32(sum[1], offset);
-            }
-        }
         let d0 = _mm256_loadu_ps(ws);
         let d1 = _mm256_loadu_ps(ws.add(8));
         for (i, (row, sum)) in acc.iter_mut().zip(&sums).enumerate() {
@@ -772,7 +748,7 @@ unsafe fn kernel<const R: usize, const Q4: bool>(t: &QTile) {
             row[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[0]), _mm256_mul_ps(dx, d0), row[0]);
             row[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[1]), _mm256_mul_ps(dx, d1), row[1]);
         }
-        w = w.add(if Q4 { PANEL_BLOCK / 2 } else { PANEL_BLOCK });
+        w = w.add(PANEL_BLOCK);
         ws = ws.add(NR);
     }
     if t.gelu {
@@ -784,7 +760,7 @@ unsafe fn kernel<const R: usize, const Q4: bool>(t: &QTile) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel<const R: usize, const Q4: bool>(_: &QTile) {
+unsafe fn kernel<const R: usize>(_: &QTile) {
     unreachable!("Int8Weight is never built off x86-64")
 }
 
@@ -1114,7 +1090,7 @@ mod tests {
 
     #[test]
     fn gelu_in_the_kernel_gives_the_in_place_gelus_bits() {
-        // The AVX2 kernel applies GELU to its registers on the last block pass; every level
+        // The ymm kernels apply GELU to their registers on the last block pass; every level
         // and format must give what the product followed by `gelu_erf_in_place` gives: tiles
         // of every row count, a partial panel, one and two block passes, both GELU tails.
         for (level, dtype) in levels("gelu_in_the_kernel_gives_the_in_place_gelus_bits")

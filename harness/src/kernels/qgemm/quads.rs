@@ -1,8 +1,15 @@
-//! The VNNI microkernels of the integer GEMM (issue 16): `vpdpbusd` multiplies unsigned by
-//! signed bytes four at a time and adds the four products to an i32 lane, with no
-//! saturation, so one instruction does what `vpmaddwd` + `vpaddd` do for two pairs on AVX2.
+//! The integer GEMM's microkernels on bytes laid out 4 `k` a column (issue 16): `vpdpbusd`
+//! multiplies unsigned by signed bytes four at a time and adds the four products to an i32
+//! lane, with no saturation, so one instruction does what `vpmaddwd` + `vpaddd` do for two
+//! pairs in the AVX2 i16 kernel. AVX-512 VNNI and AVX-VNNI have it; on AVX2 the same layout
+//! and kernel take it as `vpmaddubsw` (pairs of u8 x s8 products summed to i16, saturating) +
+//! `vpmaddwd` by ones + `vpaddd`, for Q4_0 / Q4_1 weights only: their unsigned nibbles (at
+//! most 15) times signed input values (at most 128 in magnitude) keep every pair sum under
+//! 2 x 15 x 128 = 3,840, so nothing saturates and the sums are `vpdpbusd`'s exact integers.
+//! Q8_0's unsigned operand (`q + 128`, up to 255) against its signed weights could saturate,
+//! so AVX2 multiplies Q8_0 with the i16 kernel instead.
 //!
-//! Layout (both VNNI levels): per panel and block, 8 steps of 4 `k`; a step is 64 bytes,
+//! Layout (every level): per panel and block, 8 steps of 4 `k`; a step is 64 bytes,
 //! column `c`'s four values at bytes `4c..4c + 4` (columns 0-7 in the first 32 bytes, which
 //! is what an AVX-VNNI ymm register takes). Q8_0 stores the signed values; Q4_0 stores
 //! nibbles `q + 8`, steps `2j` (low nibble) and `2j + 1` (high) in the same 64 bytes, so a
@@ -20,6 +27,11 @@ use super::{BlockFormat, IntLevel, QTile, NR, PREFETCH_BLOCKS, QK};
 
 /// Input rows per AVX-512 VNNI microkernel call (12 i32 and 12 f32 accumulators in zmm).
 pub(super) const MR_512: usize = 12;
+
+/// Input rows per AVX2 microkernel call: with 4 rows, 8 i32 sums, two weight vectors, the
+/// broadcast input, the ones and the nibble mask fit the 16 ymm registers; 5 or 6 rows spill
+/// (4 rows gave 3-8% more GMAC/s than 6 on Q4_0 BERT-base products, AMD EPYC Zen 3).
+pub(super) const MR_AVX2: usize = 4;
 
 /// Write one block of column `col` (its 32 values `qs`) into the panel's block `dst`.
 pub(super) fn lay_out_block(format: BlockFormat, qs: &[i8; QK], col: usize, dst: &mut [i8]) {
@@ -55,8 +67,16 @@ pub(super) unsafe fn tile(level: IntLevel, format: BlockFormat, r: usize, t: &QT
         (IntLevel::Avx512Vnni, BlockFormat::Q4_0 | BlockFormat::Q4_1) => {
             rows!(kernel_512, true, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2])
         }
-        (_, BlockFormat::Q8_0) => rows!(kernel_256, false, [6, 5, 4, 3, 2]),
-        (_, BlockFormat::Q4_0 | BlockFormat::Q4_1) => rows!(kernel_256, true, [6, 5, 4, 3, 2]),
+        (IntLevel::AvxVnni, BlockFormat::Q8_0) => rows!(kernel_256, false, [6, 5, 4, 3, 2]),
+        (IntLevel::AvxVnni, BlockFormat::Q4_0 | BlockFormat::Q4_1) => {
+            rows!(kernel_256, true, [6, 5, 4, 3, 2])
+        }
+        (IntLevel::Avx2, BlockFormat::Q8_0) => {
+            unreachable!("Q8_0 on AVX2 is laid out for the i16 kernel")
+        }
+        (IntLevel::Avx2, BlockFormat::Q4_0 | BlockFormat::Q4_1) => {
+            rows!(kernel_avx2, true, [4, 3, 2])
+        }
     }
 }
 
@@ -172,9 +192,30 @@ unsafe fn kernel_512<const R: usize, const Q4: bool>(t: &QTile) {
     }
 }
 
+/// The AVX-VNNI kernel: `R` rows by one panel, `vpdpbusd` on ymm registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn kernel_256<const R: usize, const Q4: bool>(t: &QTile) {
+    body_256::<R, Q4, false>(t)
+}
+
+/// The AVX2 kernel (Q4_0 / Q4_1 only, see the module doc): [`kernel_256`] with `vpdpbusd`
+/// taken as `vpmaddubsw` + `vpmaddwd` by ones + `vpaddd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2<const R: usize, const Q4: bool>(t: &QTile) {
+    debug_assert!(
+        Q4,
+        "Q8_0's unsigned input bytes could saturate `vpmaddubsw`"
+    );
+    body_256::<R, Q4, true>(t)
+}
+
+/// The ymm kernels' body, inlined into each so that it is compiled for that kernel's features:
+/// `SPLIT` takes each `vpdpbusd` as its AVX2 instruction pair.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool>(t: &QTile) {
     use super::super::sgemm::{load_output_row, store_output_row};
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -188,6 +229,17 @@ unsafe fn kernel_256<const R: usize, const Q4: bool>(t: &QTile) {
         }
     }
     let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let dot = |sum: __m256i, u: __m256i, s: __m256i| {
+        if SPLIT {
+            _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones))
+        } else {
+            _mm256_dpbusd_avx_epi32(sum, u, s)
+        }
+    };
+    // `vpmaddubsw` + `vpmaddwd` feed a one-cycle `vpaddd`: one chain is enough (and more
+    // would not fit the registers).
+    let nchains = if SPLIT { 1 } else { chains_for(R) };
     let block_bytes = if Q4 { QK * NR / 2 } else { QK * NR };
     let (mut w, mut ws, mut wsums) = (t.w, t.ws, t.wsums);
     for b in 0..t.blocks {
@@ -208,10 +260,10 @@ unsafe fn kernel_256<const R: usize, const Q4: bool>(t: &QTile) {
                     let (w0, w1) = (nibbles(v0), nibbles(v1));
                     let step = 2 * pair + h;
                     let at = b * QK + step * 4;
-                    for (i, sum) in chains[step % chains_for(R)].iter_mut().enumerate() {
+                    for (i, sum) in chains[step % nchains].iter_mut().enumerate() {
                         let x = _mm256_set1_epi32(four_bytes(t, i, at));
-                        sum[0] = _mm256_dpbusd_avx_epi32(sum[0], w0, x);
-                        sum[1] = _mm256_dpbusd_avx_epi32(sum[1], w1, x);
+                        sum[0] = dot(sum[0], w0, x);
+                        sum[1] = dot(sum[1], w1, x);
                     }
                 }
             }
@@ -220,15 +272,15 @@ unsafe fn kernel_256<const R: usize, const Q4: bool>(t: &QTile) {
                 let w0 = _mm256_loadu_si256(w.add(step * 64) as *const __m256i);
                 let w1 = _mm256_loadu_si256(w.add(step * 64 + 32) as *const __m256i);
                 let at = b * QK + step * 4;
-                for (i, sum) in chains[step % chains_for(R)].iter_mut().enumerate() {
+                for (i, sum) in chains[step % nchains].iter_mut().enumerate() {
                     let x = _mm256_set1_epi32(four_bytes(t, i, at));
-                    sum[0] = _mm256_dpbusd_avx_epi32(sum[0], x, w0);
-                    sum[1] = _mm256_dpbusd_avx_epi32(sum[1], x, w1);
+                    sum[0] = dot(sum[0], x, w0);
+                    sum[1] = dot(sum[1], x, w1);
                 }
             }
         }
         let mut sums = chains[0];
-        for chain in &chains[1..chains_for(R)] {
+        for chain in &chains[1..nchains] {
             for (sum, c) in sums.iter_mut().zip(chain) {
                 sum[0] = _mm256_add_epi32(sum[0], c[0]);
                 sum[1] = _mm256_add_epi32(sum[1], c[1]);
@@ -260,6 +312,9 @@ unsafe fn kernel_256<const R: usize, const Q4: bool>(t: &QTile) {
         w = w.add(block_bytes);
         ws = ws.add(NR);
     }
+    if t.gelu {
+        super::super::sgemm::gelu_on_rows(&mut acc);
+    }
     for (i, row) in acc.iter().enumerate() {
         store_output_row(t.c.add(i * t.ldc), t.width, *row);
     }
@@ -272,5 +327,10 @@ unsafe fn kernel_512<const R: usize, const Q4: bool>(_: &QTile) {
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel_256<const R: usize, const Q4: bool>(_: &QTile) {
+    unreachable!("Int8Weight is never built off x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_avx2<const R: usize, const Q4: bool>(_: &QTile) {
     unreachable!("Int8Weight is never built off x86-64")
 }
