@@ -704,7 +704,7 @@ struct QTile<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel<const R: usize>(t: &QTile) {
-    use super::sgemm::{load_output_row, store_output_row};
+    use super::sgemm::load_output_row;
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     match t.init {
@@ -741,18 +741,43 @@ unsafe fn kernel<const R: usize>(t: &QTile) {
                 sum[1] = _mm256_add_epi32(sum[1], _mm256_madd_epi16(w1, q));
             }
         }
-        let d0 = _mm256_loadu_ps(ws);
-        let d1 = _mm256_loadu_ps(ws.add(8));
-        for (i, (row, sum)) in acc.iter_mut().zip(&sums).enumerate() {
-            let dx = _mm256_set1_ps(*t.d.add(i * t.ldd + b));
-            row[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[0]), _mm256_mul_ps(dx, d0), row[0]);
-            row[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[1]), _mm256_mul_ps(dx, d1), row[1]);
-        }
+        scale_block(&mut acc, &sums, t, ws, b);
         w = w.add(PANEL_BLOCK);
         ws = ws.add(NR);
     }
+    finish_tile(t, &mut acc);
+}
+
+/// Add one block's exact i32 sums into a ymm kernel's f32 accumulators, `acc += f32(sum) ·
+/// (d_x · d_w)` per row and column (`ws`: the panel's 16 weight scales for block `b`), in the
+/// order every level keeps, so that all give the same bits. Inlined into each kernel, so
+/// compiled for its features.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn scale_block<const R: usize>(
+    acc: &mut [[std::arch::x86_64::__m256; 2]; R],
+    sums: &[[std::arch::x86_64::__m256i; 2]; R],
+    t: &QTile,
+    ws: *const f32,
+    b: usize,
+) {
+    use std::arch::x86_64::*;
+    let d0 = _mm256_loadu_ps(ws);
+    let d1 = _mm256_loadu_ps(ws.add(8));
+    for (i, (row, sum)) in acc.iter_mut().zip(sums).enumerate() {
+        let dx = _mm256_set1_ps(*t.d.add(i * t.ldd + b));
+        row[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[0]), _mm256_mul_ps(dx, d0), row[0]);
+        row[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[1]), _mm256_mul_ps(dx, d1), row[1]);
+    }
+}
+
+/// Store a ymm kernel's finished tile, with GELU on the registers first when the pass asks.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn finish_tile<const R: usize>(t: &QTile, acc: &mut [[std::arch::x86_64::__m256; 2]; R]) {
+    use super::sgemm::store_output_row;
     if t.gelu {
-        super::sgemm::gelu_on_rows(&mut acc);
+        super::sgemm::gelu_on_rows(acc);
     }
     for (i, row) in acc.iter().enumerate() {
         store_output_row(t.c.add(i * t.ldc), t.width, *row);

@@ -216,7 +216,7 @@ unsafe fn kernel_avx2<const R: usize, const Q4: bool>(t: &QTile) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool>(t: &QTile) {
-    use super::super::sgemm::{load_output_row, store_output_row};
+    use super::super::sgemm::load_output_row;
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     match t.init {
@@ -302,22 +302,11 @@ unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool>(t: &QTile)
             }
             wsums = wsums.add(NR);
         }
-        let d0 = _mm256_loadu_ps(ws);
-        let d1 = _mm256_loadu_ps(ws.add(8));
-        for (i, (row, sum)) in acc.iter_mut().zip(&sums).enumerate() {
-            let dx = _mm256_set1_ps(*t.d.add(i * t.ldd + b));
-            row[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[0]), _mm256_mul_ps(dx, d0), row[0]);
-            row[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[1]), _mm256_mul_ps(dx, d1), row[1]);
-        }
+        super::scale_block(&mut acc, &sums, t, ws, b);
         w = w.add(block_bytes);
         ws = ws.add(NR);
     }
-    if t.gelu {
-        super::super::sgemm::gelu_on_rows(&mut acc);
-    }
-    for (i, row) in acc.iter().enumerate() {
-        store_output_row(t.c.add(i * t.ldc), t.width, *row);
-    }
+    super::finish_tile(t, &mut acc);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
