@@ -27,20 +27,21 @@
 //!
 //! Q4_0 (and Q4_1) weights on AVX2 take the VNNI levels' layout and kernel instead (below),
 //! with `vpdpbusd` done as `vpmaddubsw` + `vpmaddwd` by ones + `vpaddd`: their unsigned
-//! nibbles (at most 15) times signed input bytes (at most 127 in magnitude) give pair sums
+//! nibbles (at most 15) times signed input bytes (at most 128 in magnitude) give pair sums
 //! far below `vpmaddubsw`'s i16 saturation, so the sums are the same exact integers and the
-//! results the same bits; per 32 multiply-adds it issues three instructions where the i16
-//! form needed two `vpmovzxbw`-widened nibble loads and four more (1.4-2x the GMAC/s, session
-//! 20 in BENCHMARKS.md). Q8_0 cannot: its signed-by-signed bytes, made unsigned, saturate.
+//! results the same bits. Per row and 32 multiply-adds that is three instructions; the i16
+//! form spent four (two `vpmaddwd`, two `vpaddd`) after widening every step's nibbles to i16
+//! (`vpand`, `vpsrlw`, two `vpmovzxbw`): 1.5-2x the GMAC/s (BENCHMARKS.md, session 20). Q8_0
+//! cannot: its signed-by-signed bytes, one side made unsigned, can saturate.
 //!
-//! Why Q8_0 takes `vpmaddwd` on i16 rather than the usual `vpsignb` + `vpmaddubsw` + `vpmaddwd` on
-//! bytes: on this host `vpsignb`, `vpmaddubsw` and `vpmaddwd` all issue on the same two pipes
-//! (two per cycle in any mix), so the byte sequence spends three of those slots per 32
-//! multiply-adds and i16 two; in the kernel both ran at the same speed, and i16 needs neither
-//! a copy of the input's magnitudes nor a special case for -128. Either way AVX2 without VNNI
-//! gives integers about what two f32 FMA pipes give floats: the gain over the f32 GEMM is the
-//! weight traffic (a quarter), which is what one-row products (generation) are bound by
-//! (BENCHMARKS.md, "Integer GEMM").
+//! Why Q8_0 takes `vpmaddwd` on i16 rather than the usual `vpsignb` + `vpmaddubsw` +
+//! `vpmaddwd` on bytes: on this host `vpsignb`, `vpmaddubsw` and `vpmaddwd` all issue on the
+//! same two pipes (two per cycle in any mix), so the byte sequence spends three of those slots
+//! per 32 multiply-adds and i16 two; in the kernel both ran at the same speed, and i16 needs
+//! neither a copy of the input's magnitudes nor a special case for -128. Either way AVX2
+//! without VNNI gives integers about what two f32 FMA pipes give floats: the gain over the f32
+//! GEMM is the weight traffic (a quarter), which is what one-row products (generation) are
+//! bound by (BENCHMARKS.md, "Integer GEMM").
 //!
 //! With VNNI (AVX-512 VNNI or AVX-VNNI, chosen at run time by [`super::isa`]) the weight is
 //! laid out with 4 `k` per column side by side instead and multiplied by `vpdpbusd` (u8 x s8,
@@ -48,9 +49,9 @@
 //! or 32 (ymm) multiply-adds. One operand must be unsigned, so for Q8_0 the input values go
 //! in as `q + 128` and the kernel takes `128 · Σ q_w` (kept per block and column) back off;
 //! for Q4_0 the weights' nibbles are already unsigned (`q + 8`) and the kernel subtracts the
-//! 8s per block as 8 x the input block's sum. The block sums are the same exact integers as the AVX2 kernel's and are scaled in
-//! the same order, so every level gives the same bits (tested): ggml's Q8_0 arithmetic is
-//! kept, not approximated.
+//! 8s per block as 8 x the input block's sum. The block sums are the same exact integers as
+//! the AVX2 kernels' and are scaled in the same order, so every level gives the same bits
+//! (tested): ggml's Q8_0 arithmetic is kept, not approximated.
 //!
 //! A row's result does not depend on its batch (tested bit for bit). Runs where the f32
 //! kernels run (AVX2 and FMA, checked at run time); elsewhere layers stay on candle.

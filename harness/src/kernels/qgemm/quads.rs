@@ -18,9 +18,9 @@
 //! The unsigned operand: for Q8_0 it is the input, as `q + 128` (0..=255), and the kernel
 //! subtracts `128 · Σ q_w` per block and column; for Q4_0 it is the weight's `q + 8`
 //! (0..=15), against the signed input, and the kernel subtracts `8 · Σ q_x` per row and
-//! block, as the AVX2 kernel does. Either way a block's sum is the exact integer
-//! `Σ q_w q_x` (at most 32 x 255 x 128 in magnitude before the correction, far inside i32),
-//! scaled into the f32 accumulators exactly as the AVX2 kernel scales it.
+//! block. Either way a block's sum is the exact integer `Σ q_w q_x` (at most 32 x 255 x 128
+//! in magnitude before the correction, far inside i32), scaled into the f32 accumulators
+//! exactly as the AVX2 i16 kernel scales its own (the ymm kernels share `scale_block`).
 
 use super::super::sgemm::Init;
 use super::{BlockFormat, IntLevel, QTile, NR, PREFETCH_BLOCKS, QK};
@@ -29,9 +29,14 @@ use super::{BlockFormat, IntLevel, QTile, NR, PREFETCH_BLOCKS, QK};
 pub(super) const MR_512: usize = 12;
 
 /// Input rows per AVX2 microkernel call: with 4 rows, 8 i32 sums, two weight vectors, the
-/// broadcast input, the ones and the nibble mask fit the 16 ymm registers; 5 or 6 rows spill
-/// (4 rows gave 3-8% more GMAC/s than 6 on Q4_0 BERT-base products, AMD EPYC Zen 3).
+/// broadcast input, the ones and the nibble mask fit the 16 ymm registers; 6 rows spill
+/// (4 rows gave 3-8% more GMAC/s than 6 and 2-5% more than 5 on Q4_0 BERT-base products,
+/// AMD EPYC Zen 3). [`tile`] instantiates the kernel for 1 to 4 rows.
 pub(super) const MR_AVX2: usize = 4;
+const _: () = assert!(
+    MR_AVX2 == 4,
+    "tile() lists the AVX2 kernel's row counts up to 4"
+);
 
 /// Write one block of column `col` (its 32 values `qs`) into the panel's block `dst`.
 pub(super) fn lay_out_block(format: BlockFormat, qs: &[i8; QK], col: usize, dst: &mut [i8]) {
