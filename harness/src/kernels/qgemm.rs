@@ -363,12 +363,13 @@ impl Int8Weight {
             let mut b0 = 0;
             while b0 < blocks {
                 let nb = PASS_BLOCKS.min(blocks - b0);
-                let last = b0 + nb == blocks;
-                // The ymm kernels apply GELU to their registers on the last pass; any other
-                // epilogue (and the AVX-512 kernel's) runs on the stored tile.
-                let in_kernel = last
-                    && matches!(epilogue, Some(Epilogue::GeluErf))
-                    && self.level != IntLevel::Avx512Vnni;
+                // The ymm kernels apply GELU to their registers; any other epilogue (and the
+                // AVX-512 kernel's) runs on the stored tile.
+                let (in_kernel, on_tile) = Epilogue::for_pass(
+                    epilogue,
+                    b0 + nb == blocks,
+                    self.level != IntLevel::Avx512Vnni,
+                );
                 for p in cols.clone() {
                     let width = NR.min(n - p * NR);
                     let mut panel_bias = [0f32; NR];
@@ -416,7 +417,7 @@ impl Int8Weight {
                             (false, 2) => kernel::<2>(&tile),
                             (false, _) => kernel::<1>(&tile),
                         }
-                        if let (Some(f), true, false) = (epilogue, last, in_kernel) {
+                        if let Some(f) = on_tile {
                             epilogue_on_tile(f, c, n, r, width);
                         }
                     }

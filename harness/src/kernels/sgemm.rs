@@ -47,12 +47,27 @@ pub enum Epilogue<'a> {
     Map(&'a (dyn Fn(&mut [f32]) + Sync)),
 }
 
-impl Epilogue<'_> {
+impl<'a> Epilogue<'a> {
     /// Run the epilogue on `xs`.
     pub fn apply(&self, xs: &mut [f32]) {
         match self {
             Epilogue::GeluErf => super::ops::gelu_erf_in_place(xs),
             Epilogue::Map(f) => f(xs),
+        }
+    }
+
+    /// How a pass of a GEMM finishes its tiles: whether the kernel applies GELU to its
+    /// registers (only on the last pass, and only where `in_registers`, the kernel's
+    /// capability), else which epilogue runs on the stored tile (again only on the last pass).
+    pub(super) fn for_pass(
+        epilogue: Option<Self>,
+        last: bool,
+        in_registers: bool,
+    ) -> (bool, Option<Self>) {
+        match epilogue {
+            Some(_) if !last => (false, None),
+            Some(Epilogue::GeluErf) if in_registers => (true, None),
+            other => (false, other),
         }
     }
 }
@@ -247,12 +262,10 @@ impl PackedWeight {
                 if !in_place {
                     pack_rows(x, k, m0, mc, k0, kc, a, mr);
                 }
-                let last = k0 + kc == k;
-                // The AVX2 kernel applies GELU to its registers on the last pass; any other
-                // epilogue (and the AVX-512 kernel's) runs on the stored tile.
-                let in_kernel = last
-                    && matches!(epilogue, Some(Epilogue::GeluErf))
-                    && self.level == F32Level::Avx2;
+                // The AVX2 kernel applies GELU to its registers; any other epilogue (and the
+                // AVX-512 kernel's) runs on the stored tile.
+                let (in_kernel, on_tile) =
+                    Epilogue::for_pass(epilogue, k0 + kc == k, self.level == F32Level::Avx2);
                 for p in cols.clone().step_by(pw) {
                     let panels = pw.min(cols.end - p);
                     let width = (panels * NR).min(n - p * NR);
@@ -310,7 +323,7 @@ impl PackedWeight {
                                 _ => kernel::<1>(&tile),
                             },
                         }
-                        if let (Some(f), true, false) = (epilogue, last, in_kernel) {
+                        if let Some(f) = on_tile {
                             epilogue_on_tile(f, c, n, r, width);
                         }
                     }

@@ -79,9 +79,12 @@ pub(super) unsafe fn tile(level: IntLevel, format: BlockFormat, r: usize, t: &QT
         (IntLevel::Avx2, BlockFormat::Q8_0) => {
             unreachable!("Q8_0 on AVX2 is laid out for the i16 kernel")
         }
-        (IntLevel::Avx2, BlockFormat::Q4_0 | BlockFormat::Q4_1) => {
-            rows!(kernel_avx2, true, [4, 3, 2])
-        }
+        (IntLevel::Avx2, BlockFormat::Q4_0 | BlockFormat::Q4_1) => match r {
+            4 => kernel_avx2::<4>(t),
+            3 => kernel_avx2::<3>(t),
+            2 => kernel_avx2::<2>(t),
+            _ => kernel_avx2::<1>(t),
+        },
     }
 }
 
@@ -204,16 +207,13 @@ unsafe fn kernel_256<const R: usize, const Q4: bool>(t: &QTile) {
     body_256::<R, Q4, false>(t)
 }
 
-/// The AVX2 kernel (Q4_0 / Q4_1 only, see the module doc): [`kernel_256`] with `vpdpbusd`
-/// taken as `vpmaddubsw` + `vpmaddwd` by ones + `vpaddd`.
+/// The AVX2 kernel, for Q4_0 / Q4_1 nibbles only (Q8_0's unsigned input bytes could saturate
+/// `vpmaddubsw`; see the module doc): [`kernel_256`] with `vpdpbusd` taken as `vpmaddubsw` +
+/// `vpmaddwd` by ones + `vpaddd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2<const R: usize, const Q4: bool>(t: &QTile) {
-    debug_assert!(
-        Q4,
-        "Q8_0's unsigned input bytes could saturate `vpmaddubsw`"
-    );
-    body_256::<R, Q4, true>(t)
+unsafe fn kernel_avx2<const R: usize>(t: &QTile) {
+    body_256::<R, true, true>(t)
 }
 
 /// The ymm kernels' body, inlined into each so that it is compiled for that kernel's features:
@@ -325,6 +325,6 @@ unsafe fn kernel_256<const R: usize, const Q4: bool>(_: &QTile) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_avx2<const R: usize, const Q4: bool>(_: &QTile) {
+unsafe fn kernel_avx2<const R: usize>(_: &QTile) {
     unreachable!("Int8Weight is never built off x86-64")
 }
