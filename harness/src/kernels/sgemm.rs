@@ -9,11 +9,11 @@
 //!
 //! - the weight `(n, k)` is stored as panels of [`NR`] = 16 output columns; panel `p` holds,
 //!   for each `k`, the 16 values `W[16p + j][k]` side by side (zeros past `n`), so a
-//!   `kc x 16` slice of a panel is one contiguous run that the kernel streams (`kc` up to 768
-//!   with AVX2, see [`pass_depth`]);
-//! - the input rows are read where they are, [`MR`] = 6 rows a tile, a block of at most
-//!   [`MC`] rows at a time (see `PackedWeight::reads_rows_in_place`; the AVX-512 kernel
-//!   takes them copied into tiles of its 12 rows, `kc` values per row interleaved);
+//!   `kc x 16` slice of a panel is one contiguous run that the kernel streams (`kc` up to 768,
+//!   see [`pass_depth`]);
+//! - the input rows are read where they are, [`MR`] = 6 rows a tile (12 at the AVX-512
+//!   level), a block of at most [`MC`] rows at a time (see [`Tile`]'s `a` for why not a
+//!   packed copy);
 //! - a 6 x 16 microkernel keeps its outputs in twelve AVX registers and does 12 FMAs per
 //!   two weight loads and six broadcasts;
 //! - output columns (or, for very narrow layers, rows) are split over the cores once per call:
@@ -77,33 +77,21 @@ pub const NR: usize = 16;
 /// Input rows per microkernel call of the AVX2 kernel (the AVX-512 kernel takes
 /// [`avx512::MR`]).
 pub const MR: usize = 6;
-/// Depth of one pass over a panel at the AVX-512 level: 256 x 16 floats = 16 KiB of weights
-/// per panel in L1.
-pub const KC: usize = 256;
-/// At the AVX-512 level, depths up to this run in one pass (MiniLM's 384: a 24 KiB panel
-/// share), which saves the second pass's reload of every output and a second packing of the
-/// rows: MiniLM-L6 batch 32 at 16-48 tokens took 4-6% less time than with passes of 256 + 128
-/// (alternating runs, AVX2 kernel, session 17).
-const ONE_PASS_DEPTH: usize = 384;
-/// At the AVX2 level, passes over `k` go up to this deep, `k` cut into even passes (3072 into
-/// 4 x 768, 1536 into 2 x 768). A pass's panel share (48 KiB) no longer fits L1, but the
-/// kernel's weight loads are two lines every six FMA cycles, which L2 feeds with the hardware
-/// prefetcher; what deeper passes save is each extra pass's reload and store of every output
-/// tile and its second packing of the rows. On a Zen 3 host, 2 threads, alternating in one
-/// process: 3-10% more GFLOP/s on every BERT-base and MiniLM product shape than passes of 256
-/// (BENCHMARKS.md, session 18).
-const AVX2_MAX_PASS_DEPTH: usize = 768;
+/// Passes over `k` go up to this deep, `k` cut into even passes (3072 into 4 x 768, 1536 into
+/// 2 x 768). A pass's panel share (48 KiB, 96 KiB for the AVX-512 kernel's two panels) does
+/// not fit L1, but the kernels' weight loads are two lines every six (AVX2) or twelve
+/// (AVX-512) FMA cycles, which L2 feeds with the hardware prefetcher; what deeper passes save
+/// is each extra pass's reload and store of every output tile. Against passes of 256: on a
+/// Zen 3 host (AVX2), 3-10% more GFLOP/s on every BERT-base and MiniLM product shape
+/// (session 18); on a Zen 5 host (AVX-512), 3-8% on BERT-base's at 1,024 rows, and deeper
+/// still (1,024 to 3,072) was no better (session 21; both in BENCHMARKS.md).
+const MAX_PASS_DEPTH: usize = 768;
 
-/// How deep each pass over `k` goes for the kernels of `level`.
-fn pass_depth(level: F32Level, k: usize) -> usize {
-    match level {
-        F32Level::Avx2 => k.div_ceil(k.div_ceil(AVX2_MAX_PASS_DEPTH).max(1)),
-        F32Level::Avx512 if k <= ONE_PASS_DEPTH => k,
-        F32Level::Avx512 => KC,
-    }
+/// How deep each pass over `k` goes.
+fn pass_depth(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(MAX_PASS_DEPTH).max(1))
 }
-/// Rows of input per row block: 240 x `kc` floats (240 KiB at 256, 720 KiB at 768, streamed
-/// from L2 and L3).
+/// Rows of input per row block.
 pub const MC: usize = 240;
 
 /// From `2 x threads` times this many rows on, products are split into blocks of rows.
@@ -214,32 +202,12 @@ impl PackedWeight {
         self.matmul_then(x, m, bias, out, threads, None)
     }
 
-    /// One thread's share: rows `rows` of the output, column panels `cols`.
+    /// One thread's share: rows `rows` of the output, column panels `cols`, in passes over `k`.
     unsafe fn block(
         &self,
         op: &Operands,
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
-    ) {
-        let k = self.k;
-        if self.reads_rows_in_place() {
-            return self.passes(op, rows, cols, &mut []);
-        }
-        let mc_max = MC.min(rows.len()).next_multiple_of(self.tile_rows());
-        // Every value a pass reads is written by `pack_rows` first.
-        super::pool::with_scratch(&PACKED_ROWS, mc_max * pass_depth(self.level, k), |a| {
-            self.passes(op, rows, cols, a)
-        })
-    }
-
-    /// The passes of [`Self::block`] over `k`, with `a` as the buffer for packed rows (empty
-    /// where the kernel reads them in place).
-    unsafe fn passes(
-        &self,
-        op: &Operands,
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
-        a: &mut [f32],
     ) {
         let Operands {
             x,
@@ -247,9 +215,8 @@ impl PackedWeight {
             epilogue,
             out,
         } = *op;
-        let in_place = self.reads_rows_in_place();
         let (n, k) = (self.n, self.k);
-        let depth = pass_depth(self.level, k);
+        let depth = pass_depth(k);
         let packed = self.panels();
         // Rows and column panels one microkernel call covers.
         let (mr, pw) = (self.tile_rows(), self.tile_panels());
@@ -259,9 +226,6 @@ impl PackedWeight {
             let mut k0 = 0;
             while k0 < k {
                 let kc = depth.min(k - k0);
-                if !in_place {
-                    pack_rows(x, k, m0, mc, k0, kc, a, mr);
-                }
                 // The AVX2 kernel applies GELU to its registers; any other epilogue (and the
                 // AVX-512 kernel's) runs on the stored tile.
                 let (in_kernel, on_tile) =
@@ -291,15 +255,10 @@ impl PackedWeight {
                             (std::ptr::null_mut(), 0)
                         };
                         let next_b = if t == 0 { next_panel } else { std::ptr::null() };
-                        let tile_a = if in_place {
-                            x[(m0 + first) * k + k0..].as_ptr()
-                        } else {
-                            a[t * kc * mr..].as_ptr()
-                        };
                         let tile = Tile {
                             gelu: in_kernel,
                             kc,
-                            a: tile_a,
+                            a: x[(m0 + first) * k + k0..].as_ptr(),
                             lda: k,
                             b,
                             panel_stride: k * NR,
@@ -332,22 +291,6 @@ impl PackedWeight {
             }
             m0 += mc;
         }
-    }
-
-    /// Whether the kernel reads the input rows where they are (AVX2: six row pointers a tile)
-    /// instead of a copy packed into tiles (AVX-512, whose 12-row tiles were written for packed
-    /// rows and have not been measured in place: no AVX-512 host since).
-    ///
-    /// Why in place: a product of up to a few hundred rows is split by columns, so every
-    /// thread packed every row, and reused them for only `n / 16` panels (packing was 1.8-2.4%
-    /// of a batch-1 pass: DistilBERT 1 x 128, MiniLM 1 x 32); a row block of a larger product
-    /// is packed once per pass, yet the copy was still 2.1% of MiniLM 32 x 32. Broadcasting
-    /// from six rows instead of one packed run costs nothing the L1 and its prefetchers do
-    /// not hide: alternating in one process, 2 threads, on a Zen 3 host, every BERT-base and
-    /// MiniLM product shape from 32 to 4,096 rows ran 1-7% faster in place (BENCHMARKS.md,
-    /// session 19).
-    fn reads_rows_in_place(&self) -> bool {
-        self.level == F32Level::Avx2
     }
 
     /// Input rows per microkernel call at this weight's level.
@@ -474,12 +417,6 @@ impl PackedGemm for PackedWeight {
             }
         });
     }
-}
-
-thread_local! {
-    /// Each thread's buffer for packed input rows (at most MC x `pass_depth` floats), reused across
-    /// products instead of allocated and zeroed for each.
-    static PACKED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// What every thread of one product reads, and the output it writes its part of.
@@ -669,117 +606,6 @@ pub(super) fn tile_span(mc: usize, mr: usize, t: usize) -> (usize, usize) {
     }
 }
 
-/// Copy rows `m0..m0 + mc`, columns `k0..k0 + kc` of `x` (row length `k`) into tiles of
-/// `mr` rows: tile `t` holds, for each column, the values of its rows ([`tile_span`]) side by
-/// side, zeros after them up to `mr`.
-///
-/// With AVX2 the copy goes eight rows by eight columns at a time through a register
-/// transpose: the scalar copy, one strided store per value, was three quarters of the time
-/// outside the microkernel (3% of a BERT-base 1 x 128 pass), and it is repeated by every job
-/// of a product split by columns.
-#[allow(clippy::too_many_arguments)]
-fn pack_rows(
-    x: &[f32],
-    k: usize,
-    m0: usize,
-    mc: usize,
-    k0: usize,
-    kc: usize,
-    a: &mut [f32],
-    mr: usize,
-) {
-    assert!(m0 + mc <= x.len() / k.max(1) && k0 + kc <= k && a.len() >= mc.div_ceil(mr) * mr * kc);
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just checked; the assertion above keeps every row read inside `x`
-        // and every tile written inside `a`.
-        return unsafe { pack_rows_avx2(x, k, m0, mc, k0, kc, a, mr) };
-    }
-    pack_rows_scalar(x, k, m0, mc, k0, kc, a, mr)
-}
-
-/// [`pack_rows`] one value at a time (hosts without AVX2, and the reference of its test).
-#[allow(clippy::too_many_arguments)]
-fn pack_rows_scalar(
-    x: &[f32],
-    k: usize,
-    m0: usize,
-    mc: usize,
-    k0: usize,
-    kc: usize,
-    a: &mut [f32],
-    mr: usize,
-) {
-    for t in 0..mc.div_ceil(mr) {
-        let tile = &mut a[t * kc * mr..(t + 1) * kc * mr];
-        let (first, rows) = tile_span(mc, mr, t);
-        for i in 0..mr {
-            let row = first + i;
-            if i < rows {
-                let src = &x[(m0 + row) * k + k0..(m0 + row) * k + k0 + kc];
-                for (kk, &v) in src.iter().enumerate() {
-                    tile[kk * mr + i] = v;
-                }
-            } else {
-                for kk in 0..kc {
-                    tile[kk * mr + i] = 0.0;
-                }
-            }
-        }
-    }
-}
-
-/// [`pack_rows`] with AVX2: each group of up to eight rows of a tile is read eight columns at
-/// a time (a missing row reads as zeros), transposed in registers, and each column's values
-/// stored side by side; columns past the last multiple of eight are copied one by one.
-///
-/// # Safety
-/// The CPU must have AVX2; rows `m0..m0 + mc` and columns `k0..k0 + kc` must lie in `x`, and
-/// `a` must hold `ceil(mc / mr) * mr * kc` values.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2")]
-unsafe fn pack_rows_avx2(
-    x: &[f32],
-    k: usize,
-    m0: usize,
-    mc: usize,
-    k0: usize,
-    kc: usize,
-    a: &mut [f32],
-    mr: usize,
-) {
-    use std::arch::x86_64::*;
-    for t in 0..mc.div_ceil(mr) {
-        let tile = a.as_mut_ptr().add(t * kc * mr);
-        let (first, tile_rows) = tile_span(mc, mr, t);
-        for g in (0..mr).step_by(8) {
-            let lanes = (mr - g).min(8);
-            // The group's rows that exist (`None`: past the tile's rows, packed as zeros).
-            let rows: [Option<*const f32>; 8] = std::array::from_fn(|i| {
-                let row = first + g + i;
-                (i < lanes && g + i < tile_rows).then(|| x.as_ptr().add((m0 + row) * k + k0))
-            });
-            let mut kk = 0;
-            while kk + 8 <= kc {
-                let r = rows.map(|p| match p {
-                    Some(p) => _mm256_loadu_ps(p.add(kk)),
-                    None => _mm256_setzero_ps(),
-                });
-                for (j, col) in transpose8(r).into_iter().enumerate() {
-                    store_lanes(tile.add((kk + j) * mr + g), col, lanes);
-                }
-                kk += 8;
-            }
-            for kk in kk..kc {
-                for (i, p) in rows.iter().take(lanes).enumerate() {
-                    *tile.add(kk * mr + g + i) = p.map_or(0.0, |p| *p.add(kk));
-                }
-            }
-        }
-    }
-}
-
 /// Eight registers of eight values transposed: lane `i` of output `j` is lane `j` of input `i`.
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -815,29 +641,6 @@ pub(super) unsafe fn transpose8(
         _mm256_permute2f128_ps::<0x31>(s2, s6),
         _mm256_permute2f128_ps::<0x31>(s3, s7),
     ]
-}
-
-/// Store the first `lanes` (at most 8) values of `v` at `dst`, with plain stores (AMD's
-/// masked stores, `vmaskmovps`, took most of the packing time).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn store_lanes(dst: *mut f32, v: std::arch::x86_64::__m256, lanes: usize) {
-    use std::arch::x86_64::*;
-    match lanes {
-        8 => _mm256_storeu_ps(dst, v),
-        6 => {
-            _mm_storeu_ps(dst, _mm256_castps256_ps128(v));
-            let high = _mm256_extractf128_ps::<1>(v);
-            _mm_storel_epi64(dst.add(4) as *mut __m128i, _mm_castps_si128(high));
-        }
-        4 => _mm_storeu_ps(dst, _mm256_castps256_ps128(v)),
-        _ => {
-            let mut tmp = [0f32; 8];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), v);
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, lanes);
-        }
-    }
 }
 
 /// What a tile's accumulators start from.
@@ -880,8 +683,18 @@ struct Tile<'a> {
     /// the last pass over `k`).
     gelu: bool,
     kc: usize,
-    /// The tile's input rows: in place, `lda` apart (AVX2), or packed (AVX-512: its `MR`
-    /// values per step of `k`).
+    /// The tile's first input row, at the pass's first `k`; the next rows are `lda` apart.
+    ///
+    /// Why rows in place rather than a packed copy (each tile's rows interleaved, as BLIS and
+    /// MLAS do): a product of up to a few hundred rows is split by columns, so every thread
+    /// packed every row, and reused them for only `n / 16` panels (packing was 1.8-2.4% of a
+    /// batch-1 pass: DistilBERT 1 x 128, MiniLM 1 x 32); a row block of a larger product is
+    /// packed once per pass, yet the copy was still 2.1% of MiniLM 32 x 32 (and 2.1% of a
+    /// BERT-base 8 x 128 pass at the AVX-512 level). Broadcasting from six (or twelve) rows
+    /// instead of one packed run costs nothing the L1 and its prefetchers do not hide:
+    /// alternating in one process, 2 threads, every BERT-base and MiniLM product shape from 32
+    /// to 4,096 rows ran 1-7% faster in place on a Zen 3 host (AVX2, session 19), 2-8% faster
+    /// from 16 to 1,024 rows on a Zen 5 host (AVX-512, session 21).
     a: *const f32,
     lda: usize,
     /// The first panel's weights for this pass; the next panel's are `panel_stride` floats on.
@@ -1168,53 +981,26 @@ mod tests {
     }
 
     #[test]
-    fn packed_rows_match_the_scalar_copy() {
-        // Both tile heights, partial tiles, depths with and without a remainder past a
-        // multiple of 8, and a block that starts inside the input.
-        let (k, rows) = (37, 29);
-        let x = values(rows * k, 3);
-        for mr in [MR, avx512::MR] {
-            for &(m0, mc, k0, kc) in &[
-                (0usize, 29usize, 0usize, 37usize),
-                (0, 14, 3, 20),
-                (3, 13, 5, 16),
-                (1, 6, 2, 7),
-                (28, 1, 0, 9),
-            ] {
-                let len = mc.div_ceil(mr) * mr * kc;
-                let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-                pack_rows(&x, k, m0, mc, k0, kc, &mut got, mr);
-                pack_rows_scalar(&x, k, m0, mc, k0, kc, &mut want, mr);
-                assert_eq!(
-                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    "mr {mr}, rows {m0}+{mc}, columns {k0}+{kc}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn passes_cover_the_depth_evenly_up_to_each_levels_limit() {
-        for (k, avx2, avx512) in [
-            (1, 1, 1),
-            (384, 384, 384),
-            (385, 385, 256),
-            (768, 768, 256),
-            (769, 385, 256),
-            (1000, 500, 256),
-            (1536, 768, 256),
-            (3072, 768, 256),
+    fn passes_cover_the_depth_evenly_up_to_the_limit() {
+        for (k, depth) in [
+            (1, 1),
+            (384, 384),
+            (768, 768),
+            (769, 385),
+            (1000, 500),
+            (1536, 768),
+            (2305, 577),
+            (3072, 768),
         ] {
-            assert_eq!(pass_depth(F32Level::Avx2, k), avx2, "AVX2, k = {k}");
-            assert_eq!(pass_depth(F32Level::Avx512, k), avx512, "AVX-512, k = {k}");
+            assert_eq!(pass_depth(k), depth, "k = {k}");
         }
     }
 
     #[test]
     fn matches_f64_reference_on_edge_shapes() {
         // Rows and columns that are not multiples of either tile (6 x 16, 12 x 32), depths
-        // in one pass and in several that are not multiples of KC, more rows than MC, one
+        // in one pass and in several of uneven depth (1000: 500 + 500; 1601: 534 + 534 + 533),
+        // more rows than MC, one
         // row, one column, an odd number of panels (the AVX-512 kernel's last tile has one).
         for level in levels("matches_f64_reference_on_edge_shapes") {
             for &(m, n, k) in &[
@@ -1227,6 +1013,7 @@ mod tests {
                 (2, 100, 64),
                 (128, 48, 768),
                 (9, 40, 1000),
+                (14, 35, 1601),
                 (25, 80, 40),
                 (12, 33, 17),
             ] {
@@ -1242,7 +1029,8 @@ mod tests {
     #[test]
     fn avx512_gives_the_avx2_kernels_bits() {
         // The same products in the same order: not close, equal. Shapes cross both tiles'
-        // edges, KC passes and MC blocks, with and without bias, split by rows and by panels.
+        // edges, several passes over `k` and MC blocks, with and without bias, split by rows
+        // and by panels.
         if isa::skip(
             "avx512_gives_the_avx2_kernels_bits",
             "avx512",
@@ -1255,6 +1043,7 @@ mod tests {
             (13, 45, 300, 2),
             (250, 100, 520, 2),
             (9, 40, 1000, 2),
+            (14, 35, 1601, 2),
             (32, 1536, 384, 2),
             (7, 17, 3, 1),
         ] {

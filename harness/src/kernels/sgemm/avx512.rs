@@ -1,6 +1,7 @@
 //! The AVX-512F microkernel of the packed f32 GEMM (issue 16): a tile of up to [`MR`] = 12
-//! rows by two 16-column panels, 24 zmm accumulators, the row values broadcast from memory
-//! straight into the FMAs, and masked loads and stores for the columns past `n`.
+//! rows by two 16-column panels, 24 zmm accumulators, the row values broadcast from the
+//! input rows where they are straight into the FMAs, and masked loads and stores for the
+//! columns past `n`.
 //!
 //! Why this shape: with 32 vector registers a 12 x 32 tile does 24 FMAs for every two weight
 //! loads and twelve broadcasts, where the AVX2 tile (6 x 16 in 16 registers) does 12 for two
@@ -12,11 +13,6 @@ use super::{Init, Tile, NR};
 
 /// Input rows per microkernel call.
 pub const MR: usize = 12;
-
-/// How far ahead of the current packed row values the kernel prefetches (floats): about five
-/// steps of 12 values.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const PREFETCH_A: usize = 64;
 
 /// Run the kernel for a tile of `r` rows (1..=12) and `t.panels` panels (1 or 2).
 ///
@@ -85,9 +81,9 @@ unsafe fn kernel<const R: usize, const P: usize>(t: &Tile) {
     let (mut a, mut b) = (t.a, t.b);
     let mut nb = if t.next_b.is_null() { t.b } else { t.next_b };
     for _ in 0..t.kc {
-        // As in the AVX2 kernel: the packed rows stream from L2, and the first tile of a
-        // panel pair pulls in the next pair's weights (a line per panel per step).
-        _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH_A) as *const i8);
+        // As in the AVX2 kernel: each row is one sequential stream for the hardware
+        // prefetchers, and the first tile of a panel pair pulls in the next pair's weights
+        // (a line per panel per step).
         for s in 0..P {
             _mm_prefetch::<_MM_HINT_T0>(nb.wrapping_add(s * t.panel_stride) as *const i8);
         }
@@ -97,12 +93,12 @@ unsafe fn kernel<const R: usize, const P: usize>(t: &Tile) {
             *v = _mm512_loadu_ps(b.add(s * t.panel_stride));
         }
         for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*a.add(i));
+            let av = _mm512_set1_ps(*a.add(i * t.lda));
             for (v, &ws) in row.iter_mut().zip(&w) {
                 *v = _mm512_fmadd_ps(av, ws, *v);
             }
         }
-        a = a.add(MR);
+        a = a.add(1);
         b = b.add(NR);
     }
     for (i, row) in acc.iter().enumerate() {
