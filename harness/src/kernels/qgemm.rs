@@ -363,13 +363,9 @@ impl Int8Weight {
             let mut b0 = 0;
             while b0 < blocks {
                 let nb = PASS_BLOCKS.min(blocks - b0);
-                // The ymm kernels apply GELU to their registers; any other epilogue (and the
-                // AVX-512 kernel's) runs on the stored tile.
-                let (in_kernel, on_tile) = Epilogue::for_pass(
-                    epilogue,
-                    b0 + nb == blocks,
-                    self.level != IntLevel::Avx512Vnni,
-                );
+                // The kernels apply GELU to their registers; any other epilogue runs on the
+                // stored tile.
+                let (in_kernel, on_tile) = Epilogue::for_pass(epilogue, b0 + nb == blocks);
                 for p in cols.clone() {
                     let width = NR.min(n - p * NR);
                     let mut panel_bias = [0f32; NR];
@@ -673,8 +669,8 @@ unsafe fn round_blocks_avx2(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]
 /// One microkernel call: `c (R x width) (+)= x (R x nb·32) wᵀ` over `blocks` blocks.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct QTile<'a> {
-    /// Whether a ymm kernel applies GELU to the finished outputs before storing them (the
-    /// last block pass; see [`super::sgemm::gelu_on_rows`]).
+    /// Whether the kernel applies GELU to the finished outputs before storing them (the
+    /// last block pass; see [`super::ops::gelu_on_registers`]).
     gelu: bool,
     blocks: usize,
     /// Row 0's values at the pass's first block; rows `lda` apart (AVX2 i16 kernel; else
@@ -779,7 +775,7 @@ unsafe fn scale_block<const R: usize>(
 unsafe fn finish_tile<const R: usize>(t: &QTile, acc: &mut [[std::arch::x86_64::__m256; 2]; R]) {
     use super::sgemm::store_output_row;
     if t.gelu {
-        super::sgemm::gelu_on_rows(acc);
+        super::ops::gelu_on_registers(acc.as_flattened_mut());
     }
     for (i, row) in acc.iter().enumerate() {
         store_output_row(t.c.add(i * t.ldc), t.width, *row);
@@ -1117,8 +1113,8 @@ mod tests {
 
     #[test]
     fn gelu_in_the_kernel_gives_the_in_place_gelus_bits() {
-        // The ymm kernels apply GELU to their registers on the last block pass; every level
-        // and format must give what the product followed by `gelu_erf_in_place` gives: tiles
+        // Every kernel applies GELU to its registers on the last block pass; every level and
+        // format must give what the product followed by `gelu_erf_in_place` gives: tiles
         // of every row count, a partial panel, one and two block passes, both GELU tails.
         for (level, dtype) in levels("gelu_in_the_kernel_gives_the_in_place_gelus_bits")
             .into_iter()

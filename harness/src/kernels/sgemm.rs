@@ -40,8 +40,8 @@ use super::isa::{self, F32Level};
 /// each value alone.
 #[derive(Clone, Copy)]
 pub enum Epilogue<'a> {
-    /// The exact GELU of [`super::ops::gelu_erf_in_place`], which the AVX2 kernel applies to
-    /// its accumulators before it stores them (same bits; tested).
+    /// The exact GELU of [`super::ops::gelu_erf_in_place`], which every kernel applies to its
+    /// accumulators before it stores them (same bits; tested).
     GeluErf,
     /// Any element-wise map.
     Map(&'a (dyn Fn(&mut [f32]) + Sync)),
@@ -57,16 +57,11 @@ impl<'a> Epilogue<'a> {
     }
 
     /// How a pass of a GEMM finishes its tiles: whether the kernel applies GELU to its
-    /// registers (only on the last pass, and only where `in_registers`, the kernel's
-    /// capability), else which epilogue runs on the stored tile (again only on the last pass).
-    pub(super) fn for_pass(
-        epilogue: Option<Self>,
-        last: bool,
-        in_registers: bool,
-    ) -> (bool, Option<Self>) {
+    /// registers, else which epilogue runs on the stored tile (either only on the last pass).
+    pub(super) fn for_pass(epilogue: Option<Self>, last: bool) -> (bool, Option<Self>) {
         match epilogue {
             Some(_) if !last => (false, None),
-            Some(Epilogue::GeluErf) if in_registers => (true, None),
+            Some(Epilogue::GeluErf) => (true, None),
             other => (false, other),
         }
     }
@@ -226,10 +221,9 @@ impl PackedWeight {
             let mut k0 = 0;
             while k0 < k {
                 let kc = depth.min(k - k0);
-                // The AVX2 kernel applies GELU to its registers; any other epilogue (and the
-                // AVX-512 kernel's) runs on the stored tile.
-                let (in_kernel, on_tile) =
-                    Epilogue::for_pass(epilogue, k0 + kc == k, self.level == F32Level::Avx2);
+                // The kernel applies GELU to its registers; any other epilogue runs on the
+                // stored tile.
+                let (in_kernel, on_tile) = Epilogue::for_pass(epilogue, k0 + kc == k);
                 for p in cols.clone().step_by(pw) {
                     let panels = pw.min(cols.end - p);
                     let width = (panels * NR).min(n - p * NR);
@@ -679,8 +673,8 @@ impl Init {
 /// One microkernel call: `c (R x width) (+)= a (R x kc) b (kc x 16·panels)`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Tile<'a> {
-    /// Whether the kernel applies GELU to the finished outputs before storing them (AVX2, on
-    /// the last pass over `k`).
+    /// Whether the kernel applies GELU to the finished outputs before storing them (on the
+    /// last pass over `k`).
     gelu: bool,
     kc: usize,
     /// The tile's first input row, at the pass's first `k`; the next rows are `lda` apart.
@@ -763,32 +757,10 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
         b = b.add(NR);
     }
     if t.gelu {
-        gelu_on_rows(&mut acc);
+        super::ops::gelu_on_registers(acc.as_flattened_mut());
     }
     for (i, row) in acc.iter().enumerate() {
         store_output_row(t.c.add(i * t.ldc), t.width, *row);
-    }
-}
-
-/// Exact GELU on an AVX2 kernel's accumulators (`R` rows of two registers), two rows (four
-/// registers) at a time, their dependency chains interleaved as in `ops::gelu_erf_in_place`,
-/// then an odd last row: the same operations on each value as the in-place GELU, so the same
-/// bits, without storing the tile, reading it back (which stalled on the stores: 4.4% of
-/// MiniLM 32 x 32 in the gathering copy) and storing it again. Lanes past a tile's width are
-/// computed and dropped.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn gelu_on_rows<const R: usize>(acc: &mut [[std::arch::x86_64::__m256; 2]; R]) {
-    use super::ops::gelu_erf_vectors;
-    let mut pairs = acc.chunks_exact_mut(2);
-    for rows in &mut pairs {
-        let [a, b, c, d] = gelu_erf_vectors([rows[0][0], rows[0][1], rows[1][0], rows[1][1]]);
-        rows[0] = [a, b];
-        rows[1] = [c, d];
-    }
-    for row in pairs.into_remainder() {
-        *row = gelu_erf_vectors(*row);
     }
 }
 
@@ -1169,9 +1141,9 @@ mod tests {
 
     #[test]
     fn gelu_in_the_kernel_gives_the_in_place_gelus_bits() {
-        // The AVX2 kernel applies GELU to its registers on the last pass; every level must
-        // give exactly what the product followed by `gelu_erf_in_place` gives: tiles of every
-        // row count (1-6, and the shared last tiles), partial panels, one and several passes,
+        // Every kernel applies GELU to its registers on the last pass and must give exactly
+        // what the product followed by `gelu_erf_in_place` gives: tiles of every row count
+        // (1-6 or 1-12, and the shared last tiles), partial panels, one and several passes,
         // row blocks and column splits, outputs from far below -4 to far above 4 (the erf's
         // clamp) so that both of GELU's tails and its middle are hit.
         let levels = levels("gelu_in_the_kernel_gives_the_in_place_gelus_bits");

@@ -195,6 +195,9 @@ unsafe fn kernel_512<const R: usize, const Q4: bool>(t: &QTile) {
         w = w.add(block_bytes);
         ws = ws.add(NR);
     }
+    if t.gelu {
+        acc = super::super::ops::gelu_on_zmm_tile([acc])[0];
+    }
     for (i, &row) in acc.iter().enumerate() {
         _mm512_mask_storeu_ps(t.c.add(i * t.ldc), mask, row);
     }

@@ -101,6 +101,9 @@ unsafe fn kernel<const R: usize, const P: usize>(t: &Tile) {
         a = a.add(1);
         b = b.add(NR);
     }
+    if t.gelu {
+        acc = super::super::ops::gelu_on_zmm_tile(acc);
+    }
     for (i, row) in acc.iter().enumerate() {
         for (s, &v) in row.iter().enumerate() {
             _mm512_mask_storeu_ps(t.c.add(i * t.ldc + s * NR), masks[s], v);
