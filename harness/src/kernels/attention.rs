@@ -192,6 +192,63 @@ pub(super) unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64
 /// depend on which side of this length its batch falls (tested up to 128).
 const MAX_AVX2_HEAD_LEN: usize = 32;
 
+/// Which code computes a head ([`FusedAttention`]), chosen once per call from the CPU's
+/// features and the head's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadKernel {
+    /// [`head_avx512`]: every length, head widths that are multiples of 16.
+    Avx512,
+    /// [`head_avx2`]: heads of 32 or 64 values, up to [`MAX_AVX2_HEAD_LEN`] tokens.
+    Avx2,
+    /// [`head_gemm`]: anything else.
+    Gemm,
+}
+
+impl HeadKernel {
+    fn for_head(s: usize, d: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            // The f32 GEMM's level, so that `HARNESS_KERNELS=avx2` holds the heads too.
+            let avx512 = super::isa::f32_level() == Some(super::isa::F32Level::Avx512);
+            if avx512 && d.is_multiple_of(16) {
+                return HeadKernel::Avx512;
+            }
+            if avx2 && matches!(d, 32 | 64) && s <= MAX_AVX2_HEAD_LEN {
+                return HeadKernel::Avx2;
+            }
+        }
+        let _ = (s, d);
+        HeadKernel::Gemm
+    }
+
+    /// Floats of scratch one head needs.
+    fn scratch(self, s: usize, d: usize) -> usize {
+        let padded = |to: usize| s.next_multiple_of(to);
+        match self {
+            HeadKernel::Avx512 => (d + s) * padded(16),
+            HeadKernel::Avx2 => (d + s) * padded(8),
+            HeadKernel::Gemm => s * s,
+        }
+    }
+
+    /// Compute one head.
+    ///
+    /// # Safety
+    /// `self` came from [`HeadKernel::for_head`] for this head's shape (so the CPU has its
+    /// features); `scratch` holds [`HeadKernel::scratch`] floats; as [`head_avx2`] otherwise.
+    unsafe fn run(self, hd: &Head, bias: &[f32], scratch: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            HeadKernel::Avx512 => head_avx512(hd, bias, scratch),
+            #[cfg(target_arch = "x86_64")]
+            HeadKernel::Avx2 => head_avx2(hd, bias, scratch),
+            _ => head_gemm(hd, bias, scratch),
+        }
+    }
+}
+
 /// One (sequence, head) of [`FusedAttention`]: `s` queries, keys and values of `d` values
 /// each, rows `ld` apart; the context goes to `dst`, rows `ldd` apart.
 struct Head {
@@ -383,6 +440,156 @@ unsafe fn context_rows<const R: usize>(hd: &Head, i0: usize, c0: usize, p: &[f32
     }
 }
 
+/// `f::<R>(args)` for the `rows` queries left of a block of eight: `R` is `rows` up to 8.
+#[cfg(target_arch = "x86_64")]
+macro_rules! up_to_eight_rows {
+    ($rows:expr, $f:ident($($arg:expr),*)) => {
+        match $rows {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<8>($($arg),*),
+        }
+    };
+}
+
+/// [`head_avx2`] in zmm registers, for heads of any length: 8 queries by 32 keys a step for
+/// the scores, 8 queries by 32 (or 16) context values a step, each output the same FMAs in
+/// the same order as there (one per term in order from zero, then the scale), so the same
+/// bits as the AVX2 head and the `gemm` crate's general kernels; the softmax is the AVX2
+/// one (its sum's lane order is part of its bits). At BERT's 128 tokens the `gemm` crate's
+/// AVX2 kernels took 5% of an f32 BERT-base 8 x 128 pass and 10% of a Q8_0 32 x 128 pass
+/// (Zen 5). `scratch` holds `d x s16` for the keys and `s x s16` for the scores (`s16`: `s`
+/// rounded up to 16, zeros past `s`).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `d` is a multiple of 16; otherwise as [`head_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn head_avx512(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (s, d) = (hd.s, hd.d);
+    let s16 = s.next_multiple_of(16);
+    let (kt, scores) = scratch.split_at_mut(d * s16);
+    // Keys transposed 8 x 8 at a time: kt[c][j] = k[j][c].
+    for j0 in (0..s16).step_by(8) {
+        for c0 in (0..d).step_by(8) {
+            let rows = std::array::from_fn(|i| {
+                if j0 + i < s {
+                    _mm256_loadu_ps(hd.k.add((j0 + i) * hd.ld + c0))
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            for (c, col) in super::sgemm::transpose8(rows).into_iter().enumerate() {
+                _mm256_storeu_ps(kt.as_mut_ptr().add((c0 + c) * s16 + j0), col);
+            }
+        }
+    }
+    // Key blocks outside, query blocks inside, as in the AVX2 head.
+    let mut j0 = 0;
+    while j0 < s16 {
+        let keys = if j0 + 32 <= s16 { 32 } else { 16 };
+        let mut i0 = 0;
+        while i0 < s {
+            up_to_eight_rows!(s - i0, scores_block_512(hd, i0, j0, keys, kt, scores));
+            i0 += 8;
+        }
+        j0 += keys;
+    }
+    for row in scores.chunks_exact_mut(s16) {
+        softmax_with_bias_avx2(&mut row[..s], bias);
+    }
+    let mut c0 = 0;
+    while c0 < d {
+        let cols = if c0 + 32 <= d { 32 } else { 16 };
+        let mut i0 = 0;
+        while i0 < s {
+            up_to_eight_rows!(s - i0, context_rows_512(hd, i0, c0, cols, scores));
+            i0 += 8;
+        }
+        c0 += cols;
+    }
+}
+
+/// [`scores_block`] for `R` queries by 32 keys (or 16 for the last odd group).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_block_512<const R: usize>(
+    hd: &Head,
+    i0: usize,
+    j0: usize,
+    keys: usize,
+    kt: &[f32],
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let s16 = hd.s.next_multiple_of(16);
+    let scale = _mm512_set1_ps(hd.scale);
+    let two = keys == 32;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for c in 0..hd.d {
+        let kp = kt.as_ptr().add(c * s16 + j0);
+        let k0 = _mm512_loadu_ps(kp);
+        let k1 = if two { _mm512_loadu_ps(kp.add(16)) } else { k0 };
+        for (i, a) in acc.iter_mut().enumerate() {
+            let qv = _mm512_set1_ps(*hd.q.add((i0 + i) * hd.ld + c));
+            a[0] = _mm512_fmadd_ps(qv, k0, a[0]);
+            a[1] = _mm512_fmadd_ps(qv, k1, a[1]);
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        let row = scores.as_mut_ptr().add((i0 + i) * s16 + j0);
+        _mm512_storeu_ps(row, _mm512_mul_ps(a[0], scale));
+        if two {
+            _mm512_storeu_ps(row.add(16), _mm512_mul_ps(a[1], scale));
+        }
+    }
+}
+
+/// [`context_rows`] for `R` queries by `cols` (32 or 16) context values.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn context_rows_512<const R: usize>(
+    hd: &Head,
+    i0: usize,
+    c0: usize,
+    cols: usize,
+    p: &[f32],
+) {
+    use std::arch::x86_64::*;
+    let s16 = hd.s.next_multiple_of(16);
+    let two = cols == 32;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for j in 0..hd.s {
+        let vrow = hd.v.add(j * hd.ld + c0);
+        let v0 = _mm512_loadu_ps(vrow);
+        let v1 = if two {
+            _mm512_loadu_ps(vrow.add(16))
+        } else {
+            v0
+        };
+        for (i, a) in acc.iter_mut().enumerate() {
+            let pv = _mm512_set1_ps(*p.as_ptr().add((i0 + i) * s16 + j));
+            a[0] = _mm512_fmadd_ps(pv, v0, a[0]);
+            a[1] = _mm512_fmadd_ps(pv, v1, a[1]);
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        let out = hd.dst.add((i0 + i) * hd.ldd + c0);
+        _mm512_storeu_ps(out, a[0]);
+        if two {
+            _mm512_storeu_ps(out.add(16), a[1]);
+        }
+    }
+}
+
 /// Scaled dot-product attention for every (sequence, head) pair without reshaping copies:
 /// the GEMM reads each head's queries, keys and values straight out of the fused projection
 /// through strides, scores stay in a per-head buffer (scale applied by the GEMM, padding bias
@@ -434,15 +641,8 @@ impl candle_core::CustomOp2 for FusedAttention {
         let out_ptr = out.as_mut_ptr() as usize;
         // One job per (sequence, head), taken in turn by the pool's threads, each with its
         // own score buffer.
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && matches!(d, 32 | 64)
-            && s <= MAX_AVX2_HEAD_LEN;
-        #[cfg(not(target_arch = "x86_64"))]
-        let avx2 = false;
-        let s8 = s.next_multiple_of(8);
-        let scratch = if avx2 { d * s8 + s * s8 } else { s * s };
+        let kernel = HeadKernel::for_head(s, d);
+        let scratch = kernel.scratch(s, d);
         super::pool::for_each_job(items, |item| {
             with_scores(scratch, |scores| {
                 let (bi, hi) = (item / self.heads, item % self.heads);
@@ -469,11 +669,7 @@ impl candle_core::CustomOp2 for FusedAttention {
                         ldd: h,
                         scale,
                     };
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2 {
-                        return head_avx2(&head, bias, scores);
-                    }
-                    head_gemm(&head, bias, scores);
+                    kernel.run(&head, bias, scores);
                 }
             })
         });
@@ -647,13 +843,20 @@ mod tests {
         }
     }
 
-    /// One head through the AVX2 kernel (`avx`) or the `gemm` crate, on `s` rows of a
-    /// pseudo-random fused projection (`ld` wide) of which the last `pad` keys are padding.
-    fn run_head(d: usize, s: usize, pad: usize, qkv: &[f32], ld: usize, avx: bool) -> Vec<f32> {
+    /// One head through `kernel`, on `s` rows of a pseudo-random fused projection (`ld`
+    /// wide) of which the last `pad` keys are padding.
+    fn run_head(
+        d: usize,
+        s: usize,
+        pad: usize,
+        qkv: &[f32],
+        ld: usize,
+        kernel: HeadKernel,
+    ) -> Vec<f32> {
         let mut bias = vec![0f32; s];
         bias[s - pad..].fill(f32::MIN);
         let mut out = vec![0f32; s * d];
-        let mut scratch = vec![0f32; d * s.next_multiple_of(8) + s * s.next_multiple_of(8)];
+        let mut scratch = vec![0f32; kernel.scratch(s, d)];
         let head = Head {
             s,
             d,
@@ -666,15 +869,9 @@ mod tests {
             scale: 1.0 / (d as f32).sqrt(),
         };
         assert!(qkv.len() >= s * ld && ld > 1 + 3 * d);
-        // SAFETY: callers check AVX2 and FMA for `avx`; every row lies in `qkv` (a row's
-        // q, k and v start 1, 1 + d and 1 + 2d in and take d each, inside ld).
-        unsafe {
-            if avx {
-                head_avx2(&head, &bias, &mut scratch)
-            } else {
-                head_gemm(&head, &bias, &mut scratch)
-            }
-        }
+        // SAFETY: callers check the CPU features of `kernel`; every row lies in `qkv` (a
+        // row's q, k and v start 1, 1 + d and 1 + 2d in and take d each, inside ld).
+        unsafe { kernel.run(&head, &bias, &mut scratch) };
         out
     }
 
@@ -692,8 +889,8 @@ mod tests {
                 .map(|v| v * 3.0)
                 .collect();
             for s in [1, 5, 8, 13, 16, 17, 32, 33, 40, 53, 128] {
-                let fast = run_head(d, s, 0, &qkv, ld, true);
-                let want = run_head(d, s, 0, &qkv, ld, false);
+                let fast = run_head(d, s, 0, &qkv, ld, HeadKernel::Avx2);
+                let want = run_head(d, s, 0, &qkv, ld, HeadKernel::Gemm);
                 // The same sums in the same order as the gemm crate's general kernels, which
                 // it uses from 17 rows on; below, its small-matrix path sums in another order
                 // (the outputs differ by float rounding of sums of terms about 10 in size).
@@ -708,7 +905,43 @@ mod tests {
                 }
                 // A sentence keeps its bits when padded as in a batch with longer ones.
                 for pad in [1, 3, 8, 11] {
-                    let padded = run_head(d, s + pad, pad, &qkv, ld, true);
+                    let padded = run_head(d, s + pad, pad, &qkv, ld, HeadKernel::Avx2);
+                    assert_eq!(bits(&padded[..s * d]), bits(&fast), "d {d}, s {s} + {pad}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_avx512_head_gives_the_avx2_heads_and_the_gemm_crates_bits() {
+        if crate::kernels::isa::skip(
+            "the_avx512_head_gives_the_avx2_heads_and_the_gemm_crates_bits",
+            "avx512f",
+            cfg!(target_arch = "x86_64") && HeadKernel::for_head(1, 64) == HeadKernel::Avx512,
+        ) {
+            return;
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // Head widths of one and two zmm registers' multiples (16 is not BERT's, but takes the
+        // single-register context path); lengths across 8, 16 and 32 and up to 512 tokens.
+        for d in [16, 32, 48, 64] {
+            let ld = 3 * d + 5;
+            let qkv: Vec<f32> = crate::kernels::sgemm::test_values(530 * ld, d as u64)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            for s in [1, 5, 8, 13, 16, 17, 31, 32, 33, 40, 53, 128, 200, 384, 512] {
+                let fast = run_head(d, s, 0, &qkv, ld, HeadKernel::Avx512);
+                if matches!(d, 32 | 64) && s <= 128 {
+                    let avx2 = run_head(d, s, 0, &qkv, ld, HeadKernel::Avx2);
+                    assert_eq!(bits(&fast), bits(&avx2), "AVX2, d {d}, s {s}");
+                }
+                if s >= 17 {
+                    let gemm = run_head(d, s, 0, &qkv, ld, HeadKernel::Gemm);
+                    assert_eq!(bits(&fast), bits(&gemm), "gemm crate, d {d}, s {s}");
+                }
+                for pad in [1, 3, 8, 11, 16] {
+                    let padded = run_head(d, s + pad, pad, &qkv, ld, HeadKernel::Avx512);
                     assert_eq!(bits(&padded[..s * d]), bits(&fast), "d {d}, s {s} + {pad}");
                 }
             }

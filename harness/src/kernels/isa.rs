@@ -8,10 +8,14 @@
 //!   register) or AVX-VNNI (8 a register), else AVX2 (`vpmaddwd` on i16 for Q8_0, `vpmaddubsw`
 //!   on bytes for Q4_0 / Q4_1). All three sum the same exact integer block products, so they
 //!   give the same bits too (tested).
+//! - attention heads (`attention`): zmm registers wherever the f32 GEMM is at AVX-512, for
+//!   heads of any length; else AVX2 up to 32 tokens and the `gemm` crate past that. All give
+//!   the same bits (tested), but for the `gemm` crate under 17 tokens, which only heads of
+//!   other widths than 32 and 64 reach on AVX2 hosts.
 //!
-//! `HARNESS_KERNELS=avx2` holds both GEMMs at the AVX2 level (to measure one level against
-//! another on one machine, or to rule a kernel out when chasing a difference); any other value
-//! is an error at the first product, not a silent default.
+//! `HARNESS_KERNELS=avx2` holds both GEMMs and the heads at the AVX2 level (to measure one
+//! level against another on one machine, or to rule a kernel out when chasing a difference);
+//! any other value is an error at the first product, not a silent default.
 
 use std::sync::OnceLock;
 
