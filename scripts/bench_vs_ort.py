@@ -9,7 +9,8 @@ DistilBERT, f32, 2 threads, same shapes (issue 6). Called by scripts/bench-vs-or
    output: the last hidden states.
 3. Rounds alternate ONNX Runtime (intra-op threads = 2, all graph optimisations) and
    `harness profile` over every shape; each side reports its median latency per shape; the
-   script prints sequences/s per side and the median over rounds of candle / ORT.
+   script prints sequences/s per side (medians over rounds) and the median over rounds of
+   candle / ORT with its range; the two sides take turns to run first.
 4. With --ort-int8, ONNX Runtime's own int8 model runs in the same rounds: the f32 graph through
    onnxruntime.quantization.quantize_dynamic (int8 weights per tensor, activations quantized
    per call, MatMulInteger / DynamicQuantizeMatMul kernels), what ORT users deploy for a
@@ -275,10 +276,16 @@ def main():
         orts8 = {s: [] for s in shapes}
         ratios8 = {s: [] for s in shapes}
         for r in range(args.rounds):
+            # Alternate which side runs first, so that a drift of the host's speed within a
+            # round does not always favour the same side.
+            harness = lambda: harness_medians(args.harness, d, shapes, args.iters,
+                                              os.path.join(d, f"profile-{r}"), args.quantize)
+            if r % 2 == 1:
+                c = harness()
             o = ort_medians(d, shapes, args.iters, args.threads, seed=r)
             o8 = ort_medians(d, shapes, args.iters, args.threads, r, int8) if int8 else {}
-            c = harness_medians(args.harness, d, shapes, args.iters, os.path.join(d, f"profile-{r}"),
-                                args.quantize)
+            if r % 2 == 0:
+                c = harness()
             for s in shapes:
                 cand[s].append(s[0] / c[s])
                 orts[s].append(s[0] / o[s])
@@ -286,11 +293,15 @@ def main():
                 if int8:
                     orts8[s].append(s[0] / o8[s])
                     ratios8[s].append(o8[s] / c[s])
+        # Each figure is the median over rounds; a ratio also gives its range over rounds
+        # ([min-max]), so that a difference can be told from the host's noise.
+        def ratio(values):
+            return f"{np.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
         for s in shapes:
             row = (f"| {kind} | {s[0]} x {s[1]} | {np.median(cand[s]):.2f} | {np.median(orts[s]):.2f} | "
-                   f"{np.median(ratios[s]):.2f} |")
+                   f"{ratio(ratios[s])} |")
             if int8:
-                row += f" {np.median(orts8[s]):.2f} | {np.median(ratios8[s]):.2f} |"
+                row += f" {np.median(orts8[s]):.2f} | {ratio(ratios8[s])} |"
             print(row, flush=True)
 
 

@@ -585,10 +585,15 @@ fn round_to_q8_0_into<'a>(x: &[f32], q: &'a mut [MaybeUninit<i16>], d: &mut [f32
         "one scale per 32 values"
     );
     if PackedWeight::supported() {
-        // SAFETY: the CPU has AVX2 (`supported` is false off x86-64); the sizes were checked.
+        // SAFETY: the CPU has AVX2 (`supported` is false off x86-64), and AVX-512F where the
+        // f32 level says so; the sizes were checked.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            round_blocks_avx2(x, q, d)
+            if isa::f32_level() == Some(isa::F32Level::Avx512) {
+                round_blocks_avx512(x, q, d)
+            } else {
+                round_blocks_avx2(x, q, d)
+            }
         };
     } else {
         round_blocks(x, q, d);
@@ -664,6 +669,99 @@ unsafe fn round_blocks_avx2(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]
             fix(ints[2], ints[3]),
         );
     }
+}
+
+/// [`round_blocks`] in AVX-512, sixteen blocks at a time, with the same results: each
+/// block's absolute maximum in a register, the sixteen maxima folded into one register
+/// (pairs of registers interleaved and folded, as a transpose would, 45 operations for the
+/// sixteen), the scales and their inverses as two vector divisions and the f16 rounding of
+/// the scales as one conversion each way (what `half` does per value with F16C), then the
+/// values as in [`round_blocks_avx2`], sixteen lanes at a time, narrowed to i16 on the way
+/// out. The AVX2 loop, a block at a time with its reduction, two scalar divisions and its
+/// f16 round trip, was 5.7% of a Q8_0 BERT-base 32 x 128 pass on a Zen 5 host. Blocks past
+/// the last multiple of sixteen take the AVX2 loop.
+///
+/// # Safety
+/// The CPU must have AVX-512F (and so AVX2 and F16C); `q` holds `32 x d.len()` values, `x`
+/// as many.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,f16c")]
+unsafe fn round_blocks_avx512(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const GROUP: usize = 16;
+    let groups = d.len() / GROUP;
+    let abs = |v: __m512| {
+        _mm512_castsi512_ps(_mm512_and_si512(
+            _mm512_castps_si512(v),
+            _mm512_set1_epi32(i32::MAX),
+        ))
+    };
+    let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
+    let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
+    let sign = _mm512_set1_epi32(i32::MIN);
+    for g in 0..groups {
+        let xg = x.as_ptr().add(g * GROUP * QK);
+        // Per block, lane-wise maxima of |x| over its two registers (`max_ps(a, m)` returns
+        // `m` when `a` is NaN, so NaN is ignored, as in the other loops).
+        let m: [__m512; GROUP] = std::array::from_fn(|b| {
+            let p = xg.add(b * QK);
+            let m = _mm512_max_ps(abs(_mm512_loadu_ps(p)), _mm512_setzero_ps());
+            _mm512_max_ps(abs(_mm512_loadu_ps(p.add(16))), m)
+        });
+        // Fold to one register, lane `b` block `b`'s maximum: within 128-bit lanes first
+        // (four blocks a register), then across them.
+        let fold4 = |m: &[__m512]| {
+            let a = _mm512_max_ps(
+                _mm512_unpacklo_ps(m[0], m[1]),
+                _mm512_unpackhi_ps(m[0], m[1]),
+            );
+            let b = _mm512_max_ps(
+                _mm512_unpacklo_ps(m[2], m[3]),
+                _mm512_unpackhi_ps(m[2], m[3]),
+            );
+            let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
+            _mm512_max_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+            )
+        };
+        let r: [__m512; 4] = std::array::from_fn(|i| fold4(&m[4 * i..4 * i + 4]));
+        let across = |a: __m512, b: __m512| {
+            _mm512_max_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            )
+        };
+        let amax = across(across(r[0], r[1]), across(r[2], r[3]));
+        let scale = _mm512_div_ps(amax, _mm512_set1_ps(127.0));
+        let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(scale, _mm512_setzero_ps());
+        let inv = _mm512_maskz_div_ps(nonzero, one, scale);
+        let halfs = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(scale);
+        _mm512_storeu_ps(d.as_mut_ptr().add(g * GROUP), _mm512_cvtph_ps(halfs));
+        let mut invs = [0f32; GROUP];
+        _mm512_storeu_ps(invs.as_mut_ptr(), inv);
+        for (b, &inv) in invs.iter().enumerate() {
+            let inv = _mm512_set1_ps(inv);
+            for h in 0..2 {
+                let at = b * QK + 16 * h;
+                let p = _mm512_mul_ps(_mm512_loadu_ps(xg.add(at)), inv);
+                let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
+                let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(abs(_mm512_sub_ps(p, t)), half);
+                let signed_one = _mm512_castsi512_ps(_mm512_or_si512(
+                    _mm512_and_si512(_mm512_castps_si512(p), sign),
+                    _mm512_castps_si512(one),
+                ));
+                let r = _mm512_mask_add_ps(t, away, t, signed_one);
+                // `as i8`: NaN to 0, then saturate.
+                let r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r), r);
+                let ints = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi));
+                let dst = q.as_mut_ptr().add(g * GROUP * QK + at) as *mut __m256i;
+                _mm256_storeu_si256(dst, _mm512_cvtepi32_epi16(ints));
+            }
+        }
+    }
+    let done = groups * GROUP;
+    round_blocks_avx2(&x[done * QK..], &mut q[done * QK..], &mut d[done..]);
 }
 
 /// One microkernel call: `c (R x width) (+)= x (R x nb·32) wᵀ` over `blocks` blocks.
@@ -1054,6 +1152,31 @@ mod tests {
         );
         assert_eq!((at(66, 0), at(66, 2)), (0, -127));
         assert_eq!((at(68, 0), at(68, 1), at(68, 2)), (127, -128, 0));
+        #[cfg(target_arch = "x86_64")]
+        if !isa::skip(
+            "the_avx2_rounding_gives_the_generic_loops_values",
+            "avx512",
+            isa::F32Level::Avx512.available(),
+        ) {
+            // The corner blocks first as well, so that they fall in the sixteen-block groups
+            // and not only in the AVX2 loop's remainder.
+            let corners_first: Vec<f32> =
+                x[64 * QK..].iter().chain(&x[..64 * QK]).copied().collect();
+            for x in [&x, &corners_first] {
+                let (mut q, mut d) = (vec![MaybeUninit::new(0i16); x.len()], vec![0f32; blocks]);
+                let (mut q_ref, mut d_ref) = (q.clone(), d.clone());
+                // SAFETY: the CPU has AVX-512F; the sizes match.
+                unsafe { round_blocks_avx512(x, &mut q, &mut d) };
+                round_blocks(x, &mut q_ref, &mut d_ref);
+                // SAFETY: initialised before the calls.
+                let ints = |q: &[MaybeUninit<i16>]| -> Vec<i16> {
+                    q.iter().map(|v| unsafe { v.assume_init() }).collect()
+                };
+                assert_eq!(ints(&q), ints(&q_ref));
+                let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&d), bits(&d_ref));
+            }
+        }
     }
 
     #[test]
