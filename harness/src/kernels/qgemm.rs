@@ -178,9 +178,6 @@ pub struct Int8Weight {
     offset: usize,
     /// `d` per panel, block and column (zero past `n`).
     scales: Vec<f32>,
-    /// For Q8_0 at a VNNI level: `Σ q` of each block per panel, block and column (at most
-    /// 32 x 128 in magnitude), which the kernel takes back off 128 times.
-    sums: Vec<i16>,
     /// Q4_1: `8 d + m` per output and block, `(n, k / 32)`, packed for the f32 GEMM. The
     /// Q4_0 kernel gives `Σ_b d d_x Σ (q - 8) q_x`; adding `Σ_b (8 d + m) · d_x Σ q_x` makes
     /// it `Σ_b (d d_x Σ q q_x + m d_x Σ q_x)`, Q4_1's product. ggml's own Q4_1 product
@@ -189,9 +186,9 @@ pub struct Int8Weight {
     min_offsets: Option<PackedWeight>,
 }
 
-/// Input rows rounded to Q8_0 blocks: the values (as i16 for the AVX2 i16 kernel, as bytes
-/// for the [`quads`] kernels: `q + 128` against Q8_0 weights, `q` against Q4_0), one scale per
-/// block and, for Q4_0 weights, each block's sum of values.
+/// Input rows rounded to Q8_0 blocks: the values (as i16 for the AVX2 i16 kernel, as signed
+/// bytes for the [`quads`] kernels), one scale per block and, for the [`quads`] kernels, each
+/// block's sum of values.
 struct QuantizedRows {
     q: Vec<i16>,
     bytes: Vec<u8>,
@@ -245,21 +242,12 @@ impl Int8Weight {
                 *o = 8.0 * format.scale(block) + format.min(block);
             }
         }
-        let mut sums = if quads && format == BlockFormat::Q8_0 {
-            vec![0i16; panels * blocks * NR]
-        } else {
-            Vec::new()
-        };
-        // One (possibly empty) slice of sums per panel.
-        let mut sum_chunks: Vec<&mut [i16]> = sums.chunks_mut((blocks * NR).max(1)).collect();
-        sum_chunks.resize_with(panels, Default::default);
         use rayon::prelude::*;
         quants[offset..offset + panels * blocks * panel_block]
             .par_chunks_mut((blocks * panel_block).max(1))
             .zip(scales.par_chunks_mut((blocks * NR).max(1)))
-            .zip(sum_chunks.par_iter_mut())
             .enumerate()
-            .for_each(|(p, ((panel, panel_scales), panel_sums))| {
+            .for_each(|(p, (panel, panel_scales))| {
                 for col in 0..NR.min(n - p * NR) {
                     let (half, c) = (col / 8, col % 8);
                     let row = &bytes[(p * NR + col) * blocks * block_bytes..];
@@ -268,9 +256,6 @@ impl Int8Weight {
                         panel_scales[b * NR + col] = d;
                         let dst = &mut panel[b * panel_block..(b + 1) * panel_block];
                         if quads {
-                            if !panel_sums.is_empty() {
-                                panel_sums[b * NR + col] = qs.iter().map(|&q| i16::from(q)).sum();
-                            }
                             quads::lay_out_block(kernel_format, &qs, col, dst);
                             continue;
                         }
@@ -291,7 +276,6 @@ impl Int8Weight {
             quants,
             offset,
             scales,
-            sums,
             min_offsets: (format == BlockFormat::Q4_1)
                 .then(|| PackedWeight::pack(&offsets, n, blocks)),
         })
@@ -337,7 +321,6 @@ impl Int8Weight {
     pub fn bytes(&self) -> usize {
         self.quants.len()
             + self.scales.len() * 4
-            + self.sums.len() * 2
             + self.min_offsets.as_ref().map_or(0, PackedWeight::bytes)
     }
 
@@ -394,10 +377,6 @@ impl Int8Weight {
                                 x.sums[row * blocks + b0..].as_ptr()
                             },
                             ws: self.scales[(p * blocks + b0) * NR..].as_ptr(),
-                            wsums: self
-                                .sums
-                                .get((p * blocks + b0) * NR..)
-                                .map_or(std::ptr::null(), <[_]>::as_ptr),
                             c,
                             ldc: n,
                             width,
@@ -460,13 +439,7 @@ impl PackedGemm for Int8Weight {
             // No block pass runs: the product is the bias.
             return bias_only(out, n, bias, epilogue);
         }
-        let format = self.format.kernel_format();
-        let as_bytes = match (self.quads, format) {
-            (false, _) => None,
-            (true, BlockFormat::Q8_0) => Some(128),
-            (true, _) => Some(0),
-        };
-        let rows = quantize_rows(x, format == BlockFormat::Q4_0, as_bytes);
+        let rows = quantize_rows(x, self.quads);
         let out_ptr = SendPtr(out.as_mut_ptr().cast::<f32>());
         let jobs = split_jobs(m, n.div_ceil(NR), m * n * k, threads, self.tile_rows(), 1);
         // Q4_1's activation runs after its correction below.
@@ -513,18 +486,17 @@ type RoundingChunk<'a> = (
 );
 
 /// Round input rows (their width a multiple of [`QK`], as the weight's `k` is) to Q8_0 blocks
-/// exactly as candle's `BlockQ8_0::from_float` does, spread over the kernels' pool. With
-/// `as_bytes`, the values are given as bytes `q + as_bytes` instead (for the [`quads`]
-/// kernels).
-fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> QuantizedRows {
+/// exactly as candle's `BlockQ8_0::from_float` does, spread over the kernels' pool. For the
+/// [`quads`] kernels (`for_quads`) the values are given as bytes, with each block's sum.
+fn quantize_rows(x: &[f32], for_quads: bool) -> QuantizedRows {
     let blocks = x.len() / QK;
     // The quads kernels read only the bytes: the i16 values are then rounded into a buffer per
     // chunk instead of kept for the whole input.
     let kept = |on: bool| if on { x.len() } else { 0 };
-    let mut q = unwritten::<i16>(kept(as_bytes.is_none()));
-    let mut bytes = unwritten::<u8>(kept(as_bytes.is_some()));
+    let mut q = unwritten::<i16>(kept(!for_quads));
+    let mut bytes = unwritten::<u8>(kept(for_quads));
     let mut d = vec![0.0; blocks];
-    let mut sums = vec![0; if with_sums { blocks } else { 0 }];
+    let mut sums = vec![0; if for_quads { blocks } else { 0 }];
     // One pass per chunk of 64 blocks: round, then the block sums and bytes while the values
     // are in L1.
     const CHUNK: usize = 64;
@@ -539,10 +511,8 @@ fn quantize_rows(x: &[f32], with_sums: bool, as_bytes: Option<i16>) -> Quantized
         for (sum, block) in sums.iter_mut().zip(q.chunks_exact(QK)) {
             *sum = block.iter().map(|&q| i32::from(q)).sum();
         }
-        if let Some(offset) = as_bytes {
-            for (b, &q) in bytes.iter_mut().zip(q.iter()) {
-                b.write((q + offset) as u8);
-            }
+        for (b, &q) in bytes.iter_mut().zip(q.iter()) {
+            b.write(q as u8);
         }
     };
     // Chunks of an output that is not wanted are empty slices.
@@ -780,15 +750,12 @@ struct QTile<'a> {
     /// Row 0's block scales at the pass's first block; rows `ldd` apart.
     d: *const f32,
     ldd: usize,
-    /// Row 0's sums of values per block (Q4_0 only) at the pass's first block; rows `ldd`
-    /// apart.
+    /// Row 0's sums of values per block ([`quads`] kernels; else null) at the pass's first
+    /// block; rows `ldd` apart.
     sums: *const i32,
     /// The panel's values and scales at the pass's first block.
     w: *const i8,
     ws: *const f32,
-    /// Q8_0 in the [`quads`] layout: the panel's block sums at the pass's first block (else
-    /// null).
-    wsums: *const i16,
     c: *mut f32,
     ldc: usize,
     width: usize,

@@ -6,21 +6,25 @@
 //! `vpmaddwd` by ones + `vpaddd`, for Q4_0 / Q4_1 weights only: their unsigned nibbles (at
 //! most 15) times signed input values (at most 128 in magnitude) keep every pair sum under
 //! 2 x 15 x 128 = 3,840, so nothing saturates and the sums are `vpdpbusd`'s exact integers.
-//! Q8_0's unsigned operand (`q + 128`, up to 255) against its signed weights could saturate,
+//! Q8_0's unsigned weights (`q + 128`, up to 255) against the signed input could saturate,
 //! so AVX2 multiplies Q8_0 with the i16 kernel instead.
 //!
 //! Layout (every level): per panel and block, 8 steps of 4 `k`; a step is 64 bytes,
 //! column `c`'s four values at bytes `4c..4c + 4` (columns 0-7 in the first 32 bytes, which
-//! is what an AVX-VNNI ymm register takes). Q8_0 stores the signed values; Q4_0 stores
-//! nibbles `q + 8`, steps `2j` (low nibble) and `2j + 1` (high) in the same 64 bytes, so a
-//! layer still takes half a byte a value.
+//! is what an AVX-VNNI ymm register takes). Q8_0 stores `q + 128` as unsigned bytes; Q4_0
+//! stores nibbles `q + 8`, steps `2j` (low nibble) and `2j + 1` (high) in the same 64 bytes,
+//! so a layer still takes half a byte a value.
 //!
-//! The unsigned operand: for Q8_0 it is the input, as `q + 128` (0..=255), and the kernel
-//! subtracts `128 · Σ q_w` per block and column; for Q4_0 it is the weight's `q + 8`
-//! (0..=15), against the signed input, and the kernel subtracts `8 · Σ q_x` per row and
-//! block. Either way a block's sum is the exact integer `Σ q_w q_x` (at most 32 x 255 x 128
-//! in magnitude before the correction, far inside i32), scaled into the f32 accumulators
-//! exactly as the AVX2 i16 kernel scales its own (the ymm kernels share `scale_block`).
+//! The unsigned operand is the weight, `q + o` (`o` = 128 for Q8_0, 0..=255; `o` = 8 for
+//! Q4_0, 0..=15), against the signed input bytes, and each row's block sum starts from
+//! `-o · Σ q_x`. Either way a block's sum is the exact integer `Σ q_w q_x` (at most
+//! 32 x 255 x 128 in magnitude before the correction, far inside i32), scaled into the f32
+//! accumulators exactly as the AVX2 i16 kernel scales its own (the ymm kernels share
+//! `scale_block`). The input as the signed operand is what lets its four bytes ride in the
+//! instruction as a broadcast memory operand (`{1to16}`); as the unsigned one (Q8_0 until
+//! session 21: input `q + 128`, weights signed, `128 · Σ q_w` per column taken off) each
+//! step of a 12-row tile also took twelve separate broadcasts, and Q8_0 ran 4-7% slower than
+//! Q4_0 on one layer (Zen 5).
 
 use super::super::sgemm::Init;
 use super::{BlockFormat, IntLevel, QTile, NR, PREFETCH_BLOCKS, QK};
@@ -43,7 +47,7 @@ pub(super) fn lay_out_block(format: BlockFormat, qs: &[i8; QK], col: usize, dst:
     for (kk, &q) in qs.iter().enumerate() {
         let (step, lane) = (kk / 4, kk % 4);
         match format {
-            BlockFormat::Q8_0 => dst[step * 64 + col * 4 + lane] = q,
+            BlockFormat::Q8_0 => dst[step * 64 + col * 4 + lane] = (q as u8 ^ 0x80) as i8,
             BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
                 let nibble = ((q + 8) as u8) << (4 * (step % 2));
                 dst[(step / 2) * 64 + col * 4 + lane] |= nibble as i8;
@@ -113,6 +117,17 @@ unsafe fn prefetch_rows(t: &QTile, rows: usize, b: usize) {
     }
 }
 
+/// What the laid-out weight values exceed the format's values by: 8 for Q4_0's nibbles, 128
+/// for Q8_0's unsigned bytes.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const fn weight_offset<const Q4: bool>() -> i32 {
+    if Q4 {
+        8
+    } else {
+        128
+    }
+}
+
 /// One row's four input bytes at `k = at`, broadcast as an i32.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -137,25 +152,15 @@ unsafe fn kernel_512<const R: usize, const Q4: bool>(t: &QTile) {
     }
     let low = _mm512_set1_epi8(0x0f);
     let block_bytes = if Q4 { QK * NR / 2 } else { QK * NR };
-    let (mut w, mut ws, mut wsums) = (t.w, t.ws, t.wsums);
+    let (mut w, mut ws) = (t.w, t.ws);
     for b in 0..t.blocks {
         prefetch_rows(t, R, b);
         // `vpdpbusd` adds into its accumulator (a 4-5 cycle chain): few rows get several
         // chains of steps, summed at the end (exact integers, so the result is unchanged).
-        // The first chain starts from the block's correction instead of zero (the same
-        // integers again, and a register copy per row and block instead of a subtraction;
-        // no difference measurable on one layer, Zen 5): for Q4, `-8 Σ q_x` per row; for
-        // Q8_0, `-128 Σ q_w` per column.
+        // The first chain starts from the row's correction, `-o Σ q_x`, instead of zero.
         let mut chains = [[_mm512_setzero_si512(); R]; 4];
-        if Q4 {
-            for (i, sum) in chains[0].iter_mut().enumerate() {
-                *sum = _mm512_set1_epi32(-8 * *t.sums.add(i * t.ldd + b));
-            }
-        } else {
-            let wsum = _mm512_cvtepi16_epi32(_mm256_loadu_si256(wsums as *const __m256i));
-            let correction = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(wsum));
-            chains[0] = [correction; R];
-            wsums = wsums.add(NR);
+        for (i, sum) in chains[0].iter_mut().enumerate() {
+            *sum = _mm512_set1_epi32(-weight_offset::<Q4>() * *t.sums.add(i * t.ldd + b));
         }
         if Q4 {
             for pair in 0..QK / 8 {
@@ -179,7 +184,7 @@ unsafe fn kernel_512<const R: usize, const Q4: bool>(t: &QTile) {
                 let at = b * QK + step * 4;
                 for (i, sum) in chains[step % chains_for(R)].iter_mut().enumerate() {
                     let x = _mm512_set1_epi32(four_bytes(t, i, at));
-                    *sum = _mm512_dpbusd_epi32(*sum, x, wv);
+                    *sum = _mm512_dpbusd_epi32(*sum, wv, x);
                 }
             }
         }
@@ -251,23 +256,13 @@ unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool>(t: &QTile)
     // would not fit the registers).
     let nchains = if SPLIT { 1 } else { chains_for(R) };
     let block_bytes = if Q4 { QK * NR / 2 } else { QK * NR };
-    let (mut w, mut ws, mut wsums) = (t.w, t.ws, t.wsums);
+    let (mut w, mut ws) = (t.w, t.ws);
     for b in 0..t.blocks {
         prefetch_rows(t, R, b);
-        // The first chain starts from the block's correction, as in `kernel_512`.
+        // The first chain starts from the row's correction, as in `kernel_512`.
         let mut chains = [[[_mm256_setzero_si256(); 2]; R]; 4];
-        if Q4 {
-            for (i, sum) in chains[0].iter_mut().enumerate() {
-                *sum = [_mm256_set1_epi32(-8 * *t.sums.add(i * t.ldd + b)); 2];
-            }
-        } else {
-            let c0 = _mm256_cvtepi16_epi32(_mm_loadu_si128(wsums as *const __m128i));
-            let c1 = _mm256_cvtepi16_epi32(_mm_loadu_si128(wsums.add(8) as *const __m128i));
-            let zero = _mm256_setzero_si256();
-            let c0 = _mm256_sub_epi32(zero, _mm256_slli_epi32::<7>(c0));
-            let c1 = _mm256_sub_epi32(zero, _mm256_slli_epi32::<7>(c1));
-            chains[0] = [[c0, c1]; R];
-            wsums = wsums.add(NR);
+        for (i, sum) in chains[0].iter_mut().enumerate() {
+            *sum = [_mm256_set1_epi32(-weight_offset::<Q4>() * *t.sums.add(i * t.ldd + b)); 2];
         }
         if Q4 {
             for pair in 0..QK / 8 {
@@ -298,8 +293,8 @@ unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool>(t: &QTile)
                 let at = b * QK + step * 4;
                 for (i, sum) in chains[step % nchains].iter_mut().enumerate() {
                     let x = _mm256_set1_epi32(four_bytes(t, i, at));
-                    sum[0] = dot(sum[0], x, w0);
-                    sum[1] = dot(sum[1], x, w1);
+                    sum[0] = dot(sum[0], w0, x);
+                    sum[1] = dot(sum[1], w1, x);
                 }
             }
         }
