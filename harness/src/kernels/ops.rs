@@ -187,18 +187,47 @@ pub(super) unsafe fn gelu_erf_vectors<V: F32Lanes, const W: usize>(v: [V; W]) ->
     y
 }
 
-/// GELU on a kernel's accumulators (any number of registers, e.g. `R` rows of `P`), four
-/// registers at a time with their dependency chains interleaved (see
-/// [`gelu_erf_in_place_avx2`]), then what is left: the same operations on each value as the
-/// in-place GELU, so the same bits, without storing the tile, reading it back (which stalled
-/// on the stores: 4.4% of MiniLM 32 x 32 in the gathering copy) and storing it again. Lanes
-/// past a tile's width are computed and dropped.
+/// GELU on a ymm kernel's accumulators (`R` rows of two registers), two rows (four
+/// registers) at a time, their dependency chains interleaved (see
+/// [`gelu_erf_in_place_avx2`]), then an odd last row: the same operations on each value as
+/// the in-place GELU, so the same bits, without storing the tile, reading it back (which
+/// stalled on the stores: 4.4% of MiniLM 32 x 32 in the gathering copy) and storing it
+/// again. Lanes past a tile's width are computed and dropped.
+///
+/// Out of line, the tile passed and returned by value (stored and reloaded once a tile):
+/// inlined into the kernel, in any form tried (one flat slice, rows, pairs of rows), the
+/// compiler stored every accumulator to memory on every step of the kernel's loop (AVX2
+/// f32 kernel at 55-60% of its speed; session 21).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn gelu_on_ymm_tile<const R: usize>(
+    mut acc: [[std::arch::x86_64::__m256; 2]; R],
+) -> [[std::arch::x86_64::__m256; 2]; R] {
+    let mut pairs = acc.chunks_exact_mut(2);
+    for rows in &mut pairs {
+        let [a, b, c, d] = gelu_erf_vectors([rows[0][0], rows[0][1], rows[1][0], rows[1][1]]);
+        rows[0] = [a, b];
+        rows[1] = [c, d];
+    }
+    for row in pairs.into_remainder() {
+        *row = gelu_erf_vectors(*row);
+    }
+    acc
+}
+
+/// GELU on any number of registers (a tile in memory: [`gelu_on_zmm_tile`]), four at a time
+/// with their dependency chains interleaved, then what is left; the same bits as
+/// [`gelu_on_ymm_tile`].
 ///
 /// # Safety
 /// The CPU must have the features of `V`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) unsafe fn gelu_on_registers<V: F32Lanes>(acc: &mut [V]) {
+unsafe fn gelu_on_registers<V: F32Lanes>(acc: &mut [V]) {
     let mut quads = acc.chunks_exact_mut(4);
     for q in &mut quads {
         let [a, b, c, d] = gelu_erf_vectors([q[0], q[1], q[2], q[3]]);
@@ -212,10 +241,8 @@ pub(super) unsafe fn gelu_on_registers<V: F32Lanes>(acc: &mut [V]) {
     }
 }
 
-/// [`gelu_on_registers`] for an AVX-512 kernel's tile of `R` rows by `P` zmm registers, kept
-/// out of line: inlined into the 12-row kernels, its loop over up to 24 registers made the
-/// compiler keep the accumulators in memory through the whole kernel (a third of the f32
-/// kernel's speed); called, they are stored and reloaded once a tile.
+/// [`gelu_on_registers`] for an AVX-512 kernel's tile of `R` rows by `P` zmm registers, out
+/// of line as [`gelu_on_ymm_tile`] (inlined, the f32 kernel ran at a third of its speed).
 ///
 /// # Safety
 /// The CPU must have AVX-512F.

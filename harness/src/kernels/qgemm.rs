@@ -738,7 +738,7 @@ unsafe fn round_blocks_avx512(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f3
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct QTile<'a> {
     /// Whether the kernel applies GELU to the finished outputs before storing them (the
-    /// last block pass; see [`super::ops::gelu_on_registers`]).
+    /// last block pass; see [`super::ops::gelu_on_ymm_tile`]).
     gelu: bool,
     blocks: usize,
     /// Row 0's values at the pass's first block; rows `lda` apart (AVX2 i16 kernel; else
@@ -840,7 +840,7 @@ unsafe fn scale_block<const R: usize>(
 unsafe fn finish_tile<const R: usize>(t: &QTile, acc: &mut [[std::arch::x86_64::__m256; 2]; R]) {
     use super::sgemm::store_output_row;
     if t.gelu {
-        super::ops::gelu_on_registers(acc.as_flattened_mut());
+        *acc = super::ops::gelu_on_ymm_tile(*acc);
     }
     for (i, row) in acc.iter().enumerate() {
         store_output_row(t.c.add(i * t.ldc), t.width, *row);

@@ -757,7 +757,7 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
         b = b.add(NR);
     }
     if t.gelu {
-        super::ops::gelu_on_registers(acc.as_flattened_mut());
+        acc = super::ops::gelu_on_ymm_tile(acc);
     }
     for (i, row) in acc.iter().enumerate() {
         store_output_row(t.c.add(i * t.ldc), t.width, *row);
