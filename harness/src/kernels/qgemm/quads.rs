@@ -128,6 +128,19 @@ const fn weight_offset<const Q4: bool>() -> i32 {
     }
 }
 
+/// Fetch the next tile's output rows (a panel's 16 values, one or two lines each).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_next_outputs(t: &QTile) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for i in 0..t.next.1 {
+        // Prefetches never fault; the addresses are formed with wrapping arithmetic.
+        let c = t.next.0.wrapping_add(i * t.ldc) as *const i8;
+        _mm_prefetch::<_MM_HINT_T0>(c);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(NR * 4 - 1));
+    }
+}
+
 /// One row's four input bytes at `k = at`, broadcast as an i32.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -139,6 +152,7 @@ unsafe fn four_bytes(t: &QTile, row: usize, at: usize) -> i32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn kernel_512<const R: usize, const Q4: bool>(t: &QTile) {
     use std::arch::x86_64::*;
+    prefetch_next_outputs(t);
     let mask = ((1u32 << t.width) - 1) as __mmask16;
     let mut acc = [_mm512_setzero_ps(); R];
     match t.init {
@@ -233,6 +247,7 @@ unsafe fn kernel_avx2<const R: usize>(t: &QTile) {
 unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool>(t: &QTile) {
     use super::super::sgemm::load_output_row;
     use std::arch::x86_64::*;
+    prefetch_next_outputs(t);
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     match t.init {
         Init::Zero => {}
