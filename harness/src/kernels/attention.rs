@@ -333,25 +333,10 @@ macro_rules! up_to_four_rows {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
-    use std::arch::x86_64::*;
     let (s, d) = (hd.s, hd.d);
     let s8 = s.next_multiple_of(8);
     let (kt, scores) = scratch.split_at_mut(d * s8);
-    // Keys transposed 8 x 8 at a time: kt[c][j] = k[j][c].
-    for j0 in (0..s8).step_by(8) {
-        for c0 in (0..d).step_by(8) {
-            let rows = std::array::from_fn(|i| {
-                if j0 + i < s {
-                    _mm256_loadu_ps(hd.k.add((j0 + i) * hd.ld + c0))
-                } else {
-                    _mm256_setzero_ps()
-                }
-            });
-            for (c, col) in super::sgemm::transpose8(rows).into_iter().enumerate() {
-                _mm256_storeu_ps(kt.as_mut_ptr().add((c0 + c) * s8 + j0), col);
-            }
-        }
-    }
+    transpose_keys(hd, kt, s8);
     // Key blocks outside, query blocks inside: a block's 16 keys (d x 64 bytes of `kt`) stay
     // in L1 while every query passes.
     let mut j0 = 0;
@@ -374,6 +359,34 @@ unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
         while i0 < s {
             up_to_four_rows!(s - i0, context_rows(hd, i0, c0, scores));
             i0 += 4;
+        }
+    }
+}
+
+/// The head's keys transposed 8 x 8 at a time into `kt`, rows `stride` long (a multiple of 8
+/// and at least `s`): `kt[c][j] = k[j][c]`, zeros for `j` past `s`.
+///
+/// # Safety
+/// The CPU must have AVX2; `d` is a multiple of 8; `kt` holds `d x stride` values; the head's
+/// key rows lie in their allocation.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_keys(hd: &Head, kt: &mut [f32], stride: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(stride.is_multiple_of(8) && stride >= hd.s && kt.len() >= hd.d * stride);
+    for j0 in (0..stride).step_by(8) {
+        for c0 in (0..hd.d).step_by(8) {
+            let rows = std::array::from_fn(|i| {
+                if j0 + i < hd.s {
+                    _mm256_loadu_ps(hd.k.add((j0 + i) * hd.ld + c0))
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            for (c, col) in super::sgemm::transpose8(rows).into_iter().enumerate() {
+                _mm256_storeu_ps(kt.as_mut_ptr().add((c0 + c) * stride + j0), col);
+            }
         }
     }
 }
@@ -471,25 +484,10 @@ macro_rules! up_to_eight_rows {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn head_avx512(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
-    use std::arch::x86_64::*;
     let (s, d) = (hd.s, hd.d);
     let s16 = s.next_multiple_of(16);
     let (kt, scores) = scratch.split_at_mut(d * s16);
-    // Keys transposed 8 x 8 at a time: kt[c][j] = k[j][c].
-    for j0 in (0..s16).step_by(8) {
-        for c0 in (0..d).step_by(8) {
-            let rows = std::array::from_fn(|i| {
-                if j0 + i < s {
-                    _mm256_loadu_ps(hd.k.add((j0 + i) * hd.ld + c0))
-                } else {
-                    _mm256_setzero_ps()
-                }
-            });
-            for (c, col) in super::sgemm::transpose8(rows).into_iter().enumerate() {
-                _mm256_storeu_ps(kt.as_mut_ptr().add((c0 + c) * s16 + j0), col);
-            }
-        }
-    }
+    transpose_keys(hd, kt, s16);
     // Key blocks outside, query blocks inside, as in the AVX2 head.
     let mut j0 = 0;
     while j0 < s16 {
