@@ -46,12 +46,12 @@
 //! With VNNI (AVX-512 VNNI or AVX-VNNI, chosen at run time by [`super::isa`]) the weight is
 //! laid out with 4 `k` per column side by side instead and multiplied by `vpdpbusd` (u8 x s8,
 //! four products summed into i32, no saturation) in [`quads`]: one instruction per 64 (zmm)
-//! or 32 (ymm) multiply-adds. One operand must be unsigned, so for Q8_0 the input values go
-//! in as `q + 128` and the kernel takes `128 · Σ q_w` (kept per block and column) back off;
-//! for Q4_0 the weights' nibbles are already unsigned (`q + 8`) and the kernel subtracts the
-//! 8s per block as 8 x the input block's sum. The block sums are the same exact integers as
-//! the AVX2 kernels' and are scaled in the same order, so every level gives the same bits
-//! (tested): ggml's Q8_0 arithmetic is kept, not approximated.
+//! or 32 (ymm) multiply-adds. One operand must be unsigned: the weights, laid out as `q + 128`
+//! for Q8_0 and as nibbles `q + 8` for Q4_0, against the signed input bytes, and each row's
+//! block sum starts from `-128` (or `-8`) times the input block's sum (so the input's bytes
+//! can ride in the instruction as a broadcast memory operand). The block sums are the same
+//! exact integers as the AVX2 kernels' and are scaled in the same order, so every level gives
+//! the same bits (tested): ggml's Q8_0 arithmetic is kept, not approximated.
 //!
 //! A row's result does not depend on its batch (tested bit for bit). Runs where the f32
 //! kernels run (AVX2 and FMA, checked at run time); elsewhere layers stay on candle.
@@ -322,8 +322,7 @@ impl Int8Weight {
         .saturating_add(self.n * (self.k / QK) * per_block)
     }
 
-    /// Bytes held (values, f32 scales and, for Q8_0 at a VNNI level, i16 block sums; padding
-    /// included).
+    /// Bytes held (values, f32 scales and, for Q4_1, the packed offsets; padding included).
     pub fn bytes(&self) -> usize {
         self.quants.len()
             + self.scales.len() * 4
