@@ -303,15 +303,14 @@ unsafe fn head_gemm(hd: &Head, bias: &[f32], scores: &mut [f32]) {
     );
 }
 
-/// `f::<R>(args)` for the `rows` queries left of a block of four: `R` is `rows` up to 4.
+/// `f::<R>(args)` for the `rows` queries left of a block of `max`: `R` is `rows` when it is
+/// one of the listed counts (those below `max`), else `max`.
 #[cfg(target_arch = "x86_64")]
-macro_rules! up_to_four_rows {
-    ($rows:expr, $f:ident($($arg:expr),*)) => {
+macro_rules! up_to_rows {
+    ($rows:expr, [$($n:literal),*] else $max:literal, $f:ident $args:tt) => {
         match $rows {
-            1 => $f::<1>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            3 => $f::<3>($($arg),*),
-            _ => $f::<4>($($arg),*),
+            $($n => $f::<$n> $args,)*
+            _ => $f::<$max> $args,
         }
     };
 }
@@ -344,7 +343,7 @@ unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
         let keys = if j0 + 16 <= s8 { 16 } else { 8 };
         let mut i0 = 0;
         while i0 < s {
-            up_to_four_rows!(s - i0, scores_block(hd, i0, j0, keys, kt, scores));
+            up_to_rows!(s - i0, [1, 2, 3] else 4, scores_block(hd, i0, j0, keys, kt, scores));
             i0 += 4;
         }
         j0 += keys;
@@ -357,7 +356,7 @@ unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
     for c0 in (0..d).step_by(16) {
         let mut i0 = 0;
         while i0 < s {
-            up_to_four_rows!(s - i0, context_rows(hd, i0, c0, scores));
+            up_to_rows!(s - i0, [1, 2, 3] else 4, context_rows(hd, i0, c0, scores));
             i0 += 4;
         }
     }
@@ -453,23 +452,6 @@ unsafe fn context_rows<const R: usize>(hd: &Head, i0: usize, c0: usize, p: &[f32
     }
 }
 
-/// `f::<R>(args)` for the `rows` queries left of a block of eight: `R` is `rows` up to 8.
-#[cfg(target_arch = "x86_64")]
-macro_rules! up_to_eight_rows {
-    ($rows:expr, $f:ident($($arg:expr),*)) => {
-        match $rows {
-            1 => $f::<1>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            3 => $f::<3>($($arg),*),
-            4 => $f::<4>($($arg),*),
-            5 => $f::<5>($($arg),*),
-            6 => $f::<6>($($arg),*),
-            7 => $f::<7>($($arg),*),
-            _ => $f::<8>($($arg),*),
-        }
-    };
-}
-
 /// [`head_avx2`] in zmm registers, for heads of any length: 8 queries by 32 keys a step for
 /// the scores, 8 queries by 32 (or 16) context values a step, each output the same FMAs in
 /// the same order as there (one per term in order from zero, then the scale), so the same
@@ -494,7 +476,11 @@ unsafe fn head_avx512(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
         let keys = if j0 + 32 <= s16 { 32 } else { 16 };
         let mut i0 = 0;
         while i0 < s {
-            up_to_eight_rows!(s - i0, scores_block_512(hd, i0, j0, keys, kt, scores));
+            up_to_rows!(
+                s - i0,
+                [1, 2, 3, 4, 5, 6, 7] else 8,
+                scores_block_512(hd, i0, j0, keys, kt, scores)
+            );
             i0 += 8;
         }
         j0 += keys;
@@ -507,7 +493,11 @@ unsafe fn head_avx512(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
         let cols = if c0 + 32 <= d { 32 } else { 16 };
         let mut i0 = 0;
         while i0 < s {
-            up_to_eight_rows!(s - i0, context_rows_512(hd, i0, c0, cols, scores));
+            up_to_rows!(
+                s - i0,
+                [1, 2, 3, 4, 5, 6, 7] else 8,
+                context_rows_512(hd, i0, c0, cols, scores)
+            );
             i0 += 8;
         }
         c0 += cols;

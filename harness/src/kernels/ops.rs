@@ -187,12 +187,11 @@ pub(super) unsafe fn gelu_erf_vectors<V: F32Lanes, const W: usize>(v: [V; W]) ->
     y
 }
 
-/// GELU on a ymm kernel's accumulators (`R` rows of two registers), two rows (four
-/// registers) at a time, their dependency chains interleaved (see
-/// [`gelu_erf_in_place_avx2`]), then an odd last row: the same operations on each value as
-/// the in-place GELU, so the same bits, without storing the tile, reading it back (which
-/// stalled on the stores: 4.4% of MiniLM 32 x 32 in the gathering copy) and storing it
-/// again. Lanes past a tile's width are computed and dropped.
+/// GELU on a ymm kernel's accumulators (`R` rows of two registers) through
+/// [`gelu_on_registers`] (two rows, four registers, at a time): the same operations on each
+/// value as the in-place GELU, so the same bits, without storing the tile, reading it back
+/// (which stalled on the stores: 4.4% of MiniLM 32 x 32 in the gathering copy) and storing
+/// it again. Lanes past a tile's width are computed and dropped.
 ///
 /// Out of line, the tile passed and returned by value (stored and reloaded once a tile):
 /// inlined into the kernel, in any form tried (one flat slice, rows, pairs of rows), the
@@ -207,21 +206,13 @@ pub(super) unsafe fn gelu_erf_vectors<V: F32Lanes, const W: usize>(v: [V; W]) ->
 pub(super) unsafe fn gelu_on_ymm_tile<const R: usize>(
     mut acc: [[std::arch::x86_64::__m256; 2]; R],
 ) -> [[std::arch::x86_64::__m256; 2]; R] {
-    let mut pairs = acc.chunks_exact_mut(2);
-    for rows in &mut pairs {
-        let [a, b, c, d] = gelu_erf_vectors([rows[0][0], rows[0][1], rows[1][0], rows[1][1]]);
-        rows[0] = [a, b];
-        rows[1] = [c, d];
-    }
-    for row in pairs.into_remainder() {
-        *row = gelu_erf_vectors(*row);
-    }
+    gelu_on_registers(acc.as_flattened_mut());
     acc
 }
 
-/// GELU on any number of registers (a tile in memory: [`gelu_on_zmm_tile`]), four at a time
-/// with their dependency chains interleaved, then what is left; the same bits as
-/// [`gelu_on_ymm_tile`].
+/// GELU on any number of registers (a kernel's tile, handed out of line by
+/// [`gelu_on_ymm_tile`] or [`gelu_on_zmm_tile`]), four at a time with their dependency chains
+/// interleaved (see [`gelu_erf_in_place_avx2`]), then what is left.
 ///
 /// # Safety
 /// The CPU must have the features of `V`.
