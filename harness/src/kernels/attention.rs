@@ -190,11 +190,13 @@ pub(super) unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64
 /// packed kernels are faster there (BERT-base at 128 tokens: 3.5% of a pass against 2.8%),
 /// and which from 17 rows on gives [`head_avx2`]'s bits, so a sentence's outputs do not
 /// depend on which side of this length its batch falls (tested up to 128).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MAX_AVX2_HEAD_LEN: usize = 32;
 
 /// Which code computes a head ([`FusedAttention`]), chosen once per call from the CPU's
 /// features and the head's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum HeadKernel {
     /// [`head_avx512`]: every length, head widths that are multiples of 16.
     Avx512,
@@ -675,9 +677,7 @@ mod tests {
     use super::*;
 
     fn avx2() -> bool {
-        let has = cfg!(target_arch = "x86_64")
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma");
+        let has = super::super::isa::F32Level::Avx2.available();
         if !has {
             eprintln!("skipped: this host has no AVX2 + FMA");
         }

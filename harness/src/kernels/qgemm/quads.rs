@@ -26,8 +26,9 @@
 //! step of a 12-row tile also took twelve separate broadcasts, and Q8_0 ran 4-7% slower than
 //! Q4_0 on one layer (Zen 5).
 
-use super::super::sgemm::Init;
-use super::{BlockFormat, IntLevel, QTile, NR, PREFETCH_BLOCKS, QK};
+#[cfg(target_arch = "x86_64")]
+use super::{super::sgemm::Init, NR, PREFETCH_BLOCKS};
+use super::{BlockFormat, IntLevel, QTile, QK};
 
 /// Input rows per AVX-512 VNNI microkernel call (12 i32 and 12 f32 accumulators in zmm).
 pub(super) const MR_512: usize = 12;
@@ -94,6 +95,7 @@ pub(super) unsafe fn tile(level: IntLevel, format: BlockFormat, r: usize, t: &QT
 
 /// Independent accumulator chains for a tile of `rows` rows: enough to cover `vpdpbusd`'s
 /// latency (about 5 cycles at up to 2 a cycle) without running out of registers.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const fn chains_for(rows: usize) -> usize {
     if rows >= 8 {
         1

@@ -9,7 +9,9 @@
 //! layout, and every output is `b[j]` followed by one FMA per `k` in increasing `k`, exactly
 //! as there, so the two levels give the same bits (tested in `super::tests`).
 
-use super::{Init, Tile, NR};
+use super::Tile;
+#[cfg(target_arch = "x86_64")]
+use super::{Init, NR};
 
 /// Input rows per microkernel call.
 pub const MR: usize = 12;
