@@ -536,7 +536,7 @@ fn an_unknown_kernel_setting_is_refused_before_anything_runs() {
         (
             "HARNESS_KERNELS",
             "avx1024",
-            "HARNESS_KERNELS=\"avx1024\" is not a kernel level: use `avx2`",
+            "HARNESS_KERNELS=\"avx1024\" is not a kernel level: use `avx2` or `avxvnni`",
         ),
         (
             "HARNESS_POOL",

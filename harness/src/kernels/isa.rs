@@ -13,9 +13,12 @@
 //!   the same bits (tested), but for the `gemm` crate under 17 tokens, which only heads of
 //!   other widths than 32 and 64 reach on AVX2 hosts.
 //!
-//! `HARNESS_KERNELS=avx2` holds both GEMMs and the heads at the AVX2 level (to measure one
-//! level against another on one machine, or to rule a kernel out when chasing a difference);
-//! any other value is an error at the first product, not a silent default.
+//! `HARNESS_KERNELS` caps the levels, to measure one level against another on one machine or
+//! to rule a kernel out when chasing a difference: `avx2` holds both GEMMs and the heads at
+//! the AVX2 level; `avxvnni` runs what a host with AVX-VNNI and no AVX-512 runs (Intel's
+//! client cores since Alder Lake): the integer GEMM at AVX-VNNI, the f32 GEMM and the heads
+//! at AVX2 (an error where the CPU lacks AVX-VNNI). Any other value is an error before any
+//! work, not a silent default.
 
 use std::sync::OnceLock;
 
@@ -63,29 +66,54 @@ fn features() -> Features {
     }
 }
 
-/// A value of `HARNESS_KERNELS` read: `None` for no cap (unset or empty), `Some("avx2")`, or
-/// an error naming the choices.
-fn parse_cap(value: Option<&str>) -> Result<Option<&'static str>, String> {
+/// A cap on the levels (`HARNESS_KERNELS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cap {
+    /// Everything at AVX2.
+    Avx2,
+    /// The integer GEMM at AVX-VNNI, the rest at AVX2.
+    AvxVnni,
+}
+
+/// A value of `HARNESS_KERNELS` read: `None` for no cap (unset or empty), else the cap, or an
+/// error naming the choices.
+fn parse_cap(value: Option<&str>) -> Result<Option<Cap>, String> {
     match value {
         None | Some("") => Ok(None),
-        Some("avx2") => Ok(Some("avx2")),
+        Some("avx2") => Ok(Some(Cap::Avx2)),
+        Some("avxvnni") => Ok(Some(Cap::AvxVnni)),
         Some(other) => Err(format!(
-            "HARNESS_KERNELS={other:?} is not a kernel level: use `avx2` (or leave it unset \
-             for the best level this CPU has)"
+            "HARNESS_KERNELS={other:?} is not a kernel level: use `avx2` or `avxvnni` (or \
+             leave it unset for the best level this CPU has)"
         )),
     }
 }
 
+/// A cap checked against what the CPU has: asking for AVX-VNNI on a CPU without it is an
+/// error, not a quiet fall back to AVX2 (the point of asking is to time that kernel).
+fn check_cap(cap: Option<Cap>, f: Features) -> Result<Option<Cap>, String> {
+    if cap == Some(Cap::AvxVnni) && !(f.avx2_fma && f.avx_vnni) {
+        return Err(
+            "HARNESS_KERNELS=\"avxvnni\": this CPU has no AVX-VNNI (`grep -o avx_vnni \
+             /proc/cpuinfo` finds nothing); use `avx2`, or leave it unset"
+                .to_string(),
+        );
+    }
+    Ok(cap)
+}
+
 /// Check `HARNESS_KERNELS` up front, so a bad value is a clear error before any work.
 pub fn check_env() -> Result<(), String> {
-    parse_cap(std::env::var("HARNESS_KERNELS").ok().as_deref()).map(|_| ())
+    let cap = parse_cap(std::env::var("HARNESS_KERNELS").ok().as_deref())?;
+    check_cap(cap, features()).map(|_| ())
 }
 
 /// `HARNESS_KERNELS` as the kernels read it, once (the CLI has checked it by then).
-fn cap() -> Option<&'static str> {
-    static CAP: OnceLock<Option<&'static str>> = OnceLock::new();
+fn cap() -> Option<Cap> {
+    static CAP: OnceLock<Option<Cap>> = OnceLock::new();
     *CAP.get_or_init(|| {
         parse_cap(std::env::var("HARNESS_KERNELS").ok().as_deref())
+            .and_then(|cap| check_cap(cap, features()))
             .unwrap_or_else(|e| panic!("{e}"))
     })
 }
@@ -113,8 +141,10 @@ pub fn int_level() -> Option<IntLevel> {
         let f = features();
         if !f.avx2_fma {
             None
-        } else if cap().is_some() {
+        } else if cap() == Some(Cap::Avx2) {
             Some(IntLevel::Avx2)
+        } else if cap() == Some(Cap::AvxVnni) {
+            Some(IntLevel::AvxVnni)
         } else if f.avx512_vnni {
             Some(IntLevel::Avx512Vnni)
         } else if f.avx_vnni {
@@ -202,11 +232,32 @@ mod tests {
     fn an_unknown_kernels_setting_is_refused_with_the_choices() {
         assert_eq!(parse_cap(None), Ok(None));
         assert_eq!(parse_cap(Some("")), Ok(None));
-        assert_eq!(parse_cap(Some("avx2")), Ok(Some("avx2")));
+        assert_eq!(parse_cap(Some("avx2")), Ok(Some(Cap::Avx2)));
+        assert_eq!(parse_cap(Some("avxvnni")), Ok(Some(Cap::AvxVnni)));
         let err = parse_cap(Some("avx1024")).unwrap_err();
         assert!(
-            err.contains("\"avx1024\"") && err.contains("`avx2`"),
+            err.contains("\"avx1024\"") && err.contains("`avx2` or `avxvnni`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn avx_vnni_is_refused_on_a_cpu_without_it_and_taken_on_one_with_it() {
+        let without = Features {
+            avx2_fma: true,
+            avx512f: true,
+            avx512_vnni: true,
+            avx_vnni: false,
+        };
+        let err = check_cap(Some(Cap::AvxVnni), without).unwrap_err();
+        assert!(err.contains("this CPU has no AVX-VNNI"), "{err}");
+        // The AVX2 cap and no cap need nothing past AVX2.
+        assert_eq!(check_cap(Some(Cap::Avx2), without), Ok(Some(Cap::Avx2)));
+        assert_eq!(check_cap(None, without), Ok(None));
+        let with = Features {
+            avx_vnni: true,
+            ..without
+        };
+        assert_eq!(check_cap(Some(Cap::AvxVnni), with), Ok(Some(Cap::AvxVnni)));
     }
 }
