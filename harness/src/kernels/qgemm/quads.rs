@@ -106,6 +106,19 @@ const fn chains_for(rows: usize) -> usize {
     }
 }
 
+/// [`chains_for`] for the ymm kernel, whose rows take two sums each in a file of 16 registers
+/// (two weight vectors and the broadcast input take three more): from 4 rows on one chain
+/// already has 8 or more independent `vpdpbusd`s a step.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const fn chains_for_ymm(rows: usize) -> usize {
+    match rows {
+        1 => 4,
+        2 => 3,
+        3 => 2,
+        _ => 1,
+    }
+}
+
 /// Fetch the first `rows` rows' input block `b + PREFETCH_BLOCKS` (32 bytes, one line each):
 /// a row block's bytes live in L2.
 #[cfg(target_arch = "x86_64")]
@@ -271,7 +284,7 @@ unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool>(t: &QTile)
     };
     // `vpmaddubsw` + `vpmaddwd` feed a one-cycle `vpaddd`: one chain is enough (and more
     // would not fit the registers).
-    let nchains = if SPLIT { 1 } else { chains_for(R) };
+    let nchains = if SPLIT { 1 } else { chains_for_ymm(R) };
     let block_bytes = if Q4 { QK * NR / 2 } else { QK * NR };
     let (mut w, mut ws) = (t.w, t.ws);
     for b in 0..t.blocks {
