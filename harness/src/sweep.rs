@@ -126,13 +126,16 @@ pub fn run(args: &ProfileArgs) -> Result<ProfileSweep> {
             skipped,
         });
     }
+    let mut environment = crate::profile::fingerprint::collect(&args.models.device);
+    environment.kernels =
+        reports::schema::kernels_by_format(models.iter().map(|m| (m.id.as_str(), &m.checkpoint)));
     let sweep = ProfileSweep {
         schema_version: reports::SCHEMA_VERSION,
         harness_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix_s: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        environment: crate::profile::fingerprint::collect(&args.models.device),
+        environment,
         settings: SweepSettings {
             warmup_iterations: warmup,
             min_iterations: min_iter,

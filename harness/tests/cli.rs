@@ -894,6 +894,9 @@ fn profile_quantize_profiles_the_quantized_model_and_refuses_unknown_formats() {
             .unwrap()
             > 0.0
     );
+    // The environment names the kernel that multiplied the Q8_0 weights, as a run's does.
+    let kernel = checkpoint["kernels"]["q8_0"].as_str().unwrap();
+    assert_eq!(v["environment"]["kernels"]["q8_0"], kernel);
 
     let bad = profile("q3", "bad");
     assert_eq!(bad.status.code(), Some(2));

@@ -184,6 +184,32 @@ pub struct Environment {
     pub kernels: BTreeMap<String, String>,
 }
 
+/// One line per weight format naming the kernel that multiplied it, from several models'
+/// [`CheckpointInfo::kernels`]: the kernel where all models agree, else each model's, marked
+/// with its name (`teacher: ... / student: ...`). [`Environment::kernels`] holds it.
+pub fn kernels_by_format<'a>(
+    models: impl IntoIterator<Item = (&'a str, &'a CheckpointInfo)>,
+) -> BTreeMap<String, String> {
+    let mut by_format: BTreeMap<&String, Vec<(&str, &String)>> = BTreeMap::new();
+    for (name, checkpoint) in models {
+        for (format, kernel) in &checkpoint.kernels {
+            by_format.entry(format).or_default().push((name, kernel));
+        }
+    }
+    by_format
+        .into_iter()
+        .map(|(format, ks)| {
+            let line = if ks.iter().all(|(_, k)| *k == ks[0].1) {
+                ks[0].1.clone()
+            } else {
+                let parts: Vec<String> = ks.iter().map(|(r, k)| format!("{r}: {k}")).collect();
+                parts.join(" / ")
+            };
+            (format.clone(), line)
+        })
+        .collect()
+}
+
 /// Latency statistics in milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
@@ -748,25 +774,11 @@ impl Results {
         let Some(env) = self.environment.as_mut() else {
             return;
         };
-        let mut by_format: BTreeMap<&String, Vec<(&str, &String)>> = BTreeMap::new();
-        for (role, summary) in [("teacher", &self.teacher), ("student", &self.student)] {
-            for (format, kernel) in summary.checkpoint.iter().flat_map(|c| &c.kernels) {
-                by_format.entry(format).or_default().push((role, kernel));
-            }
-        }
-        let all = by_format
-            .into_iter()
-            .map(|(format, ks)| {
-                let line = if ks.iter().all(|(_, k)| *k == ks[0].1) {
-                    ks[0].1.clone()
-                } else {
-                    let parts: Vec<String> = ks.iter().map(|(r, k)| format!("{r}: {k}")).collect();
-                    parts.join(" / ")
-                };
-                (format.clone(), line)
-            })
-            .collect();
-        env.kernels = all;
+        env.kernels = kernels_by_format(
+            [("teacher", &self.teacher), ("student", &self.student)]
+                .into_iter()
+                .filter_map(|(role, summary)| Some((role, summary.checkpoint.as_ref()?))),
+        );
     }
 
     /// Recompute the macro score from the task results.

@@ -24,6 +24,7 @@ const FLAGS_THAT_MATTER: &[&str] = &[
     "avx512bw",
     "avx512_vnni",
     "avx512_bf16",
+    "avx_vnni",
     "amx_tile",
 ];
 
