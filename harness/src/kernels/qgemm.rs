@@ -147,7 +147,8 @@ const PASS_BLOCKS: usize = 32;
 /// Rows per row block.
 const MC: usize = 96;
 /// From this many input rows on, the [`quads`] kernels fetch the next tile's output rows
-/// while they compute. Without it, one layer (768 -> 3072, Q8_0, VNNI) ran 20-25% slower at
+/// while they compute; under it, every kernel fetches the weights ahead instead
+/// ([`WEIGHT_PREFETCH_BYTES`]). Without it, one layer (768 -> 3072, Q8_0, VNNI) ran 20-25% slower at
 /// 1,024 rows than at 128 (the first store to each output line waited on memory), and with
 /// it Q8_0 BERT-base passes at 8 x 128 and 32 x 128 took 8-13% less time; at 128 rows
 /// (1 x 128) it cost 2% (alternating rounds, Zen 5, session 21).
@@ -155,6 +156,16 @@ const PREFETCH_OUTPUTS_FROM_ROWS: usize = 256;
 /// How many blocks ahead the kernel prefetches the input rows.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_BLOCKS: usize = 2;
+/// How far ahead of the block it multiplies a kernel fetches the weight panel (and its scales,
+/// proportionally), in products of fewer than [`PREFETCH_OUTPUTS_FROM_ROWS`] rows. A whole
+/// model's weights do not stay in cache from one pass to the next, and with few rows each
+/// weight line serves few products, so the kernel waits on memory unless the line is on its
+/// way. Q8_0 BERT-base passes at 1 x 16 / 1 x 32 / 1 x 128 took 0.59 / 0.74 / 0.93 of the time
+/// at AVX-512 VNNI and 0.73 / 0.87 at AVX2 (Zen 5); from 1,024 rows on (32 x 32, 32 x 128) the
+/// same prefetches cost 3-5%, hence the threshold. 1, 2, 4, 8 and 16 KiB ahead were compared:
+/// 4 KiB or more did best, with no clear winner past it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const WEIGHT_PREFETCH_BYTES: usize = 4096;
 /// Values of one panel for one block: 16 steps x 16 columns x 2 values.
 const PANEL_BLOCK: usize = QK * NR;
 
@@ -397,14 +408,15 @@ impl Int8Weight {
                             init,
                             bias: &panel_bias,
                         };
-                        match (self.quads, r) {
-                            (true, _) => quads::tile(self.level, format, r, &tile),
-                            (false, 6) => kernel::<6>(&tile),
-                            (false, 5) => kernel::<5>(&tile),
-                            (false, 4) => kernel::<4>(&tile),
-                            (false, 3) => kernel::<3>(&tile),
-                            (false, 2) => kernel::<2>(&tile),
-                            (false, _) => kernel::<1>(&tile),
+                        // Weights fetched ahead only under PREFETCH_OUTPUTS_FROM_ROWS rows;
+                        // a type parameter, not a flag, so that the kernels without it
+                        // compile exactly as before (a run-time flag cost larger products
+                        // 5-8% in register spills).
+                        match (self.quads, prefetch_outputs) {
+                            (true, false) => quads::tile::<true>(self.level, format, r, &tile),
+                            (true, true) => quads::tile::<false>(self.level, format, r, &tile),
+                            (false, false) => i16_tile::<true>(r, &tile),
+                            (false, true) => i16_tile::<false>(r, &tile),
                         }
                         if let Some(f) = on_tile {
                             epilogue_on_tile(f, c, n, r, width);
@@ -779,10 +791,25 @@ struct QTile<'a> {
     next: (*mut f32, usize),
 }
 
+/// Run the i16 kernel for a tile of `r` rows (1..=[`MR`]), fetching weights ahead if `FETCH`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the tile's pointers cover what it states.
+unsafe fn i16_tile<const FETCH: bool>(r: usize, t: &QTile) {
+    match r {
+        6 => kernel::<6, FETCH>(t),
+        5 => kernel::<5, FETCH>(t),
+        4 => kernel::<4, FETCH>(t),
+        3 => kernel::<3, FETCH>(t),
+        2 => kernel::<2, FETCH>(t),
+        _ => kernel::<1, FETCH>(t),
+    }
+}
+
 /// The AVX2 kernel for Q8_0 weights in the i16 layout: `R` rows (at most [`MR`]) by one panel.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<const R: usize>(t: &QTile) {
+unsafe fn kernel<const R: usize, const FETCH: bool>(t: &QTile) {
     use super::sgemm::load_output_row;
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -807,6 +834,9 @@ unsafe fn kernel<const R: usize>(t: &QTile) {
                 t.q.wrapping_add(i * t.lda + (b + PREFETCH_BLOCKS) * QK) as *const i8
             );
         }
+        if FETCH {
+            prefetch_weights(w, PANEL_BLOCK, ws);
+        }
         let mut sums = [[_mm256_setzero_si256(); 2]; R];
         for step in 0..QK / 2 {
             let w0 = _mm256_cvtepi8_epi16(_mm_load_si128(w.add(step * 32) as *const __m128i));
@@ -825,6 +855,21 @@ unsafe fn kernel<const R: usize>(t: &QTile) {
         ws = ws.add(NR);
     }
     finish_tile(t, &mut acc);
+}
+
+/// Fetch the weight block [`WEIGHT_PREFETCH_BYTES`] ahead of `w` (`block_bytes` long) and the
+/// scales as far ahead in blocks, into L1. Prefetches never fault; the addresses are formed
+/// with wrapping arithmetic and may run past the panel.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_weights(w: *const i8, block_bytes: usize, ws: *const f32) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let ahead = w.wrapping_add(WEIGHT_PREFETCH_BYTES);
+    for line in 0..block_bytes / 64 {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+    }
+    let scales = ws.wrapping_add(WEIGHT_PREFETCH_BYTES / block_bytes * NR);
+    _mm_prefetch::<_MM_HINT_T0>(scales as *const i8);
 }
 
 /// Add one block's exact i32 sums into a ymm kernel's f32 accumulators, `acc += f32(sum) ·
@@ -864,7 +909,7 @@ unsafe fn finish_tile<const R: usize>(t: &QTile, acc: &mut [[std::arch::x86_64::
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel<const R: usize>(_: &QTile) {
+unsafe fn kernel<const R: usize, const FETCH: bool>(_: &QTile) {
     unreachable!("Int8Weight is never built off x86-64")
 }
 

@@ -57,16 +57,22 @@ pub(super) fn lay_out_block(format: BlockFormat, qs: &[i8; QK], col: usize, dst:
     }
 }
 
-/// Run the kernel of `level` for a tile of `r` rows.
+/// Run the kernel of `level` for a tile of `r` rows, fetching the weights ahead if `FETCH`
+/// (`super::prefetch_weights`).
 ///
 /// # Safety
 /// The CPU has `level`; the tile's pointers cover what it states (bytes, not i16 values).
-pub(super) unsafe fn tile(level: IntLevel, format: BlockFormat, r: usize, t: &QTile) {
+pub(super) unsafe fn tile<const FETCH: bool>(
+    level: IntLevel,
+    format: BlockFormat,
+    r: usize,
+    t: &QTile,
+) {
     macro_rules! rows {
         ($kernel:ident, $q4:literal, [$($n:literal),*]) => {
             match r {
-                $($n => $kernel::<$n, $q4>(t),)*
-                _ => $kernel::<1, $q4>(t),
+                $($n => $kernel::<$n, $q4, FETCH>(t),)*
+                _ => $kernel::<1, $q4, FETCH>(t),
             }
         };
     }
@@ -85,10 +91,10 @@ pub(super) unsafe fn tile(level: IntLevel, format: BlockFormat, r: usize, t: &QT
             unreachable!("Q8_0 on AVX2 is laid out for the i16 kernel")
         }
         (IntLevel::Avx2, BlockFormat::Q4_0 | BlockFormat::Q4_1) => match r {
-            4 => kernel_avx2::<4>(t),
-            3 => kernel_avx2::<3>(t),
-            2 => kernel_avx2::<2>(t),
-            _ => kernel_avx2::<1>(t),
+            4 => kernel_avx2::<4, FETCH>(t),
+            3 => kernel_avx2::<3, FETCH>(t),
+            2 => kernel_avx2::<2, FETCH>(t),
+            _ => kernel_avx2::<1, FETCH>(t),
         },
     }
 }
@@ -165,7 +171,7 @@ unsafe fn four_bytes(t: &QTile, row: usize, at: usize) -> i32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn kernel_512<const R: usize, const Q4: bool>(t: &QTile) {
+unsafe fn kernel_512<const R: usize, const Q4: bool, const FETCH: bool>(t: &QTile) {
     use std::arch::x86_64::*;
     prefetch_next_outputs(t);
     let mask = ((1u32 << t.width) - 1) as __mmask16;
@@ -184,6 +190,9 @@ unsafe fn kernel_512<const R: usize, const Q4: bool>(t: &QTile) {
     let (mut w, mut ws) = (t.w, t.ws);
     for b in 0..t.blocks {
         prefetch_rows(t, R, b);
+        if FETCH {
+            super::prefetch_weights(w, block_bytes, ws);
+        }
         // `vpdpbusd` adds into its accumulator (a 4-5 cycle chain): few rows get several
         // chains of steps, summed at the end (exact integers, so the result is unchanged).
         // The first chain starts from the row's correction, `-o Σ q_x`, instead of zero.
@@ -242,8 +251,8 @@ unsafe fn kernel_512<const R: usize, const Q4: bool>(t: &QTile) {
 /// The AVX-VNNI kernel: `R` rows by one panel, `vpdpbusd` on ymm registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn kernel_256<const R: usize, const Q4: bool>(t: &QTile) {
-    body_256::<R, Q4, false>(t)
+unsafe fn kernel_256<const R: usize, const Q4: bool, const FETCH: bool>(t: &QTile) {
+    body_256::<R, Q4, false, FETCH>(t)
 }
 
 /// The AVX2 kernel, for Q4_0 / Q4_1 nibbles only (Q8_0's unsigned input bytes could saturate
@@ -251,15 +260,17 @@ unsafe fn kernel_256<const R: usize, const Q4: bool>(t: &QTile) {
 /// `vpmaddwd` by ones + `vpaddd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2<const R: usize>(t: &QTile) {
-    body_256::<R, true, true>(t)
+unsafe fn kernel_avx2<const R: usize, const FETCH: bool>(t: &QTile) {
+    body_256::<R, true, true, FETCH>(t)
 }
 
 /// The ymm kernels' body, inlined into each so that it is compiled for that kernel's features:
 /// `SPLIT` takes each `vpdpbusd` as its AVX2 instruction pair.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool>(t: &QTile) {
+unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool, const FETCH: bool>(
+    t: &QTile,
+) {
     use super::super::sgemm::load_output_row;
     use std::arch::x86_64::*;
     prefetch_next_outputs(t);
@@ -289,6 +300,9 @@ unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool>(t: &QTile)
     let (mut w, mut ws) = (t.w, t.ws);
     for b in 0..t.blocks {
         prefetch_rows(t, R, b);
+        if FETCH {
+            super::prefetch_weights(w, block_bytes, ws);
+        }
         // The first chain starts from the row's correction, as in `kernel_512`.
         let mut chains = [[[_mm256_setzero_si256(); 2]; R]; 4];
         for (i, sum) in chains[0].iter_mut().enumerate() {
@@ -343,16 +357,16 @@ unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool>(t: &QTile)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_512<const R: usize, const Q4: bool>(_: &QTile) {
+unsafe fn kernel_512<const R: usize, const Q4: bool, const FETCH: bool>(_: &QTile) {
     unreachable!("Int8Weight is never built off x86-64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_256<const R: usize, const Q4: bool>(_: &QTile) {
+unsafe fn kernel_256<const R: usize, const Q4: bool, const FETCH: bool>(_: &QTile) {
     unreachable!("Int8Weight is never built off x86-64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_avx2<const R: usize>(_: &QTile) {
+unsafe fn kernel_avx2<const R: usize, const FETCH: bool>(_: &QTile) {
     unreachable!("Int8Weight is never built off x86-64")
 }
