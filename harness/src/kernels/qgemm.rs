@@ -148,10 +148,10 @@ const PASS_BLOCKS: usize = 32;
 const MC: usize = 96;
 /// From this many input rows on, the [`quads`] kernels fetch the next tile's output rows
 /// while they compute; under it, every kernel fetches the weights ahead instead
-/// ([`WEIGHT_PREFETCH_BYTES`]). Without it, one layer (768 -> 3072, Q8_0, VNNI) ran 20-25% slower at
-/// 1,024 rows than at 128 (the first store to each output line waited on memory), and with
-/// it Q8_0 BERT-base passes at 8 x 128 and 32 x 128 took 8-13% less time; at 128 rows
-/// (1 x 128) it cost 2% (alternating rounds, Zen 5, session 21).
+/// ([`WEIGHT_PREFETCH_BYTES`]). Without the output fetches, one layer (768 -> 3072, Q8_0,
+/// VNNI) ran 20-25% slower at 1,024 rows than at 128 (the first store to each output line
+/// waited on memory), and with them Q8_0 BERT-base passes at 8 x 128 and 32 x 128 took 8-13%
+/// less time; at 128 rows (1 x 128) they cost 2% (alternating rounds, Zen 5, session 21).
 const PREFETCH_OUTPUTS_FROM_ROWS: usize = 256;
 /// How many blocks ahead the kernel prefetches the input rows.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -160,10 +160,12 @@ const PREFETCH_BLOCKS: usize = 2;
 /// proportionally), in products of fewer than [`PREFETCH_OUTPUTS_FROM_ROWS`] rows. A whole
 /// model's weights do not stay in cache from one pass to the next, and with few rows each
 /// weight line serves few products, so the kernel waits on memory unless the line is on its
-/// way. Q8_0 BERT-base passes at 1 x 16 / 1 x 32 / 1 x 128 took 0.59 / 0.74 / 0.93 of the time
-/// at AVX-512 VNNI and 0.73 / 0.87 at AVX2 (Zen 5); from 1,024 rows on (32 x 32, 32 x 128) the
-/// same prefetches cost 3-5%, hence the threshold. 1, 2, 4, 8 and 16 KiB ahead were compared:
-/// 4 KiB or more did best, with no clear winner past it.
+/// way. Q8_0 BERT-base passes at 1 x 16 / 1 x 32 / 1 x 128 took 0.59 / 0.72 / 0.91 of the time
+/// at AVX-512 VNNI, 1 x 16 / 1 x 128 0.72 / 0.95 at AVX2 (Zen 5, session 22); from 1,024 rows
+/// on (32 x 32, 32 x 128) the same prefetches cost 3-5%, hence the threshold. 1, 2, 4, 8 and
+/// 16 KiB ahead were compared: 4 KiB or more did best, with no clear winner past it. Where the
+/// whole model stays in the last-level cache (MiniLM in Q8_0, 22 MB) there is nothing to gain
+/// (1 x 16 1.03 [1.00-1.04] of the time).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const WEIGHT_PREFETCH_BYTES: usize = 4096;
 /// Values of one panel for one block: 16 steps x 16 columns x 2 values.
