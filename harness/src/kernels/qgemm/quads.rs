@@ -139,13 +139,11 @@ unsafe fn prefetch_rows(t: &QTile, rows: usize, b: usize) {
 }
 
 /// What the laid-out weight values exceed the format's values by: 8 for Q4_0's nibbles, 128
-/// for Q8_0's unsigned bytes.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const fn weight_offset<const Q4: bool>() -> i32 {
-    if Q4 {
-        8
-    } else {
-        128
+/// for Q8_0's unsigned bytes (`format` as the kernels take it: Q4_1 is laid out as Q4_0).
+pub(super) fn weight_offset(format: BlockFormat) -> i32 {
+    match format {
+        BlockFormat::Q8_0 => 128,
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => 8,
     }
 }
 
@@ -198,7 +196,7 @@ unsafe fn kernel_512<const R: usize, const Q4: bool, const FETCH: bool>(t: &QTil
         // The first chain starts from the row's correction, `-o Σ q_x`, instead of zero.
         let mut chains = [[_mm512_setzero_si512(); R]; 4];
         for (i, sum) in chains[0].iter_mut().enumerate() {
-            *sum = _mm512_set1_epi32(-weight_offset::<Q4>() * *t.sums.add(i * t.ldd + b));
+            *sum = _mm512_set1_epi32(*t.corrections.add(i * t.ldd + b));
         }
         if Q4 {
             for pair in 0..QK / 8 {
@@ -306,7 +304,7 @@ unsafe fn body_256<const R: usize, const Q4: bool, const SPLIT: bool, const FETC
         // The first chain starts from the row's correction, as in `kernel_512`.
         let mut chains = [[[_mm256_setzero_si256(); 2]; R]; 4];
         for (i, sum) in chains[0].iter_mut().enumerate() {
-            *sum = [_mm256_set1_epi32(-weight_offset::<Q4>() * *t.sums.add(i * t.ldd + b)); 2];
+            *sum = [_mm256_set1_epi32(*t.corrections.add(i * t.ldd + b)); 2];
         }
         if Q4 {
             for pair in 0..QK / 8 {
