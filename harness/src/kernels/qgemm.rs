@@ -1026,7 +1026,7 @@ mod tests {
     #[test]
     fn matches_the_f64_product_of_the_same_blocks_on_edge_shapes() {
         let levels = levels("matches_the_f64_product_of_the_same_blocks_on_edge_shapes");
-        // Rows and columns off the tiles (6 or 12 x 16), one block, depths over one pass
+        // Rows and columns off the tiles (4, 6 or 8 x 16), one block, depths over one pass
         // (1024).
         for &(m, n, k) in &[
             (1, 1, 32),
@@ -1241,8 +1241,11 @@ mod tests {
 
     #[test]
     fn a_row_does_not_depend_on_its_batch() {
-        // 200 rows cross a row block (96) and are split over threads by rows or by panels.
-        let (m, n, k) = (200, 40, 1088);
+        // 300 rows cross a row block (96), are split over threads by rows or by panels, and
+        // reach PREFETCH_OUTPUTS_FROM_ROWS: the batch runs the kernels that fetch outputs, the
+        // single rows the ones that fetch weights.
+        let (m, n, k) = (300, 40, 1088);
+        const _: () = assert!(PREFETCH_OUTPUTS_FROM_ROWS <= 300);
         let (x, b) = (values(m * k, 6), values(n, 7));
         let levels = levels("a_row_does_not_depend_on_its_batch");
         for (level, dtype) in levels
@@ -1253,7 +1256,7 @@ mod tests {
             let weight = layout(&q, dtype, n, k, level);
             let mut batch = vec![0f32; m * n];
             weight.matmul_then(&x, m, Some(&b), &mut batch, 2, None);
-            for i in [0, 3, 4, 11, 12, 95, 96, 199] {
+            for i in [0, 3, 4, 7, 8, 11, 12, 95, 96, 199, 299] {
                 let mut single = vec![0f32; n];
                 weight.matmul_then(&x[i * k..(i + 1) * k], 1, Some(&b), &mut single, 1, None);
                 assert_eq!(
