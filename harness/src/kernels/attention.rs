@@ -1,5 +1,7 @@
 //! Fused multi-head self-attention on the CPU (f32): one candle op per layer.
 
+#[cfg(target_arch = "x86_64")]
+use super::ops::F32Lanes;
 use candle_core::Result;
 
 /// `dst (m x n) = beta * lhs (m x k) · rhs (k x n)` on the calling thread, over strided
@@ -309,10 +311,10 @@ unsafe fn head_gemm(hd: &Head, bias: &[f32], scores: &mut [f32]) {
 /// one of the listed counts (those below `max`), else `max`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! up_to_rows {
-    ($rows:expr, [$($n:literal),*] else $max:literal, $f:ident $args:tt) => {
+    ($rows:expr, [$($n:literal),*] else $max:literal, $f:ident::<$v:ty> $args:tt) => {
         match $rows {
-            $($n => $f::<$n> $args,)*
-            _ => $f::<$max> $args,
+            $($n => $f::<$v, $n> $args,)*
+            _ => $f::<$v, $max> $args,
         }
     };
 }
@@ -334,6 +336,7 @@ macro_rules! up_to_rows {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
+    use std::arch::x86_64::__m256;
     let (s, d) = (hd.s, hd.d);
     let s8 = s.next_multiple_of(8);
     let (kt, scores) = scratch.split_at_mut(d * s8);
@@ -345,7 +348,7 @@ unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
         let keys = if j0 + 16 <= s8 { 16 } else { 8 };
         let mut i0 = 0;
         while i0 < s {
-            up_to_rows!(s - i0, [1, 2, 3] else 4, scores_block(hd, i0, j0, keys, kt, scores));
+            up_to_rows!(s - i0, [1, 2, 3] else 4, scores_tile::<__m256>(hd, i0, j0, keys, kt, scores));
             i0 += 4;
         }
         j0 += keys;
@@ -358,7 +361,7 @@ unsafe fn head_avx2(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
     for c0 in (0..d).step_by(16) {
         let mut i0 = 0;
         while i0 < s {
-            up_to_rows!(s - i0, [1, 2, 3] else 4, context_rows(hd, i0, c0, scores));
+            up_to_rows!(s - i0, [1, 2, 3] else 4, context_tile::<__m256>(hd, i0, c0, 16, scores));
             i0 += 4;
         }
     }
@@ -392,12 +395,13 @@ unsafe fn transpose_keys(hd: &Head, kt: &mut [f32], stride: usize) {
     }
 }
 
-/// Scores of queries `i0..i0 + R` against keys `j0..j0 + keys` (16, or 8 for the last odd
-/// group): `scores[i][j] = scale * Σ_c q[i][c] kt[c][j]`.
+/// Scores of queries `i0..i0 + R` against keys `j0..j0 + keys` (two registers of keys, or
+/// one for the last odd group): `scores[i][j] = scale * Σ_c q[i][c] kt[c][j]`, one FMA per
+/// `c` in order from zero, then the scale. `kt` and `scores` have rows of `s` rounded up to
+/// the register's lanes. One body for both heads, so that both give the same bits.
 #[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scores_block<const R: usize>(
+#[inline(always)]
+unsafe fn scores_tile<V: F32Lanes, const R: usize>(
     hd: &Head,
     i0: usize,
     j0: usize,
@@ -405,52 +409,60 @@ unsafe fn scores_block<const R: usize>(
     kt: &[f32],
     scores: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
-    let s8 = hd.s.next_multiple_of(8);
-    let scale = _mm256_set1_ps(hd.scale);
-    let two = keys == 16;
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let stride = hd.s.next_multiple_of(V::LANES);
+    let scale = V::splat(hd.scale);
+    let two = keys == 2 * V::LANES;
+    let mut acc = [[V::splat(0.0); 2]; R];
     for c in 0..hd.d {
-        let kp = kt.as_ptr().add(c * s8 + j0);
-        let k0 = _mm256_loadu_ps(kp);
-        let k1 = if two { _mm256_loadu_ps(kp.add(8)) } else { k0 };
+        let kp = kt.as_ptr().add(c * stride + j0);
+        let k0 = V::load(kp);
+        let k1 = if two { V::load(kp.add(V::LANES)) } else { k0 };
         for (i, a) in acc.iter_mut().enumerate() {
-            let qv = _mm256_broadcast_ss(&*hd.q.add((i0 + i) * hd.ld + c));
-            a[0] = _mm256_fmadd_ps(qv, k0, a[0]);
-            a[1] = _mm256_fmadd_ps(qv, k1, a[1]);
+            let qv = V::splat(*hd.q.add((i0 + i) * hd.ld + c));
+            a[0] = qv.mul_add(k0, a[0]);
+            a[1] = qv.mul_add(k1, a[1]);
         }
     }
     for (i, a) in acc.iter().enumerate() {
-        let row = scores.as_mut_ptr().add((i0 + i) * s8 + j0);
-        _mm256_storeu_ps(row, _mm256_mul_ps(a[0], scale));
+        let row = scores.as_mut_ptr().add((i0 + i) * stride + j0);
+        a[0].mul(scale).store(row);
         if two {
-            _mm256_storeu_ps(row.add(8), _mm256_mul_ps(a[1], scale));
+            a[1].mul(scale).store(row.add(V::LANES));
         }
     }
 }
 
-/// Context rows `i0..i0 + R`, columns `c0..c0 + 16`: `dst[i][c] = Σ_j p[i][j] v[j][c]`,
-/// keys in order.
+/// Context rows `i0..i0 + R`, columns `c0..c0 + cols` (two registers, or one for the last
+/// odd group): `dst[i][c] = Σ_j p[i][j] v[j][c]`, keys in order. `p` has rows of `s` rounded
+/// up to the register's lanes. One body for both heads, as [`scores_tile`].
 #[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn context_rows<const R: usize>(hd: &Head, i0: usize, c0: usize, p: &[f32]) {
-    use std::arch::x86_64::*;
-    let s8 = hd.s.next_multiple_of(8);
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+#[inline(always)]
+unsafe fn context_tile<V: F32Lanes, const R: usize>(
+    hd: &Head,
+    i0: usize,
+    c0: usize,
+    cols: usize,
+    p: &[f32],
+) {
+    let stride = hd.s.next_multiple_of(V::LANES);
+    let two = cols == 2 * V::LANES;
+    let mut acc = [[V::splat(0.0); 2]; R];
     for j in 0..hd.s {
         let vrow = hd.v.add(j * hd.ld + c0);
-        let (v0, v1) = (_mm256_loadu_ps(vrow), _mm256_loadu_ps(vrow.add(8)));
+        let v0 = V::load(vrow);
+        let v1 = if two { V::load(vrow.add(V::LANES)) } else { v0 };
         for (i, a) in acc.iter_mut().enumerate() {
-            let pv = _mm256_broadcast_ss(&p[(i0 + i) * s8 + j]);
-            a[0] = _mm256_fmadd_ps(pv, v0, a[0]);
-            a[1] = _mm256_fmadd_ps(pv, v1, a[1]);
+            let pv = V::splat(*p.as_ptr().add((i0 + i) * stride + j));
+            a[0] = pv.mul_add(v0, a[0]);
+            a[1] = pv.mul_add(v1, a[1]);
         }
     }
     for (i, a) in acc.iter().enumerate() {
         let out = hd.dst.add((i0 + i) * hd.ldd + c0);
-        _mm256_storeu_ps(out, a[0]);
-        _mm256_storeu_ps(out.add(8), a[1]);
+        a[0].store(out);
+        if two {
+            a[1].store(out.add(V::LANES));
+        }
     }
 }
 
@@ -468,6 +480,7 @@ unsafe fn context_rows<const R: usize>(hd: &Head, i0: usize, c0: usize, p: &[f32
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn head_avx512(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
+    use std::arch::x86_64::__m512;
     let (s, d) = (hd.s, hd.d);
     let s16 = s.next_multiple_of(16);
     let (kt, scores) = scratch.split_at_mut(d * s16);
@@ -481,7 +494,7 @@ unsafe fn head_avx512(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
             up_to_rows!(
                 s - i0,
                 [1, 2, 3, 4, 5, 6, 7] else 8,
-                scores_block_512(hd, i0, j0, keys, kt, scores)
+                scores_tile::<__m512>(hd, i0, j0, keys, kt, scores)
             );
             i0 += 8;
         }
@@ -498,85 +511,11 @@ unsafe fn head_avx512(hd: &Head, bias: &[f32], scratch: &mut [f32]) {
             up_to_rows!(
                 s - i0,
                 [1, 2, 3, 4, 5, 6, 7] else 8,
-                context_rows_512(hd, i0, c0, cols, scores)
+                context_tile::<__m512>(hd, i0, c0, cols, scores)
             );
             i0 += 8;
         }
         c0 += cols;
-    }
-}
-
-/// [`scores_block`] for `R` queries by 32 keys (or 16 for the last odd group).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn scores_block_512<const R: usize>(
-    hd: &Head,
-    i0: usize,
-    j0: usize,
-    keys: usize,
-    kt: &[f32],
-    scores: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let s16 = hd.s.next_multiple_of(16);
-    let scale = _mm512_set1_ps(hd.scale);
-    let two = keys == 32;
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for c in 0..hd.d {
-        let kp = kt.as_ptr().add(c * s16 + j0);
-        let k0 = _mm512_loadu_ps(kp);
-        let k1 = if two { _mm512_loadu_ps(kp.add(16)) } else { k0 };
-        for (i, a) in acc.iter_mut().enumerate() {
-            let qv = _mm512_set1_ps(*hd.q.add((i0 + i) * hd.ld + c));
-            a[0] = _mm512_fmadd_ps(qv, k0, a[0]);
-            a[1] = _mm512_fmadd_ps(qv, k1, a[1]);
-        }
-    }
-    for (i, a) in acc.iter().enumerate() {
-        let row = scores.as_mut_ptr().add((i0 + i) * s16 + j0);
-        _mm512_storeu_ps(row, _mm512_mul_ps(a[0], scale));
-        if two {
-            _mm512_storeu_ps(row.add(16), _mm512_mul_ps(a[1], scale));
-        }
-    }
-}
-
-/// [`context_rows`] for `R` queries by `cols` (32 or 16) context values.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn context_rows_512<const R: usize>(
-    hd: &Head,
-    i0: usize,
-    c0: usize,
-    cols: usize,
-    p: &[f32],
-) {
-    use std::arch::x86_64::*;
-    let s16 = hd.s.next_multiple_of(16);
-    let two = cols == 32;
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for j in 0..hd.s {
-        let vrow = hd.v.add(j * hd.ld + c0);
-        let v0 = _mm512_loadu_ps(vrow);
-        let v1 = if two {
-            _mm512_loadu_ps(vrow.add(16))
-        } else {
-            v0
-        };
-        for (i, a) in acc.iter_mut().enumerate() {
-            let pv = _mm512_set1_ps(*p.as_ptr().add((i0 + i) * s16 + j));
-            a[0] = _mm512_fmadd_ps(pv, v0, a[0]);
-            a[1] = _mm512_fmadd_ps(pv, v1, a[1]);
-        }
-    }
-    for (i, a) in acc.iter().enumerate() {
-        let out = hd.dst.add((i0 + i) * hd.ldd + c0);
-        _mm512_storeu_ps(out, a[0]);
-        if two {
-            _mm512_storeu_ps(out.add(16), a[1]);
-        }
     }
 }
 

@@ -76,15 +76,23 @@ unsafe fn gelu_erf_in_place_avx2(xs: &mut [f32]) {
     }
 }
 
-/// The operations [`gelu_erf_vectors`] needs from a register of f32 lanes, so that one body
-/// serves the AVX2 (`__m256`) and AVX-512 (`__m512`) kernels. Each method is one instruction,
-/// always inlined, so it is compiled for the features of the kernel it lands in.
+/// The operations [`gelu_erf_vectors`] and the attention heads' tiles need from a register
+/// of f32 lanes, so that one body serves the AVX2 (`__m256`) and AVX-512 (`__m512`) kernels.
+/// Each method is one instruction, always inlined, so it is compiled for the features of the
+/// kernel it lands in.
 ///
 /// # Safety
-/// The methods may be called only where the CPU has the register's features (AVX for
-/// `__m256`, AVX-512F for `__m512`).
+/// The methods may be called only where the CPU has the register's features (AVX, and FMA
+/// for [`F32Lanes::mul_add`], for `__m256`; AVX-512F for `__m512`); `load` and `store` need
+/// `LANES` valid values at the pointer.
 #[cfg(target_arch = "x86_64")]
 pub(super) trait F32Lanes: Copy {
+    /// Values a register holds.
+    const LANES: usize;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// `self · b + c` per lane, rounded once (`vfmadd`).
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self;
     unsafe fn splat(v: f32) -> Self;
     unsafe fn add(self, o: Self) -> Self;
     unsafe fn mul(self, o: Self) -> Self;
@@ -97,8 +105,33 @@ pub(super) trait F32Lanes: Copy {
 
 #[cfg(target_arch = "x86_64")]
 macro_rules! f32_lanes {
-    ($t:ty, $set1:ident, $add:ident, $mul:ident, $div:ident, $min:ident, $max:ident) => {
+    (
+        $t:ty,
+        $lanes:literal,
+        $loadu:ident,
+        $storeu:ident,
+        $fmadd:ident,
+        $set1:ident,
+        $add:ident,
+        $mul:ident,
+        $div:ident,
+        $min:ident,
+        $max:ident
+    ) => {
         impl F32Lanes for $t {
+            const LANES: usize = $lanes;
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                std::arch::x86_64::$loadu(p)
+            }
+            #[inline(always)]
+            unsafe fn store(self, p: *mut f32) {
+                std::arch::x86_64::$storeu(p, self)
+            }
+            #[inline(always)]
+            unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+                std::arch::x86_64::$fmadd(self, b, c)
+            }
             #[inline(always)]
             unsafe fn splat(v: f32) -> Self {
                 std::arch::x86_64::$set1(v)
@@ -129,6 +162,10 @@ macro_rules! f32_lanes {
 #[cfg(target_arch = "x86_64")]
 f32_lanes!(
     std::arch::x86_64::__m256,
+    8,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_fmadd_ps,
     _mm256_set1_ps,
     _mm256_add_ps,
     _mm256_mul_ps,
@@ -139,6 +176,10 @@ f32_lanes!(
 #[cfg(target_arch = "x86_64")]
 f32_lanes!(
     std::arch::x86_64::__m512,
+    16,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_fmadd_ps,
     _mm512_set1_ps,
     _mm512_add_ps,
     _mm512_mul_ps,
