@@ -517,12 +517,30 @@ impl PackedGemm for Int8Weight {
     }
 }
 
-/// One chunk of [`quantize_rows`]'s work: inputs, scales, then the i16 values, block sums,
-/// corrections and bytes (each empty when not kept; the values and bytes not yet written).
-type RoundingChunk<'a> = (
-    ((&'a [f32], &'a mut [f32]), &'a mut [MaybeUninit<i16>]),
-    ((&'a mut [i32], &'a mut [i32]), &'a mut [MaybeUninit<u8>]),
-);
+/// Where [`round_to_q8_0_into`] puts each block's 32 rounded values.
+enum Rounded<'a> {
+    /// As i16: the AVX2 i16 kernel's input, and [`round_to_q8_0`]'s.
+    Values(&'a mut [MaybeUninit<i16>]),
+    /// As signed bytes, with each block's sum: the [`quads`] kernels' input.
+    Bytes {
+        bytes: &'a mut [MaybeUninit<u8>],
+        sums: &'a mut [i32],
+    },
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Rounded<'_> {
+    /// The blocks from `from` on.
+    fn tail(&mut self, from: usize) -> Rounded<'_> {
+        match self {
+            Rounded::Values(q) => Rounded::Values(&mut q[from * QK..]),
+            Rounded::Bytes { bytes, sums } => Rounded::Bytes {
+                bytes: &mut bytes[from * QK..],
+                sums: &mut sums[from..],
+            },
+        }
+    }
+}
 
 /// Round input rows (their width a multiple of [`QK`], as the weight's `k` is) to Q8_0 blocks
 /// exactly as candle's `BlockQ8_0::from_float` does, spread over the kernels' pool. For the
@@ -531,8 +549,6 @@ type RoundingChunk<'a> = (
 fn quantize_rows(x: &[f32], quads_offset: Option<i32>) -> QuantizedRows {
     let for_quads = quads_offset.is_some();
     let blocks = x.len() / QK;
-    // The quads kernels read only the bytes: the i16 values are then rounded into a buffer per
-    // chunk instead of kept for the whole input.
     let kept = |on: bool| if on { x.len() } else { 0 };
     let mut q = unwritten::<i16>(kept(!for_quads));
     let mut bytes = unwritten::<u8>(kept(for_quads));
@@ -540,45 +556,36 @@ fn quantize_rows(x: &[f32], quads_offset: Option<i32>) -> QuantizedRows {
     let mut sums = vec![0; if for_quads { blocks } else { 0 }];
     let mut corrections = vec![0; if for_quads { blocks } else { 0 }];
     let offset = quads_offset.unwrap_or(0);
-    // One pass per chunk of 64 blocks: round, then the block sums and bytes while the values
-    // are in L1.
+    // Chunks of 64 blocks: the corrections are taken from the sums while they are in L1.
     const CHUNK: usize = 64;
-    let chunk = |(((x, d), q), ((sums, corrections), bytes)): RoundingChunk| {
-        let mut scratch = [MaybeUninit::<i16>::uninit(); CHUNK * QK];
-        let q = if q.is_empty() {
-            &mut scratch[..x.len()]
-        } else {
-            q
-        };
-        let q = round_to_q8_0_into(x, q, d);
-        for ((sum, correction), block) in sums
-            .iter_mut()
-            .zip(corrections.iter_mut())
-            .zip(q.chunks_exact(QK))
-        {
-            *sum = block.iter().map(|&q| i32::from(q)).sum();
-            *correction = -offset * *sum;
-        }
-        for (b, &q) in bytes.iter_mut().zip(q.iter()) {
-            b.write(q as u8);
+    let outputs: Vec<Rounded> = if for_quads {
+        bytes
+            .chunks_mut(CHUNK * QK)
+            .zip(sums.chunks_mut(CHUNK))
+            .map(|(bytes, sums)| Rounded::Bytes { bytes, sums })
+            .collect()
+    } else {
+        q.chunks_mut(CHUNK * QK).map(Rounded::Values).collect()
+    };
+    // The corrections' chunks are empty slices when they are not kept.
+    let corrections_chunks = corrections
+        .chunks_mut(CHUNK)
+        .map(Some)
+        .chain(std::iter::repeat_with(|| None))
+        .map(Option::unwrap_or_default);
+    let chunk = |(((x, d), mut out), corrections): (_, &mut [i32])| {
+        round_to_q8_0_into(x, d, &mut out);
+        if let Rounded::Bytes { sums, .. } = out {
+            for (correction, &sum) in corrections.iter_mut().zip(sums.iter()) {
+                *correction = -offset * sum;
+            }
         }
     };
-    // Chunks of an output that is not wanted are empty slices.
-    fn or_empty<T>(chunks: std::slice::ChunksMut<'_, T>) -> impl Iterator<Item = &mut [T]> {
-        chunks
-            .map(Some)
-            .chain(std::iter::repeat_with(|| None))
-            .map(Option::unwrap_or_default)
-    }
     let chunks = x
         .chunks(CHUNK * QK)
         .zip(d.chunks_mut(CHUNK))
-        .zip(or_empty(q.chunks_mut(CHUNK * QK)))
-        .zip(
-            or_empty(sums.chunks_mut(CHUNK))
-                .zip(or_empty(corrections.chunks_mut(CHUNK)))
-                .zip(or_empty(bytes.chunks_mut(CHUNK * QK))),
-        );
+        .zip(outputs)
+        .zip(corrections_chunks);
     if blocks <= CHUNK {
         // Small inputs (a batch-1 token, a short sentence) stay on the calling thread: handing
         // one chunk to the pool and waiting costs more than rounding it.
@@ -586,8 +593,8 @@ fn quantize_rows(x: &[f32], quads_offset: Option<i32>) -> QuantizedRows {
     } else {
         super::pool::for_each_item(chunks.collect(), chunk);
     }
-    // SAFETY: the chunks cover the input, and each chunk rounded all of its values and wrote
-    // all of its bytes (the vectors are empty when not kept).
+    // SAFETY: the chunks cover the input, and each chunk wrote all of its values or bytes (the
+    // vector not kept is empty).
     let (q, bytes) = unsafe { (written(q), written(bytes)) };
     QuantizedRows {
         q,
@@ -603,13 +610,17 @@ fn quantize_rows(x: &[f32], quads_offset: Option<i32>) -> QuantizedRows {
 pub(crate) fn round_to_q8_0(x: &[f32], q: &mut [i16], d: &mut [f32]) {
     // SAFETY: an `i16` is a valid `MaybeUninit<i16>`, and only `i16`s are written.
     let q = unsafe { &mut *(q as *mut [i16] as *mut [MaybeUninit<i16>]) };
-    round_to_q8_0_into(x, q, d);
+    round_to_q8_0_into(x, d, &mut Rounded::Values(q));
 }
 
-/// [`round_to_q8_0`] into values not yet written; returns them, written.
-fn round_to_q8_0_into<'a>(x: &[f32], q: &'a mut [MaybeUninit<i16>], d: &mut [f32]) -> &'a [i16] {
+/// [`round_to_q8_0`] into `out`, which afterwards holds every block's values written.
+fn round_to_q8_0_into(x: &[f32], d: &mut [f32], out: &mut Rounded) {
+    let sizes_match = match out {
+        Rounded::Values(q) => q.len() == x.len(),
+        Rounded::Bytes { bytes, sums } => bytes.len() == x.len() && sums.len() == d.len(),
+    };
     assert!(
-        x.len() == q.len() && x.len() == d.len() * QK,
+        sizes_match && x.len() == d.len() * QK,
         "one scale per 32 values"
     );
     if PackedWeight::supported() {
@@ -618,53 +629,64 @@ fn round_to_q8_0_into<'a>(x: &[f32], q: &'a mut [MaybeUninit<i16>], d: &mut [f32
         #[cfg(target_arch = "x86_64")]
         unsafe {
             if isa::f32_level() == Some(isa::F32Level::Avx512) {
-                round_blocks_avx512(x, q, d)
+                round_blocks_avx512(x, d, out)
             } else {
-                round_blocks_avx2(x, q, d)
+                round_blocks_avx2(x, d, out)
             }
         };
     } else {
-        round_blocks(x, q, d);
+        round_blocks(x, d, out);
     }
-    // SAFETY: either loop wrote every value.
-    unsafe { &*(q as *const [MaybeUninit<i16>] as *const [i16]) }
 }
 
 /// [`round_to_q8_0`], generic code.
 #[inline(always)]
-fn round_blocks(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]) {
-    for ((x, q), d) in x
-        .chunks_exact(QK)
-        .zip(q.chunks_exact_mut(QK))
-        .zip(d.iter_mut())
-    {
+fn round_blocks(x: &[f32], d: &mut [f32], out: &mut Rounded) {
+    for (b, (x, d)) in x.chunks_exact(QK).zip(d.iter_mut()).enumerate() {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let scale = amax / 127.0;
         let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
         *d = half::f16::from_f32(scale).to_f32();
-        for (q, &v) in q.iter_mut().zip(x) {
-            q.write((f32::round(v * inv) as i8).into());
+        let rounded = x.iter().map(|&v| f32::round(v * inv) as i8);
+        match out {
+            Rounded::Values(q) => {
+                for (q, v) in q[b * QK..][..QK].iter_mut().zip(rounded) {
+                    q.write(v.into());
+                }
+            }
+            Rounded::Bytes { bytes, sums } => {
+                sums[b] = 0;
+                for (byte, v) in bytes[b * QK..][..QK].iter_mut().zip(rounded) {
+                    byte.write(v as u8);
+                    sums[b] += i32::from(v);
+                }
+            }
         }
     }
 }
 
+/// The largest f32 below one half. Rust's `round` (halves away from zero) of any f32 `p` is
+/// `trunc(p + copysign(BELOW_HALF, p))`: adding a whole half would carry values just below a
+/// half (0.49999997) over to the next integer; the float below it makes the sum of an exact
+/// half round up to the integer (checked for all 2³² floats, with the clamp to i8's range the
+/// vector loops apply, when the loops took it up). Three operations where truncating, taking
+/// the difference and comparing it with a half took six.
+#[cfg(target_arch = "x86_64")]
+const BELOW_HALF: f32 = f32::from_bits(0.5f32.to_bits() - 1);
+
 /// [`round_blocks`] in AVX2, with the same results: the absolute maximum by lanes (`max`
-/// is exact and ignores NaN in either order, as `f32::max` does), `round` as truncation plus
-/// one away from zero when the dropped fraction is at least a half (Rust's rounding, exact
-/// for every finite value), and `as i8`'s saturation (NaN to 0) before narrowing. The scalar
-/// loop it replaces was compiled with a scalar maximum and ~7% of a Q8_0 BERT-base pass.
+/// is exact and ignores NaN in either order, as `f32::max` does), `round` as a truncation
+/// after adding [`BELOW_HALF`] with the value's sign, and `as i8`'s saturation (NaN to 0)
+/// before narrowing. The scalar loop it replaces was compiled with a scalar maximum and ~7%
+/// of a Q8_0 BERT-base pass.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn round_blocks_avx2(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]) {
+unsafe fn round_blocks_avx2(x: &[f32], d: &mut [f32], out: &mut Rounded) {
     use std::arch::x86_64::*;
     let sign = _mm256_set1_ps(-0.0);
-    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+    let below_half = _mm256_set1_ps(BELOW_HALF);
     let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
-    for ((x, q), d) in x
-        .chunks_exact(QK)
-        .zip(q.chunks_exact_mut(QK))
-        .zip(d.iter_mut())
-    {
+    for (b, (x, d)) in x.chunks_exact(QK).zip(d.iter_mut()).enumerate() {
         let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i)));
         // `max_ps(a, m)` returns `m` when `a` is NaN.
         let mut m = _mm256_setzero_ps();
@@ -680,22 +702,37 @@ unsafe fn round_blocks_avx2(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]
         let inv = _mm256_set1_ps(inv);
         let ints: [__m256i; 4] = std::array::from_fn(|i| {
             let p = _mm256_mul_ps(v[i], inv);
-            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
-            let away =
-                _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_andnot_ps(sign, _mm256_sub_ps(p, t)), half);
-            let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(sign, p), one));
-            let r = _mm256_add_ps(t, step);
-            // `as i8`: NaN to 0, then saturate.
-            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
-            _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+            let t = _mm256_add_ps(p, _mm256_or_ps(_mm256_and_ps(sign, p), below_half));
+            // `as i8`: saturate (`max_ps` gives `lo` for NaN), then NaN to 0.
+            let r = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+            _mm256_cvttps_epi32(_mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(p, p)))
         });
-        // `packs` interleaves 128-bit lanes; the permute puts the values back in order.
-        let fix = |a, b| _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
-        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, fix(ints[0], ints[1]));
-        _mm256_storeu_si256(
-            q.as_mut_ptr().add(16) as *mut __m256i,
-            fix(ints[2], ints[3]),
-        );
+        match out {
+            Rounded::Values(q) => {
+                // `packs` interleaves 128-bit lanes; the permute puts the values back in order.
+                let fix =
+                    |a, b| _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+                let dst = q.as_mut_ptr().add(b * QK) as *mut __m256i;
+                _mm256_storeu_si256(dst, fix(ints[0], ints[1]));
+                _mm256_storeu_si256(dst.add(1), fix(ints[2], ints[3]));
+            }
+            Rounded::Bytes { bytes, sums } => {
+                // Dwords of four values come out of the two packs in the order 0 2 4 6 1 3 5
+                // 7 of the block's eight.
+                let words = |a, b| _mm256_packs_epi32(a, b);
+                let packed = _mm256_packs_epi16(words(ints[0], ints[1]), words(ints[2], ints[3]));
+                let ordered =
+                    _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                _mm256_storeu_si256(bytes.as_mut_ptr().add(b * QK) as *mut __m256i, ordered);
+                let s = _mm256_add_epi32(
+                    _mm256_add_epi32(ints[0], ints[1]),
+                    _mm256_add_epi32(ints[2], ints[3]),
+                );
+                let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+                let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+                sums[b] = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2)));
+            }
+        }
     }
 }
 
@@ -704,17 +741,16 @@ unsafe fn round_blocks_avx2(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]
 /// (pairs of registers interleaved and folded, as a transpose would, 45 operations for the
 /// sixteen), the scales and their inverses as two vector divisions and the f16 rounding of
 /// the scales as one conversion each way (what `half` does per value with F16C), then the
-/// values as in [`round_blocks_avx2`], sixteen lanes at a time, narrowed to i16 on the way
-/// out. The AVX2 loop, a block at a time with its reduction, two scalar divisions and its
-/// f16 round trip, was 5.7% of a Q8_0 BERT-base 32 x 128 pass on a Zen 5 host. Blocks past
-/// the last multiple of sixteen take the AVX2 loop.
+/// values as in [`round_blocks_avx2`], sixteen lanes at a time (NaN to 0 by the conversion's
+/// mask), narrowed on the way out; the block sums folded as the maxima are. Blocks past the
+/// last multiple of sixteen take the AVX2 loop.
 ///
 /// # Safety
-/// The CPU must have AVX-512F (and so AVX2 and F16C); `q` holds `32 x d.len()` values, `x`
-/// as many.
+/// The CPU must have AVX-512F (and so AVX2 and F16C); `out` holds `d.len()` blocks, `x`
+/// as many values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,f16c")]
-unsafe fn round_blocks_avx512(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f32]) {
+unsafe fn round_blocks_avx512(x: &[f32], d: &mut [f32], out: &mut Rounded) {
     use std::arch::x86_64::*;
     const GROUP: usize = 16;
     let groups = d.len() / GROUP;
@@ -724,9 +760,10 @@ unsafe fn round_blocks_avx512(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f3
             _mm512_set1_epi32(i32::MAX),
         ))
     };
-    let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
+    let one = _mm512_set1_ps(1.0);
     let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
     let sign = _mm512_set1_epi32(i32::MIN);
+    let below_half = _mm512_castps_si512(_mm512_set1_ps(BELOW_HALF));
     for g in 0..groups {
         let xg = x.as_ptr().add(g * GROUP * QK);
         // Per block, lane-wise maxima of |x| over its two registers (`max_ps(a, m)` returns
@@ -736,31 +773,7 @@ unsafe fn round_blocks_avx512(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f3
             let m = _mm512_max_ps(abs(_mm512_loadu_ps(p)), _mm512_setzero_ps());
             _mm512_max_ps(abs(_mm512_loadu_ps(p.add(16))), m)
         });
-        // Fold to one register, lane `b` block `b`'s maximum: within 128-bit lanes first
-        // (four blocks a register), then across them.
-        let fold4 = |m: &[__m512]| {
-            let a = _mm512_max_ps(
-                _mm512_unpacklo_ps(m[0], m[1]),
-                _mm512_unpackhi_ps(m[0], m[1]),
-            );
-            let b = _mm512_max_ps(
-                _mm512_unpacklo_ps(m[2], m[3]),
-                _mm512_unpackhi_ps(m[2], m[3]),
-            );
-            let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
-            _mm512_max_ps(
-                _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
-            )
-        };
-        let r: [__m512; 4] = std::array::from_fn(|i| fold4(&m[4 * i..4 * i + 4]));
-        let across = |a: __m512, b: __m512| {
-            _mm512_max_ps(
-                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
-                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-            )
-        };
-        let amax = across(across(r[0], r[1]), across(r[2], r[3]));
+        let amax = fold16(&m, |a, b| _mm512_max_ps(a, b));
         let scale = _mm512_div_ps(amax, _mm512_set1_ps(127.0));
         let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(scale, _mm512_setzero_ps());
         let inv = _mm512_maskz_div_ps(nonzero, one, scale);
@@ -768,28 +781,83 @@ unsafe fn round_blocks_avx512(x: &[f32], q: &mut [MaybeUninit<i16>], d: &mut [f3
         _mm512_storeu_ps(d.as_mut_ptr().add(g * GROUP), _mm512_cvtph_ps(halfs));
         let mut invs = [0f32; GROUP];
         _mm512_storeu_ps(invs.as_mut_ptr(), inv);
+        let mut block_sums = [_mm512_setzero_ps(); GROUP];
         for (b, &inv) in invs.iter().enumerate() {
             let inv = _mm512_set1_ps(inv);
-            for h in 0..2 {
-                let at = b * QK + 16 * h;
-                let p = _mm512_mul_ps(_mm512_loadu_ps(xg.add(at)), inv);
-                let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
-                let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(abs(_mm512_sub_ps(p, t)), half);
-                let signed_one = _mm512_castsi512_ps(_mm512_or_si512(
-                    _mm512_and_si512(_mm512_castps_si512(p), sign),
-                    _mm512_castps_si512(one),
-                ));
-                let r = _mm512_mask_add_ps(t, away, t, signed_one);
-                // `as i8`: NaN to 0, then saturate.
-                let r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r), r);
-                let ints = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi));
-                let dst = q.as_mut_ptr().add(g * GROUP * QK + at) as *mut __m256i;
-                _mm256_storeu_si256(dst, _mm512_cvtepi32_epi16(ints));
+            let ints: [__m512i; 2] = std::array::from_fn(|h| {
+                let p = _mm512_mul_ps(_mm512_loadu_ps(xg.add(b * QK + 16 * h)), inv);
+                // `(p & sign) | BELOW_HALF` in one ternary-logic operation.
+                let step =
+                    _mm512_ternarylogic_epi32::<0xEA>(_mm512_castps_si512(p), sign, below_half);
+                let t = _mm512_add_ps(p, _mm512_castsi512_ps(step));
+                // `as i8`: saturate, and NaN to 0 through the conversion's mask.
+                let r = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+                _mm512_maskz_cvttps_epi32(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(p, p), r)
+            });
+            let at = (g * GROUP + b) * QK;
+            match out {
+                Rounded::Values(q) => {
+                    let dst = q.as_mut_ptr().add(at) as *mut __m256i;
+                    _mm256_storeu_si256(dst, _mm512_cvtepi32_epi16(ints[0]));
+                    _mm256_storeu_si256(dst.add(1), _mm512_cvtepi32_epi16(ints[1]));
+                }
+                Rounded::Bytes { bytes, .. } => {
+                    let dst = bytes.as_mut_ptr().add(at) as *mut __m128i;
+                    _mm_storeu_si128(dst, _mm512_cvtepi32_epi8(ints[0]));
+                    _mm_storeu_si128(dst.add(1), _mm512_cvtepi32_epi8(ints[1]));
+                    block_sums[b] = _mm512_castsi512_ps(_mm512_add_epi32(ints[0], ints[1]));
+                }
             }
+        }
+        if let Rounded::Bytes { sums, .. } = out {
+            let add = |a: __m512, b: __m512| {
+                _mm512_castsi512_ps(_mm512_add_epi32(
+                    _mm512_castps_si512(a),
+                    _mm512_castps_si512(b),
+                ))
+            };
+            let folded = _mm512_castps_si512(fold16(&block_sums, add));
+            _mm512_storeu_si512(sums.as_mut_ptr().add(g * GROUP) as *mut _, folded);
         }
     }
     let done = groups * GROUP;
-    round_blocks_avx2(&x[done * QK..], &mut q[done * QK..], &mut d[done..]);
+    round_blocks_avx2(&x[done * QK..], &mut d[done..], &mut out.tail(done));
+}
+
+/// Sixteen registers folded to one by `op`, lane `b` from register `b`'s sixteen lanes
+/// (pairs of registers interleaved and folded, as a transpose would, 45 operations): within
+/// 128-bit lanes first (four registers to one), then across them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn fold16(
+    m: &[std::arch::x86_64::__m512; 16],
+    op: impl Fn(std::arch::x86_64::__m512, std::arch::x86_64::__m512) -> std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let fold4 = |m: &[__m512]| {
+        let a = op(
+            _mm512_unpacklo_ps(m[0], m[1]),
+            _mm512_unpackhi_ps(m[0], m[1]),
+        );
+        let b = op(
+            _mm512_unpacklo_ps(m[2], m[3]),
+            _mm512_unpackhi_ps(m[2], m[3]),
+        );
+        let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
+        op(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+        )
+    };
+    let r: [__m512; 4] = std::array::from_fn(|i| fold4(&m[4 * i..4 * i + 4]));
+    let across = |a: __m512, b: __m512| {
+        op(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+        )
+    };
+    across(across(r[0], r[1]), across(r[2], r[3]))
 }
 
 /// One microkernel call: `c (R x width) (+)= x (R x nb·32) wᵀ` over `blocks` blocks.
@@ -1168,15 +1236,42 @@ mod tests {
         assert!(max_diff(other) > 1e-2, "{kernel:?}: {}", max_diff(other));
     }
 
+    /// One rounding of `x` by `round` into i16 values, then into bytes and block sums:
+    /// (values, scale bits, bytes, sums).
+    fn rounded_both_ways(
+        x: &[f32],
+        round: impl Fn(&[f32], &mut [f32], &mut Rounded),
+    ) -> (Vec<i16>, Vec<u32>, Vec<u8>, Vec<i32>) {
+        let blocks = x.len() / QK;
+        let (mut q, mut d) = (vec![MaybeUninit::new(0i16); x.len()], vec![0f32; blocks]);
+        round(x, &mut d, &mut Rounded::Values(&mut q));
+        let (mut bytes, mut sums) = (vec![MaybeUninit::new(0u8); x.len()], vec![0i32; blocks]);
+        let mut d_bytes = vec![0f32; blocks];
+        round(
+            x,
+            &mut d_bytes,
+            &mut Rounded::Bytes {
+                bytes: &mut bytes,
+                sums: &mut sums,
+            },
+        );
+        let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&d), bits(&d_bytes));
+        // SAFETY: initialised before the calls.
+        let (q, bytes) = unsafe { (written(q), written(bytes)) };
+        (q, bits(&d), bytes, sums)
+    }
+
     #[test]
-    fn the_avx2_rounding_gives_the_generic_loops_values() {
+    fn the_vector_roundings_give_the_generic_loops_values() {
         if !PackedWeight::supported() {
             eprintln!("skipped: this CPU lacks AVX2");
             return;
         }
         // Random blocks at several magnitudes, then blocks built to hit the corners: values
-        // exactly halfway between steps (a block whose maximum is 127 has d = 1), zeros,
-        // NaN and infinities, subnormals (whose 1 / d overflows) and the largest floats.
+        // exactly halfway between steps (a block whose maximum is 127 has d = 1), and one
+        // float either side of them, zeros, NaN and infinities, subnormals (whose 1 / d
+        // overflows) and the largest floats.
         let mut x: Vec<f32> = values(64 * QK, 11)
             .iter()
             .enumerate()
@@ -1190,20 +1285,23 @@ mod tests {
         x.extend((0..QK).map(|i| [f32::INFINITY, 3.0, f32::NEG_INFINITY, -0.0][i % 4]));
         x.extend((0..QK).map(|i| [1e-40, -3e-41, 0.0, 7e-45][i % 4]));
         x.extend((0..QK).map(|i| [f32::MAX, -f32::MAX, 1.0, -1e30][i % 4]));
+        // d = 1 again; a float either side of each half from -7.5 to 7.5, and the halves
+        // next to the range's ends.
+        let beside = |v: f32, up: bool| {
+            let toward_zero = (v > 0.0) != up;
+            f32::from_bits(if toward_zero {
+                v.to_bits() - 1
+            } else {
+                v.to_bits() + 1
+            })
+        };
+        x.push(-127.0);
+        x.extend((0..QK - 1).map(|i| beside(i as f32 / 2.0 - 7.25, i % 2 == 0)));
+        x.push(127.0);
+        x.extend((0..QK - 1).map(|i| [126.5, -126.5, 0.49999997, -0.49999997][i % 4]));
         let blocks = x.len() / QK;
-        let (mut q, mut d) = (vec![0i16; x.len()], vec![0f32; blocks]);
-        let (mut q_ref, mut d_ref) = (vec![MaybeUninit::new(0i16); x.len()], vec![0f32; blocks]);
-        round_to_q8_0(&x, &mut q, &mut d);
-        round_blocks(&x, &mut q_ref, &mut d_ref);
-        // SAFETY: initialised before the call.
-        assert!(q
-            .iter()
-            .zip(&q_ref)
-            .all(|(a, b)| *a == unsafe { b.assume_init() }));
-        assert_eq!(
-            d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            d_ref.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        let want = rounded_both_ways(&x, round_blocks);
+        let (q, ..) = &want;
         // The corners are there: halves away from zero, NaN to 0, saturation at -128.
         let at = |block: usize, i: usize| q[block * QK + i];
         assert_eq!(
@@ -1212,31 +1310,41 @@ mod tests {
         );
         assert_eq!((at(66, 0), at(66, 2)), (0, -127));
         assert_eq!((at(68, 0), at(68, 1), at(68, 2)), (127, -128, 0));
+        assert_eq!((at(71, 1), at(71, 2), at(71, 3)), (127, -127, 0));
+        // The bytes are the values, and the sums theirs.
+        let (q, _, bytes, sums) = &want;
+        assert!(q.iter().zip(bytes).all(|(&q, &b)| q == i16::from(b as i8)));
+        let block_sums: Vec<i32> = q
+            .chunks_exact(QK)
+            .map(|b| b.iter().map(|&v| i32::from(v)).sum())
+            .collect();
+        assert_eq!(sums, &block_sums);
         #[cfg(target_arch = "x86_64")]
-        if !isa::skip(
-            "the_avx2_rounding_gives_the_generic_loops_values",
-            "avx512",
-            isa::F32Level::Avx512.available(),
-        ) {
-            // The corner blocks first as well, so that they fall in the sixteen-block groups
-            // and not only in the AVX2 loop's remainder.
-            let corners_first: Vec<f32> =
-                x[64 * QK..].iter().chain(&x[..64 * QK]).copied().collect();
-            for x in [&x, &corners_first] {
-                let (mut q, mut d) = (vec![MaybeUninit::new(0i16); x.len()], vec![0f32; blocks]);
-                let (mut q_ref, mut d_ref) = (q.clone(), d.clone());
-                // SAFETY: the CPU has AVX-512F; the sizes match.
-                unsafe { round_blocks_avx512(x, &mut q, &mut d) };
-                round_blocks(x, &mut q_ref, &mut d_ref);
-                // SAFETY: initialised before the calls.
-                let ints = |q: &[MaybeUninit<i16>]| -> Vec<i16> {
-                    q.iter().map(|v| unsafe { v.assume_init() }).collect()
+        {
+            // SAFETY (both closures): the CPU has AVX2 (checked above), or AVX-512F where the
+            // skip below allows it; `rounded_both_ways` gives matching sizes.
+            let avx2 = |x: &[f32], d: &mut [f32], out: &mut Rounded| unsafe {
+                round_blocks_avx2(x, d, out)
+            };
+            assert!(rounded_both_ways(&x, avx2) == want, "AVX2");
+            if !isa::skip(
+                "the_vector_roundings_give_the_generic_loops_values",
+                "avx512",
+                isa::F32Level::Avx512.available(),
+            ) {
+                let avx512 = |x: &[f32], d: &mut [f32], out: &mut Rounded| unsafe {
+                    round_blocks_avx512(x, d, out)
                 };
-                assert_eq!(ints(&q), ints(&q_ref));
-                let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&d), bits(&d_ref));
+                // The corner blocks first as well, so that they fall in the sixteen-block
+                // groups and not only in the AVX2 loop's remainder.
+                let corners_first: Vec<f32> =
+                    x[64 * QK..].iter().chain(&x[..64 * QK]).copied().collect();
+                assert!(rounded_both_ways(&x, avx512) == want, "AVX-512");
+                let want = rounded_both_ways(&corners_first, round_blocks);
+                assert!(rounded_both_ways(&corners_first, avx512) == want, "AVX-512");
             }
         }
+        assert_eq!(blocks, 72);
     }
 
     #[test]
