@@ -322,6 +322,7 @@ impl Int8Weight {
         match (self.level, self.quads) {
             (IntLevel::Avx512Vnni, _) => quads::MR_512,
             (IntLevel::Avx2, true) => quads::MR_AVX2,
+            (IntLevel::AvxVnni, _) if self.format != BlockFormat::Q8_0 => quads::MR_256_Q4,
             (IntLevel::AvxVnni | IntLevel::Avx2, _) => MR,
         }
     }

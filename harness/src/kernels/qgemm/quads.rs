@@ -51,6 +51,19 @@ const _: () = assert!(
     "tile() lists the AVX2 kernel's row counts up to 4"
 );
 
+/// Input rows per AVX-VNNI microkernel call for Q4_0 / Q4_1 nibbles: as for [`MR_AVX2`], the
+/// raw weight vectors, their nibbles and the mask take five registers next to the sums, so 6
+/// rows (Q8_0's tile at this level, [`super::MR`]) spilled sums inside the step loop (84
+/// stack references per block, `scripts/kernel-spills.py`); 4 rows gave 1.18-1.24x the GOP/s
+/// of 6 and 1.03-1.07x of 5 on one layer (768 -> 3072, 16 and 128 rows, Zen 5 at
+/// `HARNESS_KERNELS=avxvnni`; Q8_0 there gained nothing from fewer rows). [`tile`]
+/// instantiates 1 to 4 rows.
+pub(super) const MR_256_Q4: usize = 4;
+const _: () = assert!(
+    MR_256_Q4 == 4,
+    "tile() lists the AVX-VNNI Q4 kernel's row counts up to 4"
+);
+
 /// Write one block of column `col` (its 32 values `qs`) into the panel's block `dst`.
 pub(super) fn lay_out_block(format: BlockFormat, qs: &[i8; QK], col: usize, dst: &mut [i8]) {
     for (kk, &q) in qs.iter().enumerate() {
@@ -93,7 +106,7 @@ pub(super) unsafe fn tile<const FETCH: bool>(
         }
         (IntLevel::AvxVnni, BlockFormat::Q8_0) => rows!(kernel_256, false, [6, 5, 4, 3, 2]),
         (IntLevel::AvxVnni, BlockFormat::Q4_0 | BlockFormat::Q4_1) => {
-            rows!(kernel_256, true, [6, 5, 4, 3, 2])
+            rows!(kernel_256, true, [4, 3, 2])
         }
         (IntLevel::Avx2, BlockFormat::Q8_0) => {
             unreachable!("Q8_0 on AVX2 is laid out for the i16 kernel")
