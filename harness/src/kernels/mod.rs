@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod decoder_ops;
 pub mod dispatch;
+pub(crate) mod expf;
 pub mod isa;
 pub mod norm;
 pub mod ops;
