@@ -218,23 +218,30 @@ unsafe fn swiglu_avx2(o: &mut [f32], g: &[f32], u: &[f32]) {
 fn exp_minus_in_place(xs: &mut [f32], max: f32) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just checked; every access is inside `xs`.
-        unsafe {
-            use std::arch::x86_64::*;
-            let m = _mm256_set1_ps(max);
-            let full = xs.len() / 8 * 8;
-            let p = xs.as_mut_ptr();
-            for i in (0..full).step_by(8) {
-                let v = _mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m);
-                _mm256_storeu_ps(p.add(i), expf_avx2(v));
-            }
-            for x in &mut xs[full..] {
-                *x = (*x - max).exp();
-            }
-        }
-        return;
+        // SAFETY: the features were just checked.
+        return unsafe { exp_minus_avx2(xs, max) };
     }
     for x in xs {
+        *x = (*x - max).exp();
+    }
+}
+
+/// [`exp_minus_in_place`] in AVX2 registers.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_minus_avx2(xs: &mut [f32], max: f32) {
+    use std::arch::x86_64::*;
+    let m = _mm256_set1_ps(max);
+    let full = xs.len() / 8 * 8;
+    let p = xs.as_mut_ptr();
+    for i in (0..full).step_by(8) {
+        let v = _mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m);
+        _mm256_storeu_ps(p.add(i), expf_avx2(v));
+    }
+    for x in &mut xs[full..] {
         *x = (*x - max).exp();
     }
 }
