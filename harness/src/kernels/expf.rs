@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 /// `asuint64(2^(i/32)) - (i << 47)`: adding `k << 47` to entry `k mod 32` gives `2^(k/32)`.
 /// The entries are 2^(i/32) rounded to the nearest double.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const TABLE: [u64; 32] = [
+static TABLE: [u64; 32] = [
     0x3ff0000000000000,
     0x3fefd9b0d3158574,
     0x3fefb5586cf9890f,
