@@ -259,11 +259,52 @@ fn causal_softmax_row(
     valid: Option<&[bool]>,
     softcap: Option<f32>,
 ) {
+    let Some(span) = exponentials(row, seen, valid, softcap) else {
+        return;
+    };
+    // The definition's arithmetic: the sum in key order (so in f32 exactly as before the
+    // exponentials were vectorised), one reciprocal.
+    let sum = row[span.clone()].iter().fold(0f32, |s, &x| s + x);
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    for x in &mut row[span] {
+        *x *= inv;
+    }
+}
+
+/// [`causal_softmax_row`] with the sum and the normalisation of candle's `softmax_last_dim`
+/// over an additive mask, as the GPT-2 port's unfused path computes them: the sum over every
+/// key of the row (the masked ones exact zeros) in candle's order (four vectors of eight lanes
+/// on AVX2 hosts, [`candle_row_sum`]), then each weight divided by it. The GPT-2 port's fused
+/// path thus gives that path's bits.
+fn candle_softmax_row(
+    row: &mut [f32],
+    seen: std::ops::RangeInclusive<usize>,
+    valid: Option<&[bool]>,
+    softcap: Option<f32>,
+) {
+    let Some(span) = exponentials(row, seen, valid, softcap) else {
+        return;
+    };
+    let sum = candle_row_sum(row);
+    for x in &mut row[span] {
+        *x /= sum;
+    }
+}
+
+/// The shared first half of the two softmaxes: `exp(x - max)` over the keys seen, exactly 0
+/// for every other key; the span from the first key seen to the last, or `None` (the row all
+/// zeros) when the query sees no key.
+fn exponentials(
+    row: &mut [f32],
+    seen: std::ops::RangeInclusive<usize>,
+    valid: Option<&[bool]>,
+    softcap: Option<f32>,
+) -> Option<std::ops::RangeInclusive<usize>> {
     let (lo, p) = (*seen.start(), *seen.end());
     let marked = |j: usize| valid.is_none_or(|m| m[j]);
     let Some(first) = (lo..=p).find(|&j| marked(j)) else {
         row.fill(0.0);
-        return;
+        return None;
     };
     if valid.is_some() || softcap.is_some() {
         for (j, x) in row.iter_mut().enumerate().take(p + 1).skip(first) {
@@ -274,18 +315,51 @@ fn causal_softmax_row(
             }
         }
     }
-    // The definition's arithmetic: the maximum, `exp(x - max)`, the sum in key order (so
-    // in f32 exactly as before the exponentials were vectorised), one reciprocal.
     let span = &mut row[first..=p];
     let max = span.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     exp_minus_in_place(span, max);
-    let sum = span.iter().fold(0f32, |s, &x| s + x);
-    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-    for x in span.iter_mut() {
-        *x *= inv;
-    }
     row[..first].fill(0.0);
     row[p + 1..].fill(0.0);
+    Some(first..=p)
+}
+
+/// The sum of `row` as candle's `vec_sum` takes it (candle-core `cpu/avx.rs`, used where the
+/// CPU has AVX2): four accumulators of eight lanes over each 32 values, folded pairwise, the
+/// eight lanes folded as two `hadd`s, then the values past the last multiple of 32 one by
+/// one; in order, one by one, without AVX2 (its `scalar_vec_sum`).
+fn candle_row_sum(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the feature was just checked.
+        return unsafe { candle_row_sum_avx(row) };
+    }
+    row.iter().fold(0f32, |s, &x| s + x)
+}
+
+/// [`candle_row_sum`] in AVX registers.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn candle_row_sum_avx(row: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let full = row.len() / 32 * 32;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for i in (0..full).step_by(32) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_add_ps(*a, _mm256_loadu_ps(row.as_ptr().add(i + 8 * j)));
+        }
+    }
+    let (a01, a23) = (_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let x = _mm256_add_ps(a01, a23);
+    let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+    let t1 = _mm_hadd_ps(t0, t0);
+    let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+    for &v in &row[full..] {
+        sum += v;
+    }
+    sum
 }
 
 /// Causal grouped-query attention: `q.apply_op3_no_bwd(&k, &v, &CausalAttention { .. })` with
@@ -304,6 +378,10 @@ pub struct CausalAttention<'a> {
     pub softcap: Option<f32>,
     pub window: Option<usize>,
     pub key_valid: Option<&'a [bool]>,
+    /// The softmax's sum and normalisation as candle's `softmax_last_dim` takes them
+    /// ([`candle_softmax_row`]: the GPT-2 port, whose unfused path is candle's ops); else
+    /// the sum in key order and a reciprocal ([`causal_softmax_row`]: the Llama port).
+    pub candle_softmax: bool,
 }
 
 impl candle_core::CustomOp3 for CausalAttention<'_> {
@@ -377,7 +455,12 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
                     for (i, row) in scores.chunks_mut(t).enumerate() {
                         let p = past + i;
                         let lo = self.window.map_or(0, |w| (p + 1).saturating_sub(w));
-                        causal_softmax_row(row, lo..=p, valid, self.softcap);
+                        let softmax = if self.candle_softmax {
+                            candle_softmax_row
+                        } else {
+                            causal_softmax_row
+                        };
+                        softmax(row, lo..=p, valid, self.softcap);
                     }
                     // context = probs v: (s x t) by (t x d), into the head's columns.
                     let dst = (out_ptr as *mut f32).add(bi * s * qw + hi * d);
@@ -631,6 +714,32 @@ mod tests {
     }
 
     #[test]
+    fn the_candle_softmax_row_is_candles_softmax_over_an_additive_mask() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // Rows longer and shorter than candle's 32-value steps; keys past the query and one
+        // padded key masked with f32::MIN as the GPT-2 port's bias does.
+        for t in [7, 32, 45, 100] {
+            let scores: Vec<f32> = values(t, 12).iter().map(|v| v * 6.0).collect();
+            let p = t - 3;
+            let mut valid = vec![true; t];
+            valid[2] = false;
+            let bias: Vec<f32> = (0..t)
+                .map(|j| if j <= p && valid[j] { 0.0 } else { f32::MIN })
+                .collect();
+            let masked: Vec<f32> = scores.iter().zip(&bias).map(|(s, b)| s + b).collect();
+            let want = candle_nn::ops::softmax_last_dim(&tensor(masked, &[1, t]))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let mut row = scores.clone();
+            candle_softmax_row(&mut row, 0..=p, Some(&valid), None);
+            assert_eq!(bits(&row), bits(&want), "{t} keys");
+        }
+    }
+
+    #[test]
     fn causal_attention_matches_the_definition_with_a_cache_groups_windows_caps_and_padding() {
         let (b, s, t, h, kvh, d) = (2, 4, 7, 6, 2, 8);
         let q = values(b * s * h * d, 8);
@@ -647,7 +756,9 @@ mod tests {
             (None, Some(3), None),
             (None, Some(5), Some(&valid)),
         ];
-        for (softcap, window, key_valid) in cases {
+        for ((softcap, window, key_valid), candle_softmax) in
+            cases.into_iter().flat_map(|c| [(c, false), (c, true)])
+        {
             let op = CausalAttention {
                 heads: h,
                 kv_heads: kvh,
@@ -656,6 +767,7 @@ mod tests {
                 softcap,
                 window,
                 key_valid,
+                candle_softmax,
             };
             let got = tensor(q.clone(), &[b, s, h * d])
                 .apply_op3_no_bwd(
@@ -695,6 +807,7 @@ mod tests {
             softcap: None,
             window: None,
             key_valid: None,
+            candle_softmax: false,
         };
         let r = tensor(q.clone(), &[b, s, h * d]).apply_op3_no_bwd(
             &tensor(k.clone(), &[b, t, kvh * d]),

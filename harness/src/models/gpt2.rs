@@ -15,6 +15,7 @@ use super::decoder::{BuiltDecoder, DecoderArch, DecoderNet};
 use super::encoder::BuildError;
 use super::linear::Lin;
 use super::nn::{self, Activation, KvCache, LayerNorm};
+use crate::kernels::decoder_ops::CausalAttention;
 
 fn default_act() -> String {
     "gelu_new".into()
@@ -77,13 +78,18 @@ impl Block {
         })
     }
 
-    /// `bias` is the additive causal (and padding) mask over all keys, cached ones included.
+    /// `bias` is the additive causal (and padding) mask over all keys, cached ones included;
+    /// `key_valid` (`batch * keys`, false for padding) the same padding for the fused path.
     fn forward(
         &self,
         x: &Tensor,
         bias: &Tensor,
+        key_valid: Option<&[bool]>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            return self.forward_fused(x, key_valid, cache);
+        }
         let (b, s, h) = x.dims3()?;
         let d = h / self.heads;
         let qkv = self.c_attn.forward(&self.ln_1.forward(x)?)?;
@@ -101,7 +107,51 @@ impl Block {
         let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
-        let x = (x + self.c_proj.forward(&ctx)?)?;
+        self.finish(x, &ctx)
+    }
+
+    /// [`Block::forward`] on the CPU in f32 through the decoder's fused attention: queries,
+    /// keys and values stay `(batch, seq, n_embd)` (no per-head transposes; the cache keeps
+    /// that layout), masked keys are skipped instead of exponentiated (libm's slow underflow
+    /// path took ~10% of a GPT-2 perplexity run), and the softmax is candle's own sum and
+    /// division, so the results are the unfused path's bits.
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        key_valid: Option<&[bool]>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (_, _, h) = x.dims3()?;
+        let d = h / self.heads;
+        let qkv = self.c_attn.forward(&self.ln_1.forward(x)?)?;
+        let part = |i: usize| qkv.narrow(2, i * h, h)?.contiguous();
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let (k, v) = match cache {
+            Some((c, i)) => c.extend_on(i, k, v, 1)?,
+            None => (k, v),
+        };
+        let ctx = q.apply_op3_no_bwd(
+            &k,
+            &v,
+            &CausalAttention {
+                heads: self.heads,
+                kv_heads: self.heads,
+                head_dim: d,
+                // The unfused path divides the scores by sqrt(d); for GPT-2's heads of 64
+                // that is a power of two, so the product is the same bits.
+                scale: (1.0 / (d as f64).sqrt()) as f32,
+                softcap: None,
+                window: None,
+                key_valid,
+                candle_softmax: true,
+            },
+        )?;
+        self.finish(x, &ctx)
+    }
+
+    /// The output projection, the residual, and the MLP.
+    fn finish(&self, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+        let x = (x + self.c_proj.forward(ctx)?)?;
         let inner = self
             .act
             .forward(&self.c_fc.forward(&self.ln_2.forward(&x)?)?)?;
@@ -158,8 +208,15 @@ impl Gpt2 {
         let device = input_ids.device();
         let mut x = self.embed(input_ids, 0)?;
         let bias = nn::causal_bias(seq, 0, device)?.broadcast_add(&nn::additive_mask(mask)?)?;
+        let valid: Vec<bool> = mask
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|m| m > 0.5)
+            .collect();
         for block in &self.blocks {
-            x = block.forward(&x, &bias, None)?;
+            x = block.forward(&x, &bias, Some(&valid), None)?;
         }
         self.head(&x)
     }
@@ -188,7 +245,7 @@ impl Gpt2 {
         let mut x = self.embed(input_ids, past)?;
         let bias = nn::causal_bias(seq, past, input_ids.device())?;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, &bias, Some((&mut *cache, i)))?;
+            x = block.forward(&x, &bias, None, Some((&mut *cache, i)))?;
         }
         cache.len += seq;
         if last_only {

@@ -636,6 +636,7 @@ impl Layer {
                 softcap: self.attn_softcap.map(|c| c as f32),
                 window: mask.window,
                 key_valid: mask.key_valid,
+                candle_softmax: false,
             },
         )?;
         self.finish(x, &ctx)
