@@ -16,6 +16,7 @@ pub mod ops;
 pub mod pool;
 pub mod qgemm;
 pub mod sgemm;
+pub mod tanhf;
 
 /// Check the kernels' environment settings (`HARNESS_KERNELS`, `HARNESS_POOL`) up front, so a
 /// bad value is a clear error before any work rather than a panic at the first product.

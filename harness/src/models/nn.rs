@@ -37,6 +37,10 @@ impl Activation {
                 x.contiguous()?.apply_op1_no_bwd(&FastGeluErf)
             }
             Activation::GeluErf => x.gelu_erf(),
+            // candle's gelu, the same bits, eight at a time and over the pool.
+            Activation::GeluTanh if x.device().is_cpu() && x.dtype() == DType::F32 => x
+                .contiguous()?
+                .apply_op1_no_bwd(&crate::kernels::tanhf::GeluTanh),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
             Activation::Silu => x.silu(),
