@@ -208,13 +208,7 @@ impl Gpt2 {
         let device = input_ids.device();
         let mut x = self.embed(input_ids, 0)?;
         let bias = nn::causal_bias(seq, 0, device)?.broadcast_add(&nn::additive_mask(mask)?)?;
-        let valid: Vec<bool> = mask
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|m| m > 0.5)
-            .collect();
+        let valid = nn::key_valid(mask)?;
         for block in &self.blocks {
             x = block.forward(&x, &bias, Some(&valid), None)?;
         }

@@ -828,13 +828,7 @@ impl Llama {
             .window
             .map(|w| super::nn::sliding_causal_bias(seq, 0, w, device)?.broadcast_add(&padding))
             .transpose()?;
-        let valid: Vec<bool> = mask
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|m| m > 0.5)
-            .collect();
+        let valid = super::nn::key_valid(mask)?;
         let mut x = self.embed(input_ids)?;
         for layer in &self.layers {
             let (rope, mut mask) = self.for_layer(layer, &ropes, &causal, windowed.as_ref());

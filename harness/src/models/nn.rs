@@ -137,6 +137,18 @@ pub fn additive_mask(mask: &Tensor) -> Result<Tensor> {
     bias.reshape((b, 1, 1, s))
 }
 
+/// The attention mask `(batch, seq)` (1 for real tokens) as one flag per key, `batch * seq`
+/// long: the fused attention's `key_valid`.
+pub fn key_valid(mask: &Tensor) -> Result<Vec<bool>> {
+    Ok(mask
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|m| m > 0.5)
+        .collect())
+}
+
 /// Additive causal mask `(1, 1, seq, past + seq)` for `seq` new queries after `past` cached
 /// positions: 0 where a query may see a key (key position <= query position), the dtype's
 /// minimum elsewhere.
