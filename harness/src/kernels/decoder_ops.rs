@@ -253,15 +253,29 @@ unsafe fn exp_minus_avx2(xs: &mut [f32], max: f32) {
 /// the unseen keys inside its span at -inf (weight exactly 0, adding exactly 0 to the sum),
 /// so a row's weights are the same bits wherever its keys sit (after left padding, at a
 /// window's start), and the same bits as the scalar loop this replaced.
+///
+/// With `candle`, the sum and the normalisation are those of candle's `softmax_last_dim` over
+/// an additive mask, as the GPT-2 port's unfused path computes them: the sum over every key of
+/// the row (the masked ones exact zeros) in candle's order (four vectors of eight lanes on
+/// AVX2 hosts, [`candle_row_sum`]), then each weight divided by it; so the GPT-2 port's fused
+/// path gives that path's bits.
 fn causal_softmax_row(
     row: &mut [f32],
     seen: std::ops::RangeInclusive<usize>,
     valid: Option<&[bool]>,
     softcap: Option<f32>,
+    candle: bool,
 ) {
     let Some(span) = exponentials(row, seen, valid, softcap) else {
         return;
     };
+    if candle {
+        let sum = candle_row_sum(row);
+        for x in &mut row[span] {
+            *x /= sum;
+        }
+        return;
+    }
     // The definition's arithmetic: the sum in key order (so in f32 exactly as before the
     // exponentials were vectorised), one reciprocal.
     let sum = row[span.clone()].iter().fold(0f32, |s, &x| s + x);
@@ -271,27 +285,7 @@ fn causal_softmax_row(
     }
 }
 
-/// [`causal_softmax_row`] with the sum and the normalisation of candle's `softmax_last_dim`
-/// over an additive mask, as the GPT-2 port's unfused path computes them: the sum over every
-/// key of the row (the masked ones exact zeros) in candle's order (four vectors of eight lanes
-/// on AVX2 hosts, [`candle_row_sum`]), then each weight divided by it. The GPT-2 port's fused
-/// path thus gives that path's bits.
-fn candle_softmax_row(
-    row: &mut [f32],
-    seen: std::ops::RangeInclusive<usize>,
-    valid: Option<&[bool]>,
-    softcap: Option<f32>,
-) {
-    let Some(span) = exponentials(row, seen, valid, softcap) else {
-        return;
-    };
-    let sum = candle_row_sum(row);
-    for x in &mut row[span] {
-        *x /= sum;
-    }
-}
-
-/// The shared first half of the two softmaxes: `exp(x - max)` over the keys seen, exactly 0
+/// The first half of [`causal_softmax_row`]: `exp(x - max)` over the keys seen, exactly 0
 /// for every other key; the span from the first key seen to the last, or `None` (the row all
 /// zeros) when the query sees no key.
 fn exponentials(
@@ -379,8 +373,8 @@ pub struct CausalAttention<'a> {
     pub window: Option<usize>,
     pub key_valid: Option<&'a [bool]>,
     /// The softmax's sum and normalisation as candle's `softmax_last_dim` takes them
-    /// ([`candle_softmax_row`]: the GPT-2 port, whose unfused path is candle's ops); else
-    /// the sum in key order and a reciprocal ([`causal_softmax_row`]: the Llama port).
+    /// (the GPT-2 port, whose unfused path is candle's ops); else the sum in key order and a
+    /// reciprocal (the Llama port). See [`causal_softmax_row`].
     pub candle_softmax: bool,
 }
 
@@ -455,12 +449,7 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
                     for (i, row) in scores.chunks_mut(t).enumerate() {
                         let p = past + i;
                         let lo = self.window.map_or(0, |w| (p + 1).saturating_sub(w));
-                        let softmax = if self.candle_softmax {
-                            candle_softmax_row
-                        } else {
-                            causal_softmax_row
-                        };
-                        softmax(row, lo..=p, valid, self.softcap);
+                        causal_softmax_row(row, lo..=p, valid, self.softcap, self.candle_softmax);
                     }
                     // context = probs v: (s x t) by (t x d), into the head's columns.
                     let dst = (out_ptr as *mut f32).add(bi * s * qw + hi * d);
@@ -626,7 +615,7 @@ mod tests {
         let scores: Vec<f32> = values(37, 11).iter().map(|v| v * 9.0).collect();
         // The row alone, seeing every key.
         let mut alone = scores.clone();
-        causal_softmax_row(&mut alone, 0..=36, None, None);
+        causal_softmax_row(&mut alone, 0..=36, None, None, false);
         assert_eq!(bits(&alone), bits(&scalar_row(&scores, |_| true)));
         // After 5 keys of left padding and with 3 later keys: the same bits, the rest 0.
         let mut valid = vec![false; 5];
@@ -635,29 +624,29 @@ mod tests {
         padded.extend(&scores);
         padded.extend([3.0; 3]);
         let mut row = padded.clone();
-        causal_softmax_row(&mut row, 0..=41, Some(&valid), None);
+        causal_softmax_row(&mut row, 0..=41, Some(&valid), None, false);
         assert_eq!(bits(&row[5..42]), bits(&alone));
         assert!(row[..5].iter().chain(&row[42..]).all(|&w| w == 0.0));
         // The same from a window's start, no mask.
         let mut row = padded.clone();
-        causal_softmax_row(&mut row, 5..=41, None, None);
+        causal_softmax_row(&mut row, 5..=41, None, None, false);
         assert_eq!(bits(&row[5..42]), bits(&alone));
         // A padded key inside the span gets exactly 0; the row is the scalar loop's.
         let mut holes = valid.clone();
         holes[20] = false;
         let mut row = padded.clone();
-        causal_softmax_row(&mut row, 3..=41, Some(&holes), None);
+        causal_softmax_row(&mut row, 3..=41, Some(&holes), None, false);
         let want = scalar_row(&padded, |j| (3..=41).contains(&j) && holes[j]);
         assert_eq!(bits(&row), bits(&want));
         assert_eq!(row[20], 0.0);
         // Soft-capped scores, then the scalar loop's bits again.
         let mut row = padded.clone();
-        causal_softmax_row(&mut row, 0..=44, Some(&valid), Some(5.0));
+        causal_softmax_row(&mut row, 0..=44, Some(&valid), Some(5.0), false);
         let capped: Vec<f32> = padded.iter().map(|x| (x / 5.0).tanh() * 5.0).collect();
         assert_eq!(bits(&row), bits(&scalar_row(&capped, |j| valid[j])));
         // A row that sees no key is all zeros, not NaN.
         let mut row = scores.clone();
-        causal_softmax_row(&mut row, 0..=3, Some(&[false; 37]), Some(30.0));
+        causal_softmax_row(&mut row, 0..=3, Some(&[false; 37]), Some(30.0), false);
         assert!(row.iter().all(|&w| w == 0.0));
     }
 
@@ -734,7 +723,7 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap();
             let mut row = scores.clone();
-            candle_softmax_row(&mut row, 0..=p, Some(&valid), None);
+            causal_softmax_row(&mut row, 0..=p, Some(&valid), None, true);
             assert_eq!(bits(&row), bits(&want), "{t} keys");
         }
     }
