@@ -9,7 +9,7 @@
 //! wide, 30 layers) those chains cost more than the GEMMs (BENCHMARKS.md, "Fused decoder
 //! ops"). The arithmetic is the candle ops' own, operation for operation, except for the
 //! order of a few sums; the exponentials of SwiGLU and the attention softmax run eight at a
-//! time, bit for bit glibc's `expf` ([`super::expf`]). Parity tests hold every family to
+//! time, bit for bit glibc's `expf` (`kernels/expf.rs`). Parity tests hold every family to
 //! transformers within 1e-4.
 
 use candle_core::{CpuStorage, Layout, Result, Shape};
@@ -374,7 +374,7 @@ pub struct CausalAttention<'a> {
     pub key_valid: Option<&'a [bool]>,
     /// The softmax's sum and normalisation as candle's `softmax_last_dim` takes them
     /// (the GPT-2 port, whose unfused path is candle's ops); else the sum in key order and a
-    /// reciprocal (the Llama port). See [`causal_softmax_row`].
+    /// reciprocal (the Llama port). See `causal_softmax_row`.
     pub candle_softmax: bool,
 }
 
