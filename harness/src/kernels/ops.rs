@@ -20,7 +20,7 @@ fn gelu_erf_slice(src: &[f32], dst: &mut [f32]) {
     gelu_erf_in_place(dst);
 }
 
-/// [`gelu_erf_slice`] in place: the epilogue of the packed GEMM, on output rows still in L1.
+/// `gelu_erf_slice` in place: the epilogue of the packed GEMM, on output rows still in L1.
 ///
 /// Where the CPU has AVX2 the same loop is compiled for it: eight lanes instead of the
 /// baseline's four (SSE2), same operations in the same order (no FMA contraction), so the

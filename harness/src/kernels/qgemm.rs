@@ -45,7 +45,7 @@
 //!
 //! With VNNI (AVX-512 VNNI or AVX-VNNI, chosen at run time by [`super::isa`]) the weight is
 //! laid out with 4 `k` per column side by side instead and multiplied by `vpdpbusd` (u8 x s8,
-//! four products summed into i32, no saturation) in [`quads`]: one instruction per 64 (zmm)
+//! four products summed into i32, no saturation) in `quads`: one instruction per 64 (zmm)
 //! or 32 (ymm) multiply-adds. One operand must be unsigned: the weights, laid out as `q + 128`
 //! for Q8_0 and as nibbles `q + 8` for Q4_0, against the signed input bytes, and each row's
 //! block sum starts from `-128` (or `-8`) times the input block's sum (so the input's bytes

@@ -10,9 +10,9 @@
 //! - the weight `(n, k)` is stored as panels of [`NR`] = 16 output columns; panel `p` holds,
 //!   for each `k`, the 16 values `W[16p + j][k]` side by side (zeros past `n`), so a
 //!   `kc x 16` slice of a panel is one contiguous run that the kernel streams (`kc` up to 768,
-//!   see [`pass_depth`]);
+//!   see `pass_depth`);
 //! - the input rows are read where they are, [`MR`] = 6 rows a tile (12 at the AVX-512
-//!   level), a block of at most [`MC`] rows at a time (see [`Tile`]'s `a` for why not a
+//!   level), a block of at most [`MC`] rows at a time (see `Tile`'s `a` for why not a
 //!   packed copy);
 //! - a 6 x 16 microkernel keeps its outputs in twelve AVX registers and does 12 FMAs per
 //!   two weight loads and six broadcasts;
@@ -27,7 +27,7 @@
 //! Runs where the CPU has AVX2 and FMA (checked at run time, so one binary serves every
 //! x86-64 machine); elsewhere [`PackedWeight::supported`] is false and layers stay on candle.
 //! Where the CPU has AVX-512F the same panels are multiplied by a 12 x 32 microkernel in zmm
-//! registers ([`avx512`]: two panels a tile, masked edges), chosen at run time
+//! registers (`avx512`: two panels a tile, masked edges), chosen at run time
 //! ([`super::isa`]); it adds the same products in the same order, so its outputs are the AVX2
 //! kernel's bit for bit (tested).
 
@@ -70,7 +70,7 @@ impl<'a> Epilogue<'a> {
 /// Output columns per weight panel (two AVX registers).
 pub const NR: usize = 16;
 /// Input rows per microkernel call of the AVX2 kernel (the AVX-512 kernel takes
-/// [`avx512::MR`]).
+/// `avx512::MR`).
 pub const MR: usize = 6;
 /// Passes over `k` go up to this deep, `k` cut into even passes (3072 into 4 x 768, 1536 into
 /// 2 x 768). A pass's panel share (48 KiB, 96 KiB for the AVX-512 kernel's two panels) does

@@ -6,7 +6,7 @@
 //! before the student loads, so each cell's peak memory is its own model's. Token-level
 //! fidelity needs both models' full next-token distributions at the same positions: the
 //! teacher's pass spills its logits over the first `--fidelity-tokens` tokens to a file
-//! ([`cells::TeacherLogits`]) and the student's pass compares against them. Every finished
+//! (`cells::TeacherLogits`) and the student's pass compares against them. Every finished
 //! piece is cached in `OUT/cells/` like the GLUE cells, so an interrupted run resumes.
 
 mod cells;

@@ -1,5 +1,5 @@
 //! BERT, ported from transformers' `models/bert/modeling_bert.py`
-//! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/bert/modeling_bert.py),
+//! (<https://github.com/huggingface/transformers/blob/main/src/transformers/models/bert/modeling_bert.py>),
 //! in candle-transformers' style: a serde config mirroring `config.json`, and each layer's
 //! `load(vb.pp("name"))` following the checkpoint's tensor names.
 //!

@@ -1,5 +1,5 @@
 //! DistilBERT, ported from transformers' `models/distilbert/modeling_distilbert.py`
-//! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/distilbert/modeling_distilbert.py).
+//! (<https://github.com/huggingface/transformers/blob/main/src/transformers/models/distilbert/modeling_distilbert.py>).
 //!
 //! Mask convention: transformers takes `attention_mask` with 1 = attend, 0 = padding, and so
 //! does this port. candle-transformers' own DistilBERT expects the inverse (1 = masked); this

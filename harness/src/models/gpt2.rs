@@ -1,6 +1,6 @@
 //! GPT-2 (absent from candle-transformers; DistilGPT-2 shares the architecture), ported from
 //! transformers' `models/gpt2/modeling_gpt2.py`
-//! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py).
+//! (<https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py>).
 //!
 //! `forward` returns the logits of every position, which perplexity needs (candle-transformers'
 //! causal LMs return only the last position). GPT-2's `Conv1D` stores weights as `(in, out)`;

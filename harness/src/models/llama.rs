@@ -1,5 +1,5 @@
 //! Llama-family decoders, ported from transformers' `models/llama/modeling_llama.py`
-//! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py):
+//! (<https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py>):
 //! RMSNorm, rotary position embeddings (the `rotate_half` layout), grouped-query attention and
 //! the gated feed-forward. Unlike candle-transformers' `llama`, `forward` returns the logits of
 //! every position, which perplexity and per-token KL need.

@@ -1,6 +1,6 @@
 //! MPNet (absent from candle-transformers), ported from transformers'
 //! `models/mpnet/modeling_mpnet.py`
-//! (https://github.com/huggingface/transformers/blob/main/src/transformers/models/mpnet/modeling_mpnet.py),
+//! (<https://github.com/huggingface/transformers/blob/main/src/transformers/models/mpnet/modeling_mpnet.py>),
 //! including the T5-style relative position bias shared by all layers.
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! Rotary position embedding frequencies: the RoPE types of transformers'
 //! `modeling_rope_utils.py`
-//! (https://github.com/huggingface/transformers/blob/main/src/transformers/modeling_rope_utils.py)
+//! (<https://github.com/huggingface/transformers/blob/main/src/transformers/modeling_rope_utils.py>)
 //! and llama.cpp's per-frequency factors (`rope_freqs.weight` in GGUF files).
 //!
 //! A [`Rope`] is read from one settings object (`rope_parameters`, or transformers 4's

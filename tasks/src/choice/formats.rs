@@ -299,7 +299,7 @@ fn gold_by_label(r: &Record, labels: &[String]) -> Result<usize, DataError> {
     })
 }
 
-/// lm-eval's HellaSwag preprocessing: strip, " [title]" becomes ". ", other bracketed
+/// lm-eval's HellaSwag preprocessing: strip, " \[title\]" becomes ". ", other bracketed
 /// WikiHow artifacts go, double spaces become one.
 pub fn hellaswag_preprocess(text: &str) -> String {
     let t = text.trim().replace(" [title]", ". ");

@@ -1,5 +1,5 @@
 //! Perplexity with the sliding-window method of the Hugging Face perplexity guide
-//! (https://huggingface.co/docs/transformers/perplexity): windows of `context` tokens move by
+//! (<https://huggingface.co/docs/transformers/perplexity>): windows of `context` tokens move by
 //! `stride`; each window scores only the tokens the previous windows did not, each conditioned on
 //! up to `context - 1` tokens before it inside the window. With `stride == context` the windows
 //! are disjoint (fast, less context); a smaller stride gives every scored token more context.
