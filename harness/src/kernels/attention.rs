@@ -614,6 +614,7 @@ impl candle_core::CustomOp2 for FusedAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::bits;
 
     fn avx2() -> bool {
         let has = super::super::isa::F32Level::Avx2.available();
@@ -760,7 +761,6 @@ mod tests {
                 let mut bias = vec![0.0; len];
                 bias.resize(padded, f32::MIN);
                 softmax_with_bias(&mut long, &bias);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&long[..len]), bits(&got), "{len} padded to {padded}");
                 assert!(
                     long[len..].iter().all(|&p| p == 0.0),
@@ -807,7 +807,6 @@ mod tests {
         if !avx2() {
             return;
         }
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         // MiniLM's and BERT's head widths; lengths under, at and past multiples of 8 and 16.
         for d in [32, 64] {
             let ld = 3 * d + 5;
@@ -848,7 +847,6 @@ mod tests {
         ) {
             return;
         }
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         // Head widths of one and two zmm registers' multiples (16 is not BERT's, but takes the
         // single-register context path); lengths across 8, 16 and 32 and up to 512 tokens.
         for d in [16, 32, 48, 64] {

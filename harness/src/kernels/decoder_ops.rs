@@ -464,6 +464,7 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::bits;
     use candle_core::{Device, Tensor, D};
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -481,11 +482,13 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    /// A tensor's values, flattened.
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let (a, b) = (
-            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        );
+        let (a, b) = (flat(a), flat(b));
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             assert!((x - y).abs() <= tol, "element {i}: {x} vs {y}");
@@ -521,10 +524,10 @@ mod tests {
         let x = tensor(values(b * s * h * d, 4), &[b, s, h * d]);
         let angles = values(s * half, 5);
         let (cos, sin): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.cos(), a.sin())).unzip();
-        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let xs = flat(&x);
         for interleaved in [false, true] {
-            let got = x
-                .apply_op3_no_bwd(
+            let got = flat(
+                &x.apply_op3_no_bwd(
                     &tensor(cos.clone(), &[s, half]),
                     &tensor(sin.clone(), &[s, half]),
                     &RopeOp {
@@ -533,11 +536,8 @@ mod tests {
                         interleaved,
                     },
                 )
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+                .unwrap(),
+            );
             let mut want = xs.clone();
             for r in 0..b * s {
                 let p = r % s;
@@ -565,7 +565,6 @@ mod tests {
 
     #[test]
     fn swiglu_is_silu_of_the_gate_times_up() {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         // Gates from -100 to 100 (past the exponential's range both ways), 7 x 33 values so
         // that the last vector is partial.
         let gates: Vec<f32> = values(7 * 33, 6).iter().map(|v| v * 100.0).collect();
@@ -574,14 +573,10 @@ mod tests {
             tensor(gates.clone(), &[7, 33]),
             tensor(ups.clone(), &[7, 33]),
         );
-        let got = g.apply_op2_no_bwd(&u, &SwiGluOp).unwrap();
-        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = flat(&g.apply_op2_no_bwd(&u, &SwiGluOp).unwrap());
         // candle's own ops, bit for bit (its silu calls libm's expf per value).
         let want = (g.silu().unwrap() * &u).unwrap();
-        assert_eq!(
-            bits(&got),
-            bits(&want.flatten_all().unwrap().to_vec1().unwrap())
-        );
+        assert_eq!(bits(&got), bits(&flat(&want)));
         // And within 1e-6 of the exact value.
         for (i, ((&g, &u), &o)) in gates.iter().zip(&ups).zip(&got).enumerate() {
             let (g64, u64) = (g as f64, u as f64);
@@ -611,7 +606,6 @@ mod tests {
 
     #[test]
     fn a_causal_rows_weights_are_the_scalar_loops_wherever_its_keys_sit() {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let scores: Vec<f32> = values(37, 11).iter().map(|v| v * 9.0).collect();
         // The row alone, seeing every key.
         let mut alone = scores.clone();
@@ -704,7 +698,6 @@ mod tests {
 
     #[test]
     fn the_candle_softmax_row_is_candles_softmax_over_an_additive_mask() {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         // Rows longer and shorter than candle's 32-value steps; keys past the query and one
         // padded key masked with f32::MIN as the GPT-2 port's bias does.
         for t in [7, 32, 45, 100] {
@@ -716,12 +709,7 @@ mod tests {
                 .map(|j| if j <= p && valid[j] { 0.0 } else { f32::MIN })
                 .collect();
             let masked: Vec<f32> = scores.iter().zip(&bias).map(|(s, b)| s + b).collect();
-            let want = candle_nn::ops::softmax_last_dim(&tensor(masked, &[1, t]))
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let want = flat(&candle_nn::ops::softmax_last_dim(&tensor(masked, &[1, t])).unwrap());
             let mut row = scores.clone();
             causal_softmax_row(&mut row, 0..=p, Some(&valid), None, true);
             assert_eq!(bits(&row), bits(&want), "{t} keys");
@@ -758,17 +746,15 @@ mod tests {
                 key_valid,
                 candle_softmax,
             };
-            let got = tensor(q.clone(), &[b, s, h * d])
-                .apply_op3_no_bwd(
-                    &tensor(k.clone(), &[b, t, kvh * d]),
-                    &tensor(v.clone(), &[b, t, kvh * d]),
-                    &op,
-                )
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let got = flat(
+                &tensor(q.clone(), &[b, s, h * d])
+                    .apply_op3_no_bwd(
+                        &tensor(k.clone(), &[b, t, kvh * d]),
+                        &tensor(v.clone(), &[b, t, kvh * d]),
+                        &op,
+                    )
+                    .unwrap(),
+            );
             let want = reference_attention(
                 &q,
                 &k,

@@ -25,6 +25,13 @@ pub fn check_env() -> Result<(), String> {
     pool::check_env()
 }
 
+/// The bit patterns of `v`: what the kernels' tests compare where results must be the same
+/// bits, not merely close (the sign of zero included).
+#[cfg(test)]
+pub(crate) fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 /// A buffer of `len` values to be written before they are read: the kernels' outputs and
 /// scratch as large as their inputs, which zero-filling first would cost a whole extra pass
 /// over memory (a `memset` of 2% of a Q8_0 pass).

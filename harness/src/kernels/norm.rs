@@ -202,8 +202,7 @@ mod tests {
     use candle_core::{Module, Tensor};
 
     fn bits(t: &Tensor) -> Vec<u32> {
-        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        v.iter().map(|x| x.to_bits()).collect()
+        crate::kernels::bits(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
     }
 
     #[test]

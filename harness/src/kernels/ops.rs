@@ -547,6 +547,7 @@ impl candle_core::CustomOp2 for MaskedMean {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::bits;
     use crate::models::linear::tests::matrix;
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::Device;
@@ -595,7 +596,6 @@ mod tests {
             -3.3e3,
             0.3,
         ]);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         // Stretches of four vectors, then up to three single vectors, then a scalar tail: a
         // value gets the same bits whichever of the three takes it.
         for start in [0, 8, 16, 24, 5] {

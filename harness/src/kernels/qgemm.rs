@@ -1018,6 +1018,7 @@ unsafe fn kernel<const R: usize, const FETCH: bool>(_: &QTile) {
 mod tests {
     use super::super::sgemm::{gelu_reference, test_values as values};
     use super::*;
+    use crate::kernels::bits;
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
 
@@ -1256,7 +1257,6 @@ mod tests {
                 sums: &mut sums,
             },
         );
-        let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&d), bits(&d_bytes));
         // SAFETY: initialised before the calls.
         let (q, bytes) = unsafe { (written(q), written(bytes)) };
@@ -1426,7 +1426,6 @@ mod tests {
                 let mut got = vec![f32::NAN; m * n];
                 let gelu = Some(Epilogue::GeluErf);
                 weight.matmul_then(&x, m, Some(&b), &mut got, threads, gelu);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{level:?} {dtype:?} {m}x{n}x{k}");
             }
         }
@@ -1523,8 +1522,8 @@ mod tests {
                             got.iter().map(|v| unsafe { v.assume_init() }).collect();
                         assert!(got.iter().all(|v| v.is_finite()), "{level:?} {dtype:?} {k}");
                         assert_eq!(
-                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            bits(&got),
+                            bits(&want),
                             "{level:?} {dtype:?} {m}x{n}x{k} bias={}",
                             bias.is_some()
                         );

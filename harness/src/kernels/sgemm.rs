@@ -837,6 +837,7 @@ pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
 mod tests {
     use super::test_values as values;
     use super::*;
+    use crate::kernels::bits;
 
     #[test]
     fn jobs_cover_every_row_and_panel_once() {
@@ -1046,8 +1047,8 @@ mod tests {
                     // SAFETY: every element was initialised (to NaN) before the call.
                     let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
                     assert_eq!(
-                        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        bits(&got),
+                        bits(&want),
                         "{level:?} {m}x{n}x{k} bias={}",
                         bias.is_some()
                     );
@@ -1168,7 +1169,6 @@ mod tests {
                 gelu_reference(&mut want, &format!("{m}x{n}x{k}"));
                 let mut got = vec![f32::NAN; m * n];
                 packed.matmul_then(&x, m, bias, &mut got, threads, Some(Epilogue::GeluErf));
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&got),
                     bits(&want),

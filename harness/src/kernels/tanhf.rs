@@ -251,6 +251,7 @@ impl candle_core::CustomOp1 for GeluTanh {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::bits;
 
     /// `tanh_slice` and `gelu_tanh_slice` on every `step`-th bit pattern (and on the patterns
     /// around their branch points) against `f32::tanh` (glibc's `tanhf`) and candle's
@@ -342,7 +343,6 @@ mod tests {
             .unwrap();
         let got = t.apply_op1_no_bwd(&GeluTanh).unwrap();
         let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&got), bits(&want));
     }
 }
