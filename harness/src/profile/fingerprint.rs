@@ -28,6 +28,31 @@ const FLAGS_THAT_MATTER: &[&str] = &[
     "amx_tile",
 ];
 
+/// Whether this process's `cpuid` reports `flag` (named as `/proc/cpuinfo` names it), for the
+/// flags `std` can ask about. `/proc/cpuinfo` is the kernel's view; a process can be told less
+/// (CPUID faulting, as `scripts/avx2-only.sh` does, or a hypervisor), and the kernels choose
+/// by what the process is told, so a flag the process does not see is not recorded.
+#[cfg(target_arch = "x86_64")]
+fn detected(flag: &str) -> Option<bool> {
+    use std::is_x86_feature_detected as has;
+    Some(match flag {
+        "avx" => has!("avx"),
+        "avx2" => has!("avx2"),
+        "fma" => has!("fma"),
+        "avx512f" => has!("avx512f"),
+        "avx512bw" => has!("avx512bw"),
+        "avx512_vnni" => has!("avx512vnni"),
+        "avx512_bf16" => has!("avx512bf16"),
+        "avx_vnni" => has!("avxvnni"),
+        _ => return None,
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detected(_flag: &str) -> Option<bool> {
+    None
+}
+
 /// Collect the fingerprint of this machine and build.
 pub fn collect(device: &str) -> Environment {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -36,7 +61,7 @@ pub fn collect(device: &str) -> Environment {
             let have: Vec<&str> = f.split_whitespace().collect();
             FLAGS_THAT_MATTER
                 .iter()
-                .filter(|x| have.contains(x))
+                .filter(|x| have.contains(x) && detected(x).unwrap_or(true))
                 .map(|s| s.to_string())
                 .collect()
         })
@@ -99,6 +124,11 @@ mod tests {
                 "release"
             }
         );
+        // Only flags this process can use are recorded: under `scripts/avx2-only.sh` the
+        // AVX-512 flags leave the record though /proc/cpuinfo still lists them.
+        for flag in &env.cpu_flags {
+            assert_ne!(super::detected(flag), Some(false), "{flag}");
+        }
         assert!(
             env.candle_version.starts_with("0."),
             "{}",
