@@ -40,6 +40,9 @@
 /* The SIGSEGV handler the program believes it has installed. */
 static struct sigaction chained;
 static int installed;
+/* AVX2_ONLY_KEEP_AVX_VNNI=1 (`avx2-only.sh --avx-vnni`): AVX-VNNI stays, as on Intel's client
+ * cores since Alder Lake, which have it and no AVX-512. */
+static int keep_avx_vnni;
 
 typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
 
@@ -84,7 +87,7 @@ static void mask(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
         r[3] &= ~(BIT(2) | BIT(3) | BIT(8) | BIT(23));
     } else if (leaf == 7 && sub == 1) {
         /* EAX: AVX-VNNI, AVX512_BF16, AVX-IFMA */
-        r[0] &= ~(BIT(4) | BIT(5) | BIT(23));
+        r[0] &= ~((keep_avx_vnni ? 0 : BIT(4)) | BIT(5) | BIT(23));
         /* EDX: AVX-VNNI-INT8, AVX-NE-CONVERT, AVX-VNNI-INT16, AVX10 */
         r[3] &= ~(BIT(4) | BIT(5) | BIT(10) | BIT(19));
     } else if (leaf == 0xd && sub == 0) {
@@ -126,6 +129,8 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
 }
 
 __attribute__((constructor)) static void avx2_only(void) {
+    const char *keep = getenv("AVX2_ONLY_KEEP_AVX_VNNI");
+    keep_avx_vnni = keep && strcmp(keep, "1") == 0;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_segv;

@@ -25,5 +25,5 @@ if [[ -z "${HARNESS:-}" ]]; then
     HARNESS=target/release/harness
 fi
 # The host's CPU and the flags that choose the kernels, for the record next to the table.
-echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); flags: $(grep -ow 'avx2\|fma\|avx512[a-z_0-9]*\|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')${AVX2_ONLY:+ (AVX-512 and AVX-VNNI hidden by scripts/avx2-only.sh: AVX2 kernels on both sides)}" >&2
+echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); flags: $(grep -ow 'avx2\|fma\|avx512[a-z_0-9]*\|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')${AVX2_ONLY:+ (hidden by scripts/avx2-only.sh: AVX-512$([[ $AVX2_ONLY == avx2 ]] && echo ' and AVX-VNNI'); both sides at ${AVX2_ONLY^^})}" >&2
 exec "$PYTHON" scripts/bench_vs_ort.py --harness "$HARNESS" "$@"

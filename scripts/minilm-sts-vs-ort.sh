@@ -43,7 +43,7 @@ mkdir -p "$W"
 L6=../shared/models/all-MiniLM-L6-v2
 L3=../shared/models/paraphrase-MiniLM-L3-v2
 DATA=../shared/data/glue
-echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); flags: $(grep -ow 'avx2\|fma\|avx512[a-z_0-9]*\|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')${AVX2_ONLY:+ (AVX-512 and AVX-VNNI hidden by scripts/avx2-only.sh: AVX2 kernels on both sides)}" >&2
+echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); flags: $(grep -ow 'avx2\|fma\|avx512[a-z_0-9]*\|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')${AVX2_ONLY:+ (hidden by scripts/avx2-only.sh: AVX-512$([[ $AVX2_ONLY == avx2 ]] && echo ' and AVX-VNNI'); both sides at ${AVX2_ONLY^^})}" >&2
 ort() {
     for m in "$L6" "$L3"; do
         "$PYTHON" scripts/minilm_sts_vs_ort.py --model "$m" --data "$DATA/STS-B/dev.tsv" \
