@@ -376,6 +376,51 @@ pub struct CausalAttention<'a> {
     /// (the GPT-2 port, whose unfused path is candle's ops); else the sum in key order and a
     /// reciprocal (the Llama port). See `causal_softmax_row`.
     pub candle_softmax: bool,
+    /// Whether the two products run over blocks of query rows, each against the keys its
+    /// last row sees ([`causal_row_blocks`]); `false` only to test that it changes nothing.
+    pub block_rows: bool,
+}
+
+/// Query rows per block of [`causal_row_blocks`].
+const ROW_BLOCK: usize = 32;
+
+/// Fewest query rows in a block. The `gemm` crate sums each output in one chain of FMAs from
+/// the first term (then times the scale) on its general kernels only, which a product takes
+/// with more than one row and column and more than 256 outputs; at 256 or fewer a
+/// dot-product path sums in another order. 17 rows against at least 17 keys stay general.
+const MIN_BLOCK_ROWS: usize = 17;
+
+/// Longest key span whose products are blocked: up to 512 terms the `gemm` crate sums each
+/// output of `probs · v` in one chain from the first key, so a block that stops at its last
+/// row's key drops only exact zeros at the end of the chain; past 512 it splits the chain
+/// in places that depend on the product's shape.
+const MAX_BLOCKED_KEYS: usize = 512;
+
+/// The blocks of query rows `(start, end)` over which [`CausalAttention`] runs its two
+/// products: a query at position `p` sees no key past `p`, so a block's products need only
+/// the keys up to its last row's, and in a context pass about half of the scores and of the
+/// context's multiply-adds (the masked triangle) are never computed. Blocks of [`ROW_BLOCK`]
+/// rows, the last one merged into the one before when it would have fewer than
+/// [`MIN_BLOCK_ROWS`]; one block of all `s` rows (the products as one call each, as before)
+/// when `s` is too short for two blocks, the head wider than 512 or `blocked` false.
+/// Every output gets the same bits as with one block (tested): each score is one chain of
+/// `d` FMAs times the scale whatever the block, and each context value one chain over the
+/// keys, whose masked tail adds exact zeros.
+fn causal_row_blocks(s: usize, t: usize, d: usize, blocked: bool) -> Vec<(usize, usize)> {
+    if !blocked || s < 2 * MIN_BLOCK_ROWS || d > MAX_BLOCKED_KEYS || t > MAX_BLOCKED_KEYS {
+        return vec![(0, s)];
+    }
+    let mut blocks: Vec<(usize, usize)> = (0..s)
+        .step_by(ROW_BLOCK)
+        .map(|i0| (i0, (i0 + ROW_BLOCK).min(s)))
+        .collect();
+    if let [.., prev, last] = blocks.as_mut_slice() {
+        if last.1 - last.0 < MIN_BLOCK_ROWS {
+            prev.1 = last.1;
+            blocks.pop();
+        }
+    }
+    blocks
 }
 
 impl candle_core::CustomOp3 for CausalAttention<'_> {
@@ -432,28 +477,54 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
                     let qp = q.as_ptr().add(bi * s * qw + hi * d);
                     let kp = k.as_ptr().add(bi * t * kw + g * d);
                     let vp = v.as_ptr().add(bi * t * kw + g * d);
-                    // scores = scale * q kᵀ: (s x d) by (d x t).
-                    strided_gemm(
-                        s,
-                        t,
-                        d,
-                        scores.as_mut_ptr(),
-                        t,
-                        qp,
-                        qw,
-                        kp,
-                        kw,
-                        1,
-                        self.scale,
-                    );
-                    for (i, row) in scores.chunks_mut(t).enumerate() {
-                        let p = past + i;
-                        let lo = self.window.map_or(0, |w| (p + 1).saturating_sub(w));
-                        causal_softmax_row(row, lo..=p, valid, self.softcap, self.candle_softmax);
-                    }
-                    // context = probs v: (s x t) by (t x d), into the head's columns.
                     let dst = (out_ptr as *mut f32).add(bi * s * qw + hi * d);
-                    strided_gemm(s, d, t, dst, qw, scores.as_ptr(), t, vp, 1, kw, 1.0);
+                    for (i0, i1) in causal_row_blocks(s, t, d, self.block_rows) {
+                        // The keys the block's last query sees.
+                        let keys = past + i1;
+                        let rows = scores[i0 * t..i1 * t].as_mut_ptr();
+                        // scores = scale * q kᵀ: (rows x d) by (d x keys).
+                        strided_gemm(
+                            i1 - i0,
+                            keys,
+                            d,
+                            rows,
+                            t,
+                            qp.add(i0 * qw),
+                            qw,
+                            kp,
+                            kw,
+                            1,
+                            self.scale,
+                        );
+                        // Each row in full: the softmax zero-fills past its query, and the
+                        // GPT-2 sum runs over every key of the row in candle's order.
+                        for (r, row) in scores[i0 * t..i1 * t].chunks_mut(t).enumerate() {
+                            let p = past + i0 + r;
+                            let lo = self.window.map_or(0, |w| (p + 1).saturating_sub(w));
+                            causal_softmax_row(
+                                row,
+                                lo..=p,
+                                valid,
+                                self.softcap,
+                                self.candle_softmax,
+                            );
+                        }
+                        // context = probs v: (rows x keys) by (keys x d), into the head's
+                        // columns.
+                        strided_gemm(
+                            i1 - i0,
+                            d,
+                            keys,
+                            dst.add(i0 * qw),
+                            qw,
+                            rows,
+                            t,
+                            vp,
+                            1,
+                            kw,
+                            1.0,
+                        );
+                    }
                 }
             })
         });
@@ -717,6 +788,74 @@ mod tests {
     }
 
     #[test]
+    fn row_blocks_cover_the_rows_with_at_least_17_each_and_only_where_they_are_exact() {
+        let blocks = |s, t| causal_row_blocks(s, t, 64, true);
+        assert_eq!(blocks(33, 33), vec![(0, 33)]);
+        assert_eq!(blocks(48, 48), vec![(0, 48)]);
+        assert_eq!(blocks(49, 49), vec![(0, 32), (32, 49)]);
+        assert_eq!(blocks(100, 120), vec![(0, 32), (32, 64), (64, 100)]);
+        assert_eq!(
+            blocks(113, 113),
+            vec![(0, 32), (32, 64), (64, 96), (96, 113)]
+        );
+        assert_eq!(blocks(100, 513), vec![(0, 100)]);
+        assert_eq!(causal_row_blocks(100, 100, 64, false), vec![(0, 100)]);
+    }
+
+    #[test]
+    fn blocked_products_give_the_one_products_bits() {
+        // Context passes with and without a cache, short and long enough for several blocks,
+        // both softmaxes, a window, a soft-cap, padding; GQA heads of 64.
+        let (b, h, kvh, d) = (2, 4, 2, 64);
+        type Case = (usize, usize, bool, Option<usize>, Option<f32>);
+        let cases: [Case; 7] = [
+            // One block: a second of 4 rows against 36 keys would leave the general kernels.
+            (36, 0, false, None, None),
+            (49, 0, false, None, None),
+            (50, 7, true, None, None),
+            (113, 0, false, Some(40), None),
+            (113, 20, true, None, Some(0.7)),
+            (130, 300, false, None, None),
+            // One block: past 512 keys the gemm crate splits `probs · v`'s chains by the
+            // product's shape (blocking these rows changed the bits).
+            (70, 600, false, None, None),
+        ];
+        for (s, past, candle_softmax, window, softcap) in cases {
+            let t = past + s;
+            let q = values(b * s * h * d, 21);
+            let k = values(b * t * kvh * d, 22);
+            let v = values(b * t * kvh * d, 23);
+            let mut valid = vec![true; b * t];
+            valid[t + 3] = false;
+            let run = |block_rows| {
+                let op = CausalAttention {
+                    heads: h,
+                    kv_heads: kvh,
+                    head_dim: d,
+                    scale: 0.125,
+                    softcap,
+                    window,
+                    key_valid: Some(&valid),
+                    candle_softmax,
+                    block_rows,
+                };
+                flat(
+                    &tensor(q.clone(), &[b, s, h * d])
+                        .apply_op3_no_bwd(
+                            &tensor(k.clone(), &[b, t, kvh * d]),
+                            &tensor(v.clone(), &[b, t, kvh * d]),
+                            &op,
+                        )
+                        .unwrap(),
+                )
+            };
+            let several = s != 36 && t <= MAX_BLOCKED_KEYS;
+            assert_eq!(causal_row_blocks(s, t, d, true).len() > 1, several);
+            assert_eq!(bits(&run(true)), bits(&run(false)), "{s} queries, {t} keys");
+        }
+    }
+
+    #[test]
     fn causal_attention_matches_the_definition_with_a_cache_groups_windows_caps_and_padding() {
         let (b, s, t, h, kvh, d) = (2, 4, 7, 6, 2, 8);
         let q = values(b * s * h * d, 8);
@@ -745,6 +884,7 @@ mod tests {
                 window,
                 key_valid,
                 candle_softmax,
+                block_rows: true,
             };
             let got = flat(
                 &tensor(q.clone(), &[b, s, h * d])
@@ -783,6 +923,7 @@ mod tests {
             window: None,
             key_valid: None,
             candle_softmax: false,
+            block_rows: true,
         };
         let r = tensor(q.clone(), &[b, s, h * d]).apply_op3_no_bwd(
             &tensor(k.clone(), &[b, t, kvh * d]),

@@ -144,6 +144,7 @@ impl Block {
                 window: None,
                 key_valid,
                 candle_softmax: true,
+                block_rows: true,
             },
         )?;
         self.finish(x, &ctx)
