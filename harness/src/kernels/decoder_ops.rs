@@ -787,6 +787,24 @@ mod tests {
         }
     }
 
+    /// `op` on queries `(b, s, heads · head_dim)` and keys and values `(b, t, kv_heads ·
+    /// head_dim)`, flattened.
+    fn attend(
+        op: &CausalAttention,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        (b, s, t): (usize, usize, usize),
+    ) -> Vec<f32> {
+        let (qw, kw) = (op.heads * op.head_dim, op.kv_heads * op.head_dim);
+        let kv = |x: &[f32]| tensor(x.to_vec(), &[b, t, kw]);
+        flat(
+            &tensor(q.to_vec(), &[b, s, qw])
+                .apply_op3_no_bwd(&kv(k), &kv(v), op)
+                .unwrap(),
+        )
+    }
+
     #[test]
     fn row_blocks_cover_the_rows_with_at_least_17_each_and_only_where_they_are_exact() {
         let blocks = |s, t| causal_row_blocks(s, t, 64, true);
@@ -839,15 +857,7 @@ mod tests {
                     candle_softmax,
                     block_rows,
                 };
-                flat(
-                    &tensor(q.clone(), &[b, s, h * d])
-                        .apply_op3_no_bwd(
-                            &tensor(k.clone(), &[b, t, kvh * d]),
-                            &tensor(v.clone(), &[b, t, kvh * d]),
-                            &op,
-                        )
-                        .unwrap(),
-                )
+                attend(&op, &q, &k, &v, (b, s, t))
             };
             let several = s != 36 && t <= MAX_BLOCKED_KEYS;
             assert_eq!(causal_row_blocks(s, t, d, true).len() > 1, several);
@@ -886,15 +896,7 @@ mod tests {
                 candle_softmax,
                 block_rows: true,
             };
-            let got = flat(
-                &tensor(q.clone(), &[b, s, h * d])
-                    .apply_op3_no_bwd(
-                        &tensor(k.clone(), &[b, t, kvh * d]),
-                        &tensor(v.clone(), &[b, t, kvh * d]),
-                        &op,
-                    )
-                    .unwrap(),
-            );
+            let got = attend(&op, &q, &k, &v, (b, s, t));
             let want = reference_attention(
                 &q,
                 &k,
