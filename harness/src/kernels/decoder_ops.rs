@@ -481,13 +481,12 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
                     for (i0, i1) in causal_row_blocks(s, t, d, self.block_rows) {
                         // The keys the block's last query sees.
                         let keys = past + i1;
-                        let rows = scores[i0 * t..i1 * t].as_mut_ptr();
                         // scores = scale * q kᵀ: (rows x d) by (d x keys).
                         strided_gemm(
                             i1 - i0,
                             keys,
                             d,
-                            rows,
+                            scores.as_mut_ptr().add(i0 * t),
                             t,
                             qp.add(i0 * qw),
                             qw,
@@ -517,7 +516,7 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
                             keys,
                             dst.add(i0 * qw),
                             qw,
-                            rows,
+                            scores.as_ptr().add(i0 * t),
                             t,
                             vp,
                             1,
