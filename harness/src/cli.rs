@@ -216,7 +216,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub models: ModelArgs,
     /// Score only the first N examples of every task (MMLU: of every subject; generate: the
-    /// first N prompts), for smoke runs and CI. Recorded in the results.
+    /// first N prompts; WikiText: the first N articles), for smoke runs and CI. Recorded in the
+    /// results.
     #[arg(long, help_heading = "Data")]
     pub limit: Option<usize>,
     /// Tasks, comma-separated (see `harness list tasks`).

@@ -181,6 +181,23 @@ fn student_quantize_makes_a_smaller_gpt2_student_that_stays_close() {
 }
 
 #[test]
+fn limit_scores_the_first_articles_of_wikitext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gpt2 = fixture("gpt2-tiny");
+    let models = ["--teacher", &gpt2, "--student", &gpt2];
+    let r = lm_run(tmp.path(), "out", &models, "wikitext2", &["--limit", "2"]);
+    let res = r.checked_results();
+    // The first two of wiki_dir's twelve articles: the text up to the third heading.
+    let text = std::fs::read_to_string(tmp.path().join("data/wikitext-2/wiki.test.raw")).unwrap();
+    let third = text.match_indices(" = The ").nth(2).unwrap().0;
+    let words = text[..third].split_whitespace().count() as f64;
+    assert!(words * 4.0 < text.split_whitespace().count() as f64);
+    let m = &res["tasks"]["wikitext2"]["teacher"]["metrics"];
+    assert_eq!(f(&m["words"]), words, "{m}");
+    assert_eq!(res["settings"]["limit"], 2);
+}
+
+#[test]
 fn student_quantize_works_on_encoders_too() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("glue");

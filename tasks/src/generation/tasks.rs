@@ -135,19 +135,25 @@ impl LmTask for WikiTextTask {
     fn hub_dataset(&self) -> Option<(&'static str, &'static str, &'static str)> {
         Some(("Salesforce/wikitext", self.hub_config, "test"))
     }
-    fn load(&self, source: &LmSource, _options: &LoadOptions) -> Result<LmData, DataError> {
-        match source {
-            LmSource::Dir(dir) => Ok(LmData::Text(RawText::read(&find_raw(dir, self.folders))?)),
+    /// `--limit N` keeps the first N articles (62 in the test split), so a smoke run scores a
+    /// prefix of the text instead of all of it.
+    fn load(&self, source: &LmSource, options: &LoadOptions) -> Result<LmData, DataError> {
+        let text = match source {
+            LmSource::Dir(dir) => RawText::read(&find_raw(dir, self.folders))?,
             // The Hub's rows are the raw file's lines with their line ends; joined with
             // "\n\n" as the Hugging Face perplexity guide does.
-            LmSource::HubRows { origin, rows } => {
-                Ok(LmData::Text(RawText::new(rows.join("\n\n"), origin)?))
+            LmSource::HubRows { origin, rows } => RawText::new(rows.join("\n\n"), origin)?,
+            LmSource::HubRecords { origin, .. } => {
+                return Err(DataError::Other(format!(
+                    "{origin}: {} reads the Hub's text column, not whole rows",
+                    self.name
+                )))
             }
-            LmSource::HubRecords { origin, .. } => Err(DataError::Other(format!(
-                "{origin}: {} reads the Hub's text column, not whole rows",
-                self.name
-            ))),
-        }
+        };
+        Ok(LmData::Text(match options.limit {
+            Some(n) => text.first_articles(n)?,
+            None => text,
+        }))
     }
 }
 
