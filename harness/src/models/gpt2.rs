@@ -15,7 +15,7 @@ use super::decoder::{BuiltDecoder, DecoderArch, DecoderNet};
 use super::encoder::BuildError;
 use super::linear::Lin;
 use super::nn::{self, Activation, KvCache, LayerNorm};
-use crate::kernels::decoder_ops::CausalAttention;
+use crate::kernels::decoder_ops::{residual_add, CausalAttention};
 
 fn default_act() -> String {
     "gelu_new".into()
@@ -152,11 +152,11 @@ impl Block {
 
     /// The output projection, the residual, and the MLP.
     fn finish(&self, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
-        let x = (x + self.c_proj.forward(ctx)?)?;
+        let x = residual_add(x, &self.c_proj.forward(ctx)?)?;
         let inner = self
             .act
             .forward(&self.c_fc.forward(&self.ln_2.forward(&x)?)?)?;
-        x + self.mlp_proj.forward(&inner)?
+        residual_add(&x, &self.mlp_proj.forward(&inner)?)
     }
 }
 

@@ -25,7 +25,7 @@ use super::encoder::BuildError;
 use super::linear::Lin;
 use super::nn::KvCache;
 use super::rope::{PositionLimits, Rope, RopeScaling};
-use crate::kernels::decoder_ops::{CausalAttention, RmsNormOp, RopeOp, SwiGluOp};
+use crate::kernels::decoder_ops::{residual_add, CausalAttention, RmsNormOp, RopeOp, SwiGluOp};
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
@@ -649,7 +649,7 @@ impl Layer {
         if let Some((after_attn, _)) = &self.sandwich {
             attn = after_attn.forward(&attn)?;
         }
-        let x = (x + attn)?;
+        let x = residual_add(x, &attn)?;
         let n = self.post_norm.forward(&x)?;
         let (gate, up) = (self.gate.forward(&n)?, self.up.forward(&n)?);
         let hidden = match self.act {
@@ -662,7 +662,7 @@ impl Layer {
         if let Some((_, after_ff)) = &self.sandwich {
             ff = after_ff.forward(&ff)?;
         }
-        x + ff
+        residual_add(&x, &ff)
     }
 }
 
