@@ -165,24 +165,11 @@ impl candle_core::CustomOp2 for AddOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, y) = (
-            contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
-        );
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("residual-add: {:?} and {:?}", l1.shape(), l2.shape());
-        }
-        let mut out = super::unwritten::<f32>(x.len());
-        const CHUNK: usize = 1 << 14;
-        for_each_chunk_mut(&mut out, CHUNK, |i, o| {
-            let at = i * CHUNK;
-            for ((o, &a), &b) in o.iter_mut().zip(&x[at..]).zip(&y[at..]) {
+        zip_chunks_parallel(self.name(), (s1, l1), (s2, l2), |o, x, y| {
+            for ((o, &a), &b) in o.iter_mut().zip(x).zip(y) {
                 o.write(a + b);
             }
-        });
-        // SAFETY: the stretches cover the output, and each wrote all of its values.
-        let out = unsafe { super::written(out) };
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        })
     }
 }
 
@@ -216,29 +203,40 @@ impl candle_core::CustomOp2 for SwiGluOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, u) = (
-            contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
-        );
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("swiglu: gate {:?}, up {:?}", l1.shape(), l2.shape());
-        }
-        // Not zero-filled first (a serial memset of the whole output, 5.5 MB a layer at
-        // 8 x 113 for SmolLM2): every stretch writes all of its values.
-        let mut out = super::unwritten::<f32>(g.len());
-        const CHUNK: usize = 1 << 14;
-        for_each_chunk_mut(&mut out, CHUNK, |i, o| {
-            let (g, u) = (
-                &g[i * CHUNK..i * CHUNK + o.len()],
-                &u[i * CHUNK..i * CHUNK + o.len()],
-            );
-            swiglu_into(o, g, u);
-        });
-        // SAFETY: the stretches cover the output, and each wrote all of its values.
-        let out = unsafe { super::written(out) };
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        zip_chunks_parallel(self.name(), (s1, l1), (s2, l2), swiglu_into)
     }
 }
+
+/// An element-wise op of two contiguous f32 inputs of one shape: `f(out, a, b)` on each
+/// stretch of [`ZIP_CHUNK`] values (the last shorter), over the pool, into an output that is
+/// not zero-filled first (a serial memset of the whole output otherwise: 5.5 MB a layer for
+/// SmolLM2's SwiGLU at 8 x 113); `f` must write every value of its stretch.
+fn zip_chunks_parallel(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f: impl Fn(&mut [MaybeUninit<f32>], &[f32], &[f32]) + Sync + Send,
+) -> Result<(CpuStorage, Shape)> {
+    let (a, b) = (contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?);
+    if l1.shape() != l2.shape() {
+        candle_core::bail!(
+            "{op}: inputs of shapes {:?} and {:?}",
+            l1.shape(),
+            l2.shape()
+        );
+    }
+    let mut out = super::unwritten::<f32>(a.len());
+    for_each_chunk_mut(&mut out, ZIP_CHUNK, |i, o| {
+        let at = i * ZIP_CHUNK;
+        f(o, &a[at..at + o.len()], &b[at..at + o.len()]);
+    });
+    // SAFETY: the stretches cover the output, and `f` wrote all of each.
+    let out = unsafe { super::written(out) };
+    Ok((CpuStorage::F32(out), l1.shape().clone()))
+}
+
+/// Values per job of [`zip_chunks_parallel`].
+const ZIP_CHUNK: usize = 1 << 14;
 
 /// `o = silu(g) * u`, candle's `silu` (`g / (1 + exp(-g))`) operation for operation. With
 /// AVX2 and FMA eight at a time, the exponentials [`expf_avx2`]'s, which are glibc's `expf`
