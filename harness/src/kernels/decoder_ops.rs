@@ -446,9 +446,6 @@ pub struct CausalAttention<'a> {
     /// (the GPT-2 port, whose unfused path is candle's ops); else the sum in key order and a
     /// reciprocal (the Llama port). See `causal_softmax_row`.
     pub candle_softmax: bool,
-    /// Whether the two products run over blocks of query rows, each against the keys its
-    /// last row sees ([`causal_row_blocks`]); `false` only to test that it changes nothing.
-    pub block_rows: bool,
 }
 
 /// Query rows per block of [`causal_row_blocks`].
@@ -472,12 +469,12 @@ const MAX_BLOCKED_KEYS: usize = 512;
 /// context's multiply-adds (the masked triangle) are never computed. Blocks of [`ROW_BLOCK`]
 /// rows, the last one merged into the one before when it would have fewer than
 /// [`MIN_BLOCK_ROWS`]; one block of all `s` rows (the products as one call each, as before)
-/// when `s` is too short for two blocks, the head wider than 512 or `blocked` false.
+/// when `s` is too short for two blocks or the head wider than 512.
 /// Every output gets the same bits as with one block (tested): each score is one chain of
 /// `d` FMAs times the scale whatever the block, and each context value one chain over the
 /// keys, whose masked tail adds exact zeros.
-fn causal_row_blocks(s: usize, t: usize, d: usize, blocked: bool) -> Vec<(usize, usize)> {
-    if !blocked || s < 2 * MIN_BLOCK_ROWS || d > MAX_BLOCKED_KEYS || t > MAX_BLOCKED_KEYS {
+fn causal_row_blocks(s: usize, t: usize, d: usize) -> Vec<(usize, usize)> {
+    if s < 2 * MIN_BLOCK_ROWS || d > MAX_BLOCKED_KEYS || t > MAX_BLOCKED_KEYS {
         return vec![(0, s)];
     }
     let mut blocks: Vec<(usize, usize)> = (0..s)
@@ -529,6 +526,23 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
                 l3.shape()
             );
         }
+        let out = self.attend((q, k, v), (b, s, t), &causal_row_blocks(s, t, d));
+        Ok((CpuStorage::F32(out), Shape::from((b, s, qw))))
+    }
+}
+
+impl CausalAttention<'_> {
+    /// The attention of checked operands: queries `(b, s, heads * head_dim)`, keys and values
+    /// `(b, t, kv_heads * head_dim)`, the two products of each (sequence, head) run over the
+    /// row `blocks` ([`causal_row_blocks`]).
+    fn attend(
+        &self,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        (b, s, t): (usize, usize, usize),
+        blocks: &[(usize, usize)],
+    ) -> Vec<f32> {
+        let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let (qw, kw) = (h * d, kvh * d);
         let past = t - s;
         let groups = h / kvh;
         // Not zero-filled: each (sequence, head) writes its columns of every row below.
@@ -549,7 +563,7 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
                     let kp = k.as_ptr().add(bi * t * kw + g * d);
                     let vp = v.as_ptr().add(bi * t * kw + g * d);
                     let dst = (out_ptr as *mut f32).add(bi * s * qw + hi * d);
-                    for (i0, i1) in causal_row_blocks(s, t, d, self.block_rows) {
+                    for &(i0, i1) in blocks {
                         // The keys the block's last query sees.
                         let keys = past + i1;
                         // scores = scale * q kᵀ: (rows x d) by (d x keys).
@@ -599,8 +613,7 @@ impl candle_core::CustomOp3 for CausalAttention<'_> {
             })
         });
         // SAFETY: the context products wrote every row of every head's columns.
-        let out = unsafe { super::written(out) };
-        Ok((CpuStorage::F32(out), Shape::from((b, s, qw))))
+        unsafe { super::written(out) }
     }
 }
 
@@ -912,7 +925,7 @@ mod tests {
 
     #[test]
     fn row_blocks_cover_the_rows_with_at_least_17_each_and_only_where_they_are_exact() {
-        let blocks = |s, t| causal_row_blocks(s, t, 64, true);
+        let blocks = |s, t| causal_row_blocks(s, t, 64);
         assert_eq!(blocks(33, 33), vec![(0, 33)]);
         assert_eq!(blocks(48, 48), vec![(0, 48)]);
         assert_eq!(blocks(49, 49), vec![(0, 32), (32, 49)]);
@@ -922,7 +935,7 @@ mod tests {
             vec![(0, 32), (32, 64), (64, 96), (96, 113)]
         );
         assert_eq!(blocks(100, 513), vec![(0, 100)]);
-        assert_eq!(causal_row_blocks(100, 100, 64, false), vec![(0, 100)]);
+        assert_eq!(causal_row_blocks(100, 100, 600), vec![(0, 100)]);
     }
 
     #[test]
@@ -950,23 +963,24 @@ mod tests {
             let v = values(b * t * kvh * d, 23);
             let mut valid = vec![true; b * t];
             valid[t + 3] = false;
-            let run = |block_rows| {
-                let op = CausalAttention {
-                    heads: h,
-                    kv_heads: kvh,
-                    head_dim: d,
-                    scale: 0.125,
-                    softcap,
-                    window,
-                    key_valid: Some(&valid),
-                    candle_softmax,
-                    block_rows,
-                };
-                attend(&op, &q, &k, &v, (b, s, t))
+            let op = CausalAttention {
+                heads: h,
+                kv_heads: kvh,
+                head_dim: d,
+                scale: 0.125,
+                softcap,
+                window,
+                key_valid: Some(&valid),
+                candle_softmax,
             };
             let several = s != 36 && t <= MAX_BLOCKED_KEYS;
-            assert_eq!(causal_row_blocks(s, t, d, true).len() > 1, several);
-            assert_eq!(bits(&run(true)), bits(&run(false)), "{s} queries, {t} keys");
+            assert_eq!(causal_row_blocks(s, t, d).len() > 1, several);
+            let one_block = op.attend((&q, &k, &v), (b, s, t), &[(0, s)]);
+            assert_eq!(
+                bits(&attend(&op, &q, &k, &v, (b, s, t))),
+                bits(&one_block),
+                "{s} queries, {t} keys"
+            );
         }
     }
 
@@ -999,7 +1013,6 @@ mod tests {
                 window,
                 key_valid,
                 candle_softmax,
-                block_rows: true,
             };
             let got = attend(&op, &q, &k, &v, (b, s, t));
             let want = reference_attention(
@@ -1030,7 +1043,6 @@ mod tests {
             window: None,
             key_valid: None,
             candle_softmax: false,
-            block_rows: true,
         };
         let r = tensor(q.clone(), &[b, s, h * d]).apply_op3_no_bwd(
             &tensor(k.clone(), &[b, t, kvh * d]),

@@ -144,7 +144,6 @@ impl Block {
                 window: None,
                 key_valid,
                 candle_softmax: true,
-                block_rows: true,
             },
         )?;
         self.finish(x, &ctx)

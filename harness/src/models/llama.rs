@@ -637,7 +637,6 @@ impl Layer {
                 window: mask.window,
                 key_valid: mask.key_valid,
                 candle_softmax: false,
-                block_rows: true,
             },
         )?;
         self.finish(x, &ctx)
